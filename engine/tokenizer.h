@@ -1,0 +1,64 @@
+// Byte-level BPE tokenizer (GPT-2 / Llama-3 / SmolLM2 style), read from GGUF metadata or a
+// Hugging Face tokenizer.json. Token ids equal those of Hugging Face `tokenizers` for the
+// same vocabulary, merges and pre-tokenizer. Immutable after construction; thread-safe.
+#ifndef GLASSBOX_ENGINE_TOKENIZER_H_
+#define GLASSBOX_ENGINE_TOKENIZER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "base/status.h"
+
+namespace glassbox {
+
+class GgufFile;
+
+// How text is split before BPE. kGpt2 is the GPT-2 regex; kSmolLm splits every digit on
+// its own first (HF `Digits(individual_digits=True)`) and then applies the GPT-2 regex;
+// kLlama3 is the Llama-3 regex (numbers in runs of up to three digits).
+enum class PreTokenizer { kGpt2, kSmolLm, kLlama3 };
+
+struct TokenizerSpec {
+  std::vector<std::string> tokens;                         // id -> token (byte-level form)
+  std::vector<std::pair<std::string, std::string>> merges; // in priority order
+  std::vector<int64_t> special_ids;  // ids matched verbatim in text (e.g. <|im_start|>)
+  PreTokenizer pre_tokenizer = PreTokenizer::kGpt2;
+  int64_t bos_id = -1;  // -1: none
+  int64_t eos_id = -1;
+  bool add_bos = false;  // prepend bos_id when encoding with add_special_tokens
+};
+
+class Tokenizer {
+ public:
+  static StatusOr<Tokenizer> FromSpec(TokenizerSpec spec);
+  // Reads tokenizer.ggml.{model,pre,tokens,merges,token_type,bos_token_id,eos_token_id,
+  // add_bos_token}. kUnimplemented for tokenizer models other than "gpt2", naming it.
+  static StatusOr<Tokenizer> FromGguf(const GgufFile& gguf);
+  // Reads a Hugging Face tokenizer.json whose model is BPE with a ByteLevel pre-tokenizer
+  // (optionally preceded by Digits). Errors name the file and the unsupported part.
+  static StatusOr<Tokenizer> FromTokenizerJson(const std::string& path);
+
+  // Encodes any UTF-8 (invalid bytes are encoded byte by byte, so Decode(Encode(s)) == s).
+  // Special tokens written in the text become their ids.
+  std::vector<int64_t> Encode(const std::string& text, bool add_special_tokens = true) const;
+  // Concatenates tokens and undoes the byte-level mapping. Unknown ids give kInvalidArgument.
+  StatusOr<std::string> Decode(const std::vector<int64_t>& ids) const;
+  // The token's text in byte-level form ("Ġthe"); "" for an id out of range.
+  const std::string& TokenText(int64_t id) const;
+
+  int64_t vocab_size() const;
+  int64_t bos_id() const;
+  int64_t eos_id() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<const Impl> impl_;
+};
+
+}  // namespace glassbox
+
+#endif  // GLASSBOX_ENGINE_TOKENIZER_H_
