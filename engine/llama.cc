@@ -1,1 +1,245 @@
-// placeholder: being written
+// One forward pass of a Llama-family model, following Hugging Face's LlamaForCausalLM
+// operation for operation (so activations match it at every hook point), with a hook check
+// before each point.
+#include "engine/llama.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/zeros.h>
+
+#include <limits>
+
+namespace glassbox {
+
+using LP = LayerPoint;
+using GP = GlobalPoint;
+
+// The state of one pass: inputs, hooks and the per-pass tensors shared by every layer.
+class LlamaModel::Pass {
+ public:
+  Pass(const LlamaModel& model, const PassInputs& in) : m_(model), in_(in) {
+    batch_ = in.ids.size(0);
+    seq_ = in.ids.size(1);
+    past_ = in.cache ? in.cache->length : 0;
+    BuildRope();
+    BuildMask();
+  }
+
+  at::Tensor Run() {
+    at::Tensor ids = in_.ids;
+    At(HookCatalogue::GlobalId(GP::kEmbedInput), ids);
+    at::Tensor x = at::embedding(m_.weights_.embed_tokens, ids);
+    At(HookCatalogue::GlobalId(GP::kEmbedOutput), x);
+    for (size_t layer = 0; layer < m_.weights_.layers.size(); ++layer) {
+      x = Layer(static_cast<int>(layer), x);
+    }
+    return Head(x);
+  }
+
+ private:
+  // Runs the callbacks registered at `id`, if any; `value` may be replaced.
+  void At(int id, at::Tensor& value) const {
+    if (in_.hooks == nullptr || !in_.hooks->Wants(id)) return;
+    Status status = in_.hooks->Run(id, in_.step, value);
+    if (!status.ok()) throw HookFailure{status};
+  }
+  void At(int layer, LP point, at::Tensor& value) const {
+    At(HookCatalogue::LayerId(layer, point), value);
+  }
+  // `value` at a point whose hooks may replace it for this use only.
+  at::Tensor Tap(int layer, LP point, const at::Tensor& value) const {
+    at::Tensor copy = value;
+    At(layer, point, copy);
+    return copy;
+  }
+
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+    at::Tensor h = x.to(at::kFloat);
+    at::Tensor variance = h.pow(2).mean({-1}, /*keepdim=*/true);
+    h = h * at::rsqrt(variance + m_.config_.rms_norm_eps);
+    return weight * h.to(x.scalar_type());
+  }
+
+  at::Tensor Layer(int layer, at::Tensor x) {
+    const LayerWeights& w = m_.weights_.layers[layer];
+    At(layer, LP::kInput, x);
+    at::Tensor h = Tap(layer, LP::kLn1Input, x);
+    h = RmsNorm(h, w.input_layernorm);
+    At(layer, LP::kLn1Output, h);
+    at::Tensor attn = Attention(layer, w, h);
+    at::Tensor mid = x + attn;
+    h = Tap(layer, LP::kLn2Input, mid);
+    h = RmsNorm(h, w.post_attention_layernorm);
+    At(layer, LP::kLn2Output, h);
+    at::Tensor mlp = Mlp(layer, w, h);
+    at::Tensor out = mid + mlp;
+    At(layer, LP::kOutput, out);
+    return out;
+  }
+
+  at::Tensor Project(int layer, LP in_point, const at::Tensor& x, const at::Tensor& weight) {
+    at::Tensor y = at::linear(Tap(layer, in_point, x), weight);
+    At(layer, static_cast<LP>(static_cast<int>(in_point) + 1), y);  // the matching .output
+    return y;
+  }
+
+  at::Tensor Attention(int layer, const LayerWeights& w, at::Tensor h) {
+    const ModelConfig& c = m_.config_;
+    At(layer, LP::kAttnInput, h);
+    at::Tensor q = Project(layer, LP::kQProjInput, h, w.q_proj).view({batch_, seq_, c.num_heads, c.head_dim});
+    at::Tensor k = Project(layer, LP::kKProjInput, h, w.k_proj).view({batch_, seq_, c.num_kv_heads, c.head_dim});
+    at::Tensor v = Project(layer, LP::kVProjInput, h, w.v_proj).view({batch_, seq_, c.num_kv_heads, c.head_dim});
+    At(layer, LP::kQ, q);
+    At(layer, LP::kK, k);
+    At(layer, LP::kV, v);
+    at::Tensor q_rot = ApplyRope(q);
+    at::Tensor k_rot = ApplyRope(k);
+    At(layer, LP::kQRot, q_rot);
+    At(layer, LP::kKRot, k_rot);
+    at::Tensor z = AttendHeads(layer, q_rot, k_rot, v);
+    at::Tensor o_in = z.reshape({batch_, seq_, c.num_heads * c.head_dim});
+    at::Tensor out = Project(layer, LP::kOProjInput, o_in, w.o_proj);
+    At(layer, LP::kAttnOutput, out);
+    return out;
+  }
+
+  // Scores, pattern and per-head outputs [batch, seq, heads, head_dim]. Grouped-query
+  // attention without copying keys: query heads are grouped under their key/value head.
+  at::Tensor AttendHeads(int layer, const at::Tensor& q_rot, const at::Tensor& k_rot,
+                         const at::Tensor& v) {
+    const ModelConfig& c = m_.config_;
+    const int64_t group = c.num_heads / c.num_kv_heads;
+    at::Tensor keys, values;
+    CacheKeysValues(layer, k_rot, v, keys, values);  // [batch, kv_heads, k_seq, head_dim]
+    const int64_t k_seq = keys.size(2);
+    at::Tensor q_grouped = q_rot.transpose(1, 2).reshape({batch_, c.num_kv_heads, group * seq_, c.head_dim});
+    at::Tensor scores = at::matmul(q_grouped, keys.transpose(2, 3))
+                            .view({batch_, c.num_heads, seq_, k_seq}) * scale_;
+    if (mask_.defined()) scores = scores + mask_;
+    At(layer, LP::kAttnScores, scores);
+    at::Tensor pattern = at::softmax(scores, -1, at::kFloat).to(q_rot.scalar_type());
+    At(layer, LP::kAttnPattern, pattern);
+    at::Tensor z = at::matmul(pattern.reshape({batch_, c.num_kv_heads, group * seq_, k_seq}), values)
+                       .view({batch_, c.num_heads, seq_, c.head_dim})
+                       .transpose(1, 2);
+    At(layer, LP::kZ, z);
+    return z;
+  }
+
+  void CacheKeysValues(int layer, const at::Tensor& k_rot, const at::Tensor& v, at::Tensor& keys,
+                       at::Tensor& values) const {
+    if (in_.cache == nullptr) {
+      keys = k_rot.transpose(1, 2);
+      values = v.transpose(1, 2);
+      return;
+    }
+    at::Tensor& cached_k = in_.cache->keys[layer];
+    at::Tensor& cached_v = in_.cache->values[layer];
+    cached_k.narrow(2, past_, seq_).copy_(k_rot.transpose(1, 2));
+    cached_v.narrow(2, past_, seq_).copy_(v.transpose(1, 2));
+    keys = cached_k.narrow(2, 0, past_ + seq_);
+    values = cached_v.narrow(2, 0, past_ + seq_);
+  }
+
+  at::Tensor Mlp(int layer, const LayerWeights& w, at::Tensor h) {
+    At(layer, LP::kMlpInput, h);
+    at::Tensor gate = Project(layer, LP::kGateProjInput, h, w.gate_proj);
+    at::Tensor up = Project(layer, LP::kUpProjInput, h, w.up_proj);
+    at::Tensor act = at::silu(gate) * up;
+    at::Tensor out = Project(layer, LP::kDownProjInput, act, w.down_proj);
+    At(layer, LP::kMlpOutput, out);
+    return out;
+  }
+
+  at::Tensor Head(at::Tensor x) {
+    At(HookCatalogue::GlobalId(GP::kNormInput), x);
+    at::Tensor h = RmsNorm(x, m_.weights_.norm);
+    At(HookCatalogue::GlobalId(GP::kNormOutput), h);
+    if (!in_.all_logits) h = h.narrow(1, seq_ - 1, 1);
+    At(HookCatalogue::GlobalId(GP::kLmHeadInput), h);
+    at::Tensor logits = at::linear(h, m_.weights_.lm_head);
+    At(HookCatalogue::GlobalId(GP::kLmHeadOutput), logits);
+    return logits;
+  }
+
+  // cos/sin [batch, seq, 1, head_dim] for the pass's positions, as Hugging Face computes them.
+  void BuildRope() {
+    at::Tensor freqs = in_.positions.to(at::kFloat).unsqueeze(-1) * m_.inv_freq_;
+    at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(2);
+    cos_ = emb.cos().to(m_.dtype_);
+    sin_ = emb.sin().to(m_.dtype_);
+    scale_ = 1.0 / std::sqrt(static_cast<double>(m_.config_.head_dim));
+  }
+
+  at::Tensor ApplyRope(const at::Tensor& x) const {
+    const int64_t half = x.size(-1) / 2;
+    at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+    return x * cos_ + rotated * sin_;
+  }
+
+  // Additive mask [batch, 1, seq, k_seq]: causal and padding, the dtype's minimum where a
+  // query may not look. Left undefined when nothing is masked (one new token, no padding).
+  void BuildMask() {
+    const int64_t k_seq = past_ + seq_;
+    const at::Tensor& valid = in_.attention_mask;  // [batch, k_seq]
+    const bool has_padding = !valid.all().item<bool>();
+    if (seq_ == 1 && !has_padding) return;
+    auto options = at::TensorOptions().device(m_.device_).dtype(at::kLong);
+    at::Tensor key_pos = at::arange(k_seq, options);
+    at::Tensor query_pos = at::arange(seq_, options) + past_;
+    at::Tensor allowed = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1);  // [seq, k_seq]
+    allowed = allowed.unsqueeze(0) & valid.to(at::kBool).unsqueeze(1);     // [batch, seq, k_seq]
+    const double lowest = LowestValue(m_.dtype_);
+    mask_ = at::zeros({batch_, 1, seq_, k_seq}, options.dtype(m_.dtype_))
+                .masked_fill(allowed.logical_not().unsqueeze(1), lowest);
+  }
+
+  static double LowestValue(at::ScalarType dtype) {
+    switch (dtype) {
+      case at::kHalf: return -65504.0;
+      case at::kBFloat16: return -3.3895313892515355e38;
+      case at::kDouble: return std::numeric_limits<double>::lowest();
+      default: return std::numeric_limits<float>::lowest();
+    }
+  }
+
+  const LlamaModel& m_;
+  const PassInputs& in_;
+  int64_t batch_ = 0, seq_ = 0, past_ = 0;
+  double scale_ = 1.0;
+  at::Tensor cos_, sin_, mask_;
+};
+
+LlamaModel::LlamaModel(const ModelConfig& config, LlamaWeights weights, at::Device device,
+                       at::ScalarType dtype)
+    : config_(config), weights_(std::move(weights)), device_(device), dtype_(dtype) {
+  auto options = at::TensorOptions().device(device).dtype(at::kLong);
+  at::Tensor exponents = at::arange(0, config.head_dim, 2, options).to(at::kFloat) /
+                         static_cast<double>(config.head_dim);
+  inv_freq_ = 1.0 / at::pow(config.rope_theta, exponents);
+}
+
+at::Tensor LlamaModel::Forward(const PassInputs& in) const {
+  Pass pass(*this, in);
+  return pass.Run();
+}
+
+KvCache LlamaModel::NewCache(int64_t batch, int64_t capacity) const {
+  KvCache cache;
+  auto options = at::TensorOptions().device(device_).dtype(dtype_);
+  for (size_t i = 0; i < weights_.layers.size(); ++i) {
+    cache.keys.push_back(at::empty({batch, config_.num_kv_heads, capacity, config_.head_dim}, options));
+    cache.values.push_back(at::empty({batch, config_.num_kv_heads, capacity, config_.head_dim}, options));
+  }
+  return cache;
+}
+
+}  // namespace glassbox

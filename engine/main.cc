@@ -1,1 +1,153 @@
-int main() { return 0; }
+// glassbox-engine: the engine on the command line (catalogue, next-token top-k, generation).
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/topk.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <iostream>
+#include <tuple>
+
+#include "engine/engine.h"
+
+namespace glassbox {
+namespace {
+
+struct CommonFlags {
+  std::string model_path;
+  EngineParams engine;
+};
+
+void AddCommonFlags(CLI::App* command, CommonFlags& flags) {
+  command->add_option("--model", flags.model_path, "a .gguf file or a Hugging Face directory")
+      ->required();
+  command->add_option("--device", flags.engine.device, "cpu, cuda, cuda:N or auto")
+      ->capture_default_str();
+  command->add_option("--dtype", flags.engine.dtype, "float32, bfloat16 or float16")
+      ->capture_default_str();
+  command->add_option("--threads", flags.engine.intra_op_threads, "LibTorch intra-op threads")
+      ->capture_default_str();
+}
+
+StatusOr<std::unique_ptr<Model>> LoadVerbose(const CommonFlags& flags) {
+  const auto start = std::chrono::steady_clock::now();
+  std::cerr << "loading " << flags.model_path << " ..." << std::flush;
+  auto model = Model::Load(flags.model_path, flags.engine);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (model.ok()) std::cerr << " done in " << seconds << " s\n";
+  else std::cerr << " failed\n";
+  return model;
+}
+
+StatusOr<std::vector<int64_t>> EncodePrompt(const Model& model, const std::string& prompt) {
+  if (model.tokenizer() == nullptr) {
+    return InvalidArgument("this model has no tokenizer (no tokenizer.json in its directory)");
+  }
+  return model.tokenizer()->Encode(prompt, /*add_special_tokens=*/false);
+}
+
+nlohmann::json ConfigJson(const Model& model) {
+  const ModelConfig& c = model.config();
+  return {{"architecture", c.architecture}, {"vocab_size", c.vocab_size},
+          {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
+          {"num_layers", c.num_layers}, {"num_heads", c.num_heads},
+          {"num_kv_heads", c.num_kv_heads}, {"head_dim", c.head_dim},
+          {"rope_theta", c.rope_theta}, {"rms_norm_eps", c.rms_norm_eps},
+          {"tie_word_embeddings", c.tie_word_embeddings},
+          {"max_position_embeddings", c.max_position_embeddings},
+          {"device", model.device()}, {"dtype", model.dtype()}};
+}
+
+Status RunInfo(const CommonFlags& flags) {
+  GLASSBOX_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadVerbose(flags));
+  nlohmann::json out = nlohmann::json::parse(model->catalogue().ToJson());
+  out["model"] = ConfigJson(*model);
+  std::cout << out.dump(2) << "\n";
+  return Status::Ok();
+}
+
+Status RunTopK(const CommonFlags& flags, const std::string& prompt, int k) {
+  GLASSBOX_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadVerbose(flags));
+  GLASSBOX_ASSIGN_OR_RETURN(std::vector<int64_t> ids, EncodePrompt(*model, prompt));
+  GLASSBOX_ASSIGN_OR_RETURN(ForwardResult result, model->Forward({{ids}, /*all_logits=*/false}));
+  at::Tensor logits = result.logits[0][0];
+  at::Tensor probs = at::softmax(logits, -1);
+  k = std::max(1, std::min<int>(k, logits.size(0)));
+  at::Tensor top_values, top_ids;
+  std::tie(top_values, top_ids) = at::topk(logits, k);
+  nlohmann::json top = nlohmann::json::array();
+  for (int i = 0; i < k; ++i) {
+    const int64_t id = top_ids[i].item<int64_t>();
+    StatusOr<std::string> text = model->tokenizer()->Decode({id});
+    top.push_back({{"id", id}, {"token", text.ok() ? *text : ""},
+                   {"logit", top_values[i].item<double>()},
+                   {"prob", probs[id].item<double>()}});
+  }
+  nlohmann::json out = {{"prompt", prompt}, {"token_ids", ids}, {"top", top}};
+  std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  return Status::Ok();
+}
+
+Status RunGenerate(const CommonFlags& flags, const std::string& prompt,
+                   const SamplingParams& sampling, bool json) {
+  GLASSBOX_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadVerbose(flags));
+  GLASSBOX_ASSIGN_OR_RETURN(std::vector<int64_t> ids, EncodePrompt(*model, prompt));
+  const auto start = std::chrono::steady_clock::now();
+  GLASSBOX_ASSIGN_OR_RETURN(GenerateResult result, model->Generate({ids}, sampling));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  GLASSBOX_ASSIGN_OR_RETURN(std::string text, model->tokenizer()->Decode(result.new_tokens[0]));
+  if (json) {
+    nlohmann::json out = {{"prompt", prompt}, {"prompt_ids", ids},
+                          {"new_ids", result.new_tokens[0]}, {"text", text},
+                          {"stop_reason", result.stop_reasons[0]}, {"seconds", seconds}};
+    std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::cout << text << "\n";
+    std::cerr << result.new_tokens[0].size() << " tokens in " << seconds << " s ("
+              << result.stop_reasons[0] << ")\n";
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+}  // namespace glassbox
+
+int main(int argc, char** argv) {
+  using namespace glassbox;
+  CLI::App app{"Glassbox engine: load a model, inspect its hook points, run it."};
+  app.require_subcommand(1);
+  CommonFlags flags;
+  std::string prompt;
+  int k = 10;
+  SamplingParams sampling;
+  bool json = false;
+
+  CLI::App* info = app.add_subcommand("info", "print the model config and hook catalogue as JSON");
+  AddCommonFlags(info, flags);
+  CLI::App* topk = app.add_subcommand("topk", "print the next-token top-k as JSON");
+  AddCommonFlags(topk, flags);
+  topk->add_option("--prompt", prompt, "text to continue")->required();
+  topk->add_option("--k", k, "how many tokens")->capture_default_str();
+  CLI::App* generate = app.add_subcommand("generate", "print a continuation of the prompt");
+  AddCommonFlags(generate, flags);
+  generate->add_option("--prompt", prompt, "text to continue")->required();
+  generate->add_option("--max-new-tokens", sampling.max_new_tokens)->capture_default_str();
+  generate->add_option("--seed", sampling.seed, "sampling seed")->capture_default_str();
+  generate->add_option("--temperature", sampling.temperature, "0 = greedy")->capture_default_str();
+  generate->add_option("--top-k", sampling.top_k, "0 = off")->capture_default_str();
+  generate->add_option("--top-p", sampling.top_p, "1 = off")->capture_default_str();
+  generate->add_flag("--json", json, "print ids, text and timing as JSON");
+  CLI11_PARSE(app, argc, argv);
+
+  Status status;
+  if (*info) status = RunInfo(flags);
+  else if (*topk) status = RunTopK(flags, prompt, k);
+  else status = RunGenerate(flags, prompt, sampling, json);
+  if (!status.ok()) {
+    std::cerr << "error: " << status.ToString() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,1 +1,241 @@
-// placeholder: being written
+// Model: loading onto a device, batching prompts with left padding, the generation loop and
+// sampling. Every LibTorch or hook failure is caught here and returned as a Status.
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/tensor.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "engine/engine.h"
+#include "engine/llama.h"
+#include "engine/weights.h"
+
+namespace glassbox {
+
+class ModelLoader {
+ public:
+  static StatusOr<std::unique_ptr<Model>> Load(const std::string& path, const EngineParams& params);
+};
+
+namespace {
+
+StatusOr<at::Device> ParseDevice(const std::string& name) {
+  try {
+    if (name == "auto") return at::Device(at::hasCUDA() ? at::kCUDA : at::kCPU);
+    at::Device device(name);
+    if (device.is_cuda() && !at::hasCUDA()) {
+      return InvalidArgument("device '" + name + "' requested but this LibTorch build or "
+                             "machine has no CUDA; use --device cpu");
+    }
+    return device;
+  } catch (const c10::Error&) {
+    return InvalidArgument("unknown device '" + name + "'; expected cpu, cuda, cuda:N or auto");
+  }
+}
+
+StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
+  if (name == "float32") return at::kFloat;
+  if (name == "bfloat16") return at::kBFloat16;
+  if (name == "float16") return at::kHalf;
+  return InvalidArgument("unknown dtype '" + name + "'; expected float32, bfloat16 or float16");
+}
+
+std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+at::Tensor MoveTensor(const at::Tensor& t, at::Device device, at::ScalarType dtype) {
+  if (t.device() == device && t.scalar_type() == dtype) return t;
+  return t.to(device, dtype);
+}
+
+void MoveWeights(LlamaWeights& w, at::Device device, at::ScalarType dtype) {
+  const bool tied = w.lm_head.unsafeGetTensorImpl() == w.embed_tokens.unsafeGetTensorImpl();
+  w.embed_tokens = MoveTensor(w.embed_tokens, device, dtype);
+  w.norm = MoveTensor(w.norm, device, dtype);
+  w.lm_head = tied ? w.embed_tokens : MoveTensor(w.lm_head, device, dtype);
+  for (LayerWeights& l : w.layers) {
+    for (at::Tensor* t : {&l.input_layernorm, &l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj,
+                          &l.post_attention_layernorm, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+      *t = MoveTensor(*t, device, dtype);
+    }
+  }
+}
+
+Status ValidatePrompts(const std::vector<std::vector<int64_t>>& prompts, const ModelConfig& c,
+                       int64_t extra_positions) {
+  if (prompts.empty()) return InvalidArgument("no prompts given");
+  for (size_t row = 0; row < prompts.size(); ++row) {
+    const auto& ids = prompts[row];
+    if (ids.empty()) return InvalidArgument("prompt " + std::to_string(row) + " has no tokens");
+    if (static_cast<int64_t>(ids.size()) + extra_positions > c.max_position_embeddings) {
+      return InvalidArgument("prompt " + std::to_string(row) + " needs " +
+                             std::to_string(ids.size() + extra_positions) +
+                             " positions; the model's context is " +
+                             std::to_string(c.max_position_embeddings));
+    }
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || ids[i] >= c.vocab_size) {
+        return InvalidArgument("prompt " + std::to_string(row) + " position " +
+                               std::to_string(i) + ": token id " + std::to_string(ids[i]) +
+                               " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// Left-pads prompts into ids [batch, seq] and a mask; positions count only real tokens.
+struct PaddedBatch {
+  at::Tensor ids, mask, positions;
+};
+
+PaddedBatch PadLeft(const std::vector<std::vector<int64_t>>& prompts, int64_t pad_id,
+                    at::Device device) {
+  size_t seq = 0;
+  for (const auto& p : prompts) seq = std::max(seq, p.size());
+  std::vector<int64_t> ids(prompts.size() * seq, pad_id), mask(prompts.size() * seq, 0);
+  for (size_t row = 0; row < prompts.size(); ++row) {
+    const size_t offset = row * seq + (seq - prompts[row].size());
+    std::copy(prompts[row].begin(), prompts[row].end(), ids.begin() + offset);
+    std::fill(mask.begin() + offset, mask.begin() + (row + 1) * seq, 1);
+  }
+  const std::vector<int64_t> shape = {static_cast<int64_t>(prompts.size()), static_cast<int64_t>(seq)};
+  PaddedBatch batch;
+  batch.ids = at::tensor(ids, at::kLong).view(shape).to(device);
+  batch.mask = at::tensor(mask, at::kLong).view(shape).to(device);
+  batch.positions = (at::cumsum(batch.mask, 1) - 1).clamp_min(0);
+  return batch;
+}
+
+// Picks the next token from one row of logits (float32, CPU, contiguous).
+int64_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& s,
+                    std::mt19937_64& rng) {
+  if (s.temperature <= 0.0) return std::max_element(logits, logits + vocab) - logits;
+  std::vector<int64_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+  const int64_t keep_k = s.top_k > 0 ? std::min<int64_t>(s.top_k, vocab) : vocab;
+  std::vector<double> probs;
+  const double max_logit = logits[order[0]];
+  double total = 0;
+  for (int64_t i = 0; i < keep_k; ++i) {
+    probs.push_back(std::exp((logits[order[i]] - max_logit) / s.temperature));
+    total += probs.back();
+  }
+  double cumulative = 0;
+  size_t keep = probs.size();
+  for (size_t i = 0; i < probs.size(); ++i) {
+    cumulative += probs[i] / total;
+    if (cumulative >= s.top_p) { keep = i + 1; break; }
+  }
+  std::discrete_distribution<size_t> pick(probs.begin(), probs.begin() + keep);
+  return order[pick(rng)];
+}
+
+}  // namespace
+
+Model::Model() = default;
+Model::~Model() = default;
+
+StatusOr<std::unique_ptr<Model>> ModelLoader::Load(const std::string& path, const EngineParams& params) {
+  GLASSBOX_ASSIGN_OR_RETURN(at::Device device, ParseDevice(params.device));
+  GLASSBOX_ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDtype(params.dtype));
+  if (params.intra_op_threads > 0) at::set_num_threads(params.intra_op_threads);
+  GLASSBOX_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModelFiles(path));
+  std::unique_ptr<Model> model(new Model());
+  model->config_ = loaded.config;
+  model->tokenizer_ = std::move(loaded.tokenizer);
+  const ModelConfig& c = loaded.config;
+  CatalogueDims dims{c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads,
+                     c.num_kv_heads, c.head_dim, c.vocab_size, params.dtype};
+  model->catalogue_ = std::make_unique<HookCatalogue>(dims);
+  MoveWeights(loaded.weights, device, dtype);
+  model->llama_ = std::make_unique<LlamaModel>(c, std::move(loaded.weights), device, dtype);
+  return model;
+}
+
+StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path, const EngineParams& params) {
+  try {
+    return ModelLoader::Load(path, params);
+  } catch (const c10::Error& e) {
+    return Internal(path + ": LibTorch failed while loading: " + FirstLine(e.what()));
+  }
+}
+
+const ModelConfig& Model::config() const { return config_; }
+const HookCatalogue& Model::catalogue() const { return *catalogue_; }
+const Tokenizer* Model::tokenizer() const { return tokenizer_.get(); }
+std::string Model::device() const { return llama_->device().str(); }
+std::string Model::dtype() const { return std::string(c10::toString(llama_->dtype())); }
+
+StatusOr<ForwardResult> Model::Forward(const ForwardRequest& request, const HookSet* hooks) const {
+  GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(request.prompts, config_, 0));
+  try {
+    PaddedBatch batch = PadLeft(request.prompts, std::max<int64_t>(config_.eos_id, 0), llama_->device());
+    PassInputs in{batch.ids, batch.positions, batch.mask, nullptr, hooks, 0, request.all_logits};
+    ForwardResult result;
+    result.logits = llama_->Forward(in).to(at::kCPU, at::kFloat);
+    result.attention_mask = batch.mask.to(at::kCPU);
+    return result;
+  } catch (const HookFailure& failure) {
+    return failure.status;
+  } catch (const c10::Error& e) {
+    return Internal("forward pass failed: " + FirstLine(e.what()));
+  }
+}
+
+StatusOr<GenerateResult> Model::Generate(const std::vector<std::vector<int64_t>>& prompts,
+                                         const SamplingParams& sampling, const HookSet* hooks) const {
+  if (sampling.max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
+  GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(prompts, config_, sampling.max_new_tokens));
+  std::vector<int64_t> stop_ids = sampling.stop_ids;
+  if (stop_ids.empty() && config_.eos_id >= 0) stop_ids.push_back(config_.eos_id);
+  const int64_t batch_size = static_cast<int64_t>(prompts.size());
+  GenerateResult result;
+  result.new_tokens.resize(batch_size);
+  result.stop_reasons.assign(batch_size, "max_new_tokens");
+  if (sampling.max_new_tokens == 0) return result;
+  try {
+    const at::Device device = llama_->device();
+    PaddedBatch batch = PadLeft(prompts, std::max<int64_t>(config_.eos_id, 0), device);
+    KvCache cache = llama_->NewCache(batch_size, batch.ids.size(1) + sampling.max_new_tokens);
+    std::mt19937_64 rng(sampling.seed);
+    std::vector<bool> done(batch_size, false);
+    at::Tensor ids = batch.ids, mask = batch.mask, positions = batch.positions;
+    for (int step = 0; step < sampling.max_new_tokens; ++step) {
+      PassInputs in{ids, positions, mask, &cache, hooks, step, /*all_logits=*/false};
+      at::Tensor logits = llama_->Forward(in).to(at::kCPU, at::kFloat).contiguous();
+      cache.length += ids.size(1);
+      std::vector<int64_t> next(batch_size);
+      for (int64_t row = 0; row < batch_size; ++row) {
+        next[row] = SampleToken(logits.data_ptr<float>() + row * config_.vocab_size,
+                                config_.vocab_size, sampling, rng);
+        if (done[row]) continue;
+        result.new_tokens[row].push_back(next[row]);
+        if (std::find(stop_ids.begin(), stop_ids.end(), next[row]) != stop_ids.end()) {
+          done[row] = true;
+          result.stop_reasons[row] = "stop_token";
+        }
+      }
+      if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+      ids = at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
+      positions = positions.narrow(1, positions.size(1) - 1, 1) + 1;
+      mask = at::cat({mask, at::ones({batch_size, 1}, mask.options())}, 1);
+    }
+    return result;
+  } catch (const HookFailure& failure) {
+    return failure.status;
+  } catch (const c10::Error& e) {
+    return Internal("generation failed: " + FirstLine(e.what()));
+  }
+}
+
+}  // namespace glassbox

@@ -30,6 +30,9 @@ struct TokenizerSpec {
   int64_t bos_id = -1;  // -1: none
   int64_t eos_id = -1;
   bool add_bos = false;  // prepend bos_id when encoding with add_special_tokens
+  // Hugging Face BPE `ignore_merges` (set by Llama-3): a pre-token that is itself in the
+  // vocabulary becomes that token without running the merges.
+  bool ignore_merges = false;
 };
 
 class Tokenizer {
@@ -39,11 +42,16 @@ class Tokenizer {
   // add_bos_token}. kUnimplemented for tokenizer models other than "gpt2", naming it.
   static StatusOr<Tokenizer> FromGguf(const GgufFile& gguf);
   // Reads a Hugging Face tokenizer.json whose model is BPE with a ByteLevel pre-tokenizer
-  // (optionally preceded by Digits). Errors name the file and the unsupported part.
+  // (optionally preceded by Digits, or a Split with the Llama-3 regex); every added token
+  // is special. A TemplateProcessing post-processor may prepend a BOS. bos/eos names come
+  // from a tokenizer_config.json in the same directory, if there is one. Errors name the
+  // file and the unsupported part (kUnimplemented) or the malformed one (kInvalidArgument).
   static StatusOr<Tokenizer> FromTokenizerJson(const std::string& path);
 
   // Encodes any UTF-8 (invalid bytes are encoded byte by byte, so Decode(Encode(s)) == s).
-  // Special tokens written in the text become their ids.
+  // Special tokens written in the text become their ids. As in Hugging Face, a byte whose
+  // byte-level token is missing from the vocabulary is dropped (SmolLM2 lacks e.g. 0xF1),
+  // so the round trip holds only for bytes the vocabulary covers.
   std::vector<int64_t> Encode(const std::string& text, bool add_special_tokens = true) const;
   // Concatenates tokens and undoes the byte-level mapping. Unknown ids give kInvalidArgument.
   StatusOr<std::string> Decode(const std::vector<int64_t>& ids) const;

@@ -1,1 +1,525 @@
-// placeholder: being written
+// Tokenizer tests: hand-built vocabularies for the mechanics, golden ids from Hugging Face
+// `tokenizers` for exactness (tests/fixtures/tokenizer/, made by
+// scripts/fixtures/make_tokenizer_fixtures.py), and random bytes for the round trip.
+#include "engine/tokenizer.h"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/gguf.h"
+
+namespace glassbox {
+namespace {
+
+using Json = nlohmann::json;
+
+const char* const kFixtureDir = "tests/fixtures/tokenizer/";
+const char* const kModelPath = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+Json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  REQUIRE(in.good());
+  return Json::parse(in);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+void WriteFile(const std::string& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary);
+  out << contents;
+  REQUIRE(out.good());
+}
+
+// A fresh directory under /tmp for files a test writes.
+std::string TempDir(const std::string& name) {
+  std::string dir = "/tmp/glassbox_tokenizer_test_" + name;
+  std::string command = "rm -rf '" + dir + "' && mkdir -p '" + dir + "'";
+  REQUIRE(std::system(command.c_str()) == 0);
+  return dir + "/";
+}
+
+// GPT-2's byte -> character mapping, written independently of the implementation.
+std::string ByteToken(unsigned char b) {
+  int code = b;
+  if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)) {
+    int n = 0;
+    for (int c = 0; c < b; ++c) {
+      if (!((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || c >= 0xAE)) ++n;
+    }
+    code = 256 + n;
+  }
+  std::string out;
+  if (code < 0x80) {
+    out.push_back(static_cast<char>(code));
+  } else {
+    out.push_back(static_cast<char>(0xC0 | (code >> 6)));
+    out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
+  }
+  return out;
+}
+
+// Readable text for a failure message: the ids around `pos` and the token texts.
+std::string Context(const Tokenizer& tokenizer, const std::vector<int64_t>& ids, size_t pos) {
+  std::string out;
+  size_t first = pos < 5 ? 0 : pos - 5;
+  for (size_t i = first; i < ids.size() && i < pos + 6; ++i) {
+    out += (i == pos ? " >>" : " ") + std::to_string(ids[i]) + "(" +
+           tokenizer.TokenText(ids[i]) + ")";
+  }
+  return out;
+}
+
+// Compares ids exactly; on failure reports the first differing position with context.
+void CheckIds(const Tokenizer& tokenizer, const std::string& name, const std::string& text,
+              const std::vector<int64_t>& actual, const std::vector<int64_t>& expected) {
+  size_t pos = 0;
+  while (pos < actual.size() && pos < expected.size() && actual[pos] == expected[pos]) ++pos;
+  if (pos == actual.size() && pos == expected.size()) return;
+  INFO("case " << name << ": first mismatch at id index " << pos << " of " << expected.size()
+               << " expected / " << actual.size() << " actual");
+  INFO("text: " << text.substr(0, 300));
+  INFO("expected:" << Context(tokenizer, expected, pos));
+  INFO("actual:  " << Context(tokenizer, actual, pos));
+  FAIL("token ids differ from Hugging Face");
+}
+
+// Encodes each golden case without special tokens (or with them when marked) and checks
+// the ids and that decoding gives back the text.
+void CheckGoldenCases(const Tokenizer& tokenizer, const Json& cases) {
+  for (const Json& c : cases) {
+    std::string name = c["name"], text = c["text"];
+    bool with_bos = c.value("with_bos", false);
+    std::vector<int64_t> expected = c["ids"].get<std::vector<int64_t>>();
+    std::vector<int64_t> ids = tokenizer.Encode(text, with_bos);
+    CheckIds(tokenizer, name, text, ids, expected);
+    StatusOr<std::string> decoded = tokenizer.Decode(ids);
+    REQUIRE(decoded.ok());
+    std::string want = with_bos ? tokenizer.TokenText(tokenizer.bos_id()) + text : text;
+    INFO("case " << name);
+    CHECK(*decoded == want);
+  }
+}
+
+// A vocabulary of the 256 byte tokens, then the given extra tokens.
+TokenizerSpec ByteSpec(const std::vector<std::string>& extra) {
+  TokenizerSpec spec;
+  for (int b = 0; b < 256; ++b) spec.tokens.push_back(ByteToken(static_cast<unsigned char>(b)));
+  for (const std::string& token : extra) spec.tokens.push_back(token);
+  return spec;
+}
+
+int64_t IdOf(const TokenizerSpec& spec, const std::string& token) {
+  for (size_t i = 0; i < spec.tokens.size(); ++i) {
+    if (spec.tokens[i] == token) return static_cast<int64_t>(i);
+  }
+  FAIL("no token " << token);
+  return -1;
+}
+
+// Writes GGUF v3 files holding only metadata, for the loader's error paths.
+class GgufMetadataWriter {
+ public:
+  void String(const std::string& key, const std::string& value) {
+    Key(key, kString);
+    Str(value);
+  }
+  void UInt32(const std::string& key, uint32_t value) {
+    Key(key, kUInt32);
+    Raw(value);
+  }
+  void Bool(const std::string& key, bool value) {
+    Key(key, kBool);
+    Raw(static_cast<uint8_t>(value));
+  }
+  void StringArray(const std::string& key, const std::vector<std::string>& values) {
+    Key(key, kArray);
+    Raw(kString);
+    Raw(static_cast<uint64_t>(values.size()));
+    for (const std::string& value : values) Str(value);
+  }
+  void Int32Array(const std::string& key, const std::vector<int32_t>& values) {
+    Key(key, kArray);
+    Raw(kInt32);
+    Raw(static_cast<uint64_t>(values.size()));
+    for (int32_t value : values) Raw(value);
+  }
+  void Save(const std::string& path) const {
+    std::string header = "GGUF";
+    Append(&header, uint32_t{3});
+    Append(&header, uint64_t{0});  // tensors
+    Append(&header, count_);
+    WriteFile(path, header + body_);
+  }
+
+ private:
+  static constexpr uint32_t kUInt32 = 4, kInt32 = 5, kBool = 7, kString = 8, kArray = 9;
+  template <typename T>
+  static void Append(std::string* out, T value) {
+    out->append(reinterpret_cast<const char*>(&value), sizeof(value));
+  }
+  template <typename T>
+  void Raw(T value) { Append(&body_, value); }
+  void Str(const std::string& s) {
+    Raw(static_cast<uint64_t>(s.size()));
+    body_ += s;
+  }
+  void Key(const std::string& key, uint32_t type) {
+    Str(key);
+    Raw(type);
+    ++count_;
+  }
+  std::string body_;
+  uint64_t count_ = 0;
+};
+
+// A byte-level gpt2 vocabulary: 256 byte tokens, "ab", "abc", and a control token.
+GgufMetadataWriter SmallGguf(const std::string& model, const std::string& pre,
+                             const std::vector<std::string>& merges = {"a b", "1 2"}) {
+  GgufMetadataWriter writer;
+  writer.String("tokenizer.ggml.model", model);
+  if (!pre.empty()) writer.String("tokenizer.ggml.pre", pre);
+  std::vector<std::string> tokens;
+  for (int b = 0; b < 256; ++b) tokens.push_back(ByteToken(static_cast<unsigned char>(b)));
+  tokens.insert(tokens.end(), {"ab", "abc", "12", "<s>"});
+  std::vector<int32_t> types(tokens.size(), 1);
+  types.back() = 3;
+  writer.StringArray("tokenizer.ggml.tokens", tokens);
+  writer.StringArray("tokenizer.ggml.merges", merges);
+  writer.Int32Array("tokenizer.ggml.token_type", types);
+  writer.UInt32("tokenizer.ggml.bos_token_id", 259);
+  writer.UInt32("tokenizer.ggml.eos_token_id", 259);
+  writer.Bool("tokenizer.ggml.add_bos_token", true);
+  return writer;
+}
+
+StatusOr<Tokenizer> LoadGguf(const std::string& path) {
+  StatusOr<GgufFile> gguf = GgufFile::Open(path);
+  INFO(gguf.status().ToString());
+  REQUIRE(gguf.ok());
+  return Tokenizer::FromGguf(*gguf);
+}
+
+std::string RandomBytes(std::mt19937& rng, size_t max_length) {
+  // Bytes biased towards what makes the splitter and UTF-8 decoder work: ASCII letters,
+  // digits, spaces and newlines, apostrophes, lead and continuation bytes.
+  static const std::string kInteresting = "aZ09 \n\r\t'sS<|>!";
+  std::uniform_int_distribution<size_t> length(0, max_length);
+  std::uniform_int_distribution<int> pick(0, 3), byte(0, 255);
+  std::string out;
+  for (size_t n = length(rng); out.size() < n;) {
+    switch (pick(rng)) {
+      case 0: out.push_back(kInteresting[byte(rng) % kInteresting.size()]); break;
+      case 1: out.push_back(static_cast<char>(0x80 + byte(rng) % 0x40)); break;
+      case 2: out.push_back(static_cast<char>(0xC2 + byte(rng) % 0x33)); break;
+      default: out.push_back(static_cast<char>(byte(rng))); break;
+    }
+  }
+  return out;
+}
+
+// ---- Mechanics on hand-built vocabularies -------------------------------------------
+
+TEST_CASE("Encode merges by rank and decodes back", "[engine][tokenizer]") {
+  TokenizerSpec spec = ByteSpec({"aa", "aaa", "ab", "Ġa", "<|end|>", "<|end|>!"});
+  spec.merges = {{"a", "a"}, {"aa", "a"}, {"a", "b"}, {"Ġ", "a"}};
+  spec.special_ids = {IdOf(spec, "<|end|>"), IdOf(spec, "<|end|>!")};
+  spec.bos_id = IdOf(spec, "<|end|>");
+  spec.add_bos = true;
+  StatusOr<Tokenizer> tokenizer = Tokenizer::FromSpec(spec);
+  REQUIRE(tokenizer.ok());
+  const int64_t aa = IdOf(spec, "aa"), aaa = IdOf(spec, "aaa"), ab = IdOf(spec, "ab");
+
+  SECTION("leftmost pair first on equal rank, then by rank") {
+    CHECK(tokenizer->Encode("aaa", false) == std::vector<int64_t>{aaa});
+    CHECK(tokenizer->Encode("aaaa", false) == std::vector<int64_t>{aa, aa});
+    CHECK(tokenizer->Encode("aab", false) == std::vector<int64_t>{aa, 'b'});
+    CHECK(tokenizer->Encode("abab", false) == std::vector<int64_t>{ab, ab});
+  }
+  SECTION("bos only with add_special_tokens") {
+    CHECK(tokenizer->Encode("", true) == std::vector<int64_t>{spec.bos_id});
+    CHECK(tokenizer->Encode("", false).empty());
+  }
+  SECTION("special tokens match verbatim, longest first") {
+    const int64_t end = IdOf(spec, "<|end|>"), end_bang = IdOf(spec, "<|end|>!");
+    CHECK(tokenizer->Encode("<|end|>!", false) == std::vector<int64_t>{end_bang});
+    CHECK(tokenizer->Encode("aa<|end|>aa", false) == std::vector<int64_t>{aa, end, aa});
+    CHECK(tokenizer->Decode({end_bang, aa}).value() == "<|end|>!aa");
+  }
+  SECTION("decode errors and token texts") {
+    CHECK(tokenizer->Decode({aaa, IdOf(spec, "Ġa")}).value() == "aaa a");
+    CHECK(tokenizer->Decode({-1}).status().code() == StatusCode::kInvalidArgument);
+    CHECK(tokenizer->Decode({tokenizer->vocab_size()}).status().code() ==
+          StatusCode::kInvalidArgument);
+    CHECK(tokenizer->TokenText(aa) == "aa");
+    CHECK(tokenizer->TokenText(-3).empty());
+    CHECK(tokenizer->TokenText(tokenizer->vocab_size()).empty());
+  }
+}
+
+TEST_CASE("Pre-tokenizers split where their regexes do", "[engine][tokenizer]") {
+  // With a merge for every adjacent pair of these letters, a word only stays apart from
+  // its neighbour if the pre-tokenizer split them.
+  TokenizerSpec spec = ByteSpec({"Ġx", "x1", "12"});
+  spec.merges = {{"Ġ", "x"}, {"x", "1"}, {"1", "2"}};
+  const int64_t space_x = IdOf(spec, "Ġx"), d12 = IdOf(spec, "12");
+  const int64_t x = 'x', one = '1', two = '2';
+  for (PreTokenizer pre : {PreTokenizer::kGpt2, PreTokenizer::kSmolLm, PreTokenizer::kLlama3}) {
+    spec.pre_tokenizer = pre;
+    StatusOr<Tokenizer> tokenizer = Tokenizer::FromSpec(spec);
+    REQUIRE(tokenizer.ok());
+    CHECK(tokenizer->Encode(" x", false) == std::vector<int64_t>{space_x});
+    CHECK(tokenizer->Encode("x1", false) == std::vector<int64_t>{x, one});
+    std::vector<int64_t> digits = tokenizer->Encode("12", false);
+    if (pre == PreTokenizer::kSmolLm) {
+      CHECK(digits == std::vector<int64_t>{one, two});
+    } else {
+      CHECK(digits == std::vector<int64_t>{d12});
+    }
+  }
+}
+
+TEST_CASE("ignore_merges takes in-vocabulary words whole", "[engine][tokenizer]") {
+  TokenizerSpec spec = ByteSpec({"ab", "abc"});
+  spec.merges = {{"a", "b"}};  // nothing merges into "abc"
+  const int64_t ab = IdOf(spec, "ab"), abc = IdOf(spec, "abc");
+  CHECK(Tokenizer::FromSpec(spec)->Encode("abc", false) == std::vector<int64_t>{ab, 'c'});
+  spec.ignore_merges = true;
+  CHECK(Tokenizer::FromSpec(spec)->Encode("abc", false) == std::vector<int64_t>{abc});
+  CHECK(Tokenizer::FromSpec(spec)->Encode("abcc", false) == std::vector<int64_t>{ab, 'c', 'c'});
+}
+
+TEST_CASE("FromSpec rejects inconsistent specs", "[engine][tokenizer]") {
+  TokenizerSpec spec = ByteSpec({"ab"});
+  SECTION("a merge whose result is missing") {
+    spec.merges = {{"a", "c"}};
+    StatusOr<Tokenizer> tokenizer = Tokenizer::FromSpec(spec);
+    CHECK(tokenizer.status().code() == StatusCode::kInvalidArgument);
+    CHECK(tokenizer.status().message().find("merge 0") != std::string::npos);
+  }
+  SECTION("ids outside the vocabulary") {
+    spec.special_ids = {300};
+    CHECK(Tokenizer::FromSpec(spec).status().code() == StatusCode::kInvalidArgument);
+    spec.special_ids.clear();
+    spec.eos_id = 257;
+    CHECK(Tokenizer::FromSpec(spec).status().code() == StatusCode::kInvalidArgument);
+  }
+  SECTION("add_bos without a bos id") {
+    spec.add_bos = true;
+    CHECK(Tokenizer::FromSpec(spec).status().code() == StatusCode::kInvalidArgument);
+  }
+  SECTION("an empty vocabulary") {
+    CHECK(Tokenizer::FromSpec(TokenizerSpec()).status().code() ==
+          StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("Random bytes survive a round trip", "[engine][tokenizer]") {
+  std::mt19937 rng(20240607);
+  const Json golden = ReadJson(std::string(kFixtureDir) + "tiny_golden.json");
+  for (const Json& entry : golden["tokenizers"]) {
+    StatusOr<Tokenizer> tokenizer = Tokenizer::FromTokenizerJson(entry["file"]);
+    REQUIRE(tokenizer.ok());
+    for (int i = 0; i < 300; ++i) {
+      std::string text = RandomBytes(rng, 80);
+      std::vector<int64_t> ids = tokenizer->Encode(text, false);
+      StatusOr<std::string> decoded = tokenizer->Decode(ids);
+      REQUIRE(decoded.ok());
+      INFO(entry["file"].get<std::string>() << ", sample " << i);
+      REQUIRE(*decoded == text);
+    }
+  }
+}
+
+// ---- tokenizer.json -------------------------------------------------------------------
+
+TEST_CASE("Tiny tokenizer.json files encode like Hugging Face", "[engine][tokenizer]") {
+  const Json golden = ReadJson(std::string(kFixtureDir) + "tiny_golden.json");
+  REQUIRE(golden["tokenizers"].size() == 3);
+  for (const Json& entry : golden["tokenizers"]) {
+    const std::string file = entry["file"];
+    INFO("fixture " << file);
+    StatusOr<Tokenizer> tokenizer = Tokenizer::FromTokenizerJson(file);
+    INFO(tokenizer.status().ToString());
+    REQUIRE(tokenizer.ok());
+    CHECK(tokenizer->bos_id() == entry.value("bos_id", int64_t{-1}));
+    CheckGoldenCases(*tokenizer, entry["cases"]);
+  }
+}
+
+TEST_CASE("FromTokenizerJson errors name the file and the part", "[engine][tokenizer]") {
+  const std::string dir = TempDir("errors");
+  const Json original = ReadJson(std::string(kFixtureDir) + "tiny_tokenizer.json");
+  auto load_modified = [&](const std::string& name, const std::function<void(Json&)>& edit) {
+    Json json = original;
+    edit(json);
+    WriteFile(dir + name, json.dump());
+    return Tokenizer::FromTokenizerJson(dir + name);
+  };
+  auto expect = [](const StatusOr<Tokenizer>& result, StatusCode code,
+                   const std::vector<std::string>& words) {
+    INFO(result.status().ToString());
+    CHECK(result.status().code() == code);
+    for (const std::string& word : words) {
+      CHECK(result.status().message().find(word) != std::string::npos);
+    }
+  };
+
+  expect(Tokenizer::FromTokenizerJson(dir + "missing.json"), StatusCode::kNotFound,
+         {"missing.json"});
+  WriteFile(dir + "broken.json", "{\"model\": ");
+  expect(Tokenizer::FromTokenizerJson(dir + "broken.json"), StatusCode::kInvalidArgument,
+         {"broken.json"});
+  expect(load_modified("metaspace.json",
+                       [](Json& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}}; }),
+         StatusCode::kUnimplemented, {"metaspace.json", "Metaspace"});
+  expect(load_modified("prefix.json",
+                       [](Json& j) {
+                         j["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true;
+                       }),
+         StatusCode::kUnimplemented, {"prefix.json", "add_prefix_space=true"});
+  expect(load_modified("wordpiece.json", [](Json& j) { j["model"]["type"] = "WordPiece"; }),
+         StatusCode::kUnimplemented, {"wordpiece.json", "WordPiece"});
+  expect(load_modified("nfc.json", [](Json& j) { j["normalizer"] = {{"type", "NFC"}}; }),
+         StatusCode::kUnimplemented, {"nfc.json", "NFC"});
+  expect(load_modified("lstrip.json", [](Json& j) { j["added_tokens"][0]["lstrip"] = true; }),
+         StatusCode::kUnimplemented, {"lstrip.json", "lstrip"});
+  expect(load_modified("vocab_type.json", [](Json& j) { j["model"]["vocab"] = 3; }),
+         StatusCode::kInvalidArgument, {"vocab_type.json", "model.vocab"});
+  expect(load_modified("id_type.json", [](Json& j) { j["model"]["vocab"]["!"] = "x"; }),
+         StatusCode::kInvalidArgument, {"id_type.json"});
+  expect(load_modified("bad_merge.json",
+                       [](Json& j) { j["model"]["merges"][0] = "no_space_here"; }),
+         StatusCode::kInvalidArgument, {"bad_merge.json", "merges[0]"});
+}
+
+TEST_CASE("tokenizer_config.json beside tokenizer.json names bos and eos",
+          "[engine][tokenizer]") {
+  const std::string dir = TempDir("config");
+  WriteFile(dir + "tokenizer.json", ReadFile(std::string(kFixtureDir) + "tiny_tokenizer.json"));
+  WriteFile(dir + "tokenizer_config.json",
+            R"({"eos_token": "<|im_end|>", "bos_token": {"content": "<|im_start|>"}})");
+  StatusOr<Tokenizer> tokenizer = Tokenizer::FromTokenizerJson(dir + "tokenizer.json");
+  REQUIRE(tokenizer.ok());
+  CHECK(tokenizer->TokenText(tokenizer->eos_id()) == "<|im_end|>");
+  CHECK(tokenizer->TokenText(tokenizer->bos_id()) == "<|im_start|>");
+  CHECK(tokenizer->Encode("hi", true) == tokenizer->Encode("hi", false));  // no post-processor
+}
+
+// ---- GGUF ---------------------------------------------------------------------------
+
+TEST_CASE("FromGguf reads a gpt2 tokenizer", "[engine][tokenizer]") {
+  const std::string dir = TempDir("gguf");
+  const int64_t ab = 256, abc = 257, d12 = 258, bos = 259;
+  SECTION("default pre-tokenizer, bos, control tokens") {
+    SmallGguf("gpt2", "").Save(dir + "default.gguf");
+    StatusOr<Tokenizer> tokenizer = LoadGguf(dir + "default.gguf");
+    INFO(tokenizer.status().ToString());
+    REQUIRE(tokenizer.ok());
+    CHECK(tokenizer->vocab_size() == 260);
+    CHECK(tokenizer->bos_id() == bos);
+    CHECK(tokenizer->eos_id() == bos);
+    CHECK(tokenizer->Encode("abc<s>12", true) ==
+          std::vector<int64_t>{bos, ab, 'c', bos, d12});
+  }
+  SECTION("smollm splits digits") {
+    SmallGguf("gpt2", "smollm").Save(dir + "smollm.gguf");
+    CHECK(LoadGguf(dir + "smollm.gguf")->Encode("12", false) == std::vector<int64_t>{'1', '2'});
+  }
+  SECTION("llama-bpe takes in-vocabulary words whole") {
+    SmallGguf("gpt2", "llama-bpe").Save(dir + "llama.gguf");
+    CHECK(LoadGguf(dir + "llama.gguf")->Encode("abc 12", false) ==
+          std::vector<int64_t>{abc, ' ', d12});
+  }
+}
+
+TEST_CASE("FromGguf errors name the file and the cause", "[engine][tokenizer]") {
+  const std::string dir = TempDir("gguf_errors");
+  auto expect = [](const StatusOr<Tokenizer>& result, StatusCode code,
+                   const std::vector<std::string>& words) {
+    INFO(result.status().ToString());
+    CHECK(result.status().code() == code);
+    for (const std::string& word : words) {
+      CHECK(result.status().message().find(word) != std::string::npos);
+    }
+  };
+  SmallGguf("llama", "").Save(dir + "spm.gguf");
+  expect(LoadGguf(dir + "spm.gguf"), StatusCode::kUnimplemented, {"spm.gguf", "llama", "gpt2"});
+  SmallGguf("gpt2", "qwen2").Save(dir + "qwen.gguf");
+  expect(LoadGguf(dir + "qwen.gguf"), StatusCode::kUnimplemented, {"qwen.gguf", "qwen2"});
+  SmallGguf("gpt2", "", {"ab"}).Save(dir + "merge.gguf");
+  expect(LoadGguf(dir + "merge.gguf"), StatusCode::kInvalidArgument,
+         {"merge.gguf", "tokenizer.ggml.merges[0]"});
+  GgufMetadataWriter no_model;
+  no_model.Save(dir + "empty.gguf");
+  expect(LoadGguf(dir + "empty.gguf"), StatusCode::kNotFound,
+         {"empty.gguf", "tokenizer.ggml.model"});
+}
+
+// ---- The SmolLM2 GGUF -------------------------------------------------------------------
+
+TEST_CASE("SmolLM2 from GGUF encodes like Hugging Face", "[engine][tokenizer][model]") {
+  StatusOr<GgufFile> gguf = GgufFile::Open(kModelPath);
+  INFO(gguf.status().ToString());
+  REQUIRE(gguf.ok());
+  StatusOr<Tokenizer> tokenizer = Tokenizer::FromGguf(*gguf);
+  INFO(tokenizer.status().ToString());
+  REQUIRE(tokenizer.ok());
+
+  const Json golden = ReadJson(std::string(kFixtureDir) + "smollm2_golden.json");
+  CHECK(tokenizer->vocab_size() == golden["vocab_size"].get<int64_t>());
+  CHECK(tokenizer->bos_id() == golden["bos_id"].get<int64_t>());
+  CHECK(tokenizer->eos_id() == golden["eos_id"].get<int64_t>());
+  CHECK(tokenizer->TokenText(1) == "<|im_start|>");
+  CheckGoldenCases(*tokenizer, golden["cases"]);
+
+  SECTION("add_bos_token is false in this file") {
+    CHECK(tokenizer->Encode("Hello", true) == tokenizer->Encode("Hello", false));
+  }
+  SECTION("random bytes the vocabulary covers survive a round trip") {
+    std::vector<bool> covered(256);
+    for (int b = 0; b < 256; ++b) {
+      covered[b] = !tokenizer->Encode(std::string(1, static_cast<char>(b)), false).empty();
+    }
+    std::mt19937 rng(7);
+    for (int i = 0; i < 300; ++i) {
+      std::string text = RandomBytes(rng, 80);
+      text.erase(std::remove_if(text.begin(), text.end(),
+                                [&](char c) { return !covered[static_cast<unsigned char>(c)]; }),
+                 text.end());
+      INFO("sample " << i);
+      REQUIRE(tokenizer->Decode(tokenizer->Encode(text, false)).value() == text);
+    }
+  }
+  SECTION("encodes at least 1 MB/s") {
+    std::string text;
+    const Json& cases = golden["cases"];
+    while (text.size() < (1u << 20)) text += cases[0]["text"].get<std::string>();
+    auto start = std::chrono::steady_clock::now();
+    size_t count = tokenizer->Encode(text, false).size();
+    std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+    double mb_per_s = text.size() / 1e6 / seconds.count();
+    WARN("encoded " << text.size() << " bytes into " << count << " tokens at " << mb_per_s
+                    << " MB/s");
+#if !defined(__SANITIZE_ADDRESS__)
+    CHECK(mb_per_s > 1.0);
+#endif
+  }
+}
+
+}  // namespace
+}  // namespace glassbox

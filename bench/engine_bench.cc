@@ -1,0 +1,148 @@
+// Engine benchmark on SmolLM2 (or any model given with --model): forward passes with no
+// hooks and with a callback reading every hook point, against the time of the same model's
+// matrix products alone (the lower bound); peak memory against the float32 weights;
+// generation tokens/s. Prints ratios; asserts nothing.
+#include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/randint.h>
+#include <ATen/ops/randn.h>
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace glassbox {
+namespace {
+
+double Seconds(const std::function<void()>& fn, int repeats) {
+  fn();  // warm-up
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];  // median
+}
+
+// A /proc/self/status memory field ("VmHWM:" peak, "VmRSS:" current) in bytes.
+double StatusBytes(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == field) {
+      double kb;
+      status >> kb;
+      return kb * 1024;
+    }
+    status.ignore(1 << 16, '\n');
+  }
+  return 0;
+}
+
+// The matrix products of one forward pass, alone: every projection and the lm_head.
+std::function<void()> MatmulsOnly(const ModelConfig& c, int64_t batch, int64_t seq) {
+  auto w = [](int64_t out, int64_t in) { return at::randn({out, in}); };
+  const int64_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  std::vector<at::Tensor> layer = {w(q, c.hidden_size), w(kv, c.hidden_size), w(kv, c.hidden_size),
+                                   w(c.hidden_size, q), w(c.intermediate_size, c.hidden_size),
+                                   w(c.intermediate_size, c.hidden_size), w(c.hidden_size, c.intermediate_size)};
+  at::Tensor head = w(c.vocab_size, c.hidden_size);
+  at::Tensor x = at::randn({batch, seq, c.hidden_size});
+  at::Tensor x_q = at::randn({batch, seq, q});
+  at::Tensor x_mlp = at::randn({batch, seq, c.intermediate_size});
+  return [=]() {
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      for (int i = 0; i < 7; ++i) {
+        const at::Tensor& in = i == 3 ? x_q : (i == 6 ? x_mlp : x);
+        at::linear(in, layer[i]);
+      }
+    }
+    at::linear(x, head);
+  };
+}
+
+void BenchShape(const Model& model, int64_t batch, int64_t seq, int repeats) {
+  std::vector<std::vector<int64_t>> prompts(batch);
+  for (auto& p : prompts) {
+    for (int64_t i = 0; i < seq; ++i) p.push_back((i * 7919 + 13) % model.config().vocab_size);
+  }
+  HookSet none(model.catalogue());
+  HookSet all(model.catalogue());
+  double touched = 0;
+  all.AddMatching("", [&touched](const HookContext&, at::Tensor& v) {
+    touched += static_cast<double>(v.numel());  // read the tensor's metadata, keep it alive
+    return Status::Ok();
+  });
+  const double bound = Seconds(MatmulsOnly(model.config(), batch, seq), repeats);
+  const double plain = Seconds([&] { (void)model.Forward({prompts}, &none); }, repeats);
+  const double hooked = Seconds([&] { (void)model.Forward({prompts}, &all); }, repeats);
+  std::printf("forward %3lldx%-4lld  matmul bound %8.2f ms  no hooks %8.2f ms (%.2fx)  "
+              "all %d hooks read %8.2f ms (%.2fx)\n",
+              static_cast<long long>(batch), static_cast<long long>(seq), bound * 1e3,
+              plain * 1e3, plain / bound, model.catalogue().size(), hooked * 1e3, hooked / bound);
+}
+
+void BenchGenerate(const Model& model, int new_tokens) {
+  std::vector<int64_t> prompt = model.tokenizer()
+                                    ? model.tokenizer()->Encode("The capital of France is", false)
+                                    : std::vector<int64_t>{1, 2, 3, 4, 5};
+  SamplingParams s;
+  s.max_new_tokens = new_tokens;
+  s.stop_ids = {-1};
+  const double seconds = Seconds([&] { (void)model.Generate({prompt}, s); }, 3);
+  std::printf("generate 1x%d greedy: %.1f tokens/s\n", new_tokens, new_tokens / seconds);
+}
+
+}  // namespace
+}  // namespace glassbox
+
+int main(int argc, char** argv) {
+  using namespace glassbox;
+  CLI::App app{"Glassbox engine benchmark"};
+  std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  EngineParams params;
+  int repeats = 5;
+  app.add_option("--model", path)->capture_default_str();
+  app.add_option("--threads", params.intra_op_threads)->capture_default_str();
+  app.add_option("--repeats", repeats)->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  const double rss_before_load = StatusBytes("VmRSS:");  // LibTorch's own pages
+  auto loaded = Model::Load(path, params);
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "error: %s\n", loaded.status().ToString().c_str());
+    return 1;
+  }
+  const Model& model = **loaded;
+  const ModelConfig& c = model.config();
+  const double weight_params =
+      c.vocab_size * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) + c.hidden_size +
+      c.num_layers * (2 * c.hidden_size + 2 * c.hidden_size * c.num_heads * c.head_dim +
+                      2 * c.hidden_size * c.num_kv_heads * c.head_dim +
+                      3 * c.hidden_size * c.intermediate_size);
+  const double peak_after_load = StatusBytes("VmHWM:") - rss_before_load;
+  std::printf("model %s: %.1f M parameters, float32 weights %.1f MB, LibTorch threads %d\n",
+              path.c_str(), weight_params / 1e6, weight_params * 4 / 1e6, at::get_num_threads());
+  BenchShape(model, 1, 16, repeats);
+  BenchShape(model, 1, 128, repeats);
+  BenchShape(model, 8, 64, repeats);
+  BenchGenerate(model, 32);
+  const double weight_bytes = weight_params * 4;
+  const double peak_after_runs = StatusBytes("VmHWM:") - rss_before_load;
+  std::printf("process RSS before loading (LibTorch itself) %.1f MB\n", rss_before_load / 1e6);
+  std::printf("peak RSS above that: after loading %.1f MB (%.2fx float32 weights), "
+              "after all runs %.1f MB (%.2fx; includes 8x64 full logits = %.1f MB)\n",
+              peak_after_load / 1e6, peak_after_load / weight_bytes, peak_after_runs / 1e6,
+              peak_after_runs / weight_bytes, 8.0 * 64 * c.vocab_size * 4 / 1e6);
+  return 0;
+}

@@ -1,0 +1,104 @@
+// The engine's front door: load a model, run forward passes and generation with hooks.
+//
+//   auto model = Model::Load("models/SmolLM2-135M-Instruct.Q4_1.gguf", EngineParams{});
+//   HookSet hooks(model->catalogue());
+//   hooks.Add("model.layers.5.output", [](const HookContext&, at::Tensor& x) { ...; });
+//   auto result = model->Forward({{model->tokenizer()->Encode("Hello")}}, &hooks);
+//
+// A Model is immutable after Load; Forward and Generate may be called from several threads
+// at once (each call brings its own HookSet). Errors are returned as Status values; the
+// engine never lets a c10::Error escape.
+#ifndef GLASSBOX_ENGINE_ENGINE_H_
+#define GLASSBOX_ENGINE_ENGINE_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "engine/hook_catalogue.h"
+#include "engine/hooks.h"
+#include "engine/tokenizer.h"
+
+namespace glassbox {
+
+struct EngineParams {
+  std::string device = "cpu";     // "cpu", "cuda", "cuda:N", or "auto" (CUDA when present)
+  std::string dtype = "float32";  // "float32", "bfloat16" or "float16"
+  int intra_op_threads = 1;       // LibTorch threads; 1 is fastest on small CPUs (see bench/)
+};
+
+struct ModelConfig {
+  std::string architecture = "llama";
+  int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
+  int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0, max_position_embeddings = 0;
+  double rope_theta = 10000.0, rms_norm_eps = 1e-5;
+  bool tie_word_embeddings = false;
+  int64_t bos_id = -1, eos_id = -1;
+};
+
+struct ForwardRequest {
+  // Token ids, one prompt per row; rows of different lengths are left-padded into one batch
+  // with an attention mask, so each row's activations equal those of running it alone.
+  std::vector<std::vector<int64_t>> prompts;
+  bool all_logits = true;  // false: lm_head runs only at each row's last position
+};
+
+struct ForwardResult {
+  at::Tensor logits;          // [batch, seq, vocab] (or [batch, 1, vocab]), float32, CPU
+  at::Tensor attention_mask;  // [batch, seq] int64: 0 at left padding
+};
+
+struct SamplingParams {
+  int max_new_tokens = 32;
+  double temperature = 0.0;  // 0: greedy
+  int top_k = 0;             // 0: off
+  double top_p = 1.0;        // 1: off
+  uint64_t seed = 0;
+  std::vector<int64_t> stop_ids;  // empty: the model's eos token
+};
+
+struct GenerateResult {
+  std::vector<std::vector<int64_t>> new_tokens;  // per prompt, stop token included if hit
+  std::vector<std::string> stop_reasons;         // "stop_token" or "max_new_tokens"
+};
+
+class LlamaModel;
+
+class Model {
+ public:
+  // Loads a GGUF file or a Hugging Face directory (config.json + safetensors). Errors name
+  // the file and the problem; unsupported architectures list the supported ones.
+  static StatusOr<std::unique_ptr<Model>> Load(const std::string& path,
+                                               const EngineParams& params = EngineParams());
+  ~Model();
+
+  const ModelConfig& config() const;
+  const HookCatalogue& catalogue() const;
+  // The model's tokenizer, or nullptr when the model directory has none.
+  const Tokenizer* tokenizer() const;
+  std::string device() const;
+  std::string dtype() const;
+
+  StatusOr<ForwardResult> Forward(const ForwardRequest& request,
+                                  const HookSet* hooks = nullptr) const;
+  // Greedy or seeded sampling with a KV cache. Hooks run at every step (HookContext::step).
+  StatusOr<GenerateResult> Generate(const std::vector<std::vector<int64_t>>& prompts,
+                                    const SamplingParams& sampling,
+                                    const HookSet* hooks = nullptr) const;
+
+ private:
+  Model();
+  std::unique_ptr<LlamaModel> llama_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<HookCatalogue> catalogue_;
+  ModelConfig config_;
+  friend class ModelLoader;
+};
+
+}  // namespace glassbox
+
+#endif  // GLASSBOX_ENGINE_ENGINE_H_

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sets up everything Glassbox needs on Debian 12 and runs the demo:
+#   Debian packages (LibTorch with OpenBLAS, ZeroMQ, msgpack, hiredis, Catch2, Redis, ...),
+#   a Python virtual environment in .venv, the default model under models/, the C++ build.
+# Idempotent: what is already there is kept, so a second run takes seconds.
+# Usage: ./setup.sh [--no-demo]
+set -euo pipefail
+cd "$(dirname "$0")"
+demo=1
+[ "${1:-}" = "--no-demo" ] && demo=0
+
+packages=(
+  build-essential cmake ninja-build pkg-config git unzip ca-certificates
+  python3 python3-venv python3-pip
+  libtorch-dev libopenblas0-pthread
+  libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libhiredis-dev redis-server
+  catch2 nlohmann-json3-dev libcli11-dev libicu-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating the Python virtual environment .venv"
+  python3 -m venv .venv
+fi
+
+echo "== default model"
+PIP=.venv/bin/pip scripts/fetch_model.sh
+
+echo "== building (build/)"
+if [ ! -f build/build.ninja ]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+fi
+cmake --build build -j2
+
+if [ "$demo" = 1 ]; then
+  echo "== demo: next-token top-5 after \"The capital of France is\""
+  build/bin/glassbox-engine topk --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
+    --prompt "The capital of France is" --k 5
+  echo "== demo: greedy continuation"
+  build/bin/glassbox-engine generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
+    --prompt "The capital of France is" --max-new-tokens 20
+fi
