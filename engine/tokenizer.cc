@@ -4,15 +4,15 @@
 // Also the two loaders: GGUF metadata and a Hugging Face tokenizer.json.
 #include "engine/tokenizer.h"
 
-#include <unicode/uchar.h>
-
 #include <algorithm>
 #include <array>
 #include <fstream>
 #include <functional>
 #include <optional>
-#include <nlohmann/json.hpp>
 #include <string_view>
+
+#include <nlohmann/json.hpp>
+#include <unicode/uchar.h>
 
 #include "engine/gguf.h"
 
@@ -456,7 +456,9 @@ Status Tokenizer::Impl::BuildMerges() {
 Status Tokenizer::Impl::BuildSpecials() {
   for (int64_t id : spec.special_ids) {
     if (id < 0 || id >= static_cast<int64_t>(spec.tokens.size())) {
-      return CheckId(id < 0 ? -2 : id, spec.tokens.size(), "special token id");
+      return InvalidArgument("special token id " + std::to_string(id) +
+                             " is outside the vocabulary of " +
+                             std::to_string(spec.tokens.size()));
     }
     const std::string& text = spec.tokens[id];
     if (text.empty()) return InvalidArgument("special token " + std::to_string(id) + " is empty");
@@ -943,6 +945,21 @@ Status ReadPostProcessor(const Json& processor, TokenizerSpec* spec) {
   return Unimplemented("post_processor " + type + " is not supported");
 }
 
+// With an unk token, HF emits it for a byte missing from the vocabulary where we (and HF
+// without one) drop the byte; refuse the one case where that would change the ids.
+Status CheckUnkToken(const Json& model, const TokenizerSpec& spec) {
+  const Json& unk = Field(model, "unk_token");
+  if (unk.is_null()) return Status::Ok();
+  for (int b = 0; b < 256; ++b) {
+    std::string token = ToByteLevel(std::string(1, static_cast<char>(b)));
+    if (std::find(spec.tokens.begin(), spec.tokens.end(), token) == spec.tokens.end()) {
+      return Unimplemented("model.unk_token with byte " + std::to_string(b) +
+                           " missing from the vocabulary is not supported");
+    }
+  }
+  return Status::Ok();
+}
+
 StatusOr<TokenizerSpec> SpecFromJson(const Json& root) {
   TokenizerSpec spec;
   const Json& model = Field(root, "model");
@@ -951,6 +968,7 @@ StatusOr<TokenizerSpec> SpecFromJson(const Json& root) {
   GLASSBOX_RETURN_IF_ERROR(CheckNormalizerAndDecoder(root));
   GLASSBOX_RETURN_IF_ERROR(ReadPreTokenizer(root, &spec));
   GLASSBOX_RETURN_IF_ERROR(ReadVocab(root, &spec));
+  GLASSBOX_RETURN_IF_ERROR(CheckUnkToken(model, spec));
   GLASSBOX_RETURN_IF_ERROR(ReadAddedTokens(root, &spec));
   GLASSBOX_RETURN_IF_ERROR(ReadMerges(model, &spec));
   GLASSBOX_RETURN_IF_ERROR(ReadPostProcessor(Field(root, "post_processor"), &spec));

@@ -7,7 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -45,12 +45,13 @@ void WriteFile(const std::string& path, const std::string& contents) {
   REQUIRE(out.good());
 }
 
-// A fresh directory under /tmp for files a test writes.
+// A fresh directory under the system's temporary directory for files a test writes.
 std::string TempDir(const std::string& name) {
-  std::string dir = "/tmp/glassbox_tokenizer_test_" + name;
-  std::string command = "rm -rf '" + dir + "' && mkdir -p '" + dir + "'";
-  REQUIRE(std::system(command.c_str()) == 0);
-  return dir + "/";
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("glassbox_tokenizer_test_" + name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string() + "/";
 }
 
 // GPT-2's byte -> character mapping, written independently of the implementation.
@@ -400,6 +401,15 @@ TEST_CASE("FromTokenizerJson errors name the file and the part", "[engine][token
          StatusCode::kUnimplemented, {"lstrip.json", "lstrip"});
   expect(load_modified("vocab_type.json", [](Json& j) { j["model"]["vocab"] = 3; }),
          StatusCode::kInvalidArgument, {"vocab_type.json", "model.vocab"});
+  expect(load_modified("unk.json",
+                       [](Json& j) {
+                         j["model"]["unk_token"] = "<|endoftext|>";
+                         j["model"]["vocab"].erase("a");
+                       }),
+         StatusCode::kUnimplemented, {"unk.json", "unk_token", "byte 97"});
+  CHECK(load_modified("unk_ok.json",
+                      [](Json& j) { j["model"]["unk_token"] = "<|endoftext|>"; })
+            .ok());
   expect(load_modified("id_type.json", [](Json& j) { j["model"]["vocab"]["!"] = "x"; }),
          StatusCode::kInvalidArgument, {"id_type.json"});
   expect(load_modified("bad_merge.json",
