@@ -6,6 +6,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/tensor.h>
 #include <c10/util/Exception.h>
@@ -50,6 +51,20 @@ StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
 }
 
 std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// Whether this LibTorch can multiply matrices of `dtype` on `device` (float16 on the CPU
+// cannot in LibTorch 1.13, and can in 2.x): asked once, before any weights are loaded.
+Status CheckDtypeSupported(at::Device device, at::ScalarType dtype, const std::string& name) {
+  try {
+    at::Tensor probe = at::ones({2, 2}, at::TensorOptions().device(device).dtype(dtype));
+    (void)at::linear(probe, probe);
+    return Status::Ok();
+  } catch (const c10::Error& e) {
+    return InvalidArgument("dtype " + name + " is not supported on " + device.str() +
+                           " by this LibTorch (" + FirstLine(e.what()) +
+                           "); use float32 or bfloat16");
+  }
+}
 
 at::Tensor MoveTensor(const at::Tensor& t, at::Device device, at::ScalarType dtype) {
   if (t.device() == device && t.scalar_type() == dtype) return t;
@@ -148,6 +163,7 @@ Model::~Model() = default;
 StatusOr<std::unique_ptr<Model>> ModelLoader::Load(const std::string& path, const EngineParams& params) {
   GLASSBOX_ASSIGN_OR_RETURN(at::Device device, ParseDevice(params.device));
   GLASSBOX_ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDtype(params.dtype));
+  GLASSBOX_RETURN_IF_ERROR(CheckDtypeSupported(device, dtype, params.dtype));
   if (params.intra_op_threads > 0) at::set_num_threads(params.intra_op_threads);
   GLASSBOX_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModelFiles(path));
   std::unique_ptr<Model> model(new Model());

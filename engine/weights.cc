@@ -33,12 +33,31 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
   return out.str() + "]";
 }
 
-// A float32 CPU tensor for `stored`: a view of the mapping for F32, a converted copy else.
-StatusOr<at::Tensor> ToFloatTensor(const StoredTensor& stored) {
+// A CPU tensor viewing the mapped bytes of a plain float tensor (F32, F16, BF16): no copy;
+// the mapping stays alive as long as the tensor. Misaligned data (possible in hand-made
+// safetensors files) is copied instead.
+StatusOr<at::Tensor> ViewStoredTensor(const StoredTensor& stored) {
+  at::ScalarType dtype = stored.type == StoredType::kF32    ? at::kFloat
+                         : stored.type == StoredType::kF16  ? at::kHalf
+                         : stored.type == StoredType::kBF16 ? at::kBFloat16
+                                                            : at::kChar;
+  if (dtype == at::kChar) {
+    return Unimplemented(stored.file->path() + ": tensor '" + stored.name + "' has type " +
+                         StoredTypeName(stored.type) + "; model weights must be F32, F16 or BF16");
+  }
+  std::shared_ptr<MappedFile> keep = stored.file;
+  at::Tensor view = at::from_blob(const_cast<uint8_t*>(stored.data), stored.shape,
+                                  [keep](void*) {}, at::TensorOptions().dtype(dtype));
+  const bool aligned = reinterpret_cast<uintptr_t>(stored.data) % view.element_size() == 0;
+  return aligned ? view : view.clone();
+}
+
+// A float32 CPU tensor for a GGUF tensor: dequantized into new memory, or copied for F32
+// (the GGUF mapping is released once loading ends).
+StatusOr<at::Tensor> DequantizedTensor(const StoredTensor& stored) {
   if (stored.type == StoredType::kF32) {
-    std::shared_ptr<MappedFile> keep = stored.file;
-    return at::from_blob(const_cast<uint8_t*>(stored.data), stored.shape,
-                         [keep](void*) {}, at::TensorOptions().dtype(at::kFloat));
+    GLASSBOX_ASSIGN_OR_RETURN(at::Tensor view, ViewStoredTensor(stored));
+    return view.clone();
   }
   at::Tensor out = at::empty(stored.shape, at::TensorOptions().dtype(at::kFloat));
   GLASSBOX_RETURN_IF_ERROR(DequantizeToF32(stored, out.data_ptr<float>()));
@@ -184,9 +203,7 @@ StatusOr<LoadedModel> LoadGguf(const std::string& path) {
     const std::string name = GgufName(hf);
     const StoredTensor* stored = file.FindTensor(name);
     if (stored == nullptr) return NotFound(path + ": missing tensor '" + name + "' (" + hf + ")");
-    GLASSBOX_ASSIGN_OR_RETURN(at::Tensor t, ToFloatTensor(*stored));
-    // Own the memory: the GGUF mapping is released once loading ends.
-    if (stored->type == StoredType::kF32) t = t.clone();
+    GLASSBOX_ASSIGN_OR_RETURN(at::Tensor t, DequantizedTensor(*stored));
     ReleasePages(*stored);
     if (hf.find("q_proj") != std::string::npos) return ReversePermute(t, c.num_heads);
     if (hf.find("k_proj") != std::string::npos) return ReversePermute(t, c.num_kv_heads);
@@ -259,7 +276,7 @@ StatusOr<LoadedModel> LoadHfDirectory(const std::string& dir) {
   TensorLookup lookup = [&](const std::string& hf) -> StatusOr<at::Tensor> {
     auto it = by_name.find(hf);
     if (it == by_name.end()) return NotFound(dir + ": missing tensor '" + hf + "'");
-    return ToFloatTensor(*it->second);
+    return ViewStoredTensor(*it->second);
   };
   GLASSBOX_RETURN_IF_ERROR(FillWeights(loaded.config, dir, lookup, loaded.weights));
   std::ifstream tokenizer_json(dir + "/tokenizer.json");

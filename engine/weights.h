@@ -14,7 +14,8 @@ namespace glassbox {
 
 struct LoadedModel {
   ModelConfig config;
-  LlamaWeights weights;  // float32 on the CPU; Model moves them to the device and dtype
+  LlamaWeights weights;  // CPU; mapped views for safetensors, float32 for GGUF. Model
+                         // moves them to the run's device and dtype.
   std::unique_ptr<Tokenizer> tokenizer;  // null when the files carry none
 };
 

@@ -155,6 +155,21 @@ TEST_CASE("bfloat16 weights run and stay close to float32", "[engine][llama]") {
   CHECK(MaxAbsDiff(a->logits, b->logits) > 0.0);  // really ran in another dtype
 }
 
+TEST_CASE("float16 either runs or is refused at load with a reason", "[engine][llama]") {
+  EngineParams params;
+  params.dtype = "float16";
+  auto model = Model::Load(kTinyLlamaDir, params);
+  if (!model.ok()) {  // LibTorch 1.13 has no float16 matrix products on the CPU
+    CHECK(model.status().code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(model.status().message(), Catch::Contains("float16"));
+    CHECK_THAT(model.status().message(), Catch::Contains("cpu"));
+    return;
+  }
+  auto result = (*model)->Forward({{{1, 2, 3}}});
+  INFO(result.status().ToString());
+  CHECK(result.ok());
+}
+
 TEST_CASE("bad model paths and inputs give errors naming the cause", "[engine][llama]") {
   auto missing = Model::Load("tests/fixtures/no_such_model.gguf");
   REQUIRE_FALSE(missing.ok());
