@@ -23,6 +23,7 @@ enum class StatusCode {
   kResourceExhausted,  // a limit was hit (memory, size caps)
   kUnavailable,        // a dependency is down; retrying later may help
   kInternal,           // a library failed underneath us (e.g. a c10::Error)
+  kCancelled,          // stopped on purpose (early stop, cancellation, time limit)
 };
 
 const char* StatusCodeName(StatusCode code);
@@ -55,6 +56,7 @@ inline Status Unimplemented(std::string m) { return {StatusCode::kUnimplemented,
 inline Status ResourceExhausted(std::string m) { return {StatusCode::kResourceExhausted, std::move(m)}; }
 inline Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+inline Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
 
 inline const char* StatusCodeName(StatusCode code) {
   switch (code) {
@@ -66,6 +68,7 @@ inline const char* StatusCodeName(StatusCode code) {
     case StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
     case StatusCode::kUnavailable: return "UNAVAILABLE";
     case StatusCode::kInternal: return "INTERNAL";
+    case StatusCode::kCancelled: return "CANCELLED";
   }
   return "UNKNOWN";
 }

@@ -85,6 +85,13 @@ class Model {
 
   StatusOr<ForwardResult> Forward(const ForwardRequest& request,
                                   const HookSet* hooks = nullptr) const;
+  // Runs a module (Hugging Face path: "lm_head", "model.norm", "model.layers.3.mlp", ...) on
+  // any tensor: the logit lens is ApplyModule("lm_head", ApplyModule("model.norm", h)).
+  // Shape mismatches and unknown modules come back as errors naming the module.
+  StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& input) const;
+  // Names ApplyModule accepts.
+  std::vector<std::string> ModuleNames() const;
+
   // Greedy or seeded sampling with a KV cache. Hooks run at every step (HookContext::step).
   StatusOr<GenerateResult> Generate(const std::vector<std::vector<int64_t>>& prompts,
                                     const SamplingParams& sampling,

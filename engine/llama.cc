@@ -16,11 +16,29 @@
 #include <ATen/ops/zeros.h>
 
 #include <limits>
+#include <map>
+#include <string>
 
 namespace glassbox {
 
 using LP = LayerPoint;
 using GP = GlobalPoint;
+
+namespace {
+
+// Hugging Face's LlamaRMSNorm: computed in float32, scaled by the weight in the input dtype.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor variance = h.pow(2).mean({-1}, /*keepdim=*/true);
+  h = h * at::rsqrt(variance + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+at::Tensor GatedMlp(const LayerWeights& w, const at::Tensor& x) {
+  return at::linear(at::silu(at::linear(x, w.gate_proj)) * at::linear(x, w.up_proj), w.down_proj);
+}
+
+}  // namespace
 
 // The state of one pass: inputs, hooks and the per-pass tensors shared by every layer.
 class LlamaModel::Pass {
@@ -62,10 +80,7 @@ class LlamaModel::Pass {
   }
 
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
-    at::Tensor h = x.to(at::kFloat);
-    at::Tensor variance = h.pow(2).mean({-1}, /*keepdim=*/true);
-    h = h * at::rsqrt(variance + m_.config_.rms_norm_eps);
-    return weight * h.to(x.scalar_type());
+    return glassbox::RmsNorm(x, weight, m_.config_.rms_norm_eps);
   }
 
   at::Tensor Layer(int layer, at::Tensor x) {
@@ -230,6 +245,50 @@ LlamaModel::LlamaModel(const ModelConfig& config, LlamaWeights weights, at::Devi
 at::Tensor LlamaModel::Forward(const PassInputs& in) const {
   Pass pass(*this, in);
   return pass.Run();
+}
+
+std::vector<std::string> LlamaModel::ModuleNames() const {
+  std::vector<std::string> names = {"model.embed_tokens", "model.norm", "lm_head"};
+  for (size_t i = 0; i < weights_.layers.size(); ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    for (const char* m : {"input_layernorm", "post_attention_layernorm", "self_attn.q_proj",
+                          "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp",
+                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
+      names.push_back(p + m);
+    }
+  }
+  return names;
+}
+
+StatusOr<at::Tensor> LlamaModel::ApplyModule(const std::string& name, const at::Tensor& x) const {
+  const double eps = config_.rms_norm_eps;
+  if (name == "model.embed_tokens") return at::embedding(weights_.embed_tokens, x.to(at::kLong));
+  if (name == "model.norm") return RmsNorm(x.to(dtype_), weights_.norm, eps);
+  if (name == "lm_head") return at::linear(x.to(dtype_), weights_.lm_head);
+  const std::string prefix = "model.layers.";
+  if (name.compare(0, prefix.size(), prefix) == 0) {
+    const size_t dot = name.find('.', prefix.size());
+    const std::string index = name.substr(prefix.size(), dot - prefix.size());
+    const bool numeric = !index.empty() && index.find_first_not_of("0123456789") == std::string::npos;
+    if (numeric && dot != std::string::npos && std::stoul(index) < weights_.layers.size()) {
+      const LayerWeights& w = weights_.layers[std::stoul(index)];
+      const std::string module = name.substr(dot + 1);
+      const at::Tensor in = x.to(dtype_);
+      if (module == "input_layernorm") return RmsNorm(in, w.input_layernorm, eps);
+      if (module == "post_attention_layernorm") return RmsNorm(in, w.post_attention_layernorm, eps);
+      if (module == "mlp") return GatedMlp(w, in);
+      const std::map<std::string, const at::Tensor*> linear = {
+          {"self_attn.q_proj", &w.q_proj}, {"self_attn.k_proj", &w.k_proj},
+          {"self_attn.v_proj", &w.v_proj}, {"self_attn.o_proj", &w.o_proj},
+          {"mlp.gate_proj", &w.gate_proj}, {"mlp.up_proj", &w.up_proj},
+          {"mlp.down_proj", &w.down_proj}};
+      auto it = linear.find(module);
+      if (it != linear.end()) return at::linear(in, *it->second);
+    }
+  }
+  return NotFound("no callable module '" + name + "'; callable: model.embed_tokens, model.norm, "
+                  "lm_head, and per layer input_layernorm, post_attention_layernorm, mlp, "
+                  "self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj");
 }
 
 KvCache LlamaModel::NewCache(int64_t batch, int64_t capacity) const {

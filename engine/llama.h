@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
 #include <vector>
 
 #include "base/status.h"
@@ -56,6 +57,10 @@ class LlamaModel {
   // c10::Error; Model catches both at the engine boundary.
   at::Tensor Forward(const PassInputs& in) const;
   KvCache NewCache(int64_t batch, int64_t capacity) const;
+  // Runs one module (by its Hugging Face path) on any tensor, e.g. lm_head for a logit lens.
+  // Throws c10::Error on shape mismatches; kNotFound for names that are not modules.
+  StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const;
+  std::vector<std::string> ModuleNames() const;
 
   at::Device device() const { return device_; }
   at::ScalarType dtype() const { return dtype_; }

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "engine/engine.h"
+#include "intervention/ops.h"
 
 namespace glassbox {
 namespace {
@@ -139,7 +140,12 @@ int main(int argc, char** argv) {
   generate->add_option("--top-k", sampling.top_k, "0 = off")->capture_default_str();
   generate->add_option("--top-p", sampling.top_p, "1 = off")->capture_default_str();
   generate->add_flag("--json", json, "print ids, text and timing as JSON");
+  CLI::App* ops = app.add_subcommand("ops", "print the whitelist of graph operations (Markdown)");
   CLI11_PARSE(app, argc, argv);
+  if (*ops) {
+    std::cout << intervention::OpsMarkdown();
+    return 0;
+  }
 
   Status status;
   if (*info) status = RunInfo(flags);

@@ -192,6 +192,17 @@ const Tokenizer* Model::tokenizer() const { return tokenizer_.get(); }
 std::string Model::device() const { return llama_->device().str(); }
 std::string Model::dtype() const { return std::string(c10::toString(llama_->dtype())); }
 
+StatusOr<at::Tensor> Model::ApplyModule(const std::string& name, const at::Tensor& input) const {
+  try {
+    return llama_->ApplyModule(name, input.to(llama_->device()));
+  } catch (const c10::Error& e) {
+    return InvalidArgument("module " + name + " cannot take a tensor of shape " +
+                           c10::str(input.sizes()) + ": " + FirstLine(e.what()));
+  }
+}
+
+std::vector<std::string> Model::ModuleNames() const { return llama_->ModuleNames(); }
+
 StatusOr<ForwardResult> Model::Forward(const ForwardRequest& request, const HookSet* hooks) const {
   GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(request.prompts, config_, 0));
   try {

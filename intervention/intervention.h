@@ -1,0 +1,49 @@
+// The intervention room's front door: validate and run a protocol::Request (one or more
+// traces of intervention-graph nodes) against a loaded model.
+//
+//   decode (protocol/) -> Validate (every problem at once, nothing runs) -> Run
+//
+// Run validates first. Values flow from node to node as their inputs appear during the
+// forward pass; only nodes marked with `save` come back.
+#ifndef GLASSBOX_INTERVENTION_INTERVENTION_H_
+#define GLASSBOX_INTERVENTION_INTERVENTION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "engine/engine.h"
+#include "protocol/graph.h"
+
+namespace glassbox::intervention {
+
+struct InterventionLimits {
+  int64_t max_nodes = 20000;
+  int64_t max_traces = 32;
+  int64_t max_invokes = 64;          // per trace
+  int64_t max_prompt_tokens = 4096;  // per invoke
+  int64_t max_new_tokens = 512;
+  int64_t max_saved_bytes = int64_t{1} << 30;
+};
+
+// One problem found before anything ran. `node` is -1 for request-level problems.
+struct ValidationError {
+  int64_t node = -1;
+  std::string source;  // the client's file:line for that node, if it sent one
+  std::string message;
+  std::string ToString() const;  // "node 5 (exp.py:12): unknown op 'frobnicate'"
+};
+
+std::vector<ValidationError> Validate(const Model& model, const protocol::Request& request,
+                                      const InterventionLimits& limits = InterventionLimits());
+
+// Validates, then runs every trace in order. A validation failure returns kInvalidArgument
+// listing every problem; a failure while running names the node, its inputs' shapes and
+// the cause. The model is unchanged afterwards whatever happened.
+StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
+                               const InterventionLimits& limits = InterventionLimits());
+
+}  // namespace glassbox::intervention
+
+#endif  // GLASSBOX_INTERVENTION_INTERVENTION_H_

@@ -1,0 +1,57 @@
+// Planning a trace: which hook point and generation steps each node is bound to, in what
+// order nodes become ready, and every validation problem found on the way. Shared by
+// Validate and the interpreter. Internal to intervention/.
+#ifndef GLASSBOX_INTERVENTION_PLAN_H_
+#define GLASSBOX_INTERVENTION_PLAN_H_
+
+#include <map>
+#include <optional>
+#include <vector>
+
+#include "engine/engine.h"
+#include "intervention/intervention.h"
+#include "intervention/ops.h"
+#include "protocol/graph.h"
+
+namespace glassbox::intervention {
+
+// The generation steps at which a node runs: [first, last]. Nodes that depend on no hook
+// point are constants: they run once, before the forward pass.
+struct StepRange {
+  bool constant = true;
+  int64_t first = 0, last = 0;
+  bool PerStep() const { return !constant && first != last; }
+  bool Covers(int64_t step) const { return !constant && first <= step && step <= last; }
+};
+
+struct NodePlan {
+  const protocol::Node* node = nullptr;
+  const OpSpec* op = nullptr;
+  int point = -1;                        // read / write: catalogue id
+  std::optional<int64_t> invoke;         // read / write: which prompt's rows; none = all
+  std::optional<protocol::Value> index;  // write: x[index] = value
+  StepRange steps;
+  int64_t phase = -1;  // when in the pass its value exists: step * points + forward order
+  std::vector<int64_t> inputs;  // ids of referenced nodes
+};
+
+struct TracePlan {
+  std::vector<NodePlan> nodes;               // in request order
+  std::map<int64_t, size_t> index_of;        // node id -> position in `nodes`
+  std::map<int, std::vector<size_t>> at_point;  // hook point -> read/write nodes there
+  int64_t steps = 1;                          // forward passes: 1, or max_new_tokens
+  std::vector<std::vector<int64_t>> prompts;  // token ids per invoke
+};
+
+// Plans trace `t` of `request`. `earlier` holds ids of nodes of earlier traces in the same
+// request (available as constants). Problems are appended to `errors`.
+TracePlan PlanTrace(const Model& model, const protocol::Trace& trace,
+                    const std::map<int64_t, bool>& earlier, const InterventionLimits& limits,
+                    std::vector<ValidationError>& errors);
+
+// Position of a catalogue point in forward order (embedding first, logits last).
+int64_t ForwardOrder(const HookCatalogue& catalogue, int point);
+
+}  // namespace glassbox::intervention
+
+#endif  // GLASSBOX_INTERVENTION_PLAN_H_

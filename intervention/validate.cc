@@ -1,0 +1,292 @@
+// Validation and planning of intervention graphs: every problem is reported at once, each
+// naming its node, before anything runs.
+#include <algorithm>
+#include <set>
+
+#include "intervention/plan.h"
+
+namespace glassbox::intervention {
+namespace {
+
+using protocol::Value;
+
+std::string Join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+void CollectRefs(const Value& v, std::vector<int64_t>& out) {
+  if (v.kind == Value::Kind::kRef) out.push_back(v.int_value);
+  for (const Value& item : v.list) CollectRefs(item, out);
+}
+
+// Checks one trace's nodes; fills a plan. `Fail` records a problem for the current node.
+class Planner {
+ public:
+  Planner(const Model& model, const protocol::Trace& trace, const std::map<int64_t, bool>& earlier,
+          const InterventionLimits& limits, std::vector<ValidationError>& errors)
+      : model_(model), trace_(trace), earlier_(earlier), limits_(limits), errors_(errors) {}
+
+  TracePlan Plan() {
+    PlanPrompts();
+    plan_.steps = trace_.generate ? std::max<int64_t>(trace_.generate->max_new_tokens, 1) : 1;
+    if (trace_.generate) CheckGenerate(*trace_.generate);
+    for (const protocol::Node& node : trace_.nodes) PlanNode(node);
+    return std::move(plan_);
+  }
+
+ private:
+  void Fail(const protocol::Node* node, const std::string& message) {
+    errors_.push_back({node ? node->id : -1, node ? node->source : "", message});
+  }
+
+  void PlanPrompts() {
+    if (trace_.invokes.empty()) Fail(nullptr, "a trace needs at least one invoke (prompt)");
+    if (static_cast<int64_t>(trace_.invokes.size()) > limits_.max_invokes) {
+      Fail(nullptr, "a trace has " + std::to_string(trace_.invokes.size()) +
+                        " invokes; the limit is " + std::to_string(limits_.max_invokes));
+    }
+    for (size_t i = 0; i < trace_.invokes.size(); ++i) {
+      const protocol::Invoke& inv = trace_.invokes[i];
+      std::vector<int64_t> ids;
+      if (inv.ids) {
+        ids = *inv.ids;
+      } else if (inv.prompt && model_.tokenizer() != nullptr) {
+        ids = model_.tokenizer()->Encode(*inv.prompt, /*add_special_tokens=*/true);
+      } else if (inv.prompt) {
+        Fail(nullptr, "invoke " + std::to_string(i) + " is text but this model has no tokenizer; send token ids");
+      }
+      if ((inv.ids || inv.prompt) && ids.empty()) Fail(nullptr, "invoke " + std::to_string(i) + " has no tokens");
+      if (!inv.ids && !inv.prompt) Fail(nullptr, "invoke " + std::to_string(i) + " has neither a prompt nor ids");
+      if (static_cast<int64_t>(ids.size()) > limits_.max_prompt_tokens) {
+        Fail(nullptr, "invoke " + std::to_string(i) + " has " + std::to_string(ids.size()) +
+                          " tokens; the limit is " + std::to_string(limits_.max_prompt_tokens));
+      }
+      for (int64_t id : ids) {
+        if (id < 0 || id >= model_.config().vocab_size) {
+          Fail(nullptr, "invoke " + std::to_string(i) + ": token id " + std::to_string(id) +
+                            " is outside the vocabulary [0, " + std::to_string(model_.config().vocab_size) + ")");
+          break;
+        }
+      }
+      plan_.prompts.push_back(std::move(ids));
+    }
+  }
+
+  void CheckGenerate(const protocol::GenerateOptions& g) {
+    if (g.max_new_tokens < 1 || g.max_new_tokens > limits_.max_new_tokens) {
+      Fail(nullptr, "max_new_tokens is " + std::to_string(g.max_new_tokens) + "; it must be in [1, " +
+                        std::to_string(limits_.max_new_tokens) + "]");
+    }
+    if (g.temperature < 0) Fail(nullptr, "temperature must be >= 0");
+    if (g.top_p <= 0 || g.top_p > 1) Fail(nullptr, "top_p must be in (0, 1]");
+    if (g.top_k < 0) Fail(nullptr, "top_k must be >= 0");
+  }
+
+  void PlanNode(const protocol::Node& node) {
+    NodePlan p;
+    p.node = &node;
+    if (plan_.index_of.count(node.id) || earlier_.count(node.id)) {
+      Fail(&node, "node id " + std::to_string(node.id) + " is used twice");
+      return;
+    }
+    p.op = FindOp(node.op);
+    if (p.op == nullptr) {
+      Fail(&node, "unknown op '" + node.op + "'; only the operations listed in intervention/OPS.md may be used" + SuggestOp(node.op));
+    } else {
+      CheckArity(node, *p.op);
+    }
+    for (const Value& v : node.args) CollectRefs(v, p.inputs);
+    for (const auto& kv : node.kwargs) CollectRefs(kv.second, p.inputs);
+    ResolveInputs(node, p);
+    if (p.op != nullptr && (p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite)) {
+      PlanHookNode(node, p);
+    }
+    if (p.op != nullptr && p.op->op_class == OpClass::kModule) CheckModule(node);
+    plan_.index_of[node.id] = plan_.nodes.size();
+    if (p.point >= 0) plan_.at_point[p.point].push_back(plan_.nodes.size());
+    plan_.nodes.push_back(std::move(p));
+  }
+
+  std::string SuggestOp(const std::string& name) const {
+    for (const OpSpec& op : AllOps()) {
+      if (op.name.find(name) != std::string::npos || name.find(op.name) != std::string::npos) {
+        return " (did you mean '" + op.name + "'?)";
+      }
+    }
+    return "";
+  }
+
+  void CheckArity(const protocol::Node& node, const OpSpec& op) {
+    const int n = static_cast<int>(node.args.size());
+    if (n < op.min_args || (op.max_args >= 0 && n > op.max_args)) {
+      Fail(&node, op.name + " takes " + std::to_string(op.min_args) +
+                      (op.max_args == op.min_args ? "" : op.max_args < 0 ? " or more" : " to " + std::to_string(op.max_args)) +
+                      " positional arguments, got " + std::to_string(n) + ": " + op.signature);
+    }
+    for (const auto& kv : node.kwargs) {
+      if (std::find(op.kwargs.begin(), op.kwargs.end(), kv.first) == op.kwargs.end()) {
+        Fail(&node, op.name + " has no argument '" + kv.first + "': " + op.signature);
+      }
+    }
+  }
+
+  // Inputs must be earlier nodes; the node's steps and phase follow from theirs.
+  void ResolveInputs(const protocol::Node& node, NodePlan& p) {
+    for (int64_t ref : p.inputs) {
+      if (earlier_.count(ref)) continue;  // a value from an earlier trace: a constant here
+      auto it = plan_.index_of.find(ref);
+      if (it == plan_.index_of.end()) {
+        Fail(&node, "refers to node " + std::to_string(ref) + ", which is not an earlier node");
+        continue;
+      }
+      const NodePlan& in = plan_.nodes[it->second];
+      p.phase = std::max(p.phase, in.phase);
+      if (in.steps.constant) continue;
+      if (p.steps.constant || (!p.steps.PerStep() && !in.steps.PerStep())) {
+        p.steps = p.steps.constant ? in.steps : (in.steps.first > p.steps.first ? in.steps : p.steps);
+      } else if (in.steps.PerStep() && !p.steps.PerStep()) {
+        if (p.steps.first > in.steps.first) Fail(&node, "mixes a value from step " + std::to_string(p.steps.first) + " with values of every step from " + std::to_string(in.steps.first));
+        p.steps = in.steps;
+      } else if (in.steps.PerStep() && (in.steps.first != p.steps.first || in.steps.last != p.steps.last)) {
+        Fail(&node, "combines values bound to different ranges of generation steps");
+      } else if (!in.steps.PerStep() && in.steps.first > p.steps.first) {
+        Fail(&node, "uses a value from step " + std::to_string(in.steps.first) + " in steps starting at " + std::to_string(p.steps.first));
+      }
+    }
+  }
+
+  void PlanHookNode(const protocol::Node& node, NodePlan& p) {
+    const HookCatalogue& catalogue = model_.catalogue();
+    auto point = node.kwargs.find("point");
+    if (point == node.kwargs.end() || point->second.kind != Value::Kind::kString) {
+      Fail(&node, node.op + " needs point=\"<hook point name>\"");
+      return;
+    }
+    std::optional<int> id = catalogue.Find(point->second.string_value);
+    if (!id) {
+      Fail(&node, "unknown hook point '" + point->second.string_value + "'; did you mean: " +
+                      Join(catalogue.Suggest(point->second.string_value)) + "?");
+      return;
+    }
+    p.point = *id;
+    PlanInvoke(node, p);
+    PlanSteps(node, p);
+    const int64_t order = ForwardOrder(catalogue, p.point);
+    const int64_t points = catalogue.size();
+    const int64_t at = p.steps.first * points + order;
+    if (p.op->op_class == OpClass::kRead) {
+      p.phase = std::max(p.phase, at);
+      return;
+    }
+    auto index = node.kwargs.find("index");
+    if (index != node.kwargs.end() && index->second.kind != Value::Kind::kNone) p.index = index->second;
+    if (p.phase > at) {
+      Fail(&node, "writes " + catalogue.point(p.point).name + " at step " + std::to_string(p.steps.first) +
+                      " using a value that only exists later in the pass; a forward pass cannot go back");
+    }
+  }
+
+  void PlanInvoke(const protocol::Node& node, NodePlan& p) {
+    auto inv = node.kwargs.find("invoke");
+    if (inv == node.kwargs.end() || inv->second.kind == Value::Kind::kNone) return;
+    if (inv->second.kind != Value::Kind::kInt || inv->second.int_value < 0 ||
+        inv->second.int_value >= static_cast<int64_t>(trace_.invokes.size())) {
+      Fail(&node, "invoke must be an int in [0, " + std::to_string(trace_.invokes.size()) + ") or None");
+      return;
+    }
+    p.invoke = inv->second.int_value;
+  }
+
+  void PlanSteps(const protocol::Node& node, NodePlan& p) {
+    p.steps = {false, 0, 0};
+    auto step = node.kwargs.find("step");
+    if (step == node.kwargs.end() || step->second.kind == Value::Kind::kNone) return;
+    const Value& s = step->second;
+    if (s.kind == Value::Kind::kInt) {
+      p.steps.first = p.steps.last = s.int_value;
+    } else if (s.kind == Value::Kind::kString && s.string_value == "all") {
+      p.steps.last = plan_.steps - 1;
+    } else if (s.kind == Value::Kind::kList && s.list.size() == 2 && s.list[0].kind == Value::Kind::kInt &&
+               s.list[1].kind == Value::Kind::kInt && s.list[0].int_value < s.list[1].int_value) {
+      p.steps.first = s.list[0].int_value;
+      p.steps.last = s.list[1].int_value - 1;
+    } else {
+      Fail(&node, "step must be an int, [start, stop) or \"all\"");
+      return;
+    }
+    if (p.steps.first < 0 || p.steps.last >= plan_.steps) {
+      Fail(&node, "step is outside this trace's " + std::to_string(plan_.steps) + " forward pass(es)" +
+                      (trace_.generate ? "" : " (steps beyond 0 need generation)"));
+    }
+  }
+
+  void CheckModule(const protocol::Node& node) {
+    auto name = node.kwargs.find("name");
+    if (name == node.kwargs.end() || name->second.kind != Value::Kind::kString) {
+      Fail(&node, "module needs name=\"<module path>\", e.g. \"lm_head\"");
+      return;
+    }
+    const std::vector<std::string> modules = model_.ModuleNames();
+    if (std::find(modules.begin(), modules.end(), name->second.string_value) == modules.end()) {
+      Fail(&node, "no callable module '" + name->second.string_value + "'; callable: model.embed_tokens, model.norm, lm_head, model.layers.N.{input_layernorm, post_attention_layernorm, mlp, self_attn.q_proj, ...}");
+    }
+  }
+
+  const Model& model_;
+  const protocol::Trace& trace_;
+  const std::map<int64_t, bool>& earlier_;
+  const InterventionLimits& limits_;
+  std::vector<ValidationError>& errors_;
+  TracePlan plan_;
+};
+
+}  // namespace
+
+int64_t ForwardOrder(const HookCatalogue& catalogue, int point) {
+  const int globals = static_cast<int>(GlobalPoint::kCount);
+  const int64_t layer_points = static_cast<int64_t>(catalogue.num_layers()) * static_cast<int>(LayerPoint::kCount);
+  if (point >= globals) return 2 + (point - globals);             // inside the layers
+  if (point < 2) return point;                                       // embedding in / out
+  return 2 + layer_points + (point - 2);                             // norm, lm_head
+}
+
+TracePlan PlanTrace(const Model& model, const protocol::Trace& trace,
+                    const std::map<int64_t, bool>& earlier, const InterventionLimits& limits,
+                    std::vector<ValidationError>& errors) {
+  return Planner(model, trace, earlier, limits, errors).Plan();
+}
+
+std::string ValidationError::ToString() const {
+  std::string where = node >= 0 ? "node " + std::to_string(node) : "request";
+  if (!source.empty()) where += " (" + source + ")";
+  return where + ": " + message;
+}
+
+std::vector<ValidationError> Validate(const Model& model, const protocol::Request& request,
+                                      const InterventionLimits& limits) {
+  std::vector<ValidationError> errors;
+  if (request.version != protocol::kProtocolVersion) {
+    errors.push_back({-1, "", "request speaks protocol " + std::to_string(request.version) +
+                                  ", this server speaks protocol " + std::to_string(protocol::kProtocolVersion)});
+  }
+  if (request.traces.empty()) errors.push_back({-1, "", "the request has no traces"});
+  if (static_cast<int64_t>(request.traces.size()) > limits.max_traces) {
+    errors.push_back({-1, "", "the request has " + std::to_string(request.traces.size()) + " traces; the limit is " + std::to_string(limits.max_traces)});
+  }
+  int64_t nodes = 0;
+  for (const protocol::Trace& t : request.traces) nodes += static_cast<int64_t>(t.nodes.size());
+  if (nodes > limits.max_nodes) {
+    errors.push_back({-1, "", "the request has " + std::to_string(nodes) + " nodes; the limit is " + std::to_string(limits.max_nodes)});
+    return errors;
+  }
+  std::map<int64_t, bool> earlier;
+  for (const protocol::Trace& t : request.traces) {
+    TracePlan plan = PlanTrace(model, t, earlier, limits, errors);
+    for (const NodePlan& p : plan.nodes) earlier[p.node->id] = true;
+  }
+  return errors;
+}
+
+}  // namespace glassbox::intervention

@@ -1,0 +1,293 @@
+// The interpreter on the tiny checkpoint: each classic experiment as a graph, compared with
+// the same computation written by hand in LibTorch through engine hooks.
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/linspace.h>
+#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/zeros_like.h>
+#include <ATen/ops/empty.h>
+#include <catch2/catch.hpp>
+
+#include <cstring>
+
+#include "intervention/intervention.h"
+#include "tests/engine/tensor_fixtures.h"
+
+namespace glassbox::intervention {
+namespace {
+
+using protocol::Value;
+using testing::MaxAbsDiff;
+
+std::unique_ptr<Model> TinyModel() {
+  auto model = Model::Load(testing::kTinyLlamaDir);
+  INFO(model.status().ToString());
+  REQUIRE(model.ok());
+  return std::move(model).value();
+}
+
+// Builds a trace node by node; ids count up across every trace of the request.
+class GraphBuilder {
+ public:
+  explicit GraphBuilder(protocol::Request& request) : request_(request) {}
+  protocol::Trace& Trace(std::vector<std::vector<int64_t>> prompts) {
+    protocol::Trace t;
+    for (auto& p : prompts) t.invokes.push_back({std::nullopt, p});
+    request_.traces.push_back(t);
+    return request_.traces.back();
+  }
+  int64_t Add(const std::string& op, std::vector<Value> args, std::map<std::string, Value> kwargs = {}) {
+    protocol::Node n;
+    n.id = next_++;
+    n.op = op;
+    n.args = std::move(args);
+    n.kwargs = std::move(kwargs);
+    n.source = "interpreter_test.cc";
+    request_.traces.back().nodes.push_back(n);
+    return n.id;
+  }
+  int64_t Read(const std::string& point, std::optional<int64_t> invoke = 0, Value step = Value::Int(0)) {
+    return Add("read", {}, {{"point", Value::String(point)},
+                            {"invoke", invoke ? Value::Int(*invoke) : Value::None()}, {"step", step}});
+  }
+  int64_t Save(int64_t ref, const std::string& name) {
+    return Add("save", {Value::Ref(ref)}, {{"name", Value::String(name)}});
+  }
+
+ private:
+  protocol::Request& request_;
+  int64_t next_ = 0;
+};
+
+Value Slice(std::optional<int64_t> a = std::nullopt, std::optional<int64_t> b = std::nullopt) {
+  return Value::MakeSlice({a, b, std::nullopt});
+}
+
+at::Tensor TensorOf(const Value& v) {
+  REQUIRE(v.kind == Value::Kind::kTensor);
+  REQUIRE(v.tensor->dtype == protocol::DType::kFloat32);
+  at::Tensor out = at::empty(v.tensor->shape, at::kFloat);
+  std::memcpy(out.data_ptr(), v.tensor->bytes.data(), v.tensor->bytes.size());
+  return out;
+}
+
+const protocol::SavedValue& Saved(const protocol::Result& r, const std::string& name) {
+  for (const auto& s : r.saved) {
+    if (s.name == name) return s;
+  }
+  FAIL("no saved value " << name);
+  return r.saved.front();
+}
+
+protocol::Result RunOk(const Model& model, const protocol::Request& request) {
+  auto result = Run(model, request);
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  return std::move(result).value();
+}
+
+// Captures the value at a point during a plain engine forward pass.
+at::Tensor CaptureByHand(const Model& model, const std::vector<int64_t>& ids, const std::string& point) {
+  HookSet hooks(model.catalogue());
+  at::Tensor out;
+  REQUIRE(hooks.Add(point, [&out](const HookContext&, at::Tensor& v) { out = v.clone(); return Status::Ok(); }).ok());
+  REQUIRE(model.Forward({{ids}}, &hooks).ok());
+  return out;
+}
+
+const std::vector<int64_t> kClean = {1, 17, 42, 99, 5, 63};
+const std::vector<int64_t> kCorrupt = {1, 17, 42, 12, 5, 63};
+
+}  // namespace
+
+TEST_CASE("logit lens at every layer equals norm and unembedding by hand", "[intervention]") {
+  auto model = TinyModel();
+  auto weights = testing::ReadGoldenTensors(std::string(testing::kTinyLlamaDir) + "/model.safetensors");
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  for (int layer = 0; layer < 3; ++layer) {
+    int64_t h = g.Read("model.layers." + std::to_string(layer) + ".output");
+    int64_t normed = g.Add("module", {Value::Ref(h)}, {{"name", Value::String("model.norm")}});
+    int64_t logits = g.Add("module", {Value::Ref(normed)}, {{"name", Value::String("lm_head")}});
+    g.Save(logits, "lens" + std::to_string(layer));
+  }
+  protocol::Result result = RunOk(*model, request);
+  for (int layer = 0; layer < 3; ++layer) {
+    INFO("layer " << layer);
+    at::Tensor h = CaptureByHand(*model, kClean, "model.layers." + std::to_string(layer) + ".output");
+    at::Tensor normed = h * at::rsqrt(h.pow(2).mean({-1}, true) + 1e-5) * weights.at("model.norm.weight");
+    at::Tensor expected = at::linear(normed, weights.at("lm_head.weight"));
+    CHECK(MaxAbsDiff(TensorOf(Saved(result, "lens" + std::to_string(layer)).value), expected) <= 1e-4);
+  }
+}
+
+TEST_CASE("activation patching clean to corrupt in one session", "[intervention]") {
+  auto model = TinyModel();
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  int64_t clean = g.Read("model.layers.1.output");
+  int64_t clean_pos = g.Add("getitem", {Value::Ref(clean), Value::List({Slice(), Value::Int(3)})});
+  g.Trace({kCorrupt});
+  g.Add("write", {Value::Ref(clean_pos)}, {{"point", Value::String("model.layers.1.output")},
+                                           {"invoke", Value::Int(0)},
+                                           {"index", Value::List({Slice(), Value::Int(3)})}});
+  int64_t logits = g.Read("lm_head.output");
+  g.Save(logits, "patched");
+  protocol::Result result = RunOk(*model, request);
+
+  // By hand: take the clean residual at position 3, put it into the corrupt run.
+  at::Tensor clean_h = CaptureByHand(*model, kClean, "model.layers.1.output");
+  HookSet hooks(model->catalogue());
+  REQUIRE(hooks.Add("model.layers.1.output", [&](const HookContext&, at::Tensor& v) {
+    at::Tensor p = v.clone();
+    p.select(1, 3).copy_(clean_h.select(1, 3));
+    v = p;
+    return Status::Ok();
+  }).ok());
+  auto expected = model->Forward({{kCorrupt}}, &hooks);
+  REQUIRE(expected.ok());
+  at::Tensor patched = TensorOf(Saved(result, "patched").value);
+  CHECK(MaxAbsDiff(patched, expected->logits) <= 1e-5);
+  auto corrupt = model->Forward({{kCorrupt}});
+  CHECK(MaxAbsDiff(patched, corrupt->logits) > 1e-3);  // the patch did something
+}
+
+TEST_CASE("zero and mean ablation of one head", "[intervention]") {
+  auto model = TinyModel();
+  for (bool mean : {false, true}) {
+    INFO((mean ? "mean" : "zero") << " ablation");
+    protocol::Request request;
+    GraphBuilder g(request);
+    g.Trace({kClean});
+    const Value head_index = Value::List({Slice(), Slice(), Value::Int(2)});
+    Value replacement = Value::Int(0);
+    if (mean) {
+      int64_t z = g.Read("blocks.1.attn.hook_z");
+      int64_t head = g.Add("getitem", {Value::Ref(z), head_index});
+      replacement = Value::Ref(g.Add("mean", {Value::Ref(head)}, {{"dim", Value::Int(1)}, {"keepdim", Value::Bool(true)}}));
+    }
+    g.Add("write", {replacement}, {{"point", Value::String("blocks.1.attn.hook_z")},
+                                   {"invoke", Value::Int(0)}, {"index", head_index}});
+    g.Save(g.Read("lm_head.output"), "logits");
+    protocol::Result result = RunOk(*model, request);
+
+    HookSet hooks(model->catalogue());
+    REQUIRE(hooks.Add("model.layers.1.self_attn.z", [&](const HookContext&, at::Tensor& z) {
+      at::Tensor p = z.clone();
+      at::Tensor h = p.select(2, 2);
+      h.copy_(mean ? h.mean(1, true).expand_as(h) : at::zeros_like(h));
+      z = p;
+      return Status::Ok();
+    }).ok());
+    auto expected = model->Forward({{kClean}}, &hooks);
+    REQUIRE(expected.ok());
+    CHECK(MaxAbsDiff(TensorOf(Saved(result, "logits").value), expected->logits) <= 1e-5);
+  }
+}
+
+TEST_CASE("a steering vector at every generation step", "[intervention]") {
+  auto model = TinyModel();
+  at::Tensor direction = at::linspace(-1.0, 1.0, 64, at::kFloat);
+  protocol::TensorData data{protocol::DType::kFloat32, {64}, std::string(reinterpret_cast<const char*>(direction.data_ptr()), 64 * 4)};
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  request.traces.back().generate = protocol::GenerateOptions{};
+  request.traces.back().generate->max_new_tokens = 6;
+  request.traces.back().generate->stop_ids = {-1};
+  int64_t h = g.Read("model.layers.0.output", 0, Value::String("all"));
+  int64_t steered = g.Add("add", {Value::Ref(h), Value::Tensor(data)});
+  g.Add("write", {Value::Ref(steered)}, {{"point", Value::String("model.layers.0.output")},
+                                         {"invoke", Value::Int(0)}, {"step", Value::String("all")}});
+  int64_t logits = g.Read("lm_head.output", 0, Value::String("all"));
+  g.Save(logits, "logits_per_step");
+  protocol::Result result = RunOk(*model, request);
+
+  HookSet hooks(model->catalogue());
+  REQUIRE(hooks.Add("model.layers.0.output", [&](const HookContext&, at::Tensor& v) {
+    v = v + direction;
+    return Status::Ok();
+  }).ok());
+  SamplingParams s;
+  s.max_new_tokens = 6;
+  s.stop_ids = {-1};
+  auto expected = model->Generate({kClean}, s, &hooks);
+  REQUIRE(expected.ok());
+  REQUIRE(result.generated.size() == 1);
+  CHECK(result.generated[0] == expected->new_tokens[0]);
+  auto plain = model->Generate({kClean}, s);
+  CHECK(result.generated[0] != plain->new_tokens[0]);
+  const auto& per_step = Saved(result, "logits_per_step").value;
+  REQUIRE(per_step.kind == Value::Kind::kList);
+  CHECK(per_step.list.size() == 6);
+}
+
+TEST_CASE("attention patterns and per-invoke reads without padding", "[intervention]") {
+  auto model = TinyModel();
+  auto golden = testing::ReadGoldenTensors(std::string(testing::kTinyLlamaDir) + "/golden.safetensors");
+  at::Tensor ids_tensor = golden.at("model.embed_tokens.input")[0];
+  std::vector<int64_t> ids(ids_tensor.data_ptr<int64_t>(), ids_tensor.data_ptr<int64_t>() + ids_tensor.numel());
+  const std::vector<int64_t> shorter = {1, 5, 9};
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({shorter, ids});  // the golden prompt is the second, longer row
+  g.Save(g.Read("blocks.2.attn.hook_pattern", 1), "pattern");
+  g.Save(g.Read("blocks.2.attn.hook_pattern", 0), "short_pattern");
+  g.Save(g.Read("model.layers.2.output", std::nullopt), "whole_batch");
+  protocol::Result result = RunOk(*model, request);
+  CHECK(MaxAbsDiff(TensorOf(Saved(result, "pattern").value), golden.at("model.layers.2.self_attn.attn_pattern")) <= 1e-4);
+  // The short prompt's pattern has no padding in it and equals running it alone.
+  at::Tensor alone = CaptureByHand(*model, shorter, "model.layers.2.self_attn.attn_pattern");
+  CHECK(MaxAbsDiff(TensorOf(Saved(result, "short_pattern").value), alone) <= 1e-5);
+  CHECK(TensorOf(Saved(result, "whole_batch").value).sizes() == at::IntArrayRef({2, 7, 64}));
+}
+
+TEST_CASE("validation reports every problem at once, naming nodes", "[intervention]") {
+  auto model = TinyModel();
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  int64_t late = g.Read("model.layers.2.output");                          // node 0
+  g.Add("write", {Value::Ref(late)}, {{"point", Value::String("model.layers.0.output")}});  // 1: backwards
+  g.Add("frobnicate", {Value::Ref(late)});                                  // 2: not whitelisted
+  g.Read("model.layers.1.mlp.outptu");                                      // 3: unknown point
+  g.Add("add", {Value::Ref(42), Value::Int(1)});                             // 4: unknown ref
+  g.Read("model.layers.1.output", 0, Value::Int(3));                        // 5: no generation
+  g.Add("softmax", {Value::Ref(late)});                                      // 6: wrong arity
+  auto errors = Validate(*model, request);
+  std::string all;
+  for (const auto& e : errors) all += e.ToString() + "\n";
+  INFO(all);
+  CHECK(errors.size() == 6);
+  CHECK_THAT(all, Catch::Contains("node 1") && Catch::Contains("cannot go back"));
+  CHECK_THAT(all, Catch::Contains("node 2") && Catch::Contains("unknown op 'frobnicate'"));
+  CHECK_THAT(all, Catch::Contains("node 3") && Catch::Contains("model.layers.1.mlp.output"));
+  CHECK_THAT(all, Catch::Contains("node 4") && Catch::Contains("node 42"));
+  CHECK_THAT(all, Catch::Contains("node 5") && Catch::Contains("need generation"));
+  CHECK_THAT(all, Catch::Contains("node 6") && Catch::Contains("softmax(x, dim)"));
+  auto run = Run(*model, request);
+  REQUIRE_FALSE(run.ok());
+  CHECK_THAT(run.status().message(), Catch::Contains("6 problem(s)"));
+}
+
+TEST_CASE("a failure mid-run names the node and its inputs' shapes", "[intervention]") {
+  auto model = TinyModel();
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  int64_t h = g.Read("model.layers.0.output");
+  int64_t q = g.Read("model.layers.0.self_attn.q_proj.output");
+  int64_t bad = g.Add("matmul", {Value::Ref(h), Value::Ref(q)});
+  g.Save(bad, "bad");
+  auto run = Run(*model, request);
+  REQUIRE_FALSE(run.ok());
+  CHECK_THAT(run.status().message(), Catch::Contains("node " + std::to_string(bad)));
+  CHECK_THAT(run.status().message(), Catch::Contains("[1, 6, 64]"));
+  CHECK_THAT(run.status().message(), Catch::Contains("interpreter_test.cc"));
+  CHECK(model->Forward({{kClean}}).ok());  // the model is fine afterwards
+}
+
+}  // namespace glassbox::intervention
