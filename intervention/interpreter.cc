@@ -39,20 +39,22 @@ class TraceRunner {
         done_(plan.nodes.size(), -1) {
     for (const auto& p : plan.prompts) padded_ = std::max<int64_t>(padded_, p.size());
     for (const NodePlan& p : plan.nodes) {
-      if (p.steps.constant && p.point < 0) continue;
-      if (p.point < 0) dependents_.push_back(&p - plan.nodes.data());
+      const bool at_hook = p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite;
+      if (!p.steps.constant && !at_hook) dependents_.push_back(&p - plan.nodes.data());
     }
   }
 
   Status Run() {
     for (size_t i = 0; i < plan_.nodes.size(); ++i) {
-      if (plan_.nodes[i].steps.constant && plan_.nodes[i].point < 0) {
+      if (plan_.nodes[i].steps.constant) {
         GLASSBOX_RETURN_IF_ERROR(RunNode(i, 0));
       }
     }
     HookSet hooks(model_.catalogue());
-    for (const auto& entry : plan_.at_point) {
-      const int point = entry.first;
+    std::set<int> points;
+    for (const auto& entry : plan_.at_point) points.insert(entry.first);
+    for (const auto& entry : plan_.grad_at_point) points.insert(entry.first);
+    for (const int point : points) {
       GLASSBOX_RETURN_IF_ERROR(hooks.Add(model_.catalogue().point(point).name,
           [this, point](const HookContext& ctx, at::Tensor& value) { return Fire(point, ctx.step, value); }));
     }
@@ -90,7 +92,9 @@ class TraceRunner {
   // Called by the engine at a hook point: runs the reads and writes bound there in order,
   // and every node that becomes ready.
   Status Fire(int point, int step, at::Tensor& value) {
-    for (size_t i : plan_.at_point.at(point)) {
+    TrackGradient(point, step, value);
+    auto bound = plan_.at_point.find(point);
+    for (size_t i : bound == plan_.at_point.end() ? std::vector<size_t>() : bound->second) {
       const NodePlan& p = plan_.nodes[i];
       if (!p.steps.Covers(step)) continue;
       if (p.op->op_class == OpClass::kRead) {
@@ -107,6 +111,53 @@ class TraceRunner {
       stopped_early_ = true;  // nothing later is needed: stop the forward pass here
       return Cancelled("every node has run");
     }
+    return Status::Ok();
+  }
+
+  // For points whose gradient a grad node asks for: the earliest becomes a leaf that
+  // requires grad (nothing before it needs differentiating); later ones keep their grad.
+  void TrackGradient(int point, int step, at::Tensor& value) {
+    auto grads = plan_.grad_at_point.find(point);
+    if (grads == plan_.grad_at_point.end()) return;
+    bool wanted = false;
+    for (size_t i : grads->second) wanted |= plan_.nodes[i].point_step == step;
+    if (!wanted) return;
+    if (!value.requires_grad()) {
+      value = value.detach().requires_grad_(true);
+    } else {
+      value.retain_grad();
+    }
+    grad_targets_[{point, step}] = value;
+  }
+
+  Status RunBackward(size_t i, const std::vector<RuntimeValue>& args, int64_t step) {
+    const NodePlan& p = plan_.nodes[i];
+    if (!args[0].is_tensor() || args[0].tensor.numel() != 1) {
+      return NodeError(p, "backward needs a scalar tensor, got " + args[0].Describe());
+    }
+    if (!args[0].tensor.requires_grad()) {
+      return NodeError(p, "the loss does not depend on any point a grad node asks about");
+    }
+    try {
+      args[0].tensor.backward();
+    } catch (const c10::Error& e) {
+      return NodeError(p, "backward failed: " + FirstLine(e.what()));
+    }
+    Store(i, RuntimeValue(), step);
+    return Status::Ok();
+  }
+
+  Status RunGrad(size_t i, int64_t step) {
+    const NodePlan& p = plan_.nodes[i];
+    const int64_t point_step = p.point_step;
+    auto target = grad_targets_.find({p.point, point_step});
+    if (target == grad_targets_.end() || !target->second.grad().defined()) {
+      return NodeError(p, "no gradient reached " + model_.catalogue().point(p.point).name +
+                              ": the loss does not depend on it");
+    }
+    StatusOr<at::Tensor> grad = Slice(p, target->second.grad(), point_step);
+    if (!grad.ok()) return NodeError(p, grad.status().message());
+    Store(i, RuntimeValue::FromTensor(*grad), step);
     return Status::Ok();
   }
 
@@ -213,6 +264,8 @@ class TraceRunner {
       kwargs[kv.first] = std::move(*r);
     }
     if (p.op->op_class == OpClass::kSave) return Save(i, args[0], kwargs, step);
+    if (p.op->op_class == OpClass::kBackward) return RunBackward(i, args, step);
+    if (p.op->op_class == OpClass::kGrad) return RunGrad(i, step);
     StatusOr<RuntimeValue> out = Internal("not run");
     try {
       out = p.op->run(OpCall{args, kwargs, &model_});
@@ -297,6 +350,7 @@ class TraceRunner {
   std::vector<int64_t> done_;        // last step each node ran at, -1: not yet
   std::vector<size_t> dependents_;   // non-constant nodes not bound to a hook point
   std::map<size_t, size_t> per_step_saves_;
+  std::map<std::pair<int, int64_t>, at::Tensor> grad_targets_;  // (point, step) -> tracked value
   int64_t padded_ = 0;
   bool stopped_early_ = false;
 };

@@ -277,6 +277,11 @@ std::vector<OpSpec> BuildOps() {
   interp("write", OpClass::kWrite, 1, 1, {"point", "invoke", "step", "index"},
          "write(value, point=, invoke=None, step=0, index=None)",
          "replaces the value at a hook point (or x[index] = value when index is given)");
+  interp("backward", OpClass::kBackward, 1, 1, {}, "backward(loss)",
+         "backpropagates from a scalar; grad nodes then hold gradients");
+  interp("grad", OpClass::kGrad, 1, 1, {"point", "invoke", "step"},
+         "grad(backward_node, point=, invoke=None, step=0)",
+         "the gradient of the loss with respect to the value at a hook point (after that backward)");
   interp("save", OpClass::kSave, 1, 1, {"name"}, "save(x, name=None)",
          "marks a value to be returned; nothing else comes back");
   ops.push_back({"module", OpClass::kModule, 1, 1, {"name"}, "module(x, name=)",

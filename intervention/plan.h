@@ -31,6 +31,7 @@ struct NodePlan {
   std::optional<int64_t> invoke;         // read / write: which prompt's rows; none = all
   std::optional<protocol::Value> index;  // write: x[index] = value
   StepRange steps;
+  int64_t point_step = 0;  // grad: the generation step of the activation differentiated
   int64_t phase = -1;  // when in the pass its value exists: step * points + forward order
   std::vector<int64_t> inputs;  // ids of referenced nodes
 };
@@ -39,6 +40,7 @@ struct TracePlan {
   std::vector<NodePlan> nodes;               // in request order
   std::map<int64_t, size_t> index_of;        // node id -> position in `nodes`
   std::map<int, std::vector<size_t>> at_point;  // hook point -> read/write nodes there
+  std::map<int, std::vector<size_t>> grad_at_point;  // hook point -> grad nodes there
   int64_t steps = 1;                          // forward passes: 1, or max_new_tokens
   std::vector<std::vector<int64_t>> prompts;  // token ids per invoke
 };

@@ -103,9 +103,11 @@ class Planner {
     if (p.op != nullptr && (p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite)) {
       PlanHookNode(node, p);
     }
+    if (p.op != nullptr && p.op->op_class == OpClass::kGrad) PlanGradNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kModule) CheckModule(node);
     plan_.index_of[node.id] = plan_.nodes.size();
-    if (p.point >= 0) plan_.at_point[p.point].push_back(plan_.nodes.size());
+    const bool grad = p.op != nullptr && p.op->op_class == OpClass::kGrad;
+    if (p.point >= 0) (grad ? plan_.grad_at_point : plan_.at_point)[p.point].push_back(plan_.nodes.size());
     plan_.nodes.push_back(std::move(p));
   }
 
@@ -186,6 +188,36 @@ class Planner {
       Fail(&node, "writes " + catalogue.point(p.point).name + " at step " + std::to_string(p.steps.first) +
                       " using a value that only exists later in the pass; a forward pass cannot go back");
     }
+  }
+
+  // grad(backward_node, point=...): a gradient exists once that backward has run, for a
+  // point the forward pass reached before the loss.
+  void PlanGradNode(const protocol::Node& node, NodePlan& p) {
+    const StepRange after_backward = p.steps;
+    const int64_t phase = p.phase;
+    const Value& first = node.args.empty() ? Value() : node.args[0];
+    auto it = first.kind == Value::Kind::kRef ? plan_.index_of.find(first.int_value) : plan_.index_of.end();
+    if (it == plan_.index_of.end() || plan_.nodes[it->second].op == nullptr ||
+        plan_.nodes[it->second].op->op_class != OpClass::kBackward) {
+      Fail(&node, "grad's first argument must be a backward node of this trace");
+    }
+    auto point = node.kwargs.find("point");
+    std::optional<int> id;
+    if (point != node.kwargs.end() && point->second.kind == Value::Kind::kString) {
+      id = model_.catalogue().Find(point->second.string_value);
+    }
+    if (!id) {
+      Fail(&node, "grad needs point=\"<hook point name>\" naming a known point");
+      return;
+    }
+    p.point = *id;
+    PlanInvoke(node, p);
+    PlanSteps(node, p);
+    const int64_t at = p.steps.first * model_.catalogue().size() + ForwardOrder(model_.catalogue(), p.point);
+    if (at > phase) Fail(&node, "asks for the gradient at " + model_.catalogue().point(p.point).name + ", which the forward pass reaches after the loss");
+    p.point_step = p.steps.first;
+    p.steps = after_backward;
+    p.phase = phase;
   }
 
   void PlanInvoke(const protocol::Node& node, NodePlan& p) {

@@ -291,3 +291,50 @@ TEST_CASE("a failure mid-run names the node and its inputs' shapes", "[intervent
 }
 
 }  // namespace glassbox::intervention
+
+namespace glassbox::intervention {
+
+TEST_CASE("attribution patching: gradient times activation difference", "[intervention]") {
+  auto model = TinyModel();
+  const std::string point = "model.layers.1.output";
+  const int64_t target = 7;
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  int64_t clean = g.Read(point);
+  g.Trace({kCorrupt});
+  int64_t corrupt = g.Read(point);
+  int64_t logits = g.Read("lm_head.output");
+  int64_t last = g.Add("getitem", {Value::Ref(logits), Value::List({Value::Int(0), Value::Int(-1), Value::Int(target)})});
+  int64_t backward = g.Add("backward", {Value::Ref(last)});
+  int64_t grad = g.Add("grad", {Value::Ref(backward)}, {{"point", Value::String(point)}, {"invoke", Value::Int(0)}});
+  int64_t diff = g.Add("sub", {Value::Ref(clean), Value::Ref(corrupt)});
+  int64_t product = g.Add("mul", {Value::Ref(grad), Value::Ref(diff)});
+  int64_t attribution = g.Add("sum", {Value::Ref(product)}, {{"dim", Value::Int(-1)}});
+  g.Save(attribution, "attribution");
+  g.Save(grad, "grad");
+  protocol::Result result = RunOk(*model, request);
+
+  // By hand: a leaf at the point, the target logit at the last position, autograd.
+  at::Tensor clean_h = CaptureByHand(*model, kClean, point);
+  at::Tensor leaf;
+  at::Tensor corrupt_h;
+  HookSet hooks(model->catalogue());
+  REQUIRE(hooks.Add(point, [&](const HookContext&, at::Tensor& v) {
+    corrupt_h = v.detach().clone();
+    leaf = v.detach().requires_grad_(true);
+    v = leaf;
+    return Status::Ok();
+  }).ok());
+  auto forward = model->Forward({{kCorrupt}}, &hooks);
+  REQUIRE(forward.ok());
+  // Forward's logits are copied to float32 CPU, which keeps the graph on the CPU.
+  forward->logits[0][-1][target].backward();
+  REQUIRE(leaf.grad().defined());
+  at::Tensor expected = (leaf.grad() * (clean_h - corrupt_h)).sum(-1);
+  CHECK(MaxAbsDiff(TensorOf(Saved(result, "grad").value), leaf.grad()) <= 1e-5);
+  CHECK(MaxAbsDiff(TensorOf(Saved(result, "attribution").value), expected) <= 1e-5);
+  CHECK(leaf.grad().abs().max().item<double>() > 0.0);
+}
+
+}  // namespace glassbox::intervention
