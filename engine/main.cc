@@ -5,11 +5,16 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <iostream>
 #include <tuple>
 
 #include "engine/engine.h"
+#include "intervention/intervention.h"
 #include "intervention/ops.h"
+#include "protocol/codec.h"
+#include "protocol/json.h"
 
 namespace glassbox {
 namespace {
@@ -112,6 +117,57 @@ Status RunGenerate(const CommonFlags& flags, const std::string& prompt,
   return Status::Ok();
 }
 
+// A saved value for people: small tensors in full, large ones as shape, dtype and a preview.
+nlohmann::json DescribeSaved(const protocol::Value& value) {
+  if (value.kind == protocol::Value::Kind::kList) {
+    nlohmann::json items = nlohmann::json::array();
+    for (const protocol::Value& v : value.list) items.push_back(DescribeSaved(v));
+    return items;
+  }
+  if (value.kind != protocol::Value::Kind::kTensor) return protocol::ValueToJson(value);
+  nlohmann::json full = protocol::ValueToJson(value)["tensor"];
+  nlohmann::json out = {{"dtype", full["dtype"]}, {"shape", full["shape"]}};
+  const nlohmann::json& data = full["data"];
+  if (data.size() <= 64) {
+    out["values"] = data;
+  } else {
+    out["first_values"] = nlohmann::json(std::vector<nlohmann::json>(data.begin(), data.begin() + 8));
+  }
+  return out;
+}
+
+Status RunGraph(const CommonFlags& flags, const std::string& graph_path, const std::string& out_path) {
+  std::ifstream in(graph_path);
+  if (!in) return NotFound("cannot open graph file " + graph_path);
+  nlohmann::json text = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (text.is_discarded()) return InvalidArgument(graph_path + ": not valid JSON");
+  StatusOr<protocol::Request> request = protocol::RequestFromJson(text);
+  if (!request.ok()) return request.status().WithContext(graph_path);
+  GLASSBOX_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadVerbose(flags));
+  const auto start = std::chrono::steady_clock::now();
+  GLASSBOX_ASSIGN_OR_RETURN(protocol::Result result, intervention::Run(*model, *request));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  nlohmann::json saved = nlohmann::json::object();
+  for (const protocol::SavedValue& s : result.saved) saved[s.name] = DescribeSaved(s.value);
+  nlohmann::json out = {{"saved", saved}, {"seconds", seconds}};
+  if (!result.generated.empty()) {
+    out["generated_ids"] = result.generated;
+    if (model->tokenizer() != nullptr) {
+      nlohmann::json texts = nlohmann::json::array();
+      for (const auto& ids : result.generated) texts.push_back(model->tokenizer()->Decode(ids).ok() ? *model->tokenizer()->Decode(ids) : "");
+      out["generated_text"] = texts;
+    }
+  }
+  std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  if (!out_path.empty()) {
+    std::ofstream file(out_path, std::ios::binary);
+    file << protocol::EncodeResult(result);
+    if (!file) return Internal("cannot write " + out_path);
+    std::cerr << "wrote the result in the wire format to " << out_path << "\n";
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 }  // namespace glassbox
 
@@ -141,6 +197,11 @@ int main(int argc, char** argv) {
   generate->add_option("--top-p", sampling.top_p, "1 = off")->capture_default_str();
   generate->add_flag("--json", json, "print ids, text and timing as JSON");
   CLI::App* ops = app.add_subcommand("ops", "print the whitelist of graph operations (Markdown)");
+  CLI::App* run = app.add_subcommand("run", "run an intervention graph (JSON) and print saved values");
+  AddCommonFlags(run, flags);
+  std::string graph_path, out_path;
+  run->add_option("--graph", graph_path, "request in the JSON mirror of the wire format")->required();
+  run->add_option("--out", out_path, "also write the result in the wire format (msgpack)");
   CLI11_PARSE(app, argc, argv);
   if (*ops) {
     std::cout << intervention::OpsMarkdown();
@@ -150,6 +211,7 @@ int main(int argc, char** argv) {
   Status status;
   if (*info) status = RunInfo(flags);
   else if (*topk) status = RunTopK(flags, prompt, k);
+  else if (*run) status = RunGraph(flags, graph_path, out_path);
   else status = RunGenerate(flags, prompt, sampling, json);
   if (!status.ok()) {
     std::cerr << "error: " << status.ToString() << "\n";

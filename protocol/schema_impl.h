@@ -516,8 +516,8 @@ class SchemaDecoder {
     int64_t bytes = 0;
     if (__builtin_mul_overflow(numel, DTypeSize(tensor.dtype), &bytes) ||
         static_cast<uint64_t>(bytes) > limits_.max_tensor_bytes) {
-      return PathLimit(path, "a " + std::string(DTypeName(tensor.dtype)) + " tensor of shape " +
-                                 ShapeString(tensor.shape) + " is over the limit of " +
+      return PathLimit(path, "a tensor of shape " + ShapeString(tensor.shape) + " of " +
+                                 DTypeName(tensor.dtype) + " is over the limit of " +
                                  std::to_string(limits_.max_tensor_bytes) + " bytes");
     }
     return numel;

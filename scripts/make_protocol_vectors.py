@@ -21,18 +21,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "client"))
 from glassbox import wire  # noqa: E402
-from glassbox.wire import (  # noqa: E402
-    BFloat16Array,
-    ErrorReport,
-    GenerateOptions,
-    Invoke,
-    Node,
-    Ref,
-    Request,
-    Result,
-    SavedValue,
-    Trace,
-)
+BFloat16Array, ErrorReport, GenerateOptions = wire.BFloat16Array, wire.ErrorReport, wire.GenerateOptions
+Invoke, Node, Ref, Request = wire.Invoke, wire.Node, wire.Ref, wire.Request
+Result, SavedValue, Trace = wire.Result, wire.SavedValue, wire.Trace
 
 MODEL = "SmolLM2-135M-Instruct"
 VECTORS = ROOT / "protocol" / "vectors"

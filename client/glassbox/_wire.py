@@ -809,8 +809,8 @@ class _Reader:
         itemsize = DTYPES[name].itemsize
         if numel > _INT64_MAX or numel * itemsize > min(self.limits.max_tensor_bytes, _INT64_MAX):
             raise WireError(
-                f"{path / 'shape'}: a {name} tensor of shape {_shape_str(shape)} is over the "
-                f"limit of {self.limits.max_tensor_bytes} bytes",
+                f"{path / 'shape'}: a tensor of shape {_shape_str(shape)} of {name} is over "
+                f"the limit of {self.limits.max_tensor_bytes} bytes",
                 "RESOURCE_EXHAUSTED",
             )
         data = self.tensor_bytes(f, name, numel, path)

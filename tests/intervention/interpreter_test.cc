@@ -338,3 +338,58 @@ TEST_CASE("attribution patching: gradient times activation difference", "[interv
 }
 
 }  // namespace glassbox::intervention
+
+#include "protocol/json.h"
+
+namespace glassbox::intervention {
+
+namespace {
+protocol::Request ExampleGraph(const std::string& name) {
+  auto json = nlohmann::json::parse(testing::ReadTextFile("examples/graphs/" + name));
+  auto request = protocol::RequestFromJson(json);
+  INFO(request.status().ToString());
+  REQUIRE(request.ok());
+  return std::move(request).value();
+}
+
+int64_t IntOf(const Value& v) {
+  REQUIRE(v.kind == Value::Kind::kTensor);
+  REQUIRE(v.tensor->dtype == protocol::DType::kInt64);
+  int64_t out;
+  std::memcpy(&out, v.tensor->bytes.data(), sizeof(out));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("SmolLM2 examples show the expected effects", "[intervention][model][smollm2]") {
+  auto loaded = Model::Load(testing::kSmolLm2Path);
+  REQUIRE(loaded.ok());
+  const Model& model = **loaded;
+  const int64_t paris = 7042, rome = 7268;
+  auto italy = model.Forward({{model.tokenizer()->Encode("The capital of Italy is", false)}, false});
+  REQUIRE(italy.ok());
+  REQUIRE(italy->logits[0][0].argmax().item<int64_t>() == rome);
+
+  // Patching the subject's residual stream from the clean run restores " Paris".
+  protocol::Result patched = RunOk(model, ExampleGraph("activation_patching.json"));
+  CHECK(IntOf(Saved(patched, "patched_top_token").value) == paris);
+
+  // The logit lens reads " Paris" off the last layer.
+  protocol::Result lens = RunOk(model, ExampleGraph("logit_lens.json"));
+  CHECK(IntOf(Saved(lens, "layer29_top_token").value) == paris);
+
+  // Attribution patching puts the effect on the subject token.
+  protocol::Result attribution = RunOk(model, ExampleGraph("attribution_patching.json"));
+  at::Tensor per_position = TensorOf(Saved(attribution, "attribution_per_position").value);
+  CHECK(per_position.argmax().item<int64_t>() == 3);
+
+  // Every example graph validates against the model.
+  for (const char* name : {"head_ablation.json", "mean_head_ablation.json", "steering.json",
+                           "attention_pattern.json"}) {
+    INFO(name);
+    auto errors = Validate(model, ExampleGraph(name));
+    CHECK(errors.empty());
+  }
+}
+
+}  // namespace glassbox::intervention
