@@ -39,7 +39,9 @@ class TraceRunner {
         done_(plan.nodes.size(), -1) {
     for (const auto& p : plan.prompts) padded_ = std::max<int64_t>(padded_, p.size());
     for (const NodePlan& p : plan.nodes) {
-      const bool at_hook = p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite;
+      const bool at_hook = p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite ||
+                           p.op->op_class == OpClass::kCache;
+      has_cache_ |= p.op->op_class == OpClass::kCache;
       if (!p.steps.constant && !at_hook) dependents_.push_back(&p - plan.nodes.data());
     }
   }
@@ -54,6 +56,7 @@ class TraceRunner {
     std::set<int> points;
     for (const auto& entry : plan_.at_point) points.insert(entry.first);
     for (const auto& entry : plan_.grad_at_point) points.insert(entry.first);
+    for (const auto& entry : plan_.cache_at_point) points.insert(entry.first);
     for (const int point : points) {
       GLASSBOX_RETURN_IF_ERROR(hooks.Add(model_.catalogue().point(point).name,
           [this, point](const HookContext& ctx, at::Tensor& value) { return Fire(point, ctx.step, value); }));
@@ -93,12 +96,13 @@ class TraceRunner {
   // and every node that becomes ready.
   Status Fire(int point, int step, at::Tensor& value) {
     TrackGradient(point, step, value);
+    GLASSBOX_RETURN_IF_ERROR(Cache(point, step, value));
     auto bound = plan_.at_point.find(point);
     for (size_t i : bound == plan_.at_point.end() ? std::vector<size_t>() : bound->second) {
       const NodePlan& p = plan_.nodes[i];
       if (!p.steps.Covers(step)) continue;
       if (p.op->op_class == OpClass::kRead) {
-        StatusOr<at::Tensor> read = Slice(p, value, step);
+        StatusOr<at::Tensor> read = Slice(p, point, value, step);
         if (!read.ok()) return NodeError(p, read.status().message());
         Store(i, RuntimeValue::FromTensor(*read), step);
         GLASSBOX_RETURN_IF_ERROR(Propagate(step));
@@ -107,9 +111,29 @@ class TraceRunner {
         GLASSBOX_RETURN_IF_ERROR(ApplyWrite(i, value, step));
       }
     }
-    if (!trace_.generate && AllDone()) {
+    if (!trace_.generate && !has_cache_ && AllDone()) {
       stopped_early_ = true;  // nothing later is needed: stop the forward pass here
       return Cancelled("every node has run");
+    }
+    return Status::Ok();
+  }
+
+  // Saves the value at `point` for every cache node bound there (a copy: later writes at the
+  // same point do not change what was cached).
+  Status Cache(int point, int step, const at::Tensor& value) {
+    auto caches = plan_.cache_at_point.find(point);
+    if (caches == plan_.cache_at_point.end()) return Status::Ok();
+    for (size_t i : caches->second) {
+      const NodePlan& p = plan_.nodes[i];
+      if (!p.steps.Covers(step)) continue;
+      StatusOr<at::Tensor> slice = Slice(p, point, value, step);
+      if (!slice.ok()) return NodeError(p, slice.status().message());
+      std::map<std::string, RuntimeValue> kwargs;
+      kwargs["name"].kind = RuntimeValue::Kind::kString;
+      kwargs["name"].string_value = model_.catalogue().point(point).name +
+                                    (p.steps.PerStep() ? ".step" + std::to_string(step) : "");
+      GLASSBOX_RETURN_IF_ERROR(SaveValue(p, RuntimeValue::FromTensor(slice->detach().clone()), kwargs, /*per_step=*/false));
+      done_[i] = step;
     }
     return Status::Ok();
   }
@@ -155,20 +179,21 @@ class TraceRunner {
       return NodeError(p, "no gradient reached " + model_.catalogue().point(p.point).name +
                               ": the loss does not depend on it");
     }
-    StatusOr<at::Tensor> grad = Slice(p, target->second.grad(), point_step);
+    StatusOr<at::Tensor> grad = Slice(p, p.point, target->second.grad(), point_step);
     if (!grad.ok()) return NodeError(p, grad.status().message());
     Store(i, RuntimeValue::FromTensor(*grad), step);
     return Status::Ok();
   }
 
   // Dimension roles of a point's value for per-invoke access.
-  StatusOr<at::Tensor> Slice(const NodePlan& p, const at::Tensor& value, int64_t step) const {
+  // `point` is the point the value comes from (a cache node is bound to many).
+  StatusOr<at::Tensor> Slice(const NodePlan& p, int point, const at::Tensor& value, int64_t step) const {
     if (!p.invoke) return value;
     const int64_t row = *p.invoke;
     const int64_t len = static_cast<int64_t>(plan_.prompts[row].size());
     const int64_t pad = padded_ - len;
     at::Tensor out = value;
-    const std::vector<std::string>& shape = model_.catalogue().point(p.point).shape;
+    const std::vector<std::string>& shape = model_.catalogue().point(point).shape;
     for (size_t d = 0; d < shape.size() && static_cast<int64_t>(d) < out.dim(); ++d) {
       if (shape[d] == "batch") out = out.narrow(d, row, 1);
       if (shape[d] == "seq" && step == 0 && out.size(d) == padded_) out = out.narrow(d, pad, len);
@@ -185,7 +210,7 @@ class TraceRunner {
     try {
       at::Tensor v = input->is_tensor() ? input->tensor : at::scalar_tensor(NumberOf(*input));
       at::Tensor full = value.clone();
-      StatusOr<at::Tensor> region = Slice(p, full, step);
+      StatusOr<at::Tensor> region = Slice(p, p.point, full, step);
       if (!region.ok()) return NodeError(p, region.status().message());
       v = v.to(full.device(), full.scalar_type());
       if (p.index) {
@@ -195,9 +220,6 @@ class TraceRunner {
         StatusOr<RuntimeValue> patched = FindOp("setitem")->run(OpCall{args, none, &model_});
         if (!patched.ok()) return NodeError(p, patched.status().message());
         region->copy_(patched->tensor);
-      } else if (!p.invoke && v.sizes() != full.sizes()) {
-        return NodeError(p, "replacement has shape " + c10::str(v.sizes()) + " but " +
-                                model_.catalogue().point(p.point).name + " has shape " + c10::str(full.sizes()));
       } else {
         region->copy_(v);
       }
@@ -282,7 +304,14 @@ class TraceRunner {
   }
 
   Status Save(size_t i, const RuntimeValue& value, const std::map<std::string, RuntimeValue>& kwargs, int64_t step) {
-    const NodePlan& p = plan_.nodes[i];
+    GLASSBOX_RETURN_IF_ERROR(SaveValue(plan_.nodes[i], value, kwargs, plan_.nodes[i].steps.PerStep()));
+    done_[i] = step;
+    return Status::Ok();
+  }
+
+  Status SaveValue(const NodePlan& p, const RuntimeValue& value,
+                   const std::map<std::string, RuntimeValue>& kwargs, bool per_step) {
+    const size_t i = plan_.index_of.at(p.node->id);
     env_.saved_bytes += value.Bytes();
     if (env_.saved_bytes > limits_.max_saved_bytes) {
       return NodeError(p, "saved values exceed the limit of " + std::to_string(limits_.max_saved_bytes) + " bytes");
@@ -292,7 +321,7 @@ class TraceRunner {
     auto name = kwargs.find("name");
     const std::string saved_name = name != kwargs.end() && name->second.kind == RuntimeValue::Kind::kString
                                        ? name->second.string_value : "node_" + std::to_string(p.node->id);
-    if (!p.steps.PerStep()) {
+    if (!per_step) {
       result_.saved.push_back({saved_name, p.node->id, std::move(*wire)});
     } else {
       auto it = per_step_saves_.find(i);
@@ -302,7 +331,6 @@ class TraceRunner {
       }
       result_.saved[it->second].value.list.push_back(std::move(*wire));
     }
-    done_[i] = step;
     return Status::Ok();
   }
 
@@ -353,6 +381,7 @@ class TraceRunner {
   std::map<std::pair<int, int64_t>, at::Tensor> grad_targets_;  // (point, step) -> tracked value
   int64_t padded_ = 0;
   bool stopped_early_ = false;
+  bool has_cache_ = false;
 };
 
 void CountUses(const std::vector<TracePlan>& plans, Environment& env) {

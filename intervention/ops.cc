@@ -282,6 +282,9 @@ std::vector<OpSpec> BuildOps() {
   interp("grad", OpClass::kGrad, 1, 1, {"point", "invoke", "step"},
          "grad(backward_node, point=, invoke=None, step=0)",
          "the gradient of the loss with respect to the value at a hook point (after that backward)");
+  interp("cache", OpClass::kCache, 0, 0, {"filter", "invoke", "step"},
+         "cache(filter=\"\", invoke=None, step=0)",
+         "saves the value at every hook point whose name or alias contains filter, each under its point's name");
   interp("save", OpClass::kSave, 1, 1, {"name"}, "save(x, name=None)",
          "marks a value to be returned; nothing else comes back");
   ops.push_back({"module", OpClass::kModule, 1, 1, {"name"}, "module(x, name=)",

@@ -41,6 +41,7 @@ struct TracePlan {
   std::map<int64_t, size_t> index_of;        // node id -> position in `nodes`
   std::map<int, std::vector<size_t>> at_point;  // hook point -> read/write nodes there
   std::map<int, std::vector<size_t>> grad_at_point;  // hook point -> grad nodes there
+  std::map<int, std::vector<size_t>> cache_at_point;  // hook point -> cache nodes there
   int64_t steps = 1;                          // forward passes: 1, or max_new_tokens
   std::vector<std::vector<int64_t>> prompts;  // token ids per invoke
 };

@@ -104,6 +104,7 @@ class Planner {
       PlanHookNode(node, p);
     }
     if (p.op != nullptr && p.op->op_class == OpClass::kGrad) PlanGradNode(node, p);
+    if (p.op != nullptr && p.op->op_class == OpClass::kCache) PlanCacheNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kModule) CheckModule(node);
     plan_.index_of[node.id] = plan_.nodes.size();
     const bool grad = p.op != nullptr && p.op->op_class == OpClass::kGrad;
@@ -188,6 +189,33 @@ class Planner {
       Fail(&node, "writes " + catalogue.point(p.point).name + " at step " + std::to_string(p.steps.first) +
                       " using a value that only exists later in the pass; a forward pass cannot go back");
     }
+  }
+
+  // cache(filter=...): bound to every matching point; its values are saved as they appear.
+  void PlanCacheNode(const protocol::Node& node, NodePlan& p) {
+    auto filter = node.kwargs.find("filter");
+    std::string text;
+    if (filter != node.kwargs.end()) {
+      if (filter->second.kind != Value::Kind::kString) {
+        Fail(&node, "cache's filter must be a string");
+        return;
+      }
+      text = filter->second.string_value;
+    }
+    PlanInvoke(node, p);
+    PlanSteps(node, p);
+    const HookCatalogue& catalogue = model_.catalogue();
+    const size_t position = plan_.nodes.size();
+    int matches = 0;
+    for (int id = 0; id < catalogue.size(); ++id) {
+      const HookPointInfo& info = catalogue.point(id);
+      bool match = info.name.find(text) != std::string::npos;
+      for (const std::string& alias : info.aliases) match |= alias.find(text) != std::string::npos;
+      if (!match) continue;
+      plan_.cache_at_point[id].push_back(position);
+      ++matches;
+    }
+    if (matches == 0) Fail(&node, "cache filter '" + text + "' matches no hook point");
   }
 
   // grad(backward_node, point=...): a gradient exists once that backward has run, for a

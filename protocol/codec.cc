@@ -8,11 +8,11 @@
 #include "protocol/codec.h"
 
 #include <cassert>
+#include <cstring>
 #include <exception>
+#include <msgpack.hpp>
 #include <new>
 #include <vector>
-
-#include <msgpack.hpp>
 
 #include "protocol/schema_impl.h"
 
@@ -21,25 +21,26 @@ namespace glassbox::protocol {
 namespace internal {
 
 bool IsValidUtf8(std::string_view bytes) {
+  static constexpr uint32_t kMinCodePoint[] = {0, 0x80, 0x800, 0x10000};  // by trailing bytes
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   const auto* end = p + bytes.size();
   while (p < end) {
-    const unsigned char c = *p;
-    size_t n = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) { ++p; continue; }
-    if ((c & 0xE0) == 0xC0) { n = 1; cp = c & 0x1F; }
-    else if ((c & 0xF0) == 0xE0) { n = 2; cp = c & 0x0F; }
-    else if ((c & 0xF8) == 0xF0) { n = 3; cp = c & 0x07; }
-    else return false;
-    if (static_cast<size_t>(end - p) <= n) return false;
-    for (size_t i = 1; i <= n; ++i) {
+    const unsigned char lead = *p;
+    const size_t trailing = lead < 0x80             ? 0
+                            : (lead & 0xE0) == 0xC0 ? 1
+                            : (lead & 0xF0) == 0xE0 ? 2
+                            : (lead & 0xF8) == 0xF0 ? 3
+                                                    : 4;
+    if (trailing == 4 || static_cast<size_t>(end - p) <= trailing) return false;
+    uint32_t cp = trailing == 0 ? lead : lead & (0x3F >> trailing);
+    for (size_t i = 1; i <= trailing; ++i) {
       if ((p[i] & 0xC0) != 0x80) return false;
       cp = (cp << 6) | (p[i] & 0x3F);
     }
-    static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    p += n + 1;
+    if (cp < kMinCodePoint[trailing] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return false;
+    }
+    p += trailing + 1;
   }
   return true;
 }
@@ -49,8 +50,8 @@ Status CheckTensorBytes(const TensorData& tensor, const Path& data_path) {
   for (size_t i = 0; i < tensor.bytes.size(); ++i) {
     const auto b = static_cast<unsigned char>(tensor.bytes[i]);
     if (b > 1) {
-      return PathError(data_path, "bool element " + std::to_string(i) + " is " +
-                                      std::to_string(b) + "; bool elements must be 0 or 1");
+      return PathError(data_path, "bool element " + std::to_string(i) + " is " + std::to_string(b) +
+                                      "; bool elements must be 0 or 1");
     }
   }
   return Status::Ok();
@@ -79,157 +80,182 @@ class StringSink {
 
 using Packer = msgpack::packer<StringSink>;
 
-void PackString(Packer& pk, std::string_view s) {
-  assert(s.size() <= UINT32_MAX);
-  pk.pack_str(static_cast<uint32_t>(s.size()));
-  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+// The packer and the string it appends to.
+struct Writer {
+  explicit Writer(std::string* out) : sink(out), pk(sink) {}
+  StringSink sink;
+  Packer pk;
+};
+
+// Always float64. (msgpack-cxx 4's pack_double writes integral doubles as ints, and -0.0 as
+// 0; Glassbox keeps 3.0 a float.)
+void PackFloat64(Writer& w, double d) {
+  uint64_t bits;
+  std::memcpy(&bits, &d, sizeof bits);
+  char buf[9];
+  buf[0] = static_cast<char>(0xcb);
+  for (int i = 0; i < 8; ++i) buf[1 + i] = static_cast<char>(bits >> (56 - 8 * i));
+  w.sink.write(buf, sizeof buf);
 }
 
-void PackOptionalInt(Packer& pk, const std::optional<int64_t>& v) {
+void PackString(Writer& w, std::string_view s) {
+  assert(s.size() <= UINT32_MAX);
+  w.pk.pack_str(static_cast<uint32_t>(s.size()));
+  w.pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+
+void PackOptionalInt(Writer& w, const std::optional<int64_t>& v) {
   if (v) {
-    pk.pack_int64(*v);
+    w.pk.pack_int64(*v);
   } else {
-    pk.pack_nil();
+    w.pk.pack_nil();
   }
 }
 
-void PackIntList(Packer& pk, const std::vector<int64_t>& values) {
-  pk.pack_array(static_cast<uint32_t>(values.size()));
-  for (int64_t v : values) pk.pack_int64(v);
+void PackIntList(Writer& w, const std::vector<int64_t>& values) {
+  w.pk.pack_array(static_cast<uint32_t>(values.size()));
+  for (int64_t v : values) w.pk.pack_int64(v);
 }
 
-void PackTensor(Packer& pk, const TensorData& tensor) {
-  pk.pack_map(1);
-  PackString(pk, "tensor");
-  pk.pack_map(3);
-  PackString(pk, "dtype");
-  PackString(pk, DTypeName(tensor.dtype));
-  PackString(pk, "shape");
-  PackIntList(pk, tensor.shape);
-  PackString(pk, "data");
+void PackTensor(Writer& w, const TensorData& tensor) {
+  w.pk.pack_map(1);
+  PackString(w, "tensor");
+  w.pk.pack_map(3);
+  PackString(w, "dtype");
+  PackString(w, DTypeName(tensor.dtype));
+  PackString(w, "shape");
+  PackIntList(w, tensor.shape);
+  PackString(w, "data");
   assert(tensor.bytes.size() <= UINT32_MAX);
-  pk.pack_bin(static_cast<uint32_t>(tensor.bytes.size()));
-  pk.pack_bin_body(tensor.bytes.data(), static_cast<uint32_t>(tensor.bytes.size()));
+  w.pk.pack_bin(static_cast<uint32_t>(tensor.bytes.size()));
+  w.pk.pack_bin_body(tensor.bytes.data(), static_cast<uint32_t>(tensor.bytes.size()));
 }
 
-void PackValue(Packer& pk, const Value& value) {
+void PackValue(Writer& w, const Value& value) {
   switch (value.kind) {
-    case Value::Kind::kNone: pk.pack_nil(); return;
+    case Value::Kind::kNone:
+      w.pk.pack_nil();
+      return;
     case Value::Kind::kBool:
       if (value.bool_value) {
-        pk.pack_true();
+        w.pk.pack_true();
       } else {
-        pk.pack_false();
+        w.pk.pack_false();
       }
       return;
-    case Value::Kind::kInt: pk.pack_int64(value.int_value); return;
-    case Value::Kind::kFloat: pk.pack_double(value.float_value); return;
-    case Value::Kind::kString: PackString(pk, value.string_value); return;
+    case Value::Kind::kInt:
+      w.pk.pack_int64(value.int_value);
+      return;
+    case Value::Kind::kFloat:
+      PackFloat64(w, value.float_value);
+      return;
+    case Value::Kind::kString:
+      PackString(w, value.string_value);
+      return;
     case Value::Kind::kList:
-      pk.pack_array(static_cast<uint32_t>(value.list.size()));
-      for (const Value& v : value.list) PackValue(pk, v);
+      w.pk.pack_array(static_cast<uint32_t>(value.list.size()));
+      for (const Value& v : value.list) PackValue(w, v);
       return;
     case Value::Kind::kRef:
-      pk.pack_map(1);
-      PackString(pk, "ref");
-      pk.pack_int64(value.int_value);
+      w.pk.pack_map(1);
+      PackString(w, "ref");
+      w.pk.pack_int64(value.int_value);
       return;
     case Value::Kind::kSlice:
-      pk.pack_map(1);
-      PackString(pk, "slice");
-      pk.pack_array(3);
-      PackOptionalInt(pk, value.slice.start);
-      PackOptionalInt(pk, value.slice.stop);
-      PackOptionalInt(pk, value.slice.step);
+      w.pk.pack_map(1);
+      PackString(w, "slice");
+      w.pk.pack_array(3);
+      PackOptionalInt(w, value.slice.start);
+      PackOptionalInt(w, value.slice.stop);
+      PackOptionalInt(w, value.slice.step);
       return;
     case Value::Kind::kEllipsis:
-      pk.pack_map(1);
-      PackString(pk, "ellipsis");
-      pk.pack_true();
+      w.pk.pack_map(1);
+      PackString(w, "ellipsis");
+      w.pk.pack_true();
       return;
     case Value::Kind::kTensor:
       assert(value.tensor != nullptr);
-      PackTensor(pk, *value.tensor);
+      PackTensor(w, *value.tensor);
       return;
   }
 }
 
-void PackNode(Packer& pk, const Node& node) {
-  pk.pack_map(node.source.empty() ? 4 : 5);
-  PackString(pk, "id");
-  pk.pack_int64(node.id);
-  PackString(pk, "op");
-  PackString(pk, node.op);
-  PackString(pk, "args");
-  pk.pack_array(static_cast<uint32_t>(node.args.size()));
-  for (const Value& v : node.args) PackValue(pk, v);
-  PackString(pk, "kwargs");
-  pk.pack_map(static_cast<uint32_t>(node.kwargs.size()));
+void PackNode(Writer& w, const Node& node) {
+  w.pk.pack_map(node.source.empty() ? 4 : 5);
+  PackString(w, "id");
+  w.pk.pack_int64(node.id);
+  PackString(w, "op");
+  PackString(w, node.op);
+  PackString(w, "args");
+  w.pk.pack_array(static_cast<uint32_t>(node.args.size()));
+  for (const Value& v : node.args) PackValue(w, v);
+  PackString(w, "kwargs");
+  w.pk.pack_map(static_cast<uint32_t>(node.kwargs.size()));
   for (const auto& [key, v] : node.kwargs) {  // std::map: sorted by bytes
-    PackString(pk, key);
-    PackValue(pk, v);
+    PackString(w, key);
+    PackValue(w, v);
   }
   if (!node.source.empty()) {
-    PackString(pk, "source");
-    PackString(pk, node.source);
+    PackString(w, "source");
+    PackString(w, node.source);
   }
 }
 
-void PackInvoke(Packer& pk, const Invoke& invoke) {
-  pk.pack_map((invoke.prompt ? 1 : 0) + (invoke.ids ? 1 : 0));
+void PackInvoke(Writer& w, const Invoke& invoke) {
+  w.pk.pack_map((invoke.prompt ? 1 : 0) + (invoke.ids ? 1 : 0));
   if (invoke.prompt) {
-    PackString(pk, "prompt");
-    PackString(pk, *invoke.prompt);
+    PackString(w, "prompt");
+    PackString(w, *invoke.prompt);
   }
   if (invoke.ids) {
-    PackString(pk, "ids");
-    PackIntList(pk, *invoke.ids);
+    PackString(w, "ids");
+    PackIntList(w, *invoke.ids);
   }
 }
 
-void PackGenerate(Packer& pk, const GenerateOptions& g) {
-  pk.pack_map(6);
-  PackString(pk, "max_new_tokens");
-  pk.pack_int64(g.max_new_tokens);
-  PackString(pk, "temperature");
-  pk.pack_double(g.temperature);
-  PackString(pk, "top_k");
-  pk.pack_int64(g.top_k);
-  PackString(pk, "top_p");
-  pk.pack_double(g.top_p);
-  PackString(pk, "seed");
-  pk.pack_uint64(g.seed);
-  PackString(pk, "stop_ids");
-  PackIntList(pk, g.stop_ids);
+void PackGenerate(Writer& w, const GenerateOptions& g) {
+  w.pk.pack_map(6);
+  PackString(w, "max_new_tokens");
+  w.pk.pack_int64(g.max_new_tokens);
+  PackString(w, "temperature");
+  PackFloat64(w, g.temperature);
+  PackString(w, "top_k");
+  w.pk.pack_int64(g.top_k);
+  PackString(w, "top_p");
+  PackFloat64(w, g.top_p);
+  PackString(w, "seed");
+  w.pk.pack_uint64(g.seed);
+  PackString(w, "stop_ids");
+  PackIntList(w, g.stop_ids);
 }
 
-void PackTrace(Packer& pk, const Trace& trace) {
-  pk.pack_map(trace.generate ? 3 : 2);
-  PackString(pk, "invokes");
-  pk.pack_array(static_cast<uint32_t>(trace.invokes.size()));
-  for (const Invoke& invoke : trace.invokes) PackInvoke(pk, invoke);
+void PackTrace(Writer& w, const Trace& trace) {
+  w.pk.pack_map(trace.generate ? 3 : 2);
+  PackString(w, "invokes");
+  w.pk.pack_array(static_cast<uint32_t>(trace.invokes.size()));
+  for (const Invoke& invoke : trace.invokes) PackInvoke(w, invoke);
   if (trace.generate) {
-    PackString(pk, "generate");
-    PackGenerate(pk, *trace.generate);
+    PackString(w, "generate");
+    PackGenerate(w, *trace.generate);
   }
-  PackString(pk, "nodes");
-  pk.pack_array(static_cast<uint32_t>(trace.nodes.size()));
-  for (const Node& node : trace.nodes) PackNode(pk, node);
+  PackString(w, "nodes");
+  w.pk.pack_array(static_cast<uint32_t>(trace.nodes.size()));
+  for (const Node& node : trace.nodes) PackNode(w, node);
 }
 
 // {"glassbox": version, "type": type, "body": <what pack_body writes>}
 template <typename PackBody>
 std::string EncodeEnvelope(int64_t version, MessageType type, PackBody pack_body) {
   std::string out;
-  StringSink sink(&out);
-  Packer pk(sink);
-  pk.pack_map(3);
-  PackString(pk, "glassbox");
-  pk.pack_int64(version);
-  PackString(pk, "type");
-  PackString(pk, MessageTypeName(type));
-  PackString(pk, "body");
-  pack_body(pk);
+  Writer w(&out);
+  w.pk.pack_map(3);
+  PackString(w, "glassbox");
+  w.pk.pack_int64(version);
+  PackString(w, "type");
+  PackString(w, MessageTypeName(type));
+  PackString(w, "body");
+  pack_body(w);
   return out;
 }
 
@@ -273,6 +299,7 @@ class BoundsCheck : public msgpack::null_visitor {
     return true;
   }
   bool end_map_value() { return Advance(); }
+  bool end_map() { return EndContainer(); }
   void parse_error(size_t, size_t error_offset) {
     Fail(InvalidArgument("malformed msgpack: invalid byte at offset " +
                          std::to_string(error_offset - 1)));
@@ -315,10 +342,10 @@ class BoundsCheck : public msgpack::null_visitor {
                                     std::to_string(limits_.max_depth) + " levels (the limit)"));
     }
     if (size > limits_.max_list_length) {
-      return Fail(ResourceExhausted(
-          Where() + ": " + (is_map ? "a map of " : "a list of ") + std::to_string(size) +
-          (is_map ? " entries" : " elements") + " is over the limit of " +
-          std::to_string(limits_.max_list_length)));
+      return Fail(ResourceExhausted(Where() + ": " + (is_map ? "a map of " : "a list of ") +
+                                    std::to_string(size) + (is_map ? " entries" : " elements") +
+                                    " is over the limit of " +
+                                    std::to_string(limits_.max_list_length)));
     }
     frames_.push_back(Frame{is_map, false, 0, {}});
     return true;
@@ -368,8 +395,8 @@ Status CheckBounds(std::string_view bytes, const DecodeLimits& limits) {
   if (!check.status().ok()) return check.status();
   if (!parsed) return InvalidArgument("malformed msgpack");
   if (offset != bytes.size()) {
-    return InvalidArgument("trailing bytes: the message ends at offset " +
-                           std::to_string(offset) + " of " + std::to_string(bytes.size()));
+    return InvalidArgument("trailing bytes: the message ends at offset " + std::to_string(offset) +
+                           " of " + std::to_string(bytes.size()));
   }
   return Status::Ok();
 }
@@ -382,17 +409,26 @@ struct MsgpackTree {
 
   static Kind KindOf(const Item& item) {
     switch (item.type) {
-      case msgpack::type::NIL: return Kind::kNull;
-      case msgpack::type::BOOLEAN: return Kind::kBool;
+      case msgpack::type::NIL:
+        return Kind::kNull;
+      case msgpack::type::BOOLEAN:
+        return Kind::kBool;
       case msgpack::type::POSITIVE_INTEGER:
-      case msgpack::type::NEGATIVE_INTEGER: return Kind::kInt;
+      case msgpack::type::NEGATIVE_INTEGER:
+        return Kind::kInt;
       case msgpack::type::FLOAT32:
-      case msgpack::type::FLOAT64: return Kind::kFloat;
-      case msgpack::type::STR: return Kind::kString;
-      case msgpack::type::BIN: return Kind::kBinary;
-      case msgpack::type::ARRAY: return Kind::kList;
-      case msgpack::type::MAP: return Kind::kMap;
-      default: return Kind::kOther;
+      case msgpack::type::FLOAT64:
+        return Kind::kFloat;
+      case msgpack::type::STR:
+        return Kind::kString;
+      case msgpack::type::BIN:
+        return Kind::kBinary;
+      case msgpack::type::ARRAY:
+        return Kind::kList;
+      case msgpack::type::MAP:
+        return Kind::kMap;
+      default:
+        return Kind::kOther;
     }
   }
   static bool AsBool(const Item& item) { return item.via.boolean; }
@@ -431,9 +467,8 @@ struct MsgpackTree {
     return Status::Ok();
   }
 
-  static StatusOr<std::string> TensorBytes(const Item* data, const Item* /*data_base64*/,
-                                           DType, int64_t, const Path& path,
-                                           const DecodeLimits&) {
+  static StatusOr<std::string> TensorBytes(const Item* data, const Item* /*data_base64*/, DType,
+                                           int64_t, const Path& path, const DecodeLimits&) {
     if (data == nullptr) return PathError(path, "missing key \"data\"");
     if (data->type != msgpack::type::BIN) {
       return PathError(Path(path, "data"), std::string("expected binary data, got ") +
@@ -448,12 +483,12 @@ template <typename T, typename Read>
 StatusOr<T> Decode(std::string_view bytes, const DecodeLimits& limits, Read read) {
   try {
     GLASSBOX_RETURN_IF_ERROR(CheckBounds(bytes, limits));
-    const msgpack::unpack_limit unpack_limit(
-        limits.max_list_length, limits.max_list_length, limits.max_string_bytes,
-        limits.max_tensor_bytes, /*ext=*/0, limits.max_depth + 1);
+    const msgpack::unpack_limit unpack_limit(limits.max_list_length, limits.max_list_length,
+                                             limits.max_string_bytes, limits.max_tensor_bytes,
+                                             /*ext=*/0, limits.max_depth + 1);
     auto reference_in_place = [](msgpack::type::object_type, size_t, void*) { return true; };
-    msgpack::object_handle handle = msgpack::unpack(bytes.data(), bytes.size(),
-                                                    reference_in_place, nullptr, unpack_limit);
+    msgpack::object_handle handle =
+        msgpack::unpack(bytes.data(), bytes.size(), reference_in_place, nullptr, unpack_limit);
     internal::SchemaDecoder<MsgpackTree> decoder(limits);
     return read(decoder, handle.get());
   } catch (const std::bad_alloc&) {
@@ -467,9 +502,12 @@ StatusOr<T> Decode(std::string_view bytes, const DecodeLimits& limits, Read read
 
 const char* MessageTypeName(MessageType type) {
   switch (type) {
-    case MessageType::kRequest: return "request";
-    case MessageType::kResult: return "result";
-    case MessageType::kError: return "error";
+    case MessageType::kRequest:
+      return "request";
+    case MessageType::kResult:
+      return "result";
+    case MessageType::kError:
+      return "error";
   }
   return "unknown";
 }
@@ -490,52 +528,52 @@ bool ErrorReport::operator==(const ErrorReport& other) const {
 }
 
 std::string EncodeRequest(const Request& request) {
-  return EncodeEnvelope(request.version, MessageType::kRequest, [&](Packer& pk) {
-    pk.pack_map(3);
-    PackString(pk, "model");
-    PackString(pk, request.model);
-    PackString(pk, "traces");
-    pk.pack_array(static_cast<uint32_t>(request.traces.size()));
-    for (const Trace& trace : request.traces) PackTrace(pk, trace);
-    PackString(pk, "scan");
-    pk.pack(request.scan);
+  return EncodeEnvelope(request.version, MessageType::kRequest, [&](Writer& w) {
+    w.pk.pack_map(3);
+    PackString(w, "model");
+    PackString(w, request.model);
+    PackString(w, "traces");
+    w.pk.pack_array(static_cast<uint32_t>(request.traces.size()));
+    for (const Trace& trace : request.traces) PackTrace(w, trace);
+    PackString(w, "scan");
+    w.pk.pack(request.scan);
   });
 }
 
 std::string EncodeResult(const Result& result) {
-  return EncodeEnvelope(result.version, MessageType::kResult, [&](Packer& pk) {
-    pk.pack_map(2);
-    PackString(pk, "saved");
-    pk.pack_array(static_cast<uint32_t>(result.saved.size()));
+  return EncodeEnvelope(result.version, MessageType::kResult, [&](Writer& w) {
+    w.pk.pack_map(2);
+    PackString(w, "saved");
+    w.pk.pack_array(static_cast<uint32_t>(result.saved.size()));
     for (const SavedValue& saved : result.saved) {
-      pk.pack_map(3);
-      PackString(pk, "name");
-      PackString(pk, saved.name);
-      PackString(pk, "node");
-      pk.pack_int64(saved.node);
-      PackString(pk, "value");
-      PackValue(pk, saved.value);
+      w.pk.pack_map(3);
+      PackString(w, "name");
+      PackString(w, saved.name);
+      PackString(w, "node");
+      w.pk.pack_int64(saved.node);
+      PackString(w, "value");
+      PackValue(w, saved.value);
     }
-    PackString(pk, "generated");
-    pk.pack_array(static_cast<uint32_t>(result.generated.size()));
-    for (const auto& ids : result.generated) PackIntList(pk, ids);
+    PackString(w, "generated");
+    w.pk.pack_array(static_cast<uint32_t>(result.generated.size()));
+    for (const auto& ids : result.generated) PackIntList(w, ids);
   });
 }
 
 std::string EncodeErrorReport(const ErrorReport& error) {
-  return EncodeEnvelope(error.version, MessageType::kError, [&](Packer& pk) {
-    pk.pack_map(2 + (error.node ? 1 : 0) + (error.source.empty() ? 0 : 1));
-    PackString(pk, "code");
-    PackString(pk, error.code);
-    PackString(pk, "message");
-    PackString(pk, error.message);
+  return EncodeEnvelope(error.version, MessageType::kError, [&](Writer& w) {
+    w.pk.pack_map(2 + (error.node ? 1 : 0) + (error.source.empty() ? 0 : 1));
+    PackString(w, "code");
+    PackString(w, error.code);
+    PackString(w, "message");
+    PackString(w, error.message);
     if (error.node) {
-      PackString(pk, "node");
-      pk.pack_int64(*error.node);
+      PackString(w, "node");
+      w.pk.pack_int64(*error.node);
     }
     if (!error.source.empty()) {
-      PackString(pk, "source");
-      PackString(pk, error.source);
+      PackString(w, "source");
+      PackString(w, error.source);
     }
   });
 }

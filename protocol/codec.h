@@ -27,12 +27,12 @@ namespace glassbox::protocol {
 // mistyped input gives kInvalidArgument. The defaults suit the public service.
 struct DecodeLimits {
   size_t max_message_bytes = size_t{256} << 20;  // the whole encoded message
-  size_t max_depth = 64;              // nesting of lists and maps, the envelope's map included
-  size_t max_items = size_t{8} << 20;  // msgpack items (scalars, strings, lists, maps) in all
-  size_t max_nodes = 100000;           // nodes across all traces of a request
+  size_t max_depth = 64;                // nesting of lists and maps, the envelope's map included
+  size_t max_items = size_t{8} << 20;   // msgpack items (scalars, strings, lists, maps) in all
+  size_t max_nodes = 100000;            // nodes across all traces of a request
   size_t max_values = size_t{1} << 20;  // Values, list elements included, in one message
-  size_t max_list_length = size_t{1} << 20;  // elements of one list, entries of one map
-  size_t max_string_bytes = size_t{1} << 20;  // one string (a prompt, an op name, a key)
+  size_t max_list_length = size_t{1} << 20;     // elements of one list, entries of one map
+  size_t max_string_bytes = size_t{1} << 20;    // one string (a prompt, an op name, a key)
   size_t max_tensor_bytes = size_t{256} << 20;  // one tensor's data
 };
 

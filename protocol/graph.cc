@@ -17,9 +17,9 @@ struct DTypeInfo {
 };
 
 constexpr DTypeInfo kDTypes[] = {
-    {DType::kFloat32, "float32", 4}, {DType::kFloat16, "float16", 2},
+    {DType::kFloat32, "float32", 4},   {DType::kFloat16, "float16", 2},
     {DType::kBFloat16, "bfloat16", 2}, {DType::kInt64, "int64", 8},
-    {DType::kInt32, "int32", 4},     {DType::kBool, "bool", 1},
+    {DType::kInt32, "int32", 4},       {DType::kBool, "bool", 1},
     {DType::kUInt8, "uint8", 1},
 };
 
@@ -134,15 +134,23 @@ bool Value::operator==(const Value& other) const {
   if (kind != other.kind) return false;
   switch (kind) {
     case Kind::kNone:
-    case Kind::kEllipsis: return true;
-    case Kind::kBool: return bool_value == other.bool_value;
+    case Kind::kEllipsis:
+      return true;
+    case Kind::kBool:
+      return bool_value == other.bool_value;
     case Kind::kInt:
-    case Kind::kRef: return int_value == other.int_value;
-    case Kind::kFloat: return SameFloat(float_value, other.float_value);
-    case Kind::kString: return string_value == other.string_value;
-    case Kind::kList: return list == other.list;
-    case Kind::kSlice: return SameSlice(slice, other.slice);
-    case Kind::kTensor: return SameTensor(tensor, other.tensor);
+    case Kind::kRef:
+      return int_value == other.int_value;
+    case Kind::kFloat:
+      return SameFloat(float_value, other.float_value);
+    case Kind::kString:
+      return string_value == other.string_value;
+    case Kind::kList:
+      return list == other.list;
+    case Kind::kSlice:
+      return SameSlice(slice, other.slice);
+    case Kind::kTensor:
+      return SameTensor(tensor, other.tensor);
   }
   return false;
 }
@@ -154,8 +162,7 @@ bool Node::operator==(const Node& other) const {
 
 bool GenerateOptions::operator==(const GenerateOptions& o) const {
   return max_new_tokens == o.max_new_tokens && SameFloat(temperature, o.temperature) &&
-         top_k == o.top_k && SameFloat(top_p, o.top_p) && seed == o.seed &&
-         stop_ids == o.stop_ids;
+         top_k == o.top_k && SameFloat(top_p, o.top_p) && seed == o.seed && stop_ids == o.stop_ids;
 }
 
 bool Trace::operator==(const Trace& other) const {

@@ -92,13 +92,20 @@ Json TensorElement(const TensorData& t, int64_t i) {
   const int size = static_cast<int>(DTypeSize(t.dtype));
   const uint64_t raw = LoadLE(t.bytes.data() + i * size, size);
   switch (t.dtype) {
-    case DType::kFloat32: return FloatElement(FloatFromBits(static_cast<uint32_t>(raw)));
-    case DType::kFloat16: return FloatElement(HalfToFloat(static_cast<uint16_t>(raw)));
-    case DType::kBFloat16: return FloatElement(BFloat16ToFloat(static_cast<uint16_t>(raw)));
-    case DType::kInt64: return static_cast<int64_t>(raw);
-    case DType::kInt32: return static_cast<int32_t>(static_cast<uint32_t>(raw));
-    case DType::kBool: return raw != 0;
-    case DType::kUInt8: return static_cast<int64_t>(raw);
+    case DType::kFloat32:
+      return FloatElement(FloatFromBits(static_cast<uint32_t>(raw)));
+    case DType::kFloat16:
+      return FloatElement(HalfToFloat(static_cast<uint16_t>(raw)));
+    case DType::kBFloat16:
+      return FloatElement(BFloat16ToFloat(static_cast<uint16_t>(raw)));
+    case DType::kInt64:
+      return static_cast<int64_t>(raw);
+    case DType::kInt32:
+      return static_cast<int32_t>(static_cast<uint32_t>(raw));
+    case DType::kBool:
+      return raw != 0;
+    case DType::kUInt8:
+      return static_cast<int64_t>(raw);
   }
   return nullptr;
 }
@@ -191,16 +198,25 @@ struct JsonTree {
 
   static Kind KindOf(const Item& item) {
     switch (item.type()) {
-      case Json::value_t::null: return Kind::kNull;
-      case Json::value_t::boolean: return Kind::kBool;
+      case Json::value_t::null:
+        return Kind::kNull;
+      case Json::value_t::boolean:
+        return Kind::kBool;
       case Json::value_t::number_integer:
-      case Json::value_t::number_unsigned: return Kind::kInt;
-      case Json::value_t::number_float: return Kind::kFloat;
-      case Json::value_t::string: return Kind::kString;
-      case Json::value_t::binary: return Kind::kBinary;
-      case Json::value_t::array: return Kind::kList;
-      case Json::value_t::object: return Kind::kMap;
-      default: return Kind::kOther;
+      case Json::value_t::number_unsigned:
+        return Kind::kInt;
+      case Json::value_t::number_float:
+        return Kind::kFloat;
+      case Json::value_t::string:
+        return Kind::kString;
+      case Json::value_t::binary:
+        return Kind::kBinary;
+      case Json::value_t::array:
+        return Kind::kList;
+      case Json::value_t::object:
+        return Kind::kMap;
+      default:
+        return Kind::kOther;
     }
   }
   static bool AsBool(const Item& item) { return item.get<bool>(); }
@@ -219,9 +235,7 @@ struct JsonTree {
     return static_cast<uint64_t>(v);
   }
   static double AsDouble(const Item& item) { return item.get<double>(); }
-  static std::string_view AsString(const Item& item) {
-    return item.get_ref<const std::string&>();
-  }
+  static std::string_view AsString(const Item& item) { return item.get_ref<const std::string&>(); }
   static size_t Size(const Item& item) { return item.size(); }
   static const Item& At(const Item& item, size_t i) { return item[i]; }
 
@@ -233,9 +247,8 @@ struct JsonTree {
     return Status::Ok();
   }
 
-  static StatusOr<std::string> TensorBytes(const Item* data, const Item* data_base64,
-                                           DType dtype, int64_t numel, const Path& path,
-                                           const DecodeLimits&) {
+  static StatusOr<std::string> TensorBytes(const Item* data, const Item* data_base64, DType dtype,
+                                           int64_t numel, const Path& path, const DecodeLimits&) {
     if ((data == nullptr) == (data_base64 == nullptr)) {
       return PathError(path, "a tensor needs exactly one of \"data\" or \"data_base64\"");
     }
@@ -290,8 +303,8 @@ Json NodeToJson(const Node& node) {
   for (const Value& v : node.args) args.push_back(ValueToJson(v));
   Json kwargs = Json::object();
   for (const auto& [key, v] : node.kwargs) kwargs[key] = ValueToJson(v);
-  Json json = {{"id", node.id}, {"op", node.op}, {"args", std::move(args)},
-               {"kwargs", std::move(kwargs)}};
+  Json json = {
+      {"id", node.id}, {"op", node.op}, {"args", std::move(args)}, {"kwargs", std::move(kwargs)}};
   if (!node.source.empty()) json["source"] = node.source;
   return json;
 }
@@ -304,9 +317,12 @@ Json InvokeToJson(const Invoke& invoke) {
 }
 
 Json GenerateToJson(const GenerateOptions& g) {
-  return {{"max_new_tokens", g.max_new_tokens}, {"temperature", g.temperature},
-          {"top_k", g.top_k},                   {"top_p", g.top_p},
-          {"seed", g.seed},                     {"stop_ids", g.stop_ids}};
+  return {{"max_new_tokens", g.max_new_tokens},
+          {"temperature", g.temperature},
+          {"top_k", g.top_k},
+          {"top_p", g.top_p},
+          {"seed", g.seed},
+          {"stop_ids", g.stop_ids}};
 }
 
 Json TraceToJson(const Trace& trace) {
@@ -327,24 +343,31 @@ Json EnvelopeJson(int64_t version, MessageType type, Json body) {
 
 Json ValueToJson(const Value& value) {
   switch (value.kind) {
-    case Value::Kind::kNone: return nullptr;
-    case Value::Kind::kBool: return value.bool_value;
-    case Value::Kind::kInt: return value.int_value;
+    case Value::Kind::kNone:
+      return nullptr;
+    case Value::Kind::kBool:
+      return value.bool_value;
+    case Value::Kind::kInt:
+      return value.int_value;
     case Value::Kind::kFloat:
       if (std::isfinite(value.float_value)) return value.float_value;
       return {{"float", FloatElement(value.float_value)}};
-    case Value::Kind::kString: return value.string_value;
+    case Value::Kind::kString:
+      return value.string_value;
     case Value::Kind::kList: {
       Json list = Json::array();
       for (const Value& v : value.list) list.push_back(ValueToJson(v));
       return list;
     }
-    case Value::Kind::kRef: return {{"ref", value.int_value}};
+    case Value::Kind::kRef:
+      return {{"ref", value.int_value}};
     case Value::Kind::kSlice:
       return {{"slice", Json::array({OptionalInt(value.slice.start), OptionalInt(value.slice.stop),
                                      OptionalInt(value.slice.step)})}};
-    case Value::Kind::kEllipsis: return {{"ellipsis", true}};
-    case Value::Kind::kTensor: return {{"tensor", TensorToJson(*value.tensor)}};
+    case Value::Kind::kEllipsis:
+      return {{"ellipsis", true}};
+    case Value::Kind::kTensor:
+      return {{"tensor", TensorToJson(*value.tensor)}};
   }
   return nullptr;
 }
@@ -352,9 +375,9 @@ Json ValueToJson(const Value& value) {
 Json RequestToJson(const Request& request) {
   Json traces = Json::array();
   for (const Trace& trace : request.traces) traces.push_back(TraceToJson(trace));
-  return EnvelopeJson(request.version, MessageType::kRequest,
-                  {{"model", request.model}, {"traces", std::move(traces)},
-                   {"scan", request.scan}});
+  return EnvelopeJson(
+      request.version, MessageType::kRequest,
+      {{"model", request.model}, {"traces", std::move(traces)}, {"scan", request.scan}});
 }
 
 Json ResultToJson(const Result& result) {
@@ -363,7 +386,7 @@ Json ResultToJson(const Result& result) {
     saved.push_back({{"name", s.name}, {"node", s.node}, {"value", ValueToJson(s.value)}});
   }
   return EnvelopeJson(result.version, MessageType::kResult,
-                  {{"saved", std::move(saved)}, {"generated", result.generated}});
+                      {{"saved", std::move(saved)}, {"generated", result.generated}});
 }
 
 Json ErrorReportToJson(const ErrorReport& error) {
@@ -384,9 +407,8 @@ StatusOr<Result> ResultFromJson(const Json& json, const DecodeLimits& limits) {
 }
 
 StatusOr<ErrorReport> ErrorReportFromJson(const Json& json, const DecodeLimits& limits) {
-  return Decode<ErrorReport>(json, limits, [](auto& decoder, const Json& root) {
-    return decoder.ReadErrorReport(root);
-  });
+  return Decode<ErrorReport>(
+      json, limits, [](auto& decoder, const Json& root) { return decoder.ReadErrorReport(root); });
 }
 
 }  // namespace glassbox::protocol

@@ -74,15 +74,24 @@ enum class Kind { kNull, kBool, kInt, kFloat, kString, kBinary, kList, kMap, kOt
 
 inline const char* KindName(Kind kind) {
   switch (kind) {
-    case Kind::kNull: return "null";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kFloat: return "float";
-    case Kind::kString: return "string";
-    case Kind::kBinary: return "binary";
-    case Kind::kList: return "list";
-    case Kind::kMap: return "map";
-    case Kind::kOther: return "ext";
+    case Kind::kNull:
+      return "null";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kString:
+      return "string";
+    case Kind::kBinary:
+      return "binary";
+    case Kind::kList:
+      return "list";
+    case Kind::kMap:
+      return "map";
+    case Kind::kOther:
+      return "ext";
   }
   return "unknown";
 }
@@ -163,8 +172,8 @@ class SchemaDecoder {
     GLASSBOX_ASSIGN_OR_RETURN(const Item* body, Expect(root, MessageType::kRequest));
     const Path path(root_, "body");
     Request request;
-    GLASSBOX_ASSIGN_OR_RETURN(auto f, ReadFields<3>(*body, path, "a request body map",
-                                                    {"model", "traces", "scan"}));
+    GLASSBOX_ASSIGN_OR_RETURN(
+        auto f, ReadFields<3>(*body, path, "a request body map", {"model", "traces", "scan"}));
     GLASSBOX_RETURN_IF_ERROR(Require(f[0], path, "model"));
     GLASSBOX_RETURN_IF_ERROR(Require(f[1], path, "traces"));
     GLASSBOX_ASSIGN_OR_RETURN(request.model, ReadString(*f[0], Path(path, "model")));
@@ -244,8 +253,8 @@ class SchemaDecoder {
       return PathError(root_, std::string("not a Glassbox message: expected a map, got ") +
                                   KindName(Tree::KindOf(root)));
     }
-    GLASSBOX_ASSIGN_OR_RETURN(auto f, ReadFields<3>(root, root_, "a map",
-                                                    {"glassbox", "type", "body"}));
+    GLASSBOX_ASSIGN_OR_RETURN(auto f,
+                              ReadFields<3>(root, root_, "a map", {"glassbox", "type", "body"}));
     if (!f[0]) return PathError(root_, "not a Glassbox message: no \"glassbox\" version key");
     GLASSBOX_RETURN_IF_ERROR(Require(f[1], root_, "type"));
     Opened opened;
@@ -259,8 +268,7 @@ class SchemaDecoder {
   Status CheckKnownType(const Opened& opened) {
     if (opened.type) return Status::Ok();
     return PathError(Path(root_, "type"), "unknown message type " + Quote(opened.type_name) +
-                                              " (protocol " + std::to_string(opened.version) +
-                                              ")");
+                                              " (protocol " + std::to_string(opened.version) + ")");
   }
 
   // The body of a request or result of this protocol version. A peer of another version may
@@ -278,8 +286,7 @@ class SchemaDecoder {
 
   Status WrongType(MessageType expected, MessageType got) {
     auto spell = [](MessageType t) {
-      return std::string(t == MessageType::kError ? "an " : "a ") + MessageTypeName(t) +
-             " message";
+      return std::string(t == MessageType::kError ? "an " : "a ") + MessageTypeName(t) + " message";
     };
     return PathError(Path(root_, "type"), "expected " + spell(expected) + ", got " + spell(got));
   }
@@ -309,8 +316,8 @@ class SchemaDecoder {
   }
 
   static Status Mistyped(const Item& item, const Path& path, const char* what) {
-    return PathError(path, std::string("expected ") + what + ", got " +
-                               KindName(Tree::KindOf(item)));
+    return PathError(path,
+                     std::string("expected ") + what + ", got " + KindName(Tree::KindOf(item)));
   }
 
   Status CheckList(const Item& item, const Path& path, const char* what) {
@@ -326,8 +333,9 @@ class SchemaDecoder {
   StatusOr<int64_t> ReadInt(const Item& item, const Path& path) {
     if (Tree::KindOf(item) != Kind::kInt) return Mistyped(item, path, "an int");
     std::optional<int64_t> v = Tree::AsInt64(item);
-    if (!v) return PathError(path, "integer " + std::to_string(*Tree::AsUInt64(item)) +
-                                       " does not fit in int64");
+    if (!v)
+      return PathError(
+          path, "integer " + std::to_string(*Tree::AsUInt64(item)) + " does not fit in int64");
     return *v;
   }
 
@@ -380,23 +388,28 @@ class SchemaDecoder {
     }
     const Kind kind = Tree::KindOf(item);
     if ((kind == Kind::kList || kind == Kind::kMap) && path.depth() + 1 > limits_.max_depth) {
-      return PathLimit(path, "nested deeper than " + std::to_string(limits_.max_depth) +
-                                 " levels (the limit)");
+      return PathLimit(
+          path, "nested deeper than " + std::to_string(limits_.max_depth) + " levels (the limit)");
     }
     switch (kind) {
-      case Kind::kNull: return Value::None();
-      case Kind::kBool: return Value::Bool(Tree::AsBool(item));
+      case Kind::kNull:
+        return Value::None();
+      case Kind::kBool:
+        return Value::Bool(Tree::AsBool(item));
       case Kind::kInt: {
         GLASSBOX_ASSIGN_OR_RETURN(int64_t v, ReadInt(item, path));
         return Value::Int(v);
       }
-      case Kind::kFloat: return Value::Float(Tree::AsDouble(item));
+      case Kind::kFloat:
+        return Value::Float(Tree::AsDouble(item));
       case Kind::kString: {
         GLASSBOX_ASSIGN_OR_RETURN(std::string s, ReadString(item, path));
         return Value::String(std::move(s));
       }
-      case Kind::kList: return ReadList(item, path);
-      case Kind::kMap: return ReadTagged(item, path);
+      case Kind::kList:
+        return ReadList(item, path);
+      case Kind::kMap:
+        return ReadTagged(item, path);
       default:
         return Mistyped(item, path,
                         "a value (null, bool, int, float, string, list, or a map tagged "
@@ -419,9 +432,10 @@ class SchemaDecoder {
   // in JSON only, {"float": "nan" | "inf" | "-inf"}.
   StatusOr<Value> ReadTagged(const Item& item, const Path& path) {
     if (Tree::Size(item) != 1) {
-      return PathError(path, "expected a value map with one key (\"ref\", \"slice\", "
-                             "\"ellipsis\" or \"tensor\"), got a map with " +
-                                 std::to_string(Tree::Size(item)) + " keys");
+      return PathError(path,
+                       "expected a value map with one key (\"ref\", \"slice\", "
+                       "\"ellipsis\" or \"tensor\"), got a map with " +
+                           std::to_string(Tree::Size(item)) + " keys");
     }
     std::string_view tag;
     const Item* inner = nullptr;
@@ -487,14 +501,14 @@ class SchemaDecoder {
     tensor.dtype = *dtype;
     GLASSBOX_ASSIGN_OR_RETURN(tensor.shape, ReadIntList(*f[1], Path(path, "shape")));
     GLASSBOX_ASSIGN_OR_RETURN(int64_t numel, CountElements(tensor, Path(path, "shape")));
-    GLASSBOX_ASSIGN_OR_RETURN(tensor.bytes, Tree::TensorBytes(f[2], f[3], tensor.dtype, numel,
-                                                              path, limits_));
+    GLASSBOX_ASSIGN_OR_RETURN(tensor.bytes,
+                              Tree::TensorBytes(f[2], f[3], tensor.dtype, numel, path, limits_));
     const Path data_path(path, "data");
     const uint64_t expected = static_cast<uint64_t>(numel) * DTypeSize(tensor.dtype);
     if (tensor.bytes.size() != expected) {
       return PathError(data_path, "holds " + std::to_string(tensor.bytes.size()) +
-                                      " bytes, but shape " + ShapeString(tensor.shape) +
-                                      " of " + DTypeName(tensor.dtype) + " needs " +
+                                      " bytes, but shape " + ShapeString(tensor.shape) + " of " +
+                                      DTypeName(tensor.dtype) + " needs " +
                                       std::to_string(expected));
     }
     GLASSBOX_RETURN_IF_ERROR(CheckTensorBytes(tensor, data_path));
@@ -524,8 +538,8 @@ class SchemaDecoder {
   }
 
   StatusOr<Node> ReadNode(const Item& item, const Path& path) {
-    GLASSBOX_ASSIGN_OR_RETURN(auto f, ReadFields<5>(item, path, "a node map",
-                                                    {"id", "op", "args", "kwargs", "source"}));
+    GLASSBOX_ASSIGN_OR_RETURN(
+        auto f, ReadFields<5>(item, path, "a node map", {"id", "op", "args", "kwargs", "source"}));
     GLASSBOX_RETURN_IF_ERROR(Require(f[0], path, "id"));
     GLASSBOX_RETURN_IF_ERROR(Require(f[1], path, "op"));
     Node node;
@@ -582,10 +596,9 @@ class SchemaDecoder {
   }
 
   StatusOr<GenerateOptions> ReadGenerate(const Item& item, const Path& path) {
-    GLASSBOX_ASSIGN_OR_RETURN(
-        auto f, ReadFields<6>(item, path, "a generate options map",
-                              {"max_new_tokens", "temperature", "top_k", "top_p", "seed",
-                               "stop_ids"}));
+    GLASSBOX_ASSIGN_OR_RETURN(auto f, ReadFields<6>(item, path, "a generate options map",
+                                                    {"max_new_tokens", "temperature", "top_k",
+                                                     "top_p", "seed", "stop_ids"}));
     GenerateOptions g;  // absent keys keep their defaults
     if (f[0]) {
       GLASSBOX_ASSIGN_OR_RETURN(g.max_new_tokens, ReadInt(*f[0], Path(path, "max_new_tokens")));
@@ -609,8 +622,8 @@ class SchemaDecoder {
   }
 
   StatusOr<Trace> ReadTrace(const Item& item, const Path& path) {
-    GLASSBOX_ASSIGN_OR_RETURN(auto f, ReadFields<3>(item, path, "a trace map",
-                                                    {"invokes", "generate", "nodes"}));
+    GLASSBOX_ASSIGN_OR_RETURN(
+        auto f, ReadFields<3>(item, path, "a trace map", {"invokes", "generate", "nodes"}));
     GLASSBOX_RETURN_IF_ERROR(Require(f[0], path, "invokes"));
     GLASSBOX_RETURN_IF_ERROR(Require(f[2], path, "nodes"));
     Trace trace;
@@ -638,8 +651,8 @@ class SchemaDecoder {
   }
 
   StatusOr<SavedValue> ReadSaved(const Item& item, const Path& path) {
-    GLASSBOX_ASSIGN_OR_RETURN(auto f, ReadFields<3>(item, path, "a saved value map",
-                                                    {"name", "node", "value"}));
+    GLASSBOX_ASSIGN_OR_RETURN(
+        auto f, ReadFields<3>(item, path, "a saved value map", {"name", "node", "value"}));
     GLASSBOX_RETURN_IF_ERROR(Require(f[0], path, "name"));
     GLASSBOX_RETURN_IF_ERROR(Require(f[1], path, "node"));
     GLASSBOX_RETURN_IF_ERROR(Require(f[2], path, "value"));

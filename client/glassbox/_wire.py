@@ -911,7 +911,7 @@ class _Reader:
     def float(self, item, path: _Path) -> float:
         if _kind(item) not in ("int", "float"):
             raise WireError(f"{path}: expected a float, got {_kind(item)}")
-        return float(item)
+        return _to_float(item)
 
     def bool(self, item, path: _Path) -> bool:
         if not isinstance(item, bool):
@@ -939,6 +939,14 @@ class _Reader:
 
 
 _MISSING = object()
+
+
+def _to_float(x) -> float:
+    """A JSON number as a double; integers too large for one become infinities, as in C++."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.copysign(math.inf, x)
 
 
 def _shape_str(shape) -> str:
@@ -1025,16 +1033,16 @@ def _json_elements(data, name: str, numel: int, path: _Path) -> bytes:
         values = []
         for i, e in enumerate(data):
             if _kind(e) in ("int", "float"):
-                values.append(float(e))
+                values.append(_to_float(e))
             elif isinstance(e, str) and e in special:
                 values.append(special[e])
             else:
                 raise WireError(f'{path / i}: expected a number (or "nan", "inf", "-inf")')
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # too large: infinity, as in C++
             f32 = np.array(values, dtype=np.float64).astype(np.float32)
-        if name == "bfloat16":
-            return BFloat16Array.from_float32(f32).bits.astype("<u2").tobytes()
-        return f32.astype(DTYPES[name]).tobytes()
+            if name == "bfloat16":
+                return BFloat16Array.from_float32(f32).bits.astype("<u2").tobytes()
+            return f32.astype(DTYPES[name]).tobytes()
     if name == "bool":
         for i, e in enumerate(data):
             if not isinstance(e, bool):

@@ -1,7 +1,14 @@
-// libFuzzer entry point: feeds arbitrary bytes to every msgpack decoder. Decoding must never
-// crash, hang or leak whatever the input; errors are the expected outcome. Built with
-// -DGLASSBOX_FUZZ=ON (clang); its corpus in protocol/fuzz/corpus is replayed by
-// tests/protocol/vectors_test.cc in every build.
+// libFuzzer entry point: feeds arbitrary bytes to every msgpack decoder and, when they parse
+// as JSON, to the JSON decoders. Decoding must never crash, hang or leak whatever the input;
+// errors are the expected outcome, and whatever decodes must survive a round trip.
+// Build and run (clang only):
+//   CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DGLASSBOX_FUZZ=ON -DGLASSBOX_BUILD_TESTS=OFF
+//   ninja -C build-fuzz protocol_decode_fuzzer
+//   mkdir -p /tmp/fuzz && build-fuzz/bin/protocol_decode_fuzzer /tmp/fuzz protocol/fuzz/corpus \
+//     -dict=protocol/fuzz/decode.dict -max_total_time=300
+//   build-fuzz/bin/protocol_decode_fuzzer -merge=1 protocol/fuzz/corpus /tmp/fuzz  # keep finds
+// The corpus in protocol/fuzz/corpus is replayed by tests/protocol/vectors_test.cc and
+// tests/python/test_wire.py in every build.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -28,5 +35,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   (void)protocol::DecodeErrorReport(bytes, limits);
   (void)protocol::PeekEnvelope(bytes, limits);
+
+  const nlohmann::json json = nlohmann::json::parse(bytes, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) return 0;
+  if (auto request = protocol::RequestFromJson(json, limits); request.ok()) {
+    auto again = protocol::RequestFromJson(protocol::RequestToJson(*request), limits);
+    if (!again.ok()) __builtin_trap();
+    (void)protocol::DecodeRequest(protocol::EncodeRequest(*request), limits);
+  }
+  if (auto result = protocol::ResultFromJson(json, limits); result.ok()) {
+    if (!protocol::DecodeResult(protocol::EncodeResult(*result), limits).ok()) __builtin_trap();
+  }
+  (void)protocol::ErrorReportFromJson(json, limits);
   return 0;
 }

@@ -393,3 +393,43 @@ TEST_CASE("SmolLM2 examples show the expected effects", "[intervention][model][s
 }
 
 }  // namespace glassbox::intervention
+
+namespace glassbox::intervention {
+
+TEST_CASE("cache saves every matching point in one node", "[intervention]") {
+  auto model = TinyModel();
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  g.Add("cache", {}, {{"filter", Value::String("hook_resid_post")}, {"invoke", Value::Int(0)}});
+  g.Add("write", {Value::Int(0)}, {{"point", Value::String("model.layers.1.output")}});
+  protocol::Result result = RunOk(*model, request);
+  REQUIRE(result.saved.size() == 3);
+  // The cached value is what the point held before the later write replaced it.
+  at::Tensor layer1 = CaptureByHand(*model, kClean, "model.layers.1.output");
+  CHECK(MaxAbsDiff(TensorOf(Saved(result, "model.layers.1.output").value), layer1) == 0.0);
+  // Layer 2 saw the zeroed residual stream.
+  CHECK(MaxAbsDiff(TensorOf(Saved(result, "model.layers.2.output").value),
+                   CaptureByHand(*model, kClean, "model.layers.2.output")) > 1e-3);
+}
+
+}  // namespace glassbox::intervention
+
+namespace glassbox::intervention {
+
+TEST_CASE("a write of the wrong shape names the node and both shapes", "[intervention]") {
+  auto model = TinyModel();
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  g.Add("cache", {}, {{"filter", Value::String("hook_resid_post")}});
+  int64_t small = g.Add("zeros", {Value::List({Value::Int(2)})});
+  int64_t write = g.Add("write", {Value::Ref(small)}, {{"point", Value::String("model.layers.1.output")}});
+  auto run = Run(*model, request);
+  REQUIRE_FALSE(run.ok());
+  CHECK_THAT(run.status().message(), Catch::Contains("node " + std::to_string(write)));
+  CHECK_THAT(run.status().message(), Catch::Contains("[1, 6, 64]"));
+  CHECK(model->Forward({{kClean}}).ok());
+}
+
+}  // namespace glassbox::intervention

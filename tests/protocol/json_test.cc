@@ -3,7 +3,6 @@
 #include "protocol/json.h"
 
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <limits>
 #include <string>
@@ -107,9 +106,11 @@ TEST_CASE("JSON tensor elements of every dtype", "[protocol]") {
           RawBytes<uint16_t>({0x3DCD, 0x3F80, 0xC020, 0x7F80, 0x7FC0}));
   }
   SECTION("what comes out goes back in unchanged") {
-    Value t = testing::MakeTensor(DType::kFloat16, {4}, RawBytes<uint16_t>({0x0001, 0x3555, 0xFBFF, 0x7C00}));
+    Value t = testing::MakeTensor(DType::kFloat16, {4},
+                                  RawBytes<uint16_t>({0x0001, 0x3555, 0xFBFF, 0x7C00}));
     CHECK(*DecodeArg(ValueToJson(t)) == t);
-    Value b = testing::MakeTensor(DType::kBFloat16, {3}, RawBytes<uint16_t>({0x0001, 0x4049, 0xFF80}));
+    Value b =
+        testing::MakeTensor(DType::kBFloat16, {3}, RawBytes<uint16_t>({0x0001, 0x4049, 0xFF80}));
     CHECK(*DecodeArg(ValueToJson(b)) == b);
   }
 }
@@ -121,9 +122,11 @@ TEST_CASE("JSON tensors may come as base64", "[protocol]") {
   REQUIRE(value.ok());
   CHECK(value->tensor->bytes == RawBytes<float>({1.5f, -2.0f}));
   const std::string at = "body.traces[0].nodes[0].args[0].tensor";
-  CHECK(ArgError({{"tensor", {{"dtype", "float32"}, {"shape", shape}, {"data_base64", "AADAPwAAAM"}}}}) ==
+  CHECK(ArgError({{"tensor",
+                   {{"dtype", "float32"}, {"shape", shape}, {"data_base64", "AADAPwAAAM"}}}}) ==
         at + ".data_base64: not valid base64 (standard alphabet, padded)");
-  CHECK(ArgError({{"tensor", {{"dtype", "float32"}, {"shape", shape}, {"data_base64", "AADAPw=="}}}}) ==
+  CHECK(ArgError(
+            {{"tensor", {{"dtype", "float32"}, {"shape", shape}, {"data_base64", "AADAPw=="}}}}) ==
         at + ".data: holds 4 bytes, but shape [2] of float32 needs 8");
   CHECK(ArgError({{"tensor", {{"dtype", "float32"}, {"shape", shape}}}}) ==
         at + ": a tensor needs exactly one of \"data\" or \"data_base64\"");
@@ -137,7 +140,8 @@ TEST_CASE("JSON errors name their path", "[protocol]") {
   };
   CHECK(ArgError(tensor("float32", {1, "abc"})) ==
         at + ".data[1]: expected a number (or \"nan\", \"inf\", \"-inf\")");
-  CHECK(ArgError(tensor("int32", {1, 2147483648})) == at + ".data[1]: integer does not fit in int32");
+  CHECK(ArgError(tensor("int32", {1, 2147483648})) ==
+        at + ".data[1]: integer does not fit in int32");
   CHECK(ArgError(tensor("uint8", {-1})) == at + ".data[0]: integer does not fit in uint8");
   CHECK(ArgError(tensor("int64", {1.5})) == at + ".data[0]: expected an int");
   CHECK(ArgError(tensor("bool", {1})) == at + ".data[0]: expected true or false");
@@ -149,7 +153,8 @@ TEST_CASE("JSON errors name their path", "[protocol]") {
   message["body"]["traces"][0]["nodes"][0]["kwargs"] = {{"dim", {{"ref", "x"}}}};
   auto request = RequestFromJson(message);
   REQUIRE_FALSE(request.ok());
-  CHECK(request.status().message() == "body.traces[0].nodes[0].kwargs.dim.ref: expected an int, got string");
+  CHECK(request.status().message() ==
+        "body.traces[0].nodes[0].kwargs.dim.ref: expected an int, got string");
 }
 
 TEST_CASE("JSON decoding checks versions and limits like msgpack decoding", "[protocol]") {
@@ -157,7 +162,8 @@ TEST_CASE("JSON decoding checks versions and limits like msgpack decoding", "[pr
   message["glassbox"] = 2;
   auto newer = RequestFromJson(message);
   REQUIRE_FALSE(newer.ok());
-  CHECK(newer.status().message().rfind("client speaks protocol 2, this server speaks protocol 1", 0) == 0);
+  CHECK(newer.status().message().rfind("client speaks protocol 2, this server speaks protocol 1",
+                                       0) == 0);
 
   json deep = 1;
   for (int i = 0; i < 10000; ++i) deep = json::array({std::move(deep)});

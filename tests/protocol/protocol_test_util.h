@@ -9,11 +9,10 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "protocol/graph.h"
 
@@ -94,13 +93,13 @@ inline Request SampleRequest() {
   first.invokes.push_back(Invoke{std::string("The capital of France is"), std::nullopt});
   first.invokes.push_back(Invoke{std::nullopt, std::vector<int64_t>{1, 2, 3}});
   Node read{1, "read", {}, {{"point", Value::String("model.layers.5.output")}}, "exp.py:3"};
-  Node index{2,
-             "getitem",
-             {Value::Ref(1),
-              Value::List({Value::MakeEllipsis(), Value::MakeSlice({1, std::nullopt, 2}),
-                           Value::None(), Value::Int(-3)})},
-             {},
-             ""};
+  Node index{
+      2,
+      "getitem",
+      {Value::Ref(1), Value::List({Value::MakeEllipsis(), Value::MakeSlice({1, std::nullopt, 2}),
+                                   Value::None(), Value::Int(-3)})},
+      {},
+      ""};
   Node literals{3,
                 "cat",
                 {Value::List({Value::Bool(true), Value::Bool(false), Value::Int(INT64_MIN),
@@ -110,17 +109,17 @@ inline Request SampleRequest() {
                               Value::String("h\xc3\xa9llo")})},
                 {{"dim", Value::Int(0)}, {"alpha", Value::Float(0.5)}},
                 ""};
-  Node tensors{4,
-               "add",
-               {MakeTensor(DType::kFloat32, {2}, RawBytes<float>({1.5f, -2.0f})),
-                MakeTensor(DType::kFloat16, {1}, RawBytes<uint16_t>({0x3C00})),
-                MakeTensor(DType::kBFloat16, {1, 1}, RawBytes<uint16_t>({0x3F80})),
-                MakeTensor(DType::kInt64, {}, RawBytes<int64_t>({-5})),
-                MakeTensor(DType::kInt32, {0, 3}, ""),
-                MakeTensor(DType::kBool, {3}, Bytes({1, 0, 1})),
-                MakeTensor(DType::kUInt8, {2}, Bytes({0, 255}))},
-               {},
-               ""};
+  Node tensors{
+      4,
+      "add",
+      {MakeTensor(DType::kFloat32, {2}, RawBytes<float>({1.5f, -2.0f})),
+       MakeTensor(DType::kFloat16, {1}, RawBytes<uint16_t>({0x3C00})),
+       MakeTensor(DType::kBFloat16, {1, 1}, RawBytes<uint16_t>({0x3F80})),
+       MakeTensor(DType::kInt64, {}, RawBytes<int64_t>({-5})),
+       MakeTensor(DType::kInt32, {0, 3}, ""), MakeTensor(DType::kBool, {3}, Bytes({1, 0, 1})),
+       MakeTensor(DType::kUInt8, {2}, Bytes({0, 255}))},
+      {},
+      ""};
   first.nodes = {read, index, literals, tensors};
   Trace second;
   second.invokes.push_back(Invoke{std::string("Once upon a time"), std::nullopt});
@@ -132,8 +131,9 @@ inline Request SampleRequest() {
   generate.seed = std::numeric_limits<uint64_t>::max();
   generate.stop_ids = {2};
   second.generate = generate;
-  second.nodes = {Node{5, "write", {Value::Ref(2)}, {{"point", Value::String("model.norm.output")}}, ""},
-                  Node{6, "save", {Value::Ref(5)}, {{"name", Value::String("out")}}, ""}};
+  second.nodes = {
+      Node{5, "write", {Value::Ref(2)}, {{"point", Value::String("model.norm.output")}}, ""},
+      Node{6, "save", {Value::Ref(5)}, {{"name", Value::String("out")}}, ""}};
   request.traces = {first, second};
   return request;
 }

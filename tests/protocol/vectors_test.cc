@@ -3,7 +3,6 @@
 // vectors give their exact error text. Then the fuzzing corpus (protocol/fuzz/corpus/) is
 // replayed through every decoder, which must never crash.
 #include <catch2/catch.hpp>
-
 #include <set>
 #include <string>
 
@@ -111,6 +110,15 @@ TEST_CASE("The fuzzing corpus replays through every decoder without crashing", "
     }
     if (auto error = DecodeErrorReport(bytes); error.ok()) ++decoded;
     (void)PeekEnvelope(bytes);
+    // Corpus files that parse as JSON go through the JSON decoders too.
+    const json parsed = json::parse(bytes, nullptr, /*allow_exceptions=*/false);
+    if (parsed.is_discarded()) continue;
+    if (auto request = RequestFromJson(parsed); request.ok()) {
+      ++decoded;
+      CHECK(DecodeRequest(EncodeRequest(*request)).ok());
+    }
+    if (auto result = ResultFromJson(parsed); result.ok()) ++decoded;
+    if (auto error = ErrorReportFromJson(parsed); error.ok()) ++decoded;
   }
   INFO(decoded << " of " << files.size() << " corpus files decode");
   SUCCEED();
