@@ -277,7 +277,10 @@ class BoundsCheck : public msgpack::null_visitor {
     if (!frames_.empty() && frames_.back().in_key) {
       frames_.back().key = std::string_view(data, size);
     }
-    return CountItem() && CheckSize(size, limits_.max_string_bytes, "a string");
+    if (!CountItem() || !CheckSize(size, limits_.max_string_bytes, "a string")) return false;
+    // Every string, even one in a key the decoder will skip, as the Python decoder does.
+    if (internal::IsValidUtf8(std::string_view(data, size))) return true;
+    return Fail(InvalidArgument(Where() + ": string is not valid UTF-8"));
   }
   bool visit_bin(const char*, uint32_t size) {
     return CountItem() && CheckSize(size, limits_.max_tensor_bytes, "binary data");

@@ -734,14 +734,16 @@ class _Reader:
                 f"{path}: more than {self.limits.max_values} values in one message (the limit)",
                 "RESOURCE_EXHAUSTED",
             )
-        kind = _kind(item)
+        kind = self.kind(item)
         if kind in ("list", "map") and path.depth + 1 > self.limits.max_depth:
             raise WireError(
                 f"{path}: nested deeper than {self.limits.max_depth} levels (the limit)",
                 "RESOURCE_EXHAUSTED",
             )
-        if kind in ("null", "bool", "float"):
+        if kind in ("null", "bool"):
             return item
+        if kind == "float":
+            return _to_float(item)
         if kind == "int":
             return self.int(item, path)
         if kind == "string":
@@ -894,16 +896,24 @@ class _Reader:
         self.check_length(len(item), path, "a list of {} elements")
         return item
 
+    def kind(self, item) -> str:
+        """As _kind; but JSON integers beyond int64 and uint64 are floats, as nlohmann reads
+        them, so that both implementations accept the same documents."""
+        kind = _kind(item)
+        if self.json and kind == "int" and not _INT64_MIN <= item < 2**64:
+            return "float"
+        return kind
+
     def int(self, item, path: _Path) -> int:
-        if _kind(item) != "int":
-            raise WireError(f"{path}: expected an int, got {_kind(item)}")
+        if self.kind(item) != "int":
+            raise WireError(f"{path}: expected an int, got {self.kind(item)}")
         if not _INT64_MIN <= item <= _INT64_MAX:
             raise WireError(f"{path}: integer {item} does not fit in int64")
         return item
 
     def uint(self, item, path: _Path) -> int:
-        if _kind(item) != "int":
-            raise WireError(f"{path}: expected a non-negative int, got {_kind(item)}")
+        if self.kind(item) != "int":
+            raise WireError(f"{path}: expected a non-negative int, got {self.kind(item)}")
         if item < 0:
             raise WireError(f"{path}: expected a non-negative int, got a negative one")
         return item
