@@ -36,6 +36,25 @@ Status HookSet::Add(const std::string& name, HookCallback callback) {
   return Status::Ok();
 }
 
+Status HookSet::AddSkip(const std::string& name) {
+  std::optional<int> id = catalogue_.Find(name);
+  if (!id) return NotFound("unknown hook point '" + name + "'; did you mean: " + JoinNames(catalogue_.Suggest(name)) + "?");
+  const HookPointInfo& info = catalogue_.point(*id);
+  const int layer = info.layer;
+  const bool skippable =
+      layer >= 0 && (*id == HookCatalogue::LayerId(layer, LayerPoint::kOutput) ||
+                     *id == HookCatalogue::LayerId(layer, LayerPoint::kAttnOutput) ||
+                     *id == HookCatalogue::LayerId(layer, LayerPoint::kMlpOutput));
+  if (!skippable) {
+    return InvalidArgument("cannot skip at " + info.name + ": only a layer, its self_attn or its "
+                           "mlp can be skipped (model.layers.N[.self_attn|.mlp].output)");
+  }
+  if (skips_.empty()) skips_.assign(catalogue_.size(), false);
+  skips_[*id] = true;
+  ++count_;
+  return Status::Ok();
+}
+
 int HookSet::AddMatching(const std::string& filter, const HookCallback& callback) {
   int matched = 0;
   for (int id = 0; id < catalogue_.size(); ++id) {

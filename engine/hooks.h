@@ -41,6 +41,13 @@ class HookSet {
   // ("" = every point); returns how many points matched.
   int AddMatching(const std::string& filter, const HookCallback& callback);
 
+  // Marks a module as skipped: `name` is a layer's, its attention's or its MLP's output
+  // ("model.layers.3.output", "model.layers.3.self_attn.output", "model.layers.3.mlp.output"
+  // or a TransformerLens alias). The module does not run; its output is zeros unless a
+  // callback at that point replaces it. Other names give kInvalidArgument.
+  Status AddSkip(const std::string& name);
+  bool Skips(int point_id) const { return !skips_.empty() && skips_[point_id]; }
+
   bool Wants(int point_id) const { return !callbacks_[point_id].empty(); }
   bool empty() const { return count_ == 0; }
   // Runs the callbacks of `point_id` on `value`; validates replacements (shape, finite rank)
@@ -50,6 +57,7 @@ class HookSet {
  private:
   const HookCatalogue& catalogue_;
   std::vector<std::vector<HookCallback>> callbacks_;
+  std::vector<bool> skips_;  // empty until AddSkip
   int count_ = 0;
 };
 

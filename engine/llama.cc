@@ -14,6 +14,7 @@
 #include <ATen/ops/silu.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <limits>
 #include <map>
@@ -83,9 +84,20 @@ class LlamaModel::Pass {
     return glassbox::RmsNorm(x, weight, m_.config_.rms_norm_eps);
   }
 
+  bool Skips(int layer, LP point) const {
+    return in_.hooks != nullptr && in_.hooks->Skips(HookCatalogue::LayerId(layer, point));
+  }
+  // A skipped module's output: zeros shaped like `like`, unless a hook supplies the value.
+  at::Tensor SkippedOutput(int layer, LP point, const at::Tensor& like) const {
+    at::Tensor out = at::zeros_like(like);
+    At(layer, point, out);
+    return out;
+  }
+
   at::Tensor Layer(int layer, at::Tensor x) {
     const LayerWeights& w = m_.weights_.layers[layer];
     At(layer, LP::kInput, x);
+    if (Skips(layer, LP::kOutput)) return SkippedOutput(layer, LP::kOutput, x);
     at::Tensor h = Tap(layer, LP::kLn1Input, x);
     h = RmsNorm(h, w.input_layernorm);
     At(layer, LP::kLn1Output, h);
@@ -109,6 +121,7 @@ class LlamaModel::Pass {
   at::Tensor Attention(int layer, const LayerWeights& w, at::Tensor h) {
     const ModelConfig& c = m_.config_;
     At(layer, LP::kAttnInput, h);
+    if (Skips(layer, LP::kAttnOutput)) return SkippedOutput(layer, LP::kAttnOutput, h);
     at::Tensor q = Project(layer, LP::kQProjInput, h, w.q_proj).view({batch_, seq_, c.num_heads, c.head_dim});
     at::Tensor k = Project(layer, LP::kKProjInput, h, w.k_proj).view({batch_, seq_, c.num_kv_heads, c.head_dim});
     at::Tensor v = Project(layer, LP::kVProjInput, h, w.v_proj).view({batch_, seq_, c.num_kv_heads, c.head_dim});
@@ -166,6 +179,7 @@ class LlamaModel::Pass {
 
   at::Tensor Mlp(int layer, const LayerWeights& w, at::Tensor h) {
     At(layer, LP::kMlpInput, h);
+    if (Skips(layer, LP::kMlpOutput)) return SkippedOutput(layer, LP::kMlpOutput, h);
     at::Tensor gate = Project(layer, LP::kGateProjInput, h, w.gate_proj);
     at::Tensor up = Project(layer, LP::kUpProjInput, h, w.up_proj);
     at::Tensor act = at::silu(gate) * up;

@@ -40,7 +40,7 @@ class TraceRunner {
     for (const auto& p : plan.prompts) padded_ = std::max<int64_t>(padded_, p.size());
     for (const NodePlan& p : plan.nodes) {
       const bool at_hook = p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite ||
-                           p.op->op_class == OpClass::kCache;
+                           p.op->op_class == OpClass::kCache || p.op->op_class == OpClass::kSkip;
       has_cache_ |= p.op->op_class == OpClass::kCache;
       if (!p.steps.constant && !at_hook) dependents_.push_back(&p - plan.nodes.data());
     }
@@ -60,6 +60,9 @@ class TraceRunner {
     for (const int point : points) {
       GLASSBOX_RETURN_IF_ERROR(hooks.Add(model_.catalogue().point(point).name,
           [this, point](const HookContext& ctx, at::Tensor& value) { return Fire(point, ctx.step, value); }));
+    }
+    for (int point : plan_.skipped_points) {
+      GLASSBOX_RETURN_IF_ERROR(hooks.AddSkip(model_.catalogue().point(point).name));
     }
     Status status = RunModel(hooks);
     if (!status.ok() && !(status.code() == StatusCode::kCancelled && stopped_early_)) return status;

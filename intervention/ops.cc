@@ -277,6 +277,8 @@ std::vector<OpSpec> BuildOps() {
   interp("write", OpClass::kWrite, 1, 1, {"point", "invoke", "step", "index"},
          "write(value, point=, invoke=None, step=0, index=None)",
          "replaces the value at a hook point (or x[index] = value when index is given)");
+  interp("skip", OpClass::kSkip, 1, 1, {"module", "step"}, "skip(value, module=, step=0)",
+         "the module (model.layers.N, or its self_attn or mlp) does not run; value is its output for the whole batch");
   interp("backward", OpClass::kBackward, 1, 1, {}, "backward(loss)",
          "backpropagates from a scalar; grad nodes then hold gradients");
   interp("grad", OpClass::kGrad, 1, 1, {"point", "invoke", "step"},

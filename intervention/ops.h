@@ -17,7 +17,7 @@
 namespace glassbox::intervention {
 
 // Ops whose meaning involves the forward pass; the interpreter runs these itself.
-enum class OpClass { kPure, kRead, kWrite, kSave, kModule, kBackward, kGrad, kCache };
+enum class OpClass { kPure, kRead, kWrite, kSave, kModule, kBackward, kGrad, kCache, kSkip };
 
 struct OpCall {
   const std::vector<RuntimeValue>& args;

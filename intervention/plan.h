@@ -6,6 +6,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "engine/engine.h"
@@ -42,6 +43,7 @@ struct TracePlan {
   std::map<int, std::vector<size_t>> at_point;  // hook point -> read/write nodes there
   std::map<int, std::vector<size_t>> grad_at_point;  // hook point -> grad nodes there
   std::map<int, std::vector<size_t>> cache_at_point;  // hook point -> cache nodes there
+  std::set<int> skipped_points;  // outputs of modules that do not run
   int64_t steps = 1;                          // forward passes: 1, or max_new_tokens
   std::vector<std::vector<int64_t>> prompts;  // token ids per invoke
 };

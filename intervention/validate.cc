@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <set>
 
+#include "engine/hooks.h"
+
 #include "intervention/plan.h"
 
 namespace glassbox::intervention {
@@ -105,10 +107,12 @@ class Planner {
     }
     if (p.op != nullptr && p.op->op_class == OpClass::kGrad) PlanGradNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kCache) PlanCacheNode(node, p);
+    if (p.op != nullptr && p.op->op_class == OpClass::kSkip) PlanSkipNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kModule) CheckModule(node);
     plan_.index_of[node.id] = plan_.nodes.size();
     const bool grad = p.op != nullptr && p.op->op_class == OpClass::kGrad;
     if (p.point >= 0) (grad ? plan_.grad_at_point : plan_.at_point)[p.point].push_back(plan_.nodes.size());
+    if (p.point >= 0 && p.op->op_class == OpClass::kSkip) plan_.skipped_points.insert(p.point);
     plan_.nodes.push_back(std::move(p));
   }
 
@@ -189,6 +193,29 @@ class Planner {
       Fail(&node, "writes " + catalogue.point(p.point).name + " at step " + std::to_string(p.steps.first) +
                       " using a value that only exists later in the pass; a forward pass cannot go back");
     }
+  }
+
+  // skip(value, module=...): a write at the module's output, and the module does not run.
+  void PlanSkipNode(const protocol::Node& node, NodePlan& p) {
+    auto module = node.kwargs.find("module");
+    if (module == node.kwargs.end() || module->second.kind != Value::Kind::kString) {
+      Fail(&node, "skip needs module=\"model.layers.N\" (or model.layers.N.self_attn / .mlp)");
+      return;
+    }
+    const std::string point = module->second.string_value + ".output";
+    HookSet probe(model_.catalogue());
+    Status skippable = probe.AddSkip(point);
+    if (!skippable.ok()) {
+      Fail(&node, "cannot skip '" + module->second.string_value + "': " + skippable.message());
+      return;
+    }
+    p.point = *model_.catalogue().Find(point);
+    PlanSteps(node, p);
+    if (trace_.generate && (p.steps.first != 0 || p.steps.last != plan_.steps - 1)) {
+      Fail(&node, "in a generation, a skipped module must be skipped at every step (step=\"all\"): its keys and values would be missing from the cache");
+    }
+    const int64_t at = p.steps.first * model_.catalogue().size() + ForwardOrder(model_.catalogue(), p.point);
+    if (p.phase > at) Fail(&node, "skips " + point + " with a value that only exists later in the pass");
   }
 
   // cache(filter=...): bound to every matching point; its values are saved as they appear.

@@ -433,3 +433,59 @@ TEST_CASE("a write of the wrong shape names the node and both shapes", "[interve
 }
 
 }  // namespace glassbox::intervention
+
+namespace glassbox::intervention {
+
+TEST_CASE("skip: the module does not run and its output is the given value", "[intervention]") {
+  auto model = TinyModel();
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  int64_t mid = g.Read("model.layers.1.post_attention_layernorm.input", std::nullopt);
+  int64_t half = g.Add("mul", {Value::Ref(mid), Value::Float(0.5)});
+  g.Add("skip", {Value::Ref(half)}, {{"module", Value::String("model.layers.1.mlp")}});
+  g.Save(g.Read("lm_head.output"), "logits");
+  protocol::Result result = RunOk(*model, request);
+
+  int inner_calls = 0;
+  HookSet hooks(model->catalogue());
+  at::Tensor resid_mid;
+  REQUIRE(hooks.Add("model.layers.1.post_attention_layernorm.input", [&](const HookContext&, at::Tensor& v) {
+    resid_mid = v.clone();
+    return Status::Ok();
+  }).ok());
+  REQUIRE(hooks.Add("model.layers.1.mlp.gate_proj.output", [&](const HookContext&, at::Tensor&) {
+    ++inner_calls;
+    return Status::Ok();
+  }).ok());
+  REQUIRE(hooks.AddSkip("model.layers.1.mlp.output").ok());
+  REQUIRE(hooks.Add("model.layers.1.mlp.output", [&](const HookContext&, at::Tensor& v) {
+    v = resid_mid * 0.5;
+    return Status::Ok();
+  }).ok());
+  auto expected = model->Forward({{kClean}}, &hooks);
+  REQUIRE(expected.ok());
+  CHECK(inner_calls == 0);
+  CHECK(MaxAbsDiff(TensorOf(Saved(result, "logits").value), expected->logits) <= 1e-5);
+
+  // Reading inside the skipped module is an error, not a silent empty result.
+  protocol::Request inside;
+  GraphBuilder g2(inside);
+  g2.Trace({kClean});
+  g2.Add("skip", {Value::Int(0)}, {{"module", Value::String("model.layers.1.mlp")}});
+  g2.Save(g2.Read("model.layers.1.mlp.gate_proj.output"), "inner");
+  auto run = Run(*model, inside);
+  REQUIRE_FALSE(run.ok());
+  CHECK_THAT(run.status().message(), Catch::Contains("never ran"));
+
+  // Only layers, attention and MLPs can be skipped.
+  protocol::Request bad;
+  GraphBuilder g3(bad);
+  g3.Trace({kClean});
+  g3.Add("skip", {Value::Int(0)}, {{"module", Value::String("model.norm")}});
+  auto errors = Validate(*model, bad);
+  REQUIRE(errors.size() == 1);
+  CHECK_THAT(errors[0].message, Catch::Contains("cannot skip 'model.norm'"));
+}
+
+}  // namespace glassbox::intervention
