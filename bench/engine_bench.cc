@@ -17,37 +17,17 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/engine.h"
 
 namespace glassbox {
 namespace {
 
-double Seconds(const std::function<void()>& fn, int repeats) {
-  fn();  // warm-up
-  std::vector<double> times;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];  // median
-}
+using bench::ResetPeakRss;
+using bench::Seconds;
+using bench::StatusBytes;
 
-// A /proc/self/status memory field ("VmHWM:" peak, "VmRSS:" current) in bytes.
-double StatusBytes(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  while (status >> key) {
-    if (key == field) {
-      double kb;
-      status >> kb;
-      return kb * 1024;
-    }
-    status.ignore(1 << 16, '\n');
-  }
-  return 0;
-}
+
 
 // The matrix products of one forward pass, alone: every projection and the lm_head.
 std::function<void()> MatmulsOnly(const ModelConfig& c, int64_t batch, int64_t seq) {
@@ -108,6 +88,9 @@ void BenchGenerate(const Model& model, int new_tokens) {
 
 int main(int argc, char** argv) {
   using namespace glassbox;
+  using bench::ResetPeakRss;
+  using bench::Seconds;
+  using bench::StatusBytes;
   CLI::App app{"Glassbox engine benchmark"};
   std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   EngineParams params;

@@ -13,41 +13,21 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/engine.h"
 #include "intervention/intervention.h"
 
 namespace glassbox {
 namespace {
 
+using bench::ResetPeakRss;
+using bench::Seconds;
+using bench::StatusBytes;
+
 using protocol::Value;
 
-double Seconds(const std::function<void()>& fn, int repeats) {
-  fn();
-  std::vector<double> times;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
-double RssBytes(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  while (status >> key) {
-    if (key == field) {
-      double kb;
-      status >> kb;
-      return kb * 1024;
-    }
-    status.ignore(1 << 16, '\n');
-  }
-  return 0;
-}
 
-void ResetPeakRss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 std::vector<int64_t> Prompt(int64_t n) {
   std::vector<int64_t> ids;
@@ -99,6 +79,9 @@ protocol::Request LogitLens(const Model& model, const std::vector<int64_t>& prom
 
 int main(int argc, char** argv) {
   using namespace glassbox;
+  using bench::ResetPeakRss;
+  using bench::Seconds;
+  using bench::StatusBytes;
   CLI::App app{"Glassbox intervention benchmark"};
   std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   int repeats = 5;
@@ -144,9 +127,9 @@ int main(int argc, char** argv) {
   cache.traces[0].nodes.push_back(MakeNode(0, "cache", {}, {{"filter", Value::String("hook_resid_post")}}));
   const double plain8 = Seconds([&] { (void)model.Forward({batch}); }, 3);
   ResetPeakRss();
-  const double before = RssBytes("VmRSS:");
+  const double before = StatusBytes("VmRSS:");
   const double cached = Seconds([&] { RunOrDie(model, cache); }, 3);
-  const double peak = RssBytes("VmHWM:") - before;
+  const double peak = StatusBytes("VmHWM:") - before;
   const double saved = 8.0 * 64 * model.config().hidden_size * 4 * model.config().num_layers;
   std::printf("8x64 plain forward %.1f ms; caching the residual stream of all layers %.1f ms "
               "(%.3fx); saved %.1f MB, peak memory above the loaded model %.1f MB (%.2fx saved)\n",

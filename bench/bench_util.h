@@ -1,0 +1,47 @@
+// Timing and memory readings shared by the benchmarks.
+#ifndef GLASSBOX_BENCH_BENCH_UTIL_H_
+#define GLASSBOX_BENCH_BENCH_UTIL_H_
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace glassbox::bench {
+
+// Median wall time of `repeats` calls after one warm-up call, in seconds.
+inline double Seconds(const std::function<void()>& fn, int repeats) {
+  fn();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// A /proc/self/status memory field ("VmHWM:" peak, "VmRSS:" current) in bytes.
+inline double StatusBytes(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == field) {
+      double kb;
+      status >> kb;
+      return kb * 1024;
+    }
+    status.ignore(1 << 16, '\n');
+  }
+  return 0;
+}
+
+// Resets the peak (VmHWM) to the current resident size (Linux 4.0+).
+inline void ResetPeakRss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+}  // namespace glassbox::bench
+
+#endif  // GLASSBOX_BENCH_BENCH_UTIL_H_
