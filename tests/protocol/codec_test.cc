@@ -300,7 +300,7 @@ TEST_CASE("Strings must be valid UTF-8", "[protocol]") {
     auto decoded = DecodeRequest(bytes);
     return decoded.ok() ? std::string() : decoded.status().message();
   };
-  CHECK(op_error("r\xc3\xa9" "ad") == "");       // U+00E9
+  CHECK(op_error("r\u00e9ad") == "");         // 2 bytes
   CHECK(op_error("\xe2\x98\x83") == "");      // U+2603
   CHECK(op_error("\xf0\x9d\x94\xbe") == "");  // U+1D53E
   const std::string bad = "body.traces[0].nodes[0].op: string is not valid UTF-8";

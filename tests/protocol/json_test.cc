@@ -165,9 +165,14 @@ TEST_CASE("JSON decoding checks versions and limits like msgpack decoding", "[pr
   CHECK(newer.status().message().rfind("client speaks protocol 2, this server speaks protocol 1",
                                        0) == 0);
 
-  json deep = 1;
-  for (int i = 0; i < 10000; ++i) deep = json::array({std::move(deep)});
-  auto bomb = RequestFromJson(RequestWithArgs(json::array({deep})));
+  // Built in place: copying a deep nlohmann::json recurses (the decoder itself does not).
+  json bomb_message = RequestWithArgs(json::array({nullptr}));
+  json* slot = &bomb_message["body"]["traces"][0]["nodes"][0]["args"][0];
+  for (int i = 0; i < 10000; ++i) {
+    *slot = json::array({nullptr});
+    slot = &(*slot)[0];
+  }
+  auto bomb = RequestFromJson(bomb_message);
   REQUIRE_FALSE(bomb.ok());
   CHECK(bomb.status().code() == StatusCode::kResourceExhausted);
   CHECK(bomb.status().message().find("nested deeper than 64 levels") != std::string::npos);
