@@ -33,6 +33,14 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 
+# The Python client (editable) with its test extras; reinstalled only when its pyproject changes.
+stamp=.venv/.glassbox-client-installed
+if ! cmp -s client/pyproject.toml "$stamp"; then
+  echo "== installing the Python client into .venv (pip install -e client[test])"
+  .venv/bin/pip install --quiet --disable-pip-version-check -e "client[test]"
+  cp client/pyproject.toml "$stamp"
+fi
+
 echo "== default model"
 PIP=.venv/bin/pip scripts/fetch_model.sh
 
