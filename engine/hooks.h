@@ -48,6 +48,12 @@ class HookSet {
   Status AddSkip(const std::string& name);
   bool Skips(int point_id) const { return !skips_.empty() && skips_[point_id]; }
 
+  // Lets a run be stopped between hook points (a cancelled job, a time limit): the forward
+  // pass calls `check` before every layer, at every generation step, and stops with its
+  // status when that is not OK. `check` must be cheap; it runs on the forward's thread.
+  void SetInterrupt(std::function<Status()> check) { interrupt_ = std::move(check); }
+  Status CheckInterrupt() const { return interrupt_ ? interrupt_() : Status::Ok(); }
+
   bool Wants(int point_id) const { return !callbacks_[point_id].empty(); }
   bool empty() const { return count_ == 0; }
   // Runs the callbacks of `point_id` on `value`; validates replacements (shape, finite rank)
@@ -58,6 +64,7 @@ class HookSet {
   const HookCatalogue& catalogue_;
   std::vector<std::vector<HookCallback>> callbacks_;
   std::vector<bool> skips_;  // empty until AddSkip
+  std::function<Status()> interrupt_;
   int count_ = 0;
 };
 

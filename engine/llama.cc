@@ -96,6 +96,10 @@ class LlamaModel::Pass {
 
   at::Tensor Layer(int layer, at::Tensor x) {
     const LayerWeights& w = m_.weights_.layers[layer];
+    if (in_.hooks != nullptr) {
+      Status go_on = in_.hooks->CheckInterrupt();
+      if (!go_on.ok()) throw HookFailure{go_on};
+    }
     At(layer, LP::kInput, x);
     if (Skips(layer, LP::kOutput)) return SkippedOutput(layer, LP::kOutput, x);
     at::Tensor h = Tap(layer, LP::kLn1Input, x);

@@ -34,8 +34,10 @@ struct Environment {
 class TraceRunner {
  public:
   TraceRunner(const Model& model, const TracePlan& plan, const protocol::Trace& trace,
-              Environment& env, const InterventionLimits& limits, protocol::Result& result)
-      : model_(model), plan_(plan), trace_(trace), env_(env), limits_(limits), result_(result),
+              Environment& env, const InterventionLimits& limits, const RunControl& control,
+              protocol::Result& result)
+      : model_(model), plan_(plan), trace_(trace), env_(env), limits_(limits), control_(control),
+        result_(result),
         done_(plan.nodes.size(), -1) {
     for (const auto& p : plan.prompts) padded_ = std::max<int64_t>(padded_, p.size());
     for (const NodePlan& p : plan.nodes) {
@@ -53,6 +55,7 @@ class TraceRunner {
       }
     }
     HookSet hooks(model_.catalogue());
+    hooks.SetInterrupt(control_.interrupt);
     std::set<int> points;
     for (const auto& entry : plan_.at_point) points.insert(entry.first);
     for (const auto& entry : plan_.grad_at_point) points.insert(entry.first);
@@ -377,6 +380,7 @@ class TraceRunner {
   const protocol::Trace& trace_;
   Environment& env_;
   const InterventionLimits& limits_;
+  const RunControl& control_;
   protocol::Result& result_;
   std::vector<int64_t> done_;        // last step each node ran at, -1: not yet
   std::vector<size_t> dependents_;   // non-constant nodes not bound to a hook point
@@ -401,7 +405,7 @@ void CountUses(const std::vector<TracePlan>& plans, Environment& env) {
 }  // namespace
 
 StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
-                               const InterventionLimits& limits) {
+                               const InterventionLimits& limits, const RunControl& control) {
   std::vector<ValidationError> errors;
   std::vector<TracePlan> plans;
   std::map<int64_t, bool> earlier;
@@ -419,7 +423,7 @@ StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& requ
   CountUses(plans, env);
   protocol::Result result;
   for (size_t t = 0; t < plans.size(); ++t) {
-    TraceRunner runner(model, plans[t], request.traces[t], env, limits, result);
+    TraceRunner runner(model, plans[t], request.traces[t], env, limits, control, result);
     Status status = runner.Run();
     if (!status.ok()) return status.WithContext("trace " + std::to_string(t));
   }

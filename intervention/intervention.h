@@ -9,6 +9,7 @@
 #define GLASSBOX_INTERVENTION_INTERVENTION_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -38,11 +39,20 @@ struct ValidationError {
 std::vector<ValidationError> Validate(const Model& model, const protocol::Request& request,
                                       const InterventionLimits& limits = InterventionLimits());
 
+// How a caller steers a run from outside (the worker: cancellation and time limits).
+struct RunControl {
+  // Asked before every layer of every forward pass (and so at every generation step); a
+  // non-OK status (e.g. Cancelled("time limit of 60 s exceeded")) stops the run between hook
+  // points and is returned. Empty: never interrupted.
+  std::function<Status()> interrupt;
+};
+
 // Validates, then runs every trace in order. A validation failure returns kInvalidArgument
 // listing every problem; a failure while running names the node, its inputs' shapes and
 // the cause. The model is unchanged afterwards whatever happened.
 StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
-                               const InterventionLimits& limits = InterventionLimits());
+                               const InterventionLimits& limits = InterventionLimits(),
+                               const RunControl& control = RunControl());
 
 }  // namespace glassbox::intervention
 

@@ -1,0 +1,28 @@
+// One job on an engine worker: request bytes in, result (or error report) bytes out.
+// The worker process (worker/serve.h) calls this for every job the broker hands it; tests
+// and tools may call it directly. Internal to the worker room and its tests.
+#ifndef GLASSBOX_WORKER_JOB_H_
+#define GLASSBOX_WORKER_JOB_H_
+
+#include <string>
+#include <string_view>
+
+#include "engine/engine.h"
+#include "intervention/intervention.h"
+
+namespace glassbox::worker {
+
+// Decodes `request_bytes` (a protocol request message), checks that it is meant for
+// `served_name`, runs it on `model` under `limits` and `control`, and returns the encoded
+// result — or an encoded error report whose code tells the broker whether a retry can help
+// (INVALID_ARGUMENT: never; CANCELLED: stopped on purpose; INTERNAL/UNAVAILABLE: maybe) and
+// whose message names the cause and, for graph problems, the node. Never throws.
+// Thread-safe as far as `model` is (Model::Forward may run concurrently).
+std::string RunJob(const Model& model, const std::string& served_name,
+                   std::string_view request_bytes,
+                   const intervention::InterventionLimits& limits,
+                   const intervention::RunControl& control);
+
+}  // namespace glassbox::worker
+
+#endif  // GLASSBOX_WORKER_JOB_H_
