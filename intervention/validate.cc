@@ -105,15 +105,13 @@ class Planner {
     if (p.op != nullptr && (p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite)) {
       PlanHookNode(node, p);
     }
-    if (p.op != nullptr && (p.op->op_class == OpClass::kGrad || p.op->op_class == OpClass::kWriteGrad)) {
-      PlanGradNode(node, p);
-    }
-    if (p.op != nullptr && p.op->op_class == OpClass::kWriteGrad) CheckGradValueOrder(node, p);
+    const bool grad = p.op != nullptr && (p.op->op_class == OpClass::kGrad || p.op->op_class == OpClass::kWriteGrad);
+    if (grad) PlanGradNode(node, p);
+    if (grad && p.op->op_class == OpClass::kWriteGrad) CheckGradValueOrder(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kCache) PlanCacheNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kSkip) PlanSkipNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kModule) CheckModule(node);
     plan_.index_of[node.id] = plan_.nodes.size();
-    const bool grad = p.op != nullptr && (p.op->op_class == OpClass::kGrad || p.op->op_class == OpClass::kWriteGrad);
     if (p.point >= 0) (grad ? plan_.grad_at_point : plan_.at_point)[p.point].push_back(plan_.nodes.size());
     if (p.point >= 0 && p.op->op_class == OpClass::kSkip) plan_.skipped_points.insert(p.point);
     plan_.nodes.push_back(std::move(p));
@@ -280,16 +278,17 @@ class Planner {
     p.phase = phase;
   }
 
-  // write_grad's value and index are used while its backward runs: they must come from
-  // nodes before the backward node (or from earlier traces).
+  // write_grad's value and index (which this records) are used while its backward runs:
+  // they must come from nodes before the backward node (or from earlier traces).
   void CheckGradValueOrder(const protocol::Node& node, NodePlan& p) {
-    auto at = node.kwargs.find("index");
-    if (at != node.kwargs.end() && at->second.kind != Value::Kind::kNone) p.index = at->second;
-    if (p.backward < 0) return;
     std::vector<int64_t> refs;
-    if (node.args.size() > 1) CollectRefs(node.args[1], refs);
     auto index = node.kwargs.find("index");
-    if (index != node.kwargs.end()) CollectRefs(index->second, refs);
+    if (index != node.kwargs.end() && index->second.kind != Value::Kind::kNone) {
+      p.index = index->second;
+      CollectRefs(index->second, refs);
+    }
+    if (p.backward < 0) return;
+    if (node.args.size() > 1) CollectRefs(node.args[1], refs);
     const size_t backward = plan_.index_of.at(p.backward);
     for (int64_t ref : refs) {
       auto it = plan_.index_of.find(ref);
