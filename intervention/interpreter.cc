@@ -2,6 +2,7 @@
 // forward pass (or generation), applies writes at hook points, collects saved values.
 #include <ATen/TensorIndexing.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <c10/util/Exception.h>
 
