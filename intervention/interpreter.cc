@@ -573,14 +573,13 @@ StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& requ
   std::vector<TracePlan> plans;
   protocol::Result result;
   std::vector<ValidationError> errors = PlanRequest(model, request, limits, plans);
-  if (errors.empty()) errors = CheckShapes(model, request, plans, limits, &result.shapes);
+  if (errors.empty()) errors = CheckShapes(model, request, plans, limits, request.scan ? &result.shapes : nullptr);
   if (!errors.empty()) {
     std::string message = std::to_string(errors.size()) + " problem(s) in the request:";
     for (const ValidationError& e : errors) message += "\n  " + e.ToString();
     return InvalidArgument(message);
   }
   if (request.scan) return result;
-  result.shapes.clear();
   Environment env;
   CountUses(plans, env);
   for (size_t t = 0; t < plans.size(); ++t) {
