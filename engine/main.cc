@@ -136,13 +136,16 @@ nlohmann::json DescribeSaved(const protocol::Value& value) {
   return out;
 }
 
-Status RunGraph(const CommonFlags& flags, const std::string& graph_path, const std::string& out_path) {
+// `scan`: a dry run whatever the graph says (the graph's own "scan": true does the same).
+Status RunGraph(const CommonFlags& flags, const std::string& graph_path, const std::string& out_path,
+                bool scan) {
   std::ifstream in(graph_path);
   if (!in) return NotFound("cannot open graph file " + graph_path);
   nlohmann::json text = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (text.is_discarded()) return InvalidArgument(graph_path + ": not valid JSON");
   StatusOr<protocol::Request> request = protocol::RequestFromJson(text);
   if (!request.ok()) return request.status().WithContext(graph_path);
+  request->scan |= scan;
   GLASSBOX_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadVerbose(flags));
   const auto start = std::chrono::steady_clock::now();
   GLASSBOX_ASSIGN_OR_RETURN(protocol::Result result, intervention::Run(*model, *request));
@@ -150,6 +153,7 @@ Status RunGraph(const CommonFlags& flags, const std::string& graph_path, const s
   nlohmann::json saved = nlohmann::json::object();
   for (const protocol::SavedValue& s : result.saved) saved[s.name] = DescribeSaved(s.value);
   nlohmann::json out = {{"saved", saved}, {"seconds", seconds}};
+  if (request->scan) out["shapes"] = protocol::ResultToJson(result)["body"].value("shapes", nlohmann::json::array());
   if (!result.generated.empty()) {
     out["generated_ids"] = result.generated;
     if (model->tokenizer() != nullptr) {
@@ -202,6 +206,8 @@ int main(int argc, char** argv) {
   std::string graph_path, out_path;
   run->add_option("--graph", graph_path, "request in the JSON mirror of the wire format")->required();
   run->add_option("--out", out_path, "also write the result in the wire format (msgpack)");
+  bool scan = false;
+  run->add_flag("--scan", scan, "dry run: print every node's dtype and shape, touch no weights");
   CLI11_PARSE(app, argc, argv);
   if (*ops) {
     std::cout << intervention::OpsMarkdown();
@@ -211,7 +217,7 @@ int main(int argc, char** argv) {
   Status status;
   if (*info) status = RunInfo(flags);
   else if (*topk) status = RunTopK(flags, prompt, k);
-  else if (*run) status = RunGraph(flags, graph_path, out_path);
+  else if (*run) status = RunGraph(flags, graph_path, out_path, scan);
   else status = RunGenerate(flags, prompt, sampling, json);
   if (!status.ok()) {
     std::cerr << "error: " << status.ToString() << "\n";

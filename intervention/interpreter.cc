@@ -2,13 +2,16 @@
 // forward pass (or generation), applies writes at hook points, collects saved values.
 #include <ATen/TensorIndexing.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <memory>
 #include <set>
 
 #include "intervention/plan.h"
+#include "intervention/shape_pass.h"
 
 namespace glassbox::intervention {
 namespace {
@@ -23,9 +26,15 @@ double NumberOf(const RuntimeValue& v) {
   return v.float_value;
 }
 
+// What a shape-only pass collects: every problem, and for a scan every node's shape.
+struct ShapeCheck {
+  std::vector<ValidationError> errors;
+  std::vector<protocol::NodeShape> shapes;
+};
+
 // Values shared by every trace of one request (sessions pass values forward).
 struct Environment {
-  std::map<int64_t, RuntimeValue> values;
+  std::map<int64_t, RuntimeValue> values;  // meta tensors in a shape-only pass
   std::map<int64_t, int64_t> uses_left;  // single-run consumers still to run; -1: keep
   std::set<int64_t> per_step_inputs;     // read by a node that runs at every step: keep
   int64_t saved_bytes = 0;
@@ -33,12 +42,13 @@ struct Environment {
 
 class TraceRunner {
  public:
+  // With `check`, a shape-only pass: meta tensors stand in for every value, problems are
+  // collected in `check` (the pass goes on), and nothing touches the weights.
   TraceRunner(const Model& model, const TracePlan& plan, const protocol::Trace& trace,
               Environment& env, const InterventionLimits& limits, const RunControl& control,
-              protocol::Result& result)
+              protocol::Result& result, ShapeCheck* check = nullptr)
       : model_(model), plan_(plan), trace_(trace), env_(env), limits_(limits), control_(control),
-        result_(result),
-        done_(plan.nodes.size(), -1) {
+        result_(result), check_(check), done_(plan.nodes.size(), -1) {
     for (const auto& p : plan.prompts) padded_ = std::max<int64_t>(padded_, p.size());
     for (const NodePlan& p : plan.nodes) {
       const bool at_hook = p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite ||
@@ -54,12 +64,19 @@ class TraceRunner {
         GLASSBOX_RETURN_IF_ERROR(RunNode(i, 0));
       }
     }
-    HookSet hooks(model_.catalogue());
-    hooks.SetInterrupt(control_.interrupt);
     std::set<int> points;
     for (const auto& entry : plan_.at_point) points.insert(entry.first);
     for (const auto& entry : plan_.grad_at_point) points.insert(entry.first);
     for (const auto& entry : plan_.cache_at_point) points.insert(entry.first);
+    Status status = check_ ? RunShapes(points) : RunModel(points);
+    if (!status.ok() && !(status.code() == StatusCode::kCancelled && stopped_early_)) return status;
+    return CheckEverythingRan();
+  }
+
+ private:
+  Status RunModel(const std::set<int>& points) {
+    HookSet hooks(model_.catalogue());
+    hooks.SetInterrupt(control_.interrupt);
     for (const int point : points) {
       GLASSBOX_RETURN_IF_ERROR(hooks.Add(model_.catalogue().point(point).name,
           [this, point](const HookContext& ctx, at::Tensor& value) { return Fire(point, ctx.step, value); }));
@@ -67,13 +84,21 @@ class TraceRunner {
     for (int point : plan_.skipped_points) {
       GLASSBOX_RETURN_IF_ERROR(hooks.AddSkip(model_.catalogue().point(point).name));
     }
-    Status status = RunModel(hooks);
-    if (!status.ok() && !(status.code() == StatusCode::kCancelled && stopped_early_)) return status;
-    return CheckEverythingRan();
+    return RunEngine(hooks);
   }
 
- private:
-  Status RunModel(const HookSet& hooks) {
+  // The shape-only stand-in for RunModel: no weights, every step runs.
+  Status RunShapes(const std::set<int>& points) {
+    ShapePassSizes sizes;
+    sizes.batch = static_cast<int64_t>(plan_.prompts.size());
+    sizes.prompt = padded_;
+    sizes.steps = plan_.steps;
+    sizes.generate = trace_.generate.has_value();
+    return RunShapePass(model_.catalogue(), sizes, points, plan_.skipped_points,
+                        [this](int point, int step, at::Tensor& value) { return Fire(point, step, value); });
+  }
+
+  Status RunEngine(const HookSet& hooks) {
     if (!trace_.generate) {
       StatusOr<ForwardResult> r = model_.Forward({plan_.prompts, /*all_logits=*/true}, &hooks);
       return r.status();
@@ -98,6 +123,16 @@ class TraceRunner {
     return InvalidArgument(where + ", op " + p.node->op + ": " + message);
   }
 
+  // A problem with node `p`: a real run stops with it; a shape-only pass records it, gives
+  // the node an unknown value and goes on, so that every problem is reported at once.
+  Status Problem(size_t i, int64_t step, const std::string& message) {
+    const NodePlan& p = plan_.nodes[i];
+    if (!check_) return NodeError(p, message);
+    check_->errors.push_back({p.node->id, p.node->source, "op " + p.node->op + ": " + message});
+    Store(i, RuntimeValue::Unknown(), step);
+    return Status::Ok();
+  }
+
   // Called by the engine at a hook point: runs the reads and writes bound there in order,
   // and every node that becomes ready.
   Status Fire(int point, int step, at::Tensor& value) {
@@ -109,8 +144,11 @@ class TraceRunner {
       if (!p.steps.Covers(step)) continue;
       if (p.op->op_class == OpClass::kRead) {
         StatusOr<at::Tensor> read = Slice(p, point, value, step);
-        if (!read.ok()) return NodeError(p, read.status().message());
-        Store(i, RuntimeValue::FromTensor(*read), step);
+        if (read.ok()) {
+          Store(i, RuntimeValue::FromTensor(*read), step);
+        } else {
+          GLASSBOX_RETURN_IF_ERROR(Problem(i, step, read.status().message()));
+        }
         GLASSBOX_RETURN_IF_ERROR(Propagate(step));
       } else {
         GLASSBOX_RETURN_IF_ERROR(Propagate(step));
@@ -138,55 +176,117 @@ class TraceRunner {
       kwargs["name"].kind = RuntimeValue::Kind::kString;
       kwargs["name"].string_value = model_.catalogue().point(point).name +
                                     (p.steps.PerStep() ? ".step" + std::to_string(step) : "");
-      GLASSBOX_RETURN_IF_ERROR(SaveValue(p, RuntimeValue::FromTensor(slice->detach().clone()), kwargs, /*per_step=*/false));
+      const RuntimeValue cached = RuntimeValue::FromTensor(slice->detach().clone());
+      if (check_) RecordShape(p, cached, step, kwargs["name"].string_value);
+      GLASSBOX_RETURN_IF_ERROR(SaveValue(p, cached, kwargs, /*per_step=*/false, step));
       done_[i] = step;
     }
     return Status::Ok();
   }
 
-  // For points whose gradient a grad node asks for: the earliest becomes a leaf that
-  // requires grad (nothing before it needs differentiating); later ones keep their grad.
+  // For points whose gradient a grad or write_grad node asks for: the earliest becomes a
+  // leaf that requires grad (nothing before it needs differentiating); later ones keep their
+  // grad. A write_grad's hook is registered before the grad is retained, so grad nodes at
+  // the same point see the replaced gradient (retain_grad runs last in LibTorch 2 anyway).
   void TrackGradient(int point, int step, at::Tensor& value) {
     auto grads = plan_.grad_at_point.find(point);
     if (grads == plan_.grad_at_point.end()) return;
-    bool wanted = false;
-    for (size_t i : grads->second) wanted |= plan_.nodes[i].point_step == step;
-    if (!wanted) return;
-    if (!value.requires_grad()) {
-      value = value.detach().requires_grad_(true);
-    } else {
-      value.retain_grad();
+    bool wanted = false, rewritten = false;
+    for (size_t i : grads->second) {
+      if (plan_.nodes[i].point_step != step) continue;
+      wanted = true;
+      rewritten |= plan_.nodes[i].op->op_class == OpClass::kWriteGrad;
     }
+    if (!wanted) return;
+    const bool leaf = !value.requires_grad();
+    if (leaf) value = value.detach().requires_grad_(true);
+    if (rewritten && !check_) {
+      // A later trace's backward may reach this tensor after this runner is gone.
+      std::weak_ptr<int> alive = alive_;
+      value.register_hook([this, alive, point, step](const at::Tensor& grad) {
+        return alive.expired() ? grad : ReplaceGradient(point, step, grad);
+      });
+    }
+    if (!leaf) value.retain_grad();
     grad_targets_[{point, step}] = value;
+  }
+
+  // Runs inside backward: the write_grad nodes of the running backward at (point, step)
+  // replace the gradient. Errors are kept for RunBackward (autograd cannot carry a Status).
+  at::Tensor ReplaceGradient(int point, int step, const at::Tensor& grad) {
+    at::Tensor out = grad;
+    for (size_t i : plan_.grad_at_point.at(point)) {
+      const NodePlan& p = plan_.nodes[i];
+      if (p.op->op_class != OpClass::kWriteGrad || p.point_step != step || p.backward != running_backward_) continue;
+      StatusOr<at::Tensor> replaced = Replaced(p, out, step, /*detach=*/true);
+      if (!replaced.ok()) {
+        if (gradient_error_.ok()) gradient_error_ = NodeError(p, replaced.status().message());
+        continue;
+      }
+      out = *replaced;
+      rewrote_.insert(i);
+    }
+    return out;
   }
 
   Status RunBackward(size_t i, const std::vector<RuntimeValue>& args, int64_t step) {
     const NodePlan& p = plan_.nodes[i];
     if (!args[0].is_tensor() || args[0].tensor.numel() != 1) {
-      return NodeError(p, "backward needs a scalar tensor, got " + args[0].Describe());
+      return Problem(i, step, "backward needs a scalar tensor, got " + args[0].Describe());
     }
-    if (!args[0].tensor.requires_grad()) {
+    // (A shape-only pass cannot tell: its hook points' values are not connected.)
+    if (!check_ && !args[0].tensor.requires_grad()) {
       return NodeError(p, "the loss does not depend on any point a grad node asks about");
     }
-    try {
-      args[0].tensor.backward();
-    } catch (const c10::Error& e) {
-      return NodeError(p, "backward failed: " + FirstLine(e.what()));
+    if (check_) {
+      CheckGradientWrites(p.node->id, step);
+    } else {
+      running_backward_ = p.node->id;
+      Status status;
+      try {
+        args[0].tensor.backward();
+      } catch (const c10::Error& e) {
+        status = NodeError(p, "backward failed: " + FirstLine(e.what()));
+      }
+      running_backward_ = -1;
+      GLASSBOX_RETURN_IF_ERROR(status);
+      GLASSBOX_RETURN_IF_ERROR(gradient_error_);
     }
     Store(i, RuntimeValue(), step);
     return Status::Ok();
+  }
+
+  // In a shape-only pass: would each write_grad of this backward fit its point's gradient?
+  void CheckGradientWrites(int64_t backward, int64_t step) {
+    for (const auto& [point, nodes] : plan_.grad_at_point) {
+      for (size_t i : nodes) {
+        const NodePlan& p = plan_.nodes[i];
+        auto target = grad_targets_.find({point, p.point_step});
+        if (p.op->op_class != OpClass::kWriteGrad || p.backward != backward || target == grad_targets_.end()) continue;
+        StatusOr<at::Tensor> replaced = Replaced(p, at::empty_like(target->second), p.point_step, /*detach=*/true);
+        if (!replaced.ok()) check_->errors.push_back({p.node->id, p.node->source, "op " + p.node->op + ": " + replaced.status().message()});
+        rewrote_.insert(i);
+      }
+    }
   }
 
   Status RunGrad(size_t i, int64_t step) {
     const NodePlan& p = plan_.nodes[i];
     const int64_t point_step = p.point_step;
     auto target = grad_targets_.find({p.point, point_step});
-    if (target == grad_targets_.end() || !target->second.grad().defined()) {
-      return NodeError(p, "no gradient reached " + model_.catalogue().point(p.point).name +
-                              ": the loss does not depend on it");
+    const bool reached = target != grad_targets_.end() && (check_ || target->second.grad().defined());
+    if (!reached) {
+      return Problem(i, step, "no gradient reached " + model_.catalogue().point(p.point).name +
+                                  ": the loss does not depend on it");
     }
-    StatusOr<at::Tensor> grad = Slice(p, p.point, target->second.grad(), point_step);
-    if (!grad.ok()) return NodeError(p, grad.status().message());
+    if (p.op->op_class == OpClass::kWriteGrad) {
+      if (!rewrote_.count(i)) return Problem(i, step, "its backward never reached " + model_.catalogue().point(p.point).name);
+      Store(i, RuntimeValue(), step);
+      return Status::Ok();
+    }
+    const at::Tensor gradient = check_ ? at::empty_like(target->second) : target->second.grad();
+    StatusOr<at::Tensor> grad = Slice(p, p.point, gradient, point_step);
+    if (!grad.ok()) return Problem(i, step, grad.status().message());
     Store(i, RuntimeValue::FromTensor(*grad), step);
     return Status::Ok();
   }
@@ -208,32 +308,40 @@ class TraceRunner {
     return out;
   }
 
-  Status ApplyWrite(size_t i, at::Tensor& value, int64_t step) {
-    const NodePlan& p = plan_.nodes[i];
-    auto input = Resolve(p.node->args[0]);
-    if (!input.ok()) return NodeError(p, input.status().message());
-    if (!input->is_tensor() && !input->is_number()) return NodeError(p, "writes need a tensor or a number, got " + input->Describe());
+  // `value` (the whole batch's tensor at p's point) with p's region replaced by p's value
+  // (write: args[0]; write_grad: args[1]), or region[index] = value. `value` is not changed.
+  StatusOr<at::Tensor> Replaced(const NodePlan& p, const at::Tensor& value, int64_t step, bool detach) {
+    GLASSBOX_ASSIGN_OR_RETURN(RuntimeValue input, Resolve(p.node->args[p.op->op_class == OpClass::kWriteGrad ? 1 : 0]));
+    if (input.kind == RuntimeValue::Kind::kUnknown) return value;
+    if (!input.is_tensor() && !input.is_number()) return InvalidArgument("writes need a tensor or a number, got " + input.Describe());
     try {
-      at::Tensor v = input->is_tensor() ? input->tensor : at::scalar_tensor(NumberOf(*input));
+      at::Tensor v = input.is_tensor() ? input.tensor : at::scalar_tensor(NumberOf(input));
+      if (detach) v = v.detach();
       at::Tensor full = value.clone();
-      StatusOr<at::Tensor> region = Slice(p, p.point, full, step);
-      if (!region.ok()) return NodeError(p, region.status().message());
+      GLASSBOX_ASSIGN_OR_RETURN(at::Tensor region, Slice(p, p.point, full, step));
       v = v.to(full.device(), full.scalar_type());
       if (p.index) {
         GLASSBOX_ASSIGN_OR_RETURN(RuntimeValue index, Resolve(*p.index));
-        std::vector<RuntimeValue> args = {RuntimeValue::FromTensor(*region), index, RuntimeValue::FromTensor(v)};
+        if (index.HasUnknown()) return value;
+        std::vector<RuntimeValue> args = {RuntimeValue::FromTensor(region), index, RuntimeValue::FromTensor(v)};
         std::map<std::string, RuntimeValue> none;
-        StatusOr<RuntimeValue> patched = FindOp("setitem")->run(OpCall{args, none, &model_});
-        if (!patched.ok()) return NodeError(p, patched.status().message());
-        region->copy_(patched->tensor);
+        GLASSBOX_ASSIGN_OR_RETURN(RuntimeValue patched, FindOp("setitem")->run(OpCall{args, none, &model_, check_ != nullptr}));
+        region.copy_(patched.tensor);
       } else {
-        region->copy_(v);
+        region.copy_(v.expand_as(region));
       }
-      value = full;
-    } catch (const c10::Error& e) {
-      return NodeError(p, "cannot write into " + model_.catalogue().point(p.point).name + " (shape " +
-                              c10::str(value.sizes()) + "): " + FirstLine(e.what()));
+      return full;
+    } catch (const std::exception& e) {  // c10::Error, or a shape check on meta tensors
+      return InvalidArgument("cannot write " + input.Describe() + " into " + model_.catalogue().point(p.point).name +
+                             " (shape " + c10::str(value.sizes()) + "): " + FirstLine(e.what()));
     }
+  }
+
+  Status ApplyWrite(size_t i, at::Tensor& value, int64_t step) {
+    StatusOr<at::Tensor> replaced = Replaced(plan_.nodes[i], value, step, /*detach=*/false);
+    if (!replaced.ok()) return Problem(i, step, replaced.status().message());
+    value = *replaced;
+    if (check_) RecordShape(plan_.nodes[i], RuntimeValue(), step, "");
     done_[i] = step;
     return Status::Ok();
   }
@@ -252,7 +360,7 @@ class TraceRunner {
       }
       return RuntimeValue::List(std::move(items));
     }
-    return FromLiteral(v);
+    return FromLiteral(v, /*meta=*/check_ != nullptr);
   }
 
   bool InputsReady(const NodePlan& p, int64_t step) const {
@@ -281,47 +389,69 @@ class TraceRunner {
     const NodePlan& p = plan_.nodes[i];
     std::vector<RuntimeValue> args;
     std::map<std::string, RuntimeValue> kwargs;
+    bool unknown = false;
     for (const Value& v : p.node->args) {
       StatusOr<RuntimeValue> r = Resolve(v);
       if (!r.ok()) return NodeError(p, r.status().message());
+      unknown |= r->HasUnknown();
       args.push_back(std::move(*r));
     }
     for (const auto& kv : p.node->kwargs) {
       StatusOr<RuntimeValue> r = Resolve(kv.second);
       if (!r.ok()) return NodeError(p, r.status().message());
+      unknown |= r->HasUnknown();
       kwargs[kv.first] = std::move(*r);
     }
     if (p.op->op_class == OpClass::kSave) return Save(i, args[0], kwargs, step);
+    if (unknown) {  // a shape-only pass cannot say more about what depends on data
+      Store(i, RuntimeValue::Unknown(), step);
+      return Status::Ok();
+    }
     if (p.op->op_class == OpClass::kBackward) return RunBackward(i, args, step);
-    if (p.op->op_class == OpClass::kGrad) return RunGrad(i, step);
+    if (p.op->op_class == OpClass::kGrad || p.op->op_class == OpClass::kWriteGrad) return RunGrad(i, step);
+    return RunOp(i, args, kwargs, step);
+  }
+
+  Status RunOp(size_t i, const std::vector<RuntimeValue>& args,
+               const std::map<std::string, RuntimeValue>& kwargs, int64_t step) {
+    const NodePlan& p = plan_.nodes[i];
     StatusOr<RuntimeValue> out = Internal("not run");
     try {
-      out = p.op->run(OpCall{args, kwargs, &model_});
+      out = p.op->run(OpCall{args, kwargs, &model_, check_ != nullptr});
+    } catch (const c10::NotImplementedError& e) {
+      out = check_ ? DataDependent(p.op->name + " on meta tensors") : InvalidArgument(FirstLine(e.what()));
     } catch (const c10::Error& e) {
       out = InvalidArgument(FirstLine(e.what()));
+    } catch (const std::exception& e) {  // some LibTorch 1.13 shape checks on meta tensors
+      out = InvalidArgument(FirstLine(e.what()));
     }
+    if (check_ && !out.ok() && IsDataDependent(out.status())) out = RuntimeValue::Unknown();
     if (!out.ok()) {
       std::string shapes;
       for (const RuntimeValue& a : args) shapes += (shapes.empty() ? "" : ", ") + a.Describe();
-      return NodeError(p, out.status().message() + " (inputs: " + shapes + ")");
+      return Problem(i, step, out.status().message() + " (inputs: " + shapes + ")");
     }
     Store(i, std::move(*out), step);
     return Status::Ok();
   }
 
   Status Save(size_t i, const RuntimeValue& value, const std::map<std::string, RuntimeValue>& kwargs, int64_t step) {
-    GLASSBOX_RETURN_IF_ERROR(SaveValue(plan_.nodes[i], value, kwargs, plan_.nodes[i].steps.PerStep()));
+    GLASSBOX_RETURN_IF_ERROR(SaveValue(plan_.nodes[i], value, kwargs, plan_.nodes[i].steps.PerStep(), step));
+    if (check_) RecordShape(plan_.nodes[i], value, step, "");
     done_[i] = step;
     return Status::Ok();
   }
 
+  // Saved values count against the limit in a shape-only pass too (so a run that would go
+  // over it never starts); only a real run returns them.
   Status SaveValue(const NodePlan& p, const RuntimeValue& value,
-                   const std::map<std::string, RuntimeValue>& kwargs, bool per_step) {
+                   const std::map<std::string, RuntimeValue>& kwargs, bool per_step, int64_t step) {
     const size_t i = plan_.index_of.at(p.node->id);
     env_.saved_bytes += value.Bytes();
     if (env_.saved_bytes > limits_.max_saved_bytes) {
-      return NodeError(p, "saved values exceed the limit of " + std::to_string(limits_.max_saved_bytes) + " bytes");
+      return Problem(i, step, "saved values exceed the limit of " + std::to_string(limits_.max_saved_bytes) + " bytes");
     }
+    if (check_) return Status::Ok();
     StatusOr<protocol::Value> wire = ToProtocolValue(value);
     if (!wire.ok()) return NodeError(p, wire.status().message());
     auto name = kwargs.find("name");
@@ -341,9 +471,22 @@ class TraceRunner {
   }
 
   void Store(size_t i, RuntimeValue value, int64_t step) {
+    if (check_) RecordShape(plan_.nodes[i], value, step, "");
     env_.values[plan_.nodes[i].node->id] = std::move(value);
     done_[i] = step;
     Release(plan_.nodes[i]);
+  }
+
+  // A scan's answer for one node at one step.
+  void RecordShape(const NodePlan& p, const RuntimeValue& value, int64_t step, const std::string& name) {
+    protocol::NodeShape shape;
+    shape.node = p.node->id;
+    shape.step = p.steps.constant ? 0 : step;
+    shape.name = name;
+    shape.dtype = value.is_tensor() ? ScalarTypeName(value.tensor.scalar_type()) : KindName(value.kind);
+    if (value.kind == RuntimeValue::Kind::kNone) shape.dtype = "none";
+    if (value.is_tensor()) shape.shape = std::vector<std::optional<int64_t>>(value.tensor.sizes().begin(), value.tensor.sizes().end());
+    check_->shapes.push_back(std::move(shape));
   }
 
   // Frees inputs nobody needs any more (memory stays bounded by what is saved and live).
@@ -363,14 +506,15 @@ class TraceRunner {
     return true;
   }
 
-  Status CheckEverythingRan() const {
+  // A real run stops at the first node that never ran; a shape-only pass reports them all.
+  Status CheckEverythingRan() {
     for (size_t i = 0; i < plan_.nodes.size(); ++i) {
       const NodePlan& p = plan_.nodes[i];
       if (done_[i] >= 0 && (!p.steps.PerStep() || done_[i] >= p.steps.last)) continue;
       if (done_[i] >= 0 || p.steps.constant) continue;
-      return NodeError(p, trace_.generate ? "never ran: generation ended (stop token) before step " +
-                                                std::to_string(p.steps.first)
-                                          : "never ran: its hook point was not reached");
+      GLASSBOX_RETURN_IF_ERROR(Problem(i, 0, trace_.generate ? "never ran: generation ended (stop token) before step " +
+                                                                    std::to_string(p.steps.first)
+                                                              : "never ran: its hook point was not reached"));
     }
     return Status::Ok();
   }
@@ -382,10 +526,15 @@ class TraceRunner {
   const InterventionLimits& limits_;
   const RunControl& control_;
   protocol::Result& result_;
+  ShapeCheck* check_;                // null: a real run
   std::vector<int64_t> done_;        // last step each node ran at, -1: not yet
   std::vector<size_t> dependents_;   // non-constant nodes not bound to a hook point
   std::map<size_t, size_t> per_step_saves_;
   std::map<std::pair<int, int64_t>, at::Tensor> grad_targets_;  // (point, step) -> tracked value
+  int64_t running_backward_ = -1;    // the backward node whose backward() is running
+  Status gradient_error_;            // the first write_grad failure inside backward()
+  std::set<size_t> rewrote_;         // write_grad nodes that replaced a gradient
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // expires with this runner
   int64_t padded_ = 0;
   bool stopped_early_ = false;
   bool has_cache_ = false;
@@ -404,24 +553,38 @@ void CountUses(const std::vector<TracePlan>& plans, Environment& env) {
 
 }  // namespace
 
-StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
-                               const InterventionLimits& limits, const RunControl& control) {
-  std::vector<ValidationError> errors;
-  std::vector<TracePlan> plans;
-  std::map<int64_t, bool> earlier;
-  for (const protocol::Trace& t : request.traces) {
-    plans.push_back(PlanTrace(model, t, earlier, limits, errors));
-    for (const NodePlan& p : plans.back().nodes) earlier[p.node->id] = true;
-  }
-  std::vector<ValidationError> request_errors = Validate(model, request, limits);
-  if (!request_errors.empty()) {
-    std::string message = std::to_string(request_errors.size()) + " problem(s) in the request:";
-    for (const ValidationError& e : request_errors) message += "\n  " + e.ToString();
-    return InvalidArgument(message);
-  }
+std::vector<ValidationError> CheckShapes(const Model& model, const protocol::Request& request,
+                                         const std::vector<TracePlan>& plans,
+                                         const InterventionLimits& limits,
+                                         std::vector<protocol::NodeShape>* shapes) {
+  ShapeCheck check;
+  const RunControl no_control;  // the shape pass runs no engine: nothing to interrupt
   Environment env;
   CountUses(plans, env);
+  protocol::Result unused;
+  for (size_t t = 0; t < plans.size(); ++t) {
+    TraceRunner runner(model, plans[t], request.traces[t], env, limits, no_control, unused, &check);
+    Status status = runner.Run();
+    if (!status.ok()) check.errors.push_back({-1, "", "trace " + std::to_string(t) + ": " + status.message()});
+  }
+  if (shapes != nullptr) *shapes = std::move(check.shapes);
+  return check.errors;
+}
+
+StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
+                               const InterventionLimits& limits, const RunControl& control) {
+  std::vector<TracePlan> plans;
   protocol::Result result;
+  std::vector<ValidationError> errors = PlanRequest(model, request, limits, plans);
+  if (errors.empty()) errors = CheckShapes(model, request, plans, limits, request.scan ? &result.shapes : nullptr);
+  if (!errors.empty()) {
+    std::string message = std::to_string(errors.size()) + " problem(s) in the request:";
+    for (const ValidationError& e : errors) message += "\n  " + e.ToString();
+    return InvalidArgument(message);
+  }
+  if (request.scan) return result;
+  Environment env;
+  CountUses(plans, env);
   for (size_t t = 0; t < plans.size(); ++t) {
     TraceRunner runner(model, plans[t], request.traces[t], env, limits, control, result);
     Status status = runner.Run();

@@ -4,7 +4,8 @@
 //   decode (protocol/) -> Validate (every problem at once, nothing runs) -> Run
 //
 // Run validates first. Values flow from node to node as their inputs appear during the
-// forward pass; only nodes marked with `save` come back.
+// forward pass; only nodes marked with `save` come back. Validation ends with a shape-only
+// pass over meta tensors (no data, no weights), which is also a scan's answer.
 #ifndef GLASSBOX_INTERVENTION_INTERVENTION_H_
 #define GLASSBOX_INTERVENTION_INTERVENTION_H_
 
@@ -36,6 +37,8 @@ struct ValidationError {
   std::string ToString() const;  // "node 5 (exp.py:12): unknown op 'frobnicate'"
 };
 
+// Every problem of the request: structure (ops, refs, hook points, ordering, limits) and,
+// once the structure is sound, impossible shapes found by the shape-only pass. Empty: valid.
 std::vector<ValidationError> Validate(const Model& model, const protocol::Request& request,
                                       const InterventionLimits& limits = InterventionLimits());
 
@@ -49,7 +52,8 @@ struct RunControl {
 
 // Validates, then runs every trace in order. A validation failure returns kInvalidArgument
 // listing every problem; a failure while running names the node, its inputs' shapes and
-// the cause. The model is unchanged afterwards whatever happened.
+// the cause. A request with `scan` set runs nothing: the result holds only `shapes` (every
+// node's dtype and shape per step). The model is unchanged afterwards whatever happened.
 StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
                                const InterventionLimits& limits = InterventionLimits(),
                                const RunControl& control = RunControl());

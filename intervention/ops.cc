@@ -10,6 +10,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/clamp.h>
 #include <ATen/ops/einsum.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/full_like.h>
@@ -36,6 +37,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <tuple>
+
+#include "intervention/shape_pass.h"
 
 namespace glassbox::intervention {
 namespace {
@@ -70,6 +73,7 @@ class Args {
     if (!Has(i)) return fallback ? StatusOr<int64_t>(*fallback) : StatusOr<int64_t>(Missing(i));
     const RV& v = Get(i);
     if (v.kind == Kind::kInt) return v.int_value;
+    if (v.is_tensor() && v.tensor.is_meta()) return DataDependent("argument '" + names_[i] + "'");
     if (v.is_tensor() && v.tensor.numel() == 1 && !v.tensor.is_floating_point()) {
       return v.tensor.item<int64_t>();
     }
@@ -80,6 +84,7 @@ class Args {
     const RV& v = Get(i);
     if (v.kind == Kind::kInt) return static_cast<double>(v.int_value);
     if (v.kind == Kind::kFloat) return v.float_value;
+    if (v.is_tensor() && v.tensor.is_meta()) return DataDependent("argument '" + names_[i] + "'");
     if (v.is_tensor() && v.tensor.numel() == 1) return v.tensor.item<double>();
     return Wrong(i, "a number");
   }
@@ -132,17 +137,12 @@ class Args {
 StatusOr<at::ScalarType> Args::Dtype(size_t i, at::ScalarType fallback) const {
   if (!Has(i)) return fallback;
   GLASSBOX_ASSIGN_OR_RETURN(std::string name, String(i));
-  static const std::map<std::string, at::ScalarType> kTypes = {
-      {"float32", at::kFloat}, {"float", at::kFloat},   {"float16", at::kHalf},
-      {"half", at::kHalf},     {"bfloat16", at::kBFloat16}, {"float64", at::kDouble},
-      {"int64", at::kLong},    {"long", at::kLong},     {"int32", at::kInt},
-      {"int", at::kInt},       {"bool", at::kBool},     {"uint8", at::kByte}};
-  auto it = kTypes.find(name);
-  if (it == kTypes.end()) {
+  std::optional<at::ScalarType> type = ScalarTypeFromName(name);
+  if (!type) {
     return InvalidArgument("unknown dtype '" + name + "'; use float32, float16, bfloat16, "
                            "float64, int64, int32, bool or uint8");
   }
-  return it->second;
+  return *type;
 }
 
 // ---- indexing ----
@@ -258,7 +258,7 @@ StatusOr<RV> Creation(const OpCall& call, const std::string& kind) {
     if (d < 0) return InvalidArgument("negative dimension in shape");
   }
   GLASSBOX_ASSIGN_OR_RETURN(at::ScalarType dtype, a.Dtype(2, at::kFloat));
-  auto options = at::TensorOptions().dtype(dtype);
+  auto options = at::TensorOptions().dtype(dtype).device(call.meta ? at::kMeta : at::kCPU);
   if (kind == "zeros") return RV::FromTensor(at::zeros(shape, options));
   if (kind == "ones") return RV::FromTensor(at::ones(shape, options));
   GLASSBOX_ASSIGN_OR_RETURN(double value, a.Float(1));
@@ -284,6 +284,9 @@ std::vector<OpSpec> BuildOps() {
   interp("grad", OpClass::kGrad, 1, 1, {"point", "invoke", "step"},
          "grad(backward_node, point=, invoke=None, step=0)",
          "the gradient of the loss with respect to the value at a hook point (after that backward)");
+  interp("write_grad", OpClass::kWriteGrad, 2, 2, {"point", "invoke", "step", "index"},
+         "write_grad(backward_node, value, point=, invoke=None, step=0, index=None)",
+         "while that backward runs, replaces the gradient flowing back through the value at a hook point (or grad[index] = value), so gradients at earlier points see the replacement; value must come from nodes before the backward node");
   interp("cache", OpClass::kCache, 0, 0, {"filter", "invoke", "step"},
          "cache(filter=\"\", invoke=None, step=0)",
          "saves the value at every hook point whose name or alias contains filter, each under its point's name");
@@ -296,7 +299,8 @@ std::vector<OpSpec> BuildOps() {
                    Args a(call, names);
                    GLASSBOX_ASSIGN_OR_RETURN(at::Tensor x, a.Tensor(0));
                    GLASSBOX_ASSIGN_OR_RETURN(std::string name, a.String(1));
-                   GLASSBOX_ASSIGN_OR_RETURN(at::Tensor y, call.model->ApplyModule(name, x));
+                   GLASSBOX_ASSIGN_OR_RETURN(at::Tensor y, call.meta ? ModuleOnMeta(call.model->catalogue(), name, x)
+                                                                     : call.model->ApplyModule(name, x));
                    return RV::FromTensor(y);
                  }});
 
@@ -496,6 +500,7 @@ std::vector<OpSpec> BuildOps() {
     static const std::vector<std::string> names = {"x"};
     GLASSBOX_ASSIGN_OR_RETURN(at::Tensor x, Args(call, names).Tensor(0));
     if (x.numel() != 1) return InvalidArgument("item() needs one element, got " + std::to_string(x.numel()));
+    if (x.is_meta()) return DataDependent("item()");
     if (x.is_floating_point()) return RV::Float(x.item<double>());
     if (x.scalar_type() == at::kBool) return RV::Bool(x.item<bool>());
     return RV::Int(x.item<int64_t>());
@@ -509,7 +514,7 @@ std::vector<OpSpec> BuildOps() {
                      std::map<std::string, RV> kw = call.kwargs;
                      std::vector<RV> args = {call.args[0], RV()};
                      if (call.args.size() > 1) args.push_back(call.args[1]);
-                     return Creation({args, kw, call.model}, k);
+                     return Creation({args, kw, call.model, call.meta}, k);
                    }});
   }
   ops.push_back({"full", OpClass::kPure, 2, 3, {"dtype"}, "full(shape, value, dtype=\"float32\")", "a new tensor filled with value",
@@ -541,7 +546,8 @@ std::vector<OpSpec> BuildOps() {
     int64_t start = 0, end = first;
     if (a.Has(1)) { start = first; GLASSBOX_ASSIGN_OR_RETURN(end, a.Int(1)); }
     if ((end - start) / step > (int64_t{1} << 26)) return InvalidArgument("arange would create more than 2^26 elements");
-    return RV::FromTensor(at::arange(start, end, step, at::TensorOptions().dtype(at::kLong)));
+    auto options = at::TensorOptions().dtype(at::kLong).device(call.meta ? at::kMeta : at::kCPU);
+    return RV::FromTensor(at::arange(start, end, step, options));
   }});
   ops.push_back({"randn", OpClass::kPure, 2, 2, {}, "randn(shape, seed)", "standard normal samples, reproducible from seed",
                  [](const OpCall& call) -> StatusOr<RV> {
@@ -554,6 +560,7 @@ std::vector<OpSpec> BuildOps() {
       if (d < 0 || (d > 0 && n > (int64_t{1} << 28) / d)) return InvalidArgument("randn shape too large or negative");
       n *= d;
     }
+    if (call.meta) return RV::FromTensor(at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(at::kMeta)));
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
     return RV::FromTensor(at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat)));
   }});
@@ -561,6 +568,14 @@ std::vector<OpSpec> BuildOps() {
 }
 
 }  // namespace
+
+Status DataDependent(const std::string& what) {
+  return Unimplemented("data-dependent: " + what + " needs values, not just shapes");
+}
+
+bool IsDataDependent(const Status& status) {
+  return status.code() == StatusCode::kUnimplemented && status.message().rfind("data-dependent: ", 0) == 0;
+}
 
 const std::vector<OpSpec>& AllOps() {
   static const std::vector<OpSpec>* ops = new std::vector<OpSpec>(BuildOps());

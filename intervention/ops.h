@@ -17,13 +17,21 @@
 namespace glassbox::intervention {
 
 // Ops whose meaning involves the forward pass; the interpreter runs these itself.
-enum class OpClass { kPure, kRead, kWrite, kSave, kModule, kBackward, kGrad, kCache, kSkip };
+enum class OpClass { kPure, kRead, kWrite, kSave, kModule, kBackward, kGrad, kWriteGrad, kCache, kSkip };
 
 struct OpCall {
   const std::vector<RuntimeValue>& args;
   const std::map<std::string, RuntimeValue>& kwargs;
   const Model* model;  // for module calls
+  // A shape-only pass: tensors are meta tensors (no data); ops create meta tensors, modules
+  // give their output shape without touching weights, and an op that needs data returns
+  // DataDependent().
+  bool meta = false;
 };
+
+// The status of an op that cannot say anything without data (a meta tensor's item()).
+Status DataDependent(const std::string& what);
+bool IsDataDependent(const Status& status);
 
 using OpFunction = std::function<StatusOr<RuntimeValue>(const OpCall& call)>;
 

@@ -32,7 +32,8 @@ struct NodePlan {
   std::optional<int64_t> invoke;         // read / write: which prompt's rows; none = all
   std::optional<protocol::Value> index;  // write: x[index] = value
   StepRange steps;
-  int64_t point_step = 0;  // grad: the generation step of the activation differentiated
+  int64_t point_step = 0;  // grad, write_grad: the generation step of the activation differentiated
+  int64_t backward = -1;   // grad, write_grad: the id of their backward node
   int64_t phase = -1;  // when in the pass its value exists: step * points + forward order
   std::vector<int64_t> inputs;  // ids of referenced nodes
 };
@@ -41,7 +42,7 @@ struct TracePlan {
   std::vector<NodePlan> nodes;               // in request order
   std::map<int64_t, size_t> index_of;        // node id -> position in `nodes`
   std::map<int, std::vector<size_t>> at_point;  // hook point -> read/write nodes there
-  std::map<int, std::vector<size_t>> grad_at_point;  // hook point -> grad nodes there
+  std::map<int, std::vector<size_t>> grad_at_point;  // hook point -> grad, write_grad nodes there
   std::map<int, std::vector<size_t>> cache_at_point;  // hook point -> cache nodes there
   std::set<int> skipped_points;  // outputs of modules that do not run
   int64_t steps = 1;                          // forward passes: 1, or max_new_tokens
@@ -56,6 +57,19 @@ TracePlan PlanTrace(const Model& model, const protocol::Trace& trace,
 
 // Position of a catalogue point in forward order (embedding first, logits last).
 int64_t ForwardOrder(const HookCatalogue& catalogue, int point);
+
+// Request-level checks and a plan per trace; every problem found goes to the result.
+std::vector<ValidationError> PlanRequest(const Model& model, const protocol::Request& request,
+                                         const InterventionLimits& limits,
+                                         std::vector<TracePlan>& plans);
+
+// Runs the planned request on meta tensors (no weights, no data): every shape problem a run
+// would hit, each naming its node, op, inputs' shapes and cause. With `shapes`, also every
+// node's dtype and shape (a scan's answer). Plans must be free of planning errors.
+std::vector<ValidationError> CheckShapes(const Model& model, const protocol::Request& request,
+                                         const std::vector<TracePlan>& plans,
+                                         const InterventionLimits& limits,
+                                         std::vector<protocol::NodeShape>* shapes);
 
 }  // namespace glassbox::intervention
 

@@ -105,12 +105,13 @@ class Planner {
     if (p.op != nullptr && (p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite)) {
       PlanHookNode(node, p);
     }
-    if (p.op != nullptr && p.op->op_class == OpClass::kGrad) PlanGradNode(node, p);
+    const bool grad = p.op != nullptr && (p.op->op_class == OpClass::kGrad || p.op->op_class == OpClass::kWriteGrad);
+    if (grad) PlanGradNode(node, p);
+    if (grad && p.op->op_class == OpClass::kWriteGrad) CheckGradValueOrder(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kCache) PlanCacheNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kSkip) PlanSkipNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kModule) CheckModule(node);
     plan_.index_of[node.id] = plan_.nodes.size();
-    const bool grad = p.op != nullptr && p.op->op_class == OpClass::kGrad;
     if (p.point >= 0) (grad ? plan_.grad_at_point : plan_.at_point)[p.point].push_back(plan_.nodes.size());
     if (p.point >= 0 && p.op->op_class == OpClass::kSkip) plan_.skipped_points.insert(p.point);
     plan_.nodes.push_back(std::move(p));
@@ -254,7 +255,9 @@ class Planner {
     auto it = first.kind == Value::Kind::kRef ? plan_.index_of.find(first.int_value) : plan_.index_of.end();
     if (it == plan_.index_of.end() || plan_.nodes[it->second].op == nullptr ||
         plan_.nodes[it->second].op->op_class != OpClass::kBackward) {
-      Fail(&node, "grad's first argument must be a backward node of this trace");
+      Fail(&node, node.op + "'s first argument must be a backward node of this trace");
+    } else {
+      p.backward = first.int_value;
     }
     auto point = node.kwargs.find("point");
     std::optional<int> id;
@@ -262,7 +265,7 @@ class Planner {
       id = model_.catalogue().Find(point->second.string_value);
     }
     if (!id) {
-      Fail(&node, "grad needs point=\"<hook point name>\" naming a known point");
+      Fail(&node, node.op + " needs point=\"<hook point name>\" naming a known point");
       return;
     }
     p.point = *id;
@@ -273,6 +276,26 @@ class Planner {
     p.point_step = p.steps.first;
     p.steps = after_backward;
     p.phase = phase;
+  }
+
+  // write_grad's value and index (which this records) are used while its backward runs:
+  // they must come from nodes before the backward node (or from earlier traces).
+  void CheckGradValueOrder(const protocol::Node& node, NodePlan& p) {
+    std::vector<int64_t> refs;
+    auto index = node.kwargs.find("index");
+    if (index != node.kwargs.end() && index->second.kind != Value::Kind::kNone) {
+      p.index = index->second;
+      CollectRefs(index->second, refs);
+    }
+    if (p.backward < 0) return;
+    if (node.args.size() > 1) CollectRefs(node.args[1], refs);
+    const size_t backward = plan_.index_of.at(p.backward);
+    for (int64_t ref : refs) {
+      auto it = plan_.index_of.find(ref);
+      if (it == plan_.index_of.end() || it->second < backward) continue;
+      Fail(&node, "write_grad uses node " + std::to_string(ref) + ", which comes after its backward node " +
+                      std::to_string(p.backward) + "; the replacement must exist when the backward runs");
+    }
   }
 
   void PlanInvoke(const protocol::Node& node, NodePlan& p) {
@@ -351,8 +374,9 @@ std::string ValidationError::ToString() const {
   return where + ": " + message;
 }
 
-std::vector<ValidationError> Validate(const Model& model, const protocol::Request& request,
-                                      const InterventionLimits& limits) {
+std::vector<ValidationError> PlanRequest(const Model& model, const protocol::Request& request,
+                                         const InterventionLimits& limits,
+                                         std::vector<TracePlan>& plans) {
   std::vector<ValidationError> errors;
   if (request.version != protocol::kProtocolVersion) {
     errors.push_back({-1, "", "request speaks protocol " + std::to_string(request.version) +
@@ -370,10 +394,18 @@ std::vector<ValidationError> Validate(const Model& model, const protocol::Reques
   }
   std::map<int64_t, bool> earlier;
   for (const protocol::Trace& t : request.traces) {
-    TracePlan plan = PlanTrace(model, t, earlier, limits, errors);
-    for (const NodePlan& p : plan.nodes) earlier[p.node->id] = true;
+    plans.push_back(PlanTrace(model, t, earlier, limits, errors));
+    for (const NodePlan& p : plans.back().nodes) earlier[p.node->id] = true;
   }
   return errors;
+}
+
+std::vector<ValidationError> Validate(const Model& model, const protocol::Request& request,
+                                      const InterventionLimits& limits) {
+  std::vector<TracePlan> plans;
+  std::vector<ValidationError> errors = PlanRequest(model, request, limits, plans);
+  if (!errors.empty()) return errors;
+  return CheckShapes(model, request, plans, limits, /*shapes=*/nullptr);
 }
 
 }  // namespace glassbox::intervention

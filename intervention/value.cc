@@ -3,7 +3,9 @@
 
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <sstream>
 
 namespace glassbox::intervention {
@@ -48,11 +50,38 @@ RuntimeValue RuntimeValue::FromTensor(at::Tensor t) {
 RuntimeValue RuntimeValue::Int(int64_t x) { RuntimeValue v; v.kind = Kind::kInt; v.int_value = x; return v; }
 RuntimeValue RuntimeValue::Float(double x) { RuntimeValue v; v.kind = Kind::kFloat; v.float_value = x; return v; }
 RuntimeValue RuntimeValue::Bool(bool x) { RuntimeValue v; v.kind = Kind::kBool; v.bool_value = x; return v; }
+RuntimeValue RuntimeValue::Unknown() { RuntimeValue v; v.kind = Kind::kUnknown; return v; }
 RuntimeValue RuntimeValue::List(std::vector<RuntimeValue> x) {
   RuntimeValue v;
   v.kind = Kind::kList;
   v.list = std::move(x);
   return v;
+}
+
+bool RuntimeValue::HasUnknown() const {
+  if (kind == Kind::kUnknown) return true;
+  return std::any_of(list.begin(), list.end(), [](const RuntimeValue& v) { return v.HasUnknown(); });
+}
+
+std::optional<at::ScalarType> ScalarTypeFromName(const std::string& name) {
+  static const std::map<std::string, at::ScalarType> kTypes = {
+      {"float32", at::kFloat}, {"float", at::kFloat},   {"float16", at::kHalf},
+      {"half", at::kHalf},     {"bfloat16", at::kBFloat16}, {"float64", at::kDouble},
+      {"int64", at::kLong},    {"long", at::kLong},     {"int32", at::kInt},
+      {"int", at::kInt},       {"bool", at::kBool},     {"uint8", at::kByte}};
+  auto it = kTypes.find(name);
+  if (it == kTypes.end()) return std::nullopt;
+  return it->second;
+}
+
+std::string ScalarTypeName(at::ScalarType type) {
+  if (std::optional<DType> dtype = ToDType(type)) return protocol::DTypeName(*dtype);
+  switch (type) {
+    case at::kDouble: return "float64";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    default: return c10::toString(type);
+  }
 }
 
 int64_t RuntimeValue::Bytes() const {
@@ -73,6 +102,7 @@ const char* KindName(RuntimeValue::Kind kind) {
     case RuntimeValue::Kind::kSlice: return "slice";
     case RuntimeValue::Kind::kEllipsis: return "Ellipsis";
     case RuntimeValue::Kind::kTensor: return "tensor";
+    case RuntimeValue::Kind::kUnknown: return "unknown";
   }
   return "?";
 }
@@ -88,7 +118,7 @@ std::string RuntimeValue::Describe() const {
   return out.str();
 }
 
-StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value) {
+StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value, bool meta) {
   using K = protocol::Value::Kind;
   RuntimeValue out;
   switch (value.kind) {
@@ -102,7 +132,7 @@ StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value) {
     case K::kList: {
       std::vector<RuntimeValue> items;
       for (const protocol::Value& v : value.list) {
-        GLASSBOX_ASSIGN_OR_RETURN(RuntimeValue item, FromLiteral(v));
+        GLASSBOX_ASSIGN_OR_RETURN(RuntimeValue item, FromLiteral(v, meta));
         items.push_back(std::move(item));
       }
       return RuntimeValue::List(std::move(items));
@@ -116,6 +146,7 @@ StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value) {
                                " bytes, its dtype and shape need " +
                                std::to_string(t.NumElements() * protocol::DTypeSize(t.dtype)));
       }
+      if (meta) return RuntimeValue::FromTensor(at::empty(t.shape, at::TensorOptions().dtype(*type).device(at::kMeta)));
       at::Tensor tensor = at::empty(t.shape, at::TensorOptions().dtype(*type));
       std::memcpy(tensor.data_ptr(), t.bytes.data(), t.bytes.size());
       return RuntimeValue::FromTensor(tensor);
@@ -143,6 +174,7 @@ StatusOr<protocol::Value> ToProtocolValue(const RuntimeValue& value) {
       }
       return protocol::Value::List(std::move(items));
     }
+    case K::kUnknown: return Internal("an unknown value cannot be returned");
     case K::kTensor: {
       at::Tensor t = value.tensor.detach().to(at::kCPU).contiguous();
       std::optional<DType> dtype = ToDType(t.scalar_type());

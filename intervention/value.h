@@ -15,7 +15,8 @@
 namespace glassbox::intervention {
 
 struct RuntimeValue {
-  enum class Kind { kNone, kBool, kInt, kFloat, kString, kList, kSlice, kEllipsis, kTensor };
+  // kUnknown: only in a shape-only pass, a value that depends on data (e.g. item()).
+  enum class Kind { kNone, kBool, kInt, kFloat, kString, kList, kSlice, kEllipsis, kTensor, kUnknown };
   Kind kind = Kind::kNone;
   bool bool_value = false;
   int64_t int_value = 0;
@@ -30,8 +31,11 @@ struct RuntimeValue {
   static RuntimeValue Float(double v);
   static RuntimeValue Bool(bool v);
   static RuntimeValue List(std::vector<RuntimeValue> v);
+  static RuntimeValue Unknown();
   bool is_tensor() const { return kind == Kind::kTensor; }
   bool is_number() const { return kind == Kind::kInt || kind == Kind::kFloat || kind == Kind::kBool; }
+  // Whether this value, or an element of it, is unknown.
+  bool HasUnknown() const;
   // Bytes held (tensors only), for limits on saved results.
   int64_t Bytes() const;
   // "tensor float32 [1, 5, 576]", "int 3", "list(2)".
@@ -40,8 +44,14 @@ struct RuntimeValue {
 
 const char* KindName(RuntimeValue::Kind kind);
 
-// Literal protocol values (not refs) to runtime values; tensors are copied into LibTorch.
-StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value);
+// Dtype names as graphs spell them ("float32", "float", "int64", "long", ...), or nullopt.
+std::optional<at::ScalarType> ScalarTypeFromName(const std::string& name);
+// "float32", "bfloat16", "int64", ... (what a scan reports).
+std::string ScalarTypeName(at::ScalarType type);
+
+// Literal protocol values (not refs) to runtime values; tensors are copied into LibTorch, or
+// for `meta` (a shape-only pass) become meta tensors of the same shape, holding no data.
+StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value, bool meta = false);
 // Runtime values back to protocol values for results (tensors to little-endian bytes).
 StatusOr<protocol::Value> ToProtocolValue(const RuntimeValue& value);
 

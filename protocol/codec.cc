@@ -117,6 +117,27 @@ void PackIntList(Writer& w, const std::vector<int64_t>& values) {
   for (int64_t v : values) w.pk.pack_int64(v);
 }
 
+void PackNodeShape(Writer& w, const NodeShape& shape) {
+  w.pk.pack_map(shape.name.empty() ? 4 : 5);
+  PackString(w, "node");
+  w.pk.pack_int64(shape.node);
+  PackString(w, "step");
+  w.pk.pack_int64(shape.step);
+  if (!shape.name.empty()) {
+    PackString(w, "name");
+    PackString(w, shape.name);
+  }
+  PackString(w, "dtype");
+  PackString(w, shape.dtype);
+  PackString(w, "shape");
+  if (!shape.shape) {
+    w.pk.pack_nil();
+    return;
+  }
+  w.pk.pack_array(static_cast<uint32_t>(shape.shape->size()));
+  for (const std::optional<int64_t>& size : *shape.shape) PackOptionalInt(w, size);
+}
+
 void PackTensor(Writer& w, const TensorData& tensor) {
   w.pk.pack_map(1);
   PackString(w, "tensor");
@@ -545,7 +566,7 @@ std::string EncodeRequest(const Request& request) {
 
 std::string EncodeResult(const Result& result) {
   return EncodeEnvelope(result.version, MessageType::kResult, [&](Writer& w) {
-    w.pk.pack_map(2);
+    w.pk.pack_map(result.shapes.empty() ? 2 : 3);
     PackString(w, "saved");
     w.pk.pack_array(static_cast<uint32_t>(result.saved.size()));
     for (const SavedValue& saved : result.saved) {
@@ -560,6 +581,10 @@ std::string EncodeResult(const Result& result) {
     PackString(w, "generated");
     w.pk.pack_array(static_cast<uint32_t>(result.generated.size()));
     for (const auto& ids : result.generated) PackIntList(w, ids);
+    if (result.shapes.empty()) return;
+    PackString(w, "shapes");
+    w.pk.pack_array(static_cast<uint32_t>(result.shapes.size()));
+    for (const NodeShape& shape : result.shapes) PackNodeShape(w, shape);
   });
 }
 

@@ -178,8 +178,14 @@ bool SavedValue::operator==(const SavedValue& other) const {
   return name == other.name && node == other.node && value == other.value;
 }
 
+bool NodeShape::operator==(const NodeShape& other) const {
+  return node == other.node && step == other.step && name == other.name && dtype == other.dtype &&
+         shape == other.shape;
+}
+
 bool Result::operator==(const Result& other) const {
-  return version == other.version && saved == other.saved && generated == other.generated;
+  return version == other.version && saved == other.saved && generated == other.generated &&
+         shapes == other.shapes;
 }
 
 }  // namespace glassbox::protocol

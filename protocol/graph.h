@@ -117,10 +117,25 @@ struct SavedValue {
   bool operator==(const SavedValue& other) const;
 };
 
+// The dtype and shape of one node's value as a scan (dry run) found them, without running
+// the weights. `dtype` is a tensor dtype name ("float32", ..., also "float64"), a plain
+// value's kind ("int", "float", "bool", "string", "list", "none"), or "unknown" when only a
+// real run can tell (a value that depends on data, e.g. item()). `shape` is set for tensors:
+// one entry per dim, nullopt for a size only a real run can tell.
+struct NodeShape {
+  int64_t node = 0;
+  int64_t step = 0;   // the generation step (0 for a single forward pass and constants)
+  std::string name;   // cache nodes: the saved name of one cached point; empty otherwise
+  std::string dtype;
+  std::optional<std::vector<std::optional<int64_t>>> shape;
+  bool operator==(const NodeShape& other) const;
+};
+
 struct Result {
   int64_t version = kProtocolVersion;
   std::vector<SavedValue> saved;
   std::vector<std::vector<int64_t>> generated;  // per invoke across traces, when generating
+  std::vector<NodeShape> shapes;  // a scan's answer: every node's value, in the order found
   bool operator==(const Result& other) const;
 };
 

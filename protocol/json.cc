@@ -339,6 +339,18 @@ Json EnvelopeJson(int64_t version, MessageType type, Json body) {
   return {{"glassbox", version}, {"type", MessageTypeName(type)}, {"body", std::move(body)}};
 }
 
+Json NodeShapeToJson(const NodeShape& shape) {
+  Json out = {{"node", shape.node}, {"step", shape.step}};
+  if (!shape.name.empty()) out["name"] = shape.name;
+  out["dtype"] = shape.dtype;
+  out["shape"] = nullptr;
+  if (shape.shape) {
+    out["shape"] = Json::array();
+    for (const std::optional<int64_t>& size : *shape.shape) out["shape"].push_back(OptionalInt(size));
+  }
+  return out;
+}
+
 }  // namespace
 
 Json ValueToJson(const Value& value) {
@@ -385,8 +397,13 @@ Json ResultToJson(const Result& result) {
   for (const SavedValue& s : result.saved) {
     saved.push_back({{"name", s.name}, {"node", s.node}, {"value", ValueToJson(s.value)}});
   }
-  return EnvelopeJson(result.version, MessageType::kResult,
-                      {{"saved", std::move(saved)}, {"generated", result.generated}});
+  Json body = {{"saved", std::move(saved)}, {"generated", result.generated}};
+  if (!result.shapes.empty()) {
+    Json shapes = Json::array();
+    for (const NodeShape& s : result.shapes) shapes.push_back(NodeShapeToJson(s));
+    body["shapes"] = std::move(shapes);
+  }
+  return EnvelopeJson(result.version, MessageType::kResult, std::move(body));
 }
 
 Json ErrorReportToJson(const ErrorReport& error) {

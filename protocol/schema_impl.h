@@ -194,7 +194,7 @@ class SchemaDecoder {
     const Path path(root_, "body");
     Result result;
     GLASSBOX_ASSIGN_OR_RETURN(
-        auto f, ReadFields<2>(*body, path, "a result body map", {"saved", "generated"}));
+        auto f, ReadFields<3>(*body, path, "a result body map", {"saved", "generated", "shapes"}));
     GLASSBOX_RETURN_IF_ERROR(Require(f[0], path, "saved"));
     GLASSBOX_RETURN_IF_ERROR(Require(f[1], path, "generated"));
     const Path saved(path, "saved");
@@ -208,6 +208,14 @@ class SchemaDecoder {
     for (size_t i = 0; i < Tree::Size(*f[1]); ++i) {
       GLASSBOX_ASSIGN_OR_RETURN(auto ids, ReadIntList(Tree::At(*f[1], i), Path(generated, i)));
       result.generated.push_back(std::move(ids));
+    }
+    if (f[2]) {
+      const Path shapes(path, "shapes");
+      GLASSBOX_RETURN_IF_ERROR(CheckList(*f[2], shapes, "a list of node shapes"));
+      for (size_t i = 0; i < Tree::Size(*f[2]); ++i) {
+        GLASSBOX_ASSIGN_OR_RETURN(NodeShape s, ReadNodeShape(Tree::At(*f[2], i), Path(shapes, i)));
+        result.shapes.push_back(std::move(s));
+      }
     }
     return result;
   }
@@ -661,6 +669,43 @@ class SchemaDecoder {
     GLASSBOX_ASSIGN_OR_RETURN(saved.node, ReadInt(*f[1], Path(path, "node")));
     GLASSBOX_ASSIGN_OR_RETURN(saved.value, ReadValue(*f[2], Path(path, "value")));
     return saved;
+  }
+
+  StatusOr<NodeShape> ReadNodeShape(const Item& item, const Path& path) {
+    GLASSBOX_ASSIGN_OR_RETURN(auto f, ReadFields<5>(item, path, "a node shape map",
+                                                    {"node", "step", "name", "dtype", "shape"}));
+    GLASSBOX_RETURN_IF_ERROR(Require(f[0], path, "node"));
+    GLASSBOX_RETURN_IF_ERROR(Require(f[3], path, "dtype"));
+    NodeShape shape;
+    GLASSBOX_ASSIGN_OR_RETURN(shape.node, ReadInt(*f[0], Path(path, "node")));
+    if (f[1]) {
+      GLASSBOX_ASSIGN_OR_RETURN(shape.step, ReadInt(*f[1], Path(path, "step")));
+    }
+    if (f[2]) {
+      GLASSBOX_ASSIGN_OR_RETURN(shape.name, ReadString(*f[2], Path(path, "name")));
+    }
+    GLASSBOX_ASSIGN_OR_RETURN(shape.dtype, ReadString(*f[3], Path(path, "dtype")));
+    if (f[4] && Tree::KindOf(*f[4]) != Kind::kNull) {
+      GLASSBOX_ASSIGN_OR_RETURN(shape.shape, ReadSizes(*f[4], Path(path, "shape")));
+    }
+    return shape;
+  }
+
+  // A shape whose unknown sizes are nil.
+  StatusOr<std::vector<std::optional<int64_t>>> ReadSizes(const Item& item, const Path& path) {
+    GLASSBOX_RETURN_IF_ERROR(CheckList(item, path, "a list of sizes"));
+    std::vector<std::optional<int64_t>> out;
+    out.reserve(Tree::Size(item));
+    for (size_t i = 0; i < Tree::Size(item); ++i) {
+      const Item& size = Tree::At(item, i);
+      if (Tree::KindOf(size) == Kind::kNull) {
+        out.emplace_back();
+        continue;
+      }
+      GLASSBOX_ASSIGN_OR_RETURN(int64_t v, ReadInt(size, Path(path, i)));
+      out.emplace_back(v);
+    }
+    return out;
   }
 
   const DecodeLimits& limits_;

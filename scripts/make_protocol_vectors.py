@@ -24,6 +24,7 @@ from glassbox import wire  # noqa: E402
 BFloat16Array, ErrorReport, GenerateOptions = wire.BFloat16Array, wire.ErrorReport, wire.GenerateOptions
 Invoke, Node, Ref, Request = wire.Invoke, wire.Node, wire.Ref, wire.Request
 Result, SavedValue, Trace = wire.Result, wire.SavedValue, wire.Trace
+NodeShape = wire.NodeShape
 
 MODEL = "SmolLM2-135M-Instruct"
 VECTORS = ROOT / "protocol" / "vectors"
@@ -231,6 +232,22 @@ def vectors():
         "A result from a server speaking protocol 0: a protocol 1 client refuses it, naming "
         "both versions."
     ), Result(generated=[[1]], version=0)
+
+    yield "16_result_scan", (
+        "A scan's result: nothing saved, the dtype and shape of every node, per generation "
+        "step (a sequence of 3 at step 0, 1 after), a cache entry named after its point, a "
+        "plain int, a value only a real run can tell (unknown) and a size it cannot tell (null)."
+    ), Result(
+        shapes=[
+            NodeShape(1, "float32", [1, 3, 576]),
+            NodeShape(1, "float32", [1, 1, 576], step=1),
+            NodeShape(2, "int64", [1, 3]),
+            NodeShape(3, "float32", [1, 3, 576], name="model.layers.0.output"),
+            NodeShape(4, "int", None),
+            NodeShape(5, "unknown", None),
+            NodeShape(6, "float32", [None, 576]),
+        ],
+    )
 
 
 def encode(message):

@@ -133,10 +133,22 @@ class SavedValue:
 
 
 @dataclass
+class NodeShape:
+    """A node's dtype and shape as a scan (dry run) found them; see SPEC.md section 7."""
+
+    node: int
+    dtype: str  # a tensor dtype, a plain value's kind ("int", "list", ...) or "unknown"
+    shape: Optional[List[Optional[int]]] = None  # tensors only; None entries: unknown sizes
+    step: int = 0
+    name: str = ""  # cache nodes: the saved name of one cached point
+
+
+@dataclass
 class Result:
     saved: List[SavedValue] = field(default_factory=list)
     generated: List[List[int]] = field(default_factory=list)
     version: int = PROTOCOL_VERSION
+    shapes: List[NodeShape] = field(default_factory=list)
 
 
 @dataclass
@@ -198,13 +210,27 @@ def _request_body(request: Request, form) -> dict:
 
 
 def _result_body(result: Result, form) -> dict:
-    return {
+    body = {
         "saved": [
             {"name": _str(s.name), "node": _int(s.node), "value": form.value(s.value)}
             for s in result.saved
         ],
         "generated": [[_int(i) for i in ids] for ids in result.generated],
     }
+    if result.shapes:
+        body["shapes"] = [_node_shape(s) for s in result.shapes]
+    return body
+
+
+def _node_shape(shape: NodeShape) -> dict:
+    out = {"node": _int(shape.node), "step": _int(shape.step)}
+    if shape.name:
+        out["name"] = _str(shape.name)
+    out["dtype"] = _str(shape.dtype)
+    out["shape"] = None if shape.shape is None else [
+        None if d is None else _int(d) for d in shape.shape
+    ]
+    return out
 
 
 def _error_body(error: ErrorReport) -> dict:
@@ -613,14 +639,18 @@ class _Reader:
     def result(self, root) -> Result:
         body = self.expect(root, "result")
         path = self.root / "body"
-        f = self.fields(body, path, "a result body map", ("saved", "generated"))
+        f = self.fields(body, path, "a result body map", ("saved", "generated", "shapes"))
         self.require(f, path, "saved", "generated")
         saved = self.list(f["saved"], path / "saved", "a list of saved values")
         generated = self.list(f["generated"], path / "generated", "a list of token id lists")
-        return Result(
+        result = Result(
             saved=[self.saved(s, path / "saved" / i) for i, s in enumerate(saved)],
             generated=[self.int_list(g, path / "generated" / i) for i, g in enumerate(generated)],
         )
+        if f["shapes"] is not _MISSING:
+            shapes = self.list(f["shapes"], path / "shapes", "a list of node shapes")
+            result.shapes = [self.node_shape(s, path / "shapes" / i) for i, s in enumerate(shapes)]
+        return result
 
     def error(self, root) -> ErrorReport:
         version, type_name, body = self.open(root)
@@ -724,6 +754,22 @@ class _Reader:
             node=self.int(f["node"], path / "node"),
             value=self.value(f["value"], path / "value"),
         )
+
+    def node_shape(self, item, path: _Path) -> NodeShape:
+        f = self.fields(item, path, "a node shape map", ("node", "step", "name", "dtype", "shape"))
+        self.require(f, path, "node", "dtype")
+        shape = NodeShape(node=self.int(f["node"], path / "node"),
+                          dtype=self.string(f["dtype"], path / "dtype"))
+        if f["step"] is not _MISSING:
+            shape.step = self.int(f["step"], path / "step")
+        if f["name"] is not _MISSING:
+            shape.name = self.string(f["name"], path / "name")
+        if f["shape"] is not _MISSING and f["shape"] is not None:
+            sizes = self.list(f["shape"], path / "shape", "a list of sizes")
+            shape.shape = [
+                None if d is None else self.int(d, path / "shape" / i) for i, d in enumerate(sizes)
+            ]
+        return shape
 
     # Values -----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 // The msgpack codec: round trips, determinism, and hostile input (truncation, wrong types,
 // size claims the bytes cannot back, depth bombs, limits, other protocol versions).
 #include "protocol/codec.h"
+#include "protocol/json.h"
 
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -89,6 +90,34 @@ TEST_CASE("Requests, results and error reports round-trip", "[protocol]") {
   decoded_error = DecodeErrorReport(EncodeErrorReport(error));
   REQUIRE(decoded_error.ok());
   CHECK(*decoded_error == error);
+}
+
+TEST_CASE("A scan's shapes round-trip and are optional in a result", "[protocol]") {
+  Result scan;
+  scan.shapes = {{1, 0, "", "float32", std::vector<std::optional<int64_t>>{1, 6, 64}},
+                 {1, 1, "", "float32", std::vector<std::optional<int64_t>>{1, std::nullopt}},
+                 {2, 0, "model.layers.0.output", "float32", std::vector<std::optional<int64_t>>{}},
+                 {3, 0, "", "unknown", std::nullopt}};
+  auto decoded = DecodeResult(EncodeResult(scan));
+  REQUIRE(decoded.ok());
+  CHECK(*decoded == scan);
+  auto from_json = ResultFromJson(json::parse(ResultToJson(scan).dump()));
+  REQUIRE(from_json.ok());
+  CHECK(*from_json == scan);
+  // A result without the key (every result but a scan's) decodes with no shapes.
+  auto plain = DecodeResult(EncodeResult(Result()));
+  REQUIRE(plain.ok());
+  CHECK(plain->shapes.empty());
+  json bad = ResultToJson(scan);
+  bad["body"]["shapes"][1]["shape"][0] = "one";
+  auto refused = DecodeResult(Msgpack(bad));
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().message() == "body.shapes[1].shape[0]: expected an int, got string");
+  bad = ResultToJson(scan);
+  bad["body"]["shapes"][0].erase("dtype");
+  refused = DecodeResult(Msgpack(bad));
+  REQUIRE_FALSE(refused.ok());
+  CHECK_THAT(refused.status().message(), Catch::Contains("body.shapes[0]") && Catch::Contains("dtype"));
 }
 
 TEST_CASE("Floats are always float64, ints take their smallest form", "[protocol]") {

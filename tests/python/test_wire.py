@@ -162,6 +162,23 @@ def test_result_and_error_round_trip():
     assert same(wire.error_from_json(wire.error_to_json(error)), error)
 
 
+def test_scan_shapes_round_trip_and_are_optional():
+    result = wire.Result(shapes=[
+        wire.NodeShape(1, "float32", [1, 6, 64]),
+        wire.NodeShape(1, "float32", [1, None], step=1),
+        wire.NodeShape(2, "float32", [], name="model.layers.0.output"),
+        wire.NodeShape(3, "unknown", None),
+    ])
+    assert same(wire.decode_result(wire.encode_result(result)), result)
+    assert same(wire.result_from_json(wire.result_to_json(result)), result)
+    assert wire.decode_result(wire.encode_result(wire.Result())).shapes == []
+    bad = wire.result_to_json(result)
+    bad["body"]["shapes"][1]["shape"][0] = "one"
+    with pytest.raises(wire.WireError) as e:
+        wire.result_from_json(bad)
+    assert str(e.value) == "body.shapes[1].shape[0]: expected an int, got string"
+
+
 def test_decode_message_and_peek():
     assert isinstance(wire.decode_message(wire.encode_result(wire.Result())), wire.Result)
     error = wire.encode_error(wire.ErrorReport("INTERNAL", "boom", version=7))
