@@ -310,8 +310,7 @@ void BrokerCore::Cancel(const std::string& peer, const Caller& caller, const Bro
       outbox_->ToWorker(job.worker, cancel);
     }
     job.client.clear();  // the reply below tells the canceller
-    FinishJob(job, JobState::kCancelled, "CANCELLED", "cancelled by the user");
-    record = job.record;
+    record = FinishJob(job, JobState::kCancelled, "CANCELLED", "cancelled by the user");
   }
   BrokerMessage status = StatusOf(*record);
   status.ref = m.ref;
@@ -679,8 +678,8 @@ std::string BrokerCore::ServedModels() const {
 // ---------------------------------------------------------------------------------------
 // Ends.
 
-void BrokerCore::FinishJob(LiveJob& job, JobState state, const std::string& code,
-                           const std::string& message) {
+JobRecord BrokerCore::FinishJob(LiveJob& job, JobState state, const std::string& code,
+                                const std::string& message) {
   if (job.record.state == JobState::kRunning && !job.worker.empty()) {
     --running_by_owner_[job.record.owner];
   } else if (job.record.state == JobState::kQueued) {
@@ -700,7 +699,9 @@ void BrokerCore::FinishJob(LiveJob& job, JobState state, const std::string& code
   }
   job.finishing = true;
   finishing_.push_back(job.record.id);
-  FlushFinishing();
+  JobRecord finished = job.record;
+  FlushFinishing();  // may erase `job`
+  return finished;
 }
 
 // Stores the ends of jobs in order; stops at the first failure (Redis down) and is retried

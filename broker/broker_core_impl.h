@@ -123,8 +123,10 @@ class BrokerCore {
   std::string ServedModels() const;
 
   // Ends.
-  void FinishJob(LiveJob& job, JobState state, const std::string& code,
-                 const std::string& message);
+  // Ends the job (stored at once, or by Tick when the store is back); `job` may be gone
+  // afterwards. Returns the record as finished.
+  JobRecord FinishJob(LiveJob& job, JobState state, const std::string& code,
+                      const std::string& message);
   void FlushFinishing();
   void Push(LiveJob& job, BrokerMessage status);
   void CheckTimeLimits(int64_t now);

@@ -323,7 +323,7 @@ TEST_CASE("Core: a silent worker's job runs again, up to the retry limit", "[bro
   CHECK(protocol::DecodeErrorReport(report.payload)->code == "UNAVAILABLE");
 }
 
-TEST_CASE("Core: heartbeats keep a worker alive; a job past its limit fails naming it", "[broker]") {
+TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails naming it", "[broker]") {
   BrokerParams params;
   params.dev_no_auth = true;
   params.time_limit_ms = 1000;
