@@ -115,13 +115,16 @@ int ChildProcess::Stop(int sig, int timeout_ms) {
   return status_;
 }
 
-RedisServer::RedisServer(const std::string& dir) : dir_(dir), port_(FreePort()) { Start(); }
+RedisServer::RedisServer(const std::string& dir, const std::string& appendfsync)
+    : dir_(dir), appendfsync_(appendfsync), port_(FreePort()) {
+  Start();
+}
 
 void RedisServer::Start() {
   process_ = std::make_unique<ChildProcess>(
       std::vector<std::string>{"/usr/bin/redis-server", "--port", std::to_string(port_),
                                "--bind", "127.0.0.1", "--dir", dir_, "--appendonly", "yes",
-                               "--appendfsync", "always", "--save", "", "--daemonize", "no",
+                               "--appendfsync", appendfsync_, "--save", "", "--daemonize", "no",
                                "--protected-mode", "no"},
       dir_ + "/redis.log");
   if (!WaitForPort(port_, 10000)) throw std::runtime_error("redis-server did not start");
