@@ -13,7 +13,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git unzip ca-certificates
   python3 python3-venv python3-pip
   libtorch-dev libopenblas0-pthread
-  libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libhiredis-dev redis-server
+  libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libhiredis-dev libsodium-dev redis-server
   catch2 nlohmann-json3-dev libcli11-dev libicu-dev
 )
 missing=()

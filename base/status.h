@@ -24,6 +24,7 @@ enum class StatusCode {
   kUnavailable,        // a dependency is down; retrying later may help
   kInternal,           // a library failed underneath us (e.g. a c10::Error)
   kCancelled,          // stopped on purpose (early stop, cancellation, time limit)
+  kUnauthenticated,    // no valid credentials (a missing, wrong or revoked API key)
 };
 
 const char* StatusCodeName(StatusCode code);
@@ -57,6 +58,7 @@ inline Status ResourceExhausted(std::string m) { return {StatusCode::kResourceEx
 inline Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 inline Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
+inline Status Unauthenticated(std::string m) { return {StatusCode::kUnauthenticated, std::move(m)}; }
 
 inline const char* StatusCodeName(StatusCode code) {
   switch (code) {
@@ -69,6 +71,7 @@ inline const char* StatusCodeName(StatusCode code) {
     case StatusCode::kUnavailable: return "UNAVAILABLE";
     case StatusCode::kInternal: return "INTERNAL";
     case StatusCode::kCancelled: return "CANCELLED";
+    case StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
   }
   return "UNKNOWN";
 }

@@ -1,0 +1,188 @@
+// RunBroker: the broker's ZeroMQ side. Two ROUTER sockets (clients, workers) with
+// ZMQ_ROUTER_MANDATORY, so a send to a vanished peer fails loudly instead of vanishing, and
+// ZMQ_MAXMSGSIZE on the public one; frames are checked and handed to BrokerCore. Also the
+// API-key management behind `glassbox-broker keys`.
+#include "broker/broker.h"
+
+#include <zmq.hpp>
+
+#include <chrono>
+
+#include "broker/broker_core_impl.h"
+
+namespace glassbox::broker {
+namespace {
+
+using internal::LogLine;
+
+// Sends [routing id, message]; remembers workers it could not reach for the core.
+class ZmqOutbox : public internal::Outbox {
+ public:
+  ZmqOutbox(zmq::socket_t* clients, zmq::socket_t* workers)
+      : clients_(clients), workers_(workers) {}
+
+  void ToClient(const std::string& peer, const protocol::BrokerMessage& message) override {
+    if (!Send(*clients_, peer, protocol::EncodeBrokerMessage(message))) {
+      LogLine("dropped a " + std::string(protocol::BrokerMessageTypeName(message.type)) +
+              " message to a client that is gone or not reading");
+    }
+  }
+
+  void ToWorker(const std::string& peer, const protocol::BrokerMessage& message) override {
+    if (!Send(*workers_, peer, protocol::EncodeBrokerMessage(message))) {
+      unreachable_.push_back(peer);
+    }
+  }
+
+  std::vector<std::string> TakeUnreachable() { return std::move(unreachable_); }
+
+ private:
+  static bool Send(zmq::socket_t& socket, const std::string& peer, const std::string& bytes) {
+    try {
+      if (!socket.send(zmq::buffer(peer), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+        return false;  // high-water mark: the peer is not reading
+      }
+      return socket.send(zmq::buffer(bytes), zmq::send_flags::dontwait).has_value();
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EHOSTUNREACH) LogLine(std::string("send failed: ") + e.what());
+      return false;
+    }
+  }
+
+  zmq::socket_t* clients_;
+  zmq::socket_t* workers_;
+  std::vector<std::string> unreachable_;
+};
+
+StatusOr<zmq::socket_t> BindRouter(zmq::context_t& ctx, const std::string& endpoint,
+                                   int64_t max_message_bytes) {
+  zmq::socket_t socket(ctx, zmq::socket_type::router);
+  socket.set(zmq::sockopt::router_mandatory, 1);
+  socket.set(zmq::sockopt::linger, 0);
+  socket.set(zmq::sockopt::sndhwm, 100000);
+  socket.set(zmq::sockopt::rcvhwm, 100000);
+  if (max_message_bytes > 0) socket.set(zmq::sockopt::maxmsgsize, max_message_bytes);
+  try {
+    socket.bind(endpoint);
+  } catch (const zmq::error_t& e) {
+    return Unavailable("cannot listen on " + endpoint + ": " + e.what());
+  }
+  return socket;
+}
+
+// Reads one routed message: [routing id, frame]. Returns false when nothing is waiting.
+// A message of another shape is answered (when it has a routing id) and dropped.
+template <typename Handle>
+bool ReceiveOne(zmq::socket_t& socket, Handle handle, internal::Outbox* outbox, bool workers) {
+  std::vector<zmq::message_t> frames;
+  zmq::message_t frame;
+  if (!socket.recv(frame, zmq::recv_flags::dontwait)) return false;
+  frames.push_back(std::move(frame));
+  while (frames.back().more()) {
+    zmq::message_t next;
+    if (!socket.recv(next, zmq::recv_flags::none)) break;
+    if (frames.size() < 3) frames.push_back(std::move(next));
+    else frames.back() = std::move(next);  // keep only the count's worth
+  }
+  const std::string peer = frames[0].to_string();
+  if (frames.size() != 2) {
+    auto error = protocol::MakeErrorMessage(InvalidArgument(
+        "expected exactly one frame per message (a Glassbox message), got " +
+        std::to_string(frames.size() - 1) + " or more"));
+    workers ? outbox->ToWorker(peer, error) : outbox->ToClient(peer, error);
+    return true;
+  }
+  handle(peer, std::string_view(static_cast<const char*>(frames[1].data()), frames[1].size()));
+  return true;
+}
+
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+internal::StoreTtls TtlsOf(const BrokerParams& params) {
+  internal::StoreTtls ttls;
+  ttls.result_ms = params.result_ttl_ms;
+  ttls.record_ms = params.record_ttl_ms;
+  return ttls;
+}
+
+}  // namespace
+
+Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
+  zmq::context_t ctx(1);
+  GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t clients,
+                            BindRouter(ctx, params.client_endpoint, params.max_client_message_bytes));
+  GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t workers, BindRouter(ctx, params.worker_endpoint, -1));
+  std::unique_ptr<internal::JobStore> store =
+      internal::NewRedisJobStore(params.redis_address, TtlsOf(params));
+  internal::SystemClock clock;
+  ZmqOutbox outbox(&clients, &workers);
+  internal::BrokerCore core(params, store.get(), &clock, &outbox);
+  Status recovered = core.Recover();
+  if (!recovered.ok()) LogLine("cannot reload queues yet (will retry): " + recovered.ToString());
+  LogLine("serving clients on " + params.client_endpoint + ", workers on " +
+          params.worker_endpoint + ", redis at " + params.redis_address);
+
+  auto on_client = [&](const std::string& peer, std::string_view b) { core.OnClientMessage(peer, b); };
+  auto on_worker = [&](const std::string& peer, std::string_view b) { core.OnWorkerMessage(peer, b); };
+  int64_t last_tick = 0;
+  while (!stop.load()) {
+    zmq::pollitem_t items[] = {{clients.handle(), 0, ZMQ_POLLIN, 0},
+                               {workers.handle(), 0, ZMQ_POLLIN, 0}};
+    try {
+      zmq::poll(items, 2, std::chrono::milliseconds(10));
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) return Internal(std::string("zmq_poll failed: ") + e.what());
+    }
+    for (int i = 0; i < 256 && ReceiveOne(workers, on_worker, &outbox, true); ++i) {
+    }
+    for (int i = 0; i < 256 && ReceiveOne(clients, on_client, &outbox, false); ++i) {
+    }
+    for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);
+    if (SteadyMs() - last_tick >= 10) {
+      core.Tick();
+      last_tick = SteadyMs();
+      for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);
+    }
+  }
+  LogLine("stopping");
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------
+// API keys.
+
+StatusOr<NewApiKey> CreateApiKey(const std::string& redis_address, const std::string& name,
+                                 const KeyLimits& limits) {
+  auto store = internal::NewRedisJobStore(redis_address, {});
+  NewApiKey key;
+  key.secret = "gbk_" + internal::RandomHex(32);
+  key.info.id = internal::RandomHex(8);
+  key.info.name = name;
+  key.info.limits = limits;
+  key.info.created_ms = internal::SystemClock().NowMs();
+  internal::ApiKeyRecord record{key.info.id, name, limits, key.info.created_ms, false};
+  GLASSBOX_RETURN_IF_ERROR(store->PutApiKey(internal::Sha256Hex(key.secret), record));
+  return key;
+}
+
+StatusOr<std::vector<ApiKeyInfo>> ListApiKeys(const std::string& redis_address) {
+  auto store = internal::NewRedisJobStore(redis_address, {});
+  GLASSBOX_ASSIGN_OR_RETURN(std::vector<internal::ApiKeyRecord> records, store->ListApiKeys());
+  std::vector<ApiKeyInfo> out;
+  for (const internal::ApiKeyRecord& r : records) {
+    ApiKeyInfo info{r.id, r.name, r.limits, r.created_ms, r.revoked, {}};
+    GLASSBOX_ASSIGN_OR_RETURN(info.usage, store->GetUsage(r.id));
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+Status RevokeApiKey(const std::string& redis_address, const std::string& key_id) {
+  return internal::NewRedisJobStore(redis_address, {})->RevokeApiKey(key_id);
+}
+
+}  // namespace glassbox::broker

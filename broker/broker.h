@@ -1,0 +1,77 @@
+// The Glassbox broker: the front door of the broker room. It accepts jobs from clients over
+// ZeroMQ, keeps their state in Redis, hands them to engine workers (broker/worker_link.h)
+// and pushes every status change back (protocol/SPEC.md §9). It never links LibTorch and
+// never decodes graphs (it reads only a request's `body.model`).
+//
+// Clients use broker/client.h; engine workers use broker/worker_link.h; the command line is
+// `glassbox-broker` (broker/main.cc).
+#ifndef GLASSBOX_BROKER_BROKER_H_
+#define GLASSBOX_BROKER_BROKER_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace glassbox::broker {
+
+// What one API key may do at once. Going over a limit is refused with RESOURCE_EXHAUSTED.
+struct KeyLimits {
+  int64_t max_queued = 1000;                      // jobs waiting in queues
+  int64_t max_running = 4;                        // jobs on workers at once
+  int64_t max_request_bytes = int64_t{64} << 20;  // one encoded request
+};
+
+struct BrokerParams {
+  std::string client_endpoint = "tcp://*:5555";  // ROUTER for clients
+  std::string worker_endpoint = "tcp://*:5556";  // ROUTER for engine workers
+  std::string redis_address = "127.0.0.1:6379";  // host:port
+  // Development only: no API keys; every client is the one user "dev" with default_limits.
+  bool dev_no_auth = false;
+  KeyLimits default_limits;  // for dev mode, and for `keys create` when no limit is given
+  int heartbeat_interval_ms = 1000;  // broker -> worker heartbeats (a worker says its own)
+  int heartbeat_liveness = 5;        // missed worker heartbeats before it is presumed dead
+  int max_attempts = 3;              // worker deaths while running a job before it fails
+  int64_t time_limit_ms = 60000;     // per job; the worker stops between hook points
+  // After time_limit_ms + this, the broker fails the job itself (a worker that did not stop).
+  int64_t time_limit_grace_ms = 5000;
+  int64_t result_ttl_ms = int64_t{3600} * 1000;             // results stay fetchable this long
+  int64_t record_ttl_ms = int64_t{7} * 24 * 3600 * 1000;    // job records (status by id)
+  int64_t max_client_message_bytes = int64_t{80} << 20;     // ZMQ_MAXMSGSIZE on the client socket
+};
+
+// Serves until `stop` becomes true (checked at least every 50 ms), then returns OK. Errors:
+// endpoints that cannot be bound (UNAVAILABLE / INVALID_ARGUMENT). Redis being down is not an
+// error: submissions are refused with UNAVAILABLE until it returns. Logs to stderr.
+Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop);
+
+// API keys. The secret is shown once, at creation; Redis holds only its SHA-256.
+struct KeyUsage {
+  int64_t jobs = 0;
+  int64_t compute_ms = 0;
+  int64_t bytes_returned = 0;
+};
+struct ApiKeyInfo {
+  std::string id;  // public: names the key in `keys list` / `keys revoke`, and owns its jobs
+  std::string name;
+  KeyLimits limits;
+  int64_t created_ms = 0;
+  bool revoked = false;
+  KeyUsage usage;
+};
+struct NewApiKey {
+  ApiKeyInfo info;
+  std::string secret;  // "gbk_" + 64 hex digits: what clients pass as their API key
+};
+// Each talks to the Redis at `redis_address`; UNAVAILABLE if it cannot be reached.
+StatusOr<NewApiKey> CreateApiKey(const std::string& redis_address, const std::string& name,
+                                 const KeyLimits& limits);
+StatusOr<std::vector<ApiKeyInfo>> ListApiKeys(const std::string& redis_address);
+Status RevokeApiKey(const std::string& redis_address, const std::string& key_id);  // NOT_FOUND
+
+}  // namespace glassbox::broker
+
+#endif  // GLASSBOX_BROKER_BROKER_H_

@@ -1,0 +1,162 @@
+// Internal to broker/: the broker's logic without its sockets. BrokerCore takes decoded
+// peer traffic and the passing of time, keeps the live state (queues, workers, jobs that are
+// not finished) and writes everything that must survive to a JobStore before telling anyone.
+// It sends through an Outbox, so unit tests drive it with an in-memory store, a fake clock
+// and a recording outbox; broker.cc wires it to two ZeroMQ ROUTER sockets.
+#ifndef GLASSBOX_BROKER_BROKER_CORE_IMPL_H_
+#define GLASSBOX_BROKER_BROKER_CORE_IMPL_H_
+
+#include <deque>
+#include <list>
+#include <map>
+#include <set>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "broker/broker.h"
+#include "broker/job_store_impl.h"
+#include "protocol/broker_messages.h"
+
+namespace glassbox::broker::internal {
+
+using protocol::BrokerMessage;
+
+// Where the core's messages go; `peer` is a ZeroMQ routing id. Sending must not call back
+// into the core (report unreachable workers later, with OnWorkerUnreachable).
+class Outbox {
+ public:
+  virtual ~Outbox() = default;
+  virtual void ToClient(const std::string& peer, const BrokerMessage& message) = 0;
+  virtual void ToWorker(const std::string& peer, const BrokerMessage& message) = 0;
+};
+
+// Not thread-safe: one thread calls everything. `store`, `clock` and `outbox` are not owned.
+class BrokerCore {
+ public:
+  BrokerCore(const BrokerParams& params, JobStore* store, const Clock* clock, Outbox* outbox);
+
+  // Loads the jobs an earlier broker left queued or running (running ones are queued again).
+  // Until it succeeds, submissions are refused as UNAVAILABLE; Tick retries it.
+  Status Recover();
+
+  // One frame from a client or a worker. Garbage is answered with an error, never fatal.
+  void OnClientMessage(const std::string& peer, std::string_view bytes);
+  void OnWorkerMessage(const std::string& peer, std::string_view bytes);
+  // A worker the socket could not reach (gone): treated as dead.
+  void OnWorkerUnreachable(const std::string& peer);
+  // Heartbeats, dead workers, time limits, store writes to retry, dispatch. Call often (the
+  // broker does every 10 to 50 ms).
+  void Tick();
+
+  // For tests and logs.
+  size_t LiveJobs() const { return jobs_.size(); }
+  size_t Workers() const { return workers_.size(); }
+
+ private:
+  // A job that is not finished yet (QUEUED or RUNNING), or whose end is not stored yet.
+  struct LiveJob {
+    JobRecord record;
+    std::string client;   // connection to push status changes to ("" if none)
+    std::string worker;   // while RUNNING
+    int64_t started_ms = 0;
+    std::vector<std::string> chunks;  // result chunks received so far
+    int64_t received_bytes = 0;
+    bool finishing = false;  // terminal, waiting for the store
+    int64_t compute_ms = 0;
+  };
+  struct Worker {
+    std::string peer;
+    std::string model;
+    int64_t heartbeat_ms = 1000;
+    int64_t last_seen_ms = 0;
+    int64_t next_heartbeat_ms = 0;
+    bool busy = false;
+    std::string job;  // busy with this job ("" if busy with one the broker does not know)
+  };
+  // One model's queue: a queue per owner, served in turn (round robin).
+  struct ModelQueue {
+    std::map<std::string, std::deque<std::string>> by_owner;
+    std::list<std::string> turn;  // owners with queued jobs, next to be served first
+  };
+  struct Caller {
+    std::string owner;
+    KeyLimits limits;
+  };
+  struct CachedKey {
+    std::optional<ApiKeyRecord> record;
+    int64_t fetched_ms = 0;
+  };
+
+  // Clients.
+  void HandleClient(const std::string& peer, const BrokerMessage& m);
+  StatusOr<Caller> Authenticate(const std::string& api_key);
+  void Submit(const std::string& peer, const Caller& caller, const BrokerMessage& m);
+  Status CheckSubmission(const Caller& caller, const BrokerMessage& m, const std::string& model);
+  void Query(const std::string& peer, const Caller& caller, const BrokerMessage& m);
+  void Fetch(const std::string& peer, const Caller& caller, const BrokerMessage& m);
+  void Cancel(const std::string& peer, const Caller& caller, const BrokerMessage& m);
+  void ListModels(const std::string& peer, const BrokerMessage& m);
+  // The job as its owner may see it; NOT_FOUND for other owners and unknown ids alike.
+  StatusOr<JobRecord> FindOwnedJob(const Caller& caller, const std::string& id);
+  BrokerMessage StatusOf(const JobRecord& record);
+  void ReplyError(const std::string& peer, const Status& status, const BrokerMessage& request);
+
+  // Workers.
+  void HandleWorker(Worker& worker, const BrokerMessage& m);
+  void Ready(const std::string& peer, const BrokerMessage& m);
+  void AdoptBusyJob(Worker& worker, const std::string& job_id);
+  void JobResult(Worker& worker, const BrokerMessage& m);
+  void RemoveWorker(const std::string& peer, bool died);
+  void WorkerLost(const std::string& job_id, bool died);
+
+  // Queues and dispatch.
+  void Enqueue(LiveJob& job, bool front);
+  void Unqueue(const LiveJob& job);
+  int64_t PositionOf(const LiveJob& job) const;
+  void DispatchAll();
+  void Dispatch(const std::string& model);
+  std::string PickJob(ModelQueue& queue);
+  bool StartJob(Worker& worker, LiveJob& job);
+  size_t LiveWorkersFor(const std::string& model) const;
+  std::string ServedModels() const;
+
+  // Ends.
+  // Ends the job (stored at once, or by Tick when the store is back); `job` may be gone
+  // afterwards. Returns the record as finished.
+  JobRecord FinishJob(LiveJob& job, JobState state, const std::string& code,
+                      const std::string& message);
+  void FlushFinishing();
+  void Push(LiveJob& job, BrokerMessage status);
+  void CheckTimeLimits(int64_t now);
+  void CheckWorkers(int64_t now);
+  void Remember(const JobRecord& record);
+
+  BrokerParams params_;
+  JobStore* store_;
+  const Clock* clock_;
+  Outbox* outbox_;
+  bool recovered_ = false;
+  int64_t seq_counter_ = 0;
+
+  std::unordered_map<std::string, LiveJob> jobs_;
+  std::map<std::string, ModelQueue> queues_;
+  std::map<std::string, Worker> workers_;          // by peer
+  std::map<std::string, std::string> catalogues_;  // by model, latest READY
+  std::map<std::string, int64_t> queued_by_owner_;
+  std::map<std::string, int64_t> running_by_owner_;
+  std::map<std::string, KeyLimits> limits_by_owner_;
+  std::map<std::string, CachedKey> key_cache_;  // by SHA-256 of the secret
+  std::vector<std::string> finishing_;          // jobs whose end the store has not taken yet
+  // Recently finished jobs, so a fetch right after COMPLETED needs no extra store read.
+  std::unordered_map<std::string, JobRecord> recent_;
+  std::deque<std::string> recent_order_;
+};
+
+std::string FormatSeconds(int64_t ms);  // "60 s", "1.5 s"
+void LogLine(const std::string& line);  // one timestamped line on stderr
+
+}  // namespace glassbox::broker::internal
+
+#endif  // GLASSBOX_BROKER_BROKER_CORE_IMPL_H_

@@ -1,0 +1,335 @@
+// ServeJobs: the worker's connection to the broker. The calling thread owns the DEALER
+// socket (ZeroMQ sockets are single-threaded): it sends READY and heartbeats, receives jobs
+// and cancellations, and sends results. The handler runs on a compute thread of its own,
+// which signals a finished job over an inproc PAIR socket so the result leaves at once.
+#include "broker/worker_link.h"
+
+#include <zmq.hpp>
+
+#include <condition_variable>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include "protocol/broker_messages.h"
+#include "protocol/codec.h"
+
+namespace glassbox::broker {
+
+using protocol::BrokerMessage;
+using protocol::BrokerMessageType;
+
+namespace {
+
+std::string Seconds(int64_t ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g s", static_cast<double>(ms) / 1000.0);
+  return buf;
+}
+
+void Log(const std::string& line) { std::fprintf(stderr, "glassbox worker: %s\n", line.c_str()); }
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The handler's output checked: a result or an error report, else an INTERNAL error report.
+struct Outcome {
+  std::string bytes;
+  std::string code;  // set when `bytes` is an error report
+  std::string message;
+};
+
+Outcome Classify(std::string bytes) {
+  auto envelope = protocol::PeekEnvelope(bytes);
+  if (envelope.ok() && envelope->type == protocol::MessageType::kResult) {
+    return {std::move(bytes), "", ""};
+  }
+  if (envelope.ok() && envelope->type == protocol::MessageType::kError) {
+    auto report = protocol::DecodeErrorReport(bytes);
+    if (report.ok()) return {std::move(bytes), report->code, report->message};
+  }
+  protocol::ErrorReport report;
+  report.code = "INTERNAL";
+  report.message = "the worker's handler returned neither a result nor an error report (" +
+                   (envelope.ok() ? std::string("a ") + protocol::MessageTypeName(envelope->type) +
+                                        " message"
+                                  : envelope.status().message()) +
+                   ")";
+  return {protocol::EncodeErrorReport(report), report.code, report.message};
+}
+
+// Runs handed-over jobs one at a time on its own thread.
+class ComputeThread {
+ public:
+  ComputeThread(const JobHandler& handler, zmq::context_t& ctx, const std::string& signal)
+      : handler_(handler), signal_(ctx, zmq::socket_type::pair) {
+    signal_.connect(signal);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~ComputeThread() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  void Start(std::shared_ptr<JobContext> job, std::string request) {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = std::move(job);
+    request_ = std::move(request);
+    cv_.notify_all();
+  }
+
+  // The outcome of the job whose end was signalled.
+  Outcome Take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::move(*outcome_);
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::shared_ptr<JobContext> job;
+      std::string request;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return quit_ || job_; });
+        if (quit_) return;
+        job = std::move(job_);
+        request = std::move(request_);
+      }
+      Outcome outcome = Run(*job, request);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        outcome_ = std::move(outcome);
+      }
+      signal_.send(zmq::str_buffer("done"), zmq::send_flags::none);
+    }
+  }
+
+  Outcome Run(const JobContext& job, const std::string& request) {
+    try {
+      return Classify(handler_(job, request));
+    } catch (const std::exception& e) {
+      return Classify(protocol::EncodeErrorReport(protocol::ErrorReport::FromStatus(
+          Internal(std::string("the worker's handler threw: ") + e.what()))));
+    }
+  }
+
+  const JobHandler& handler_;
+  zmq::socket_t signal_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool quit_ = false;
+  std::shared_ptr<JobContext> job_;
+  std::string request_;
+  std::optional<Outcome> outcome_;
+  std::thread thread_;
+};
+
+// The broker connection and its state; runs on the calling thread.
+class Link {
+ public:
+  Link(const WorkerParams& params, const JobHandler& handler)
+      : params_(params),
+        signal_name_("inproc://glassbox-worker-" + std::to_string(reinterpret_cast<uintptr_t>(this))),
+        signal_(ctx_, zmq::socket_type::pair) {
+    signal_.bind(signal_name_);
+    compute_ = std::make_unique<ComputeThread>(handler, ctx_, signal_name_);
+  }
+
+  Status Serve(const std::atomic<bool>& stop) {
+    GLASSBOX_RETURN_IF_ERROR(Connect());
+    while (!stop.load()) {
+      PollOnce();
+      const int64_t now = NowMs();
+      if (now >= next_heartbeat_ms_) {
+        Send(Simple(BrokerMessageType::kHeartbeat));
+        next_heartbeat_ms_ = now + params_.heartbeat_interval_ms;
+      }
+      if (now - last_heard_ms_ >
+          int64_t{params_.heartbeat_interval_ms} * params_.heartbeat_liveness) {
+        Log("broker silent for " + std::to_string(params_.heartbeat_liveness) +
+            " heartbeats; reconnecting");
+        GLASSBOX_RETURN_IF_ERROR(Connect());
+      }
+    }
+    Shutdown();
+    return Status::Ok();
+  }
+
+ private:
+  static BrokerMessage Simple(BrokerMessageType type) {
+    BrokerMessage m;
+    m.type = type;
+    return m;
+  }
+
+  Status Connect() {
+    socket_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
+    socket_->set(zmq::sockopt::linger, 0);
+    try {
+      socket_->connect(params_.broker_endpoint);
+    } catch (const zmq::error_t& e) {
+      return InvalidArgument("cannot connect to the broker at " + params_.broker_endpoint + ": " +
+                             e.what());
+    }
+    BrokerMessage ready = Simple(BrokerMessageType::kReady);
+    ready.model = params_.model_name;
+    ready.catalogue = params_.catalogue_json;
+    ready.heartbeat_ms = params_.heartbeat_interval_ms;
+    if (job_) ready.job = job_->job_id();
+    Send(ready);
+    last_heard_ms_ = NowMs();
+    next_heartbeat_ms_ = last_heard_ms_ + params_.heartbeat_interval_ms;
+    return Status::Ok();
+  }
+
+  void Send(const BrokerMessage& m) {
+    const std::string bytes = protocol::EncodeBrokerMessage(m);
+    socket_->send(zmq::buffer(bytes), zmq::send_flags::dontwait);  // dropped if unreachable
+  }
+
+  void PollOnce() {
+    const int64_t wait = std::max<int64_t>(1, next_heartbeat_ms_ - NowMs());
+    zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLIN, 0},
+                               {signal_.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 2, std::chrono::milliseconds(std::min<int64_t>(wait, 50)));
+    if (items[1].revents & ZMQ_POLLIN) FinishJob();
+    zmq::message_t frame;
+    while (socket_->recv(frame, zmq::recv_flags::dontwait)) {
+      last_heard_ms_ = NowMs();
+      if (frame.more()) {  // not ours: drain the rest of the message
+        zmq::message_t rest;
+        while (frame.more() && socket_->recv(rest, zmq::recv_flags::dontwait)) frame.swap(rest);
+        continue;
+      }
+      Handle(frame.to_string_view());
+    }
+  }
+
+  void Handle(std::string_view bytes) {
+    auto m = protocol::DecodeBrokerMessage(bytes);
+    if (!m.ok()) return Log("garbage from the broker: " + m.status().ToString());
+    switch (m->type) {
+      case BrokerMessageType::kJob: return StartJob(*m);
+      case BrokerMessageType::kCancel:
+        if (job_ && job_->job_id() == m->job) job_->RequestStop(m->reason);
+        return;
+      case BrokerMessageType::kDisconnect:
+        Log("broker says: " + m->reason + "; registering again");
+        Connect();
+        return;
+      case BrokerMessageType::kError:
+        return Log("broker says: " + m->code + ": " + m->message);
+      default:
+        return;  // heartbeats: being heard is enough
+    }
+  }
+
+  void StartJob(BrokerMessage& m) {
+    if (job_) return Log("broker sent job " + m.job + " while busy; ignored");
+    job_ = std::make_shared<JobContext>(m.job, m.time_limit_ms);
+    compute_->Start(job_, std::move(m.payload));
+  }
+
+  void FinishJob() {
+    zmq::message_t done;
+    (void)signal_.recv(done, zmq::recv_flags::dontwait);
+    Outcome outcome = compute_->Take();
+    const std::string job_id = job_->job_id();
+    job_.reset();
+    SendResult(job_id, outcome);
+  }
+
+  void SendResult(const std::string& job_id, const Outcome& outcome) {
+    const size_t chunk = std::max<size_t>(1, params_.result_chunk_bytes);
+    const size_t count = std::max<size_t>(1, (outcome.bytes.size() + chunk - 1) / chunk);
+    for (size_t i = 0; i < count; ++i) {
+      BrokerMessage m = Simple(BrokerMessageType::kJobResult);
+      m.job = job_id;
+      m.index = static_cast<int64_t>(i);
+      m.count = static_cast<int64_t>(count);
+      m.payload = outcome.bytes.substr(i * chunk, chunk);
+      if (i + 1 == count) {
+        m.code = outcome.code;
+        m.message = outcome.message;
+      }
+      Send(m);
+    }
+  }
+
+  // Stops a running job, drops its outcome, and tells the broker to give it to another worker.
+  void Shutdown() {
+    if (job_) {
+      job_->RequestStop("the worker is shutting down");
+      zmq::message_t done;
+      (void)signal_.recv(done, zmq::recv_flags::none);
+      compute_->Take();
+      job_.reset();
+    }
+    BrokerMessage bye = Simple(BrokerMessageType::kDisconnect);
+    bye.reason = "worker shutting down";
+    Send(bye);
+    compute_.reset();
+    socket_->set(zmq::sockopt::linger, 1000);  // let DISCONNECT leave
+    socket_.reset();
+  }
+
+  const WorkerParams& params_;
+  zmq::context_t ctx_;
+  std::string signal_name_;
+  zmq::socket_t signal_;
+  std::unique_ptr<ComputeThread> compute_;
+  std::unique_ptr<zmq::socket_t> socket_;
+  std::shared_ptr<JobContext> job_;  // the running job, if any
+  int64_t last_heard_ms_ = 0;
+  int64_t next_heartbeat_ms_ = 0;
+};
+
+}  // namespace
+
+JobContext::JobContext(std::string job_id, int64_t time_limit_ms)
+    : job_id_(std::move(job_id)),
+      time_limit_ms_(time_limit_ms),
+      deadline_(std::chrono::steady_clock::now() + std::chrono::milliseconds(time_limit_ms)) {}
+
+bool JobContext::ShouldStop() const {
+  return stopped_.load() || std::chrono::steady_clock::now() >= deadline_;
+}
+
+std::string JobContext::StopReason() const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_.load()) return reason_;
+  }
+  if (std::chrono::steady_clock::now() >= deadline_) {
+    return "time limit of " + Seconds(time_limit_ms_) + " exceeded";
+  }
+  return "";
+}
+
+void JobContext::RequestStop(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopped_.load()) return;
+  reason_ = reason.empty() ? "stopped by the broker" : reason;
+  stopped_.store(true);
+}
+
+Status ServeJobs(const WorkerParams& params, const JobHandler& handler,
+                 const std::atomic<bool>& stop) {
+  try {
+    Link link(params, handler);
+    return link.Serve(stop);
+  } catch (const zmq::error_t& e) {
+    return Internal(std::string("worker connection failed: ") + e.what());
+  }
+}
+
+}  // namespace glassbox::broker

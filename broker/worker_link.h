@@ -1,0 +1,67 @@
+// The worker's side of the broker connection, free of LibTorch: an engine worker process
+// (`glassbox-engine serve`) calls ServeJobs with a handler that runs one encoded request and
+// returns the encoded result. ServeJobs registers with the broker (READY), keeps heartbeats
+// flowing from its own thread while the handler computes on another, passes cancellations
+// and the time limit to the handler through JobContext, sends large results in chunks, and
+// reconnects when the broker goes silent (a restarted broker gets READY again).
+#ifndef GLASSBOX_BROKER_WORKER_LINK_H_
+#define GLASSBOX_BROKER_WORKER_LINK_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+
+#include "base/status.h"
+
+namespace glassbox::broker {
+
+struct WorkerParams {
+  std::string broker_endpoint = "tcp://127.0.0.1:5556";
+  std::string model_name;       // the name clients ask for
+  std::string catalogue_json;   // the model's hook catalogue, served to clients by the broker
+  int heartbeat_interval_ms = 1000;
+  int heartbeat_liveness = 5;   // missed heartbeats before the broker is presumed dead (reconnect)
+  size_t result_chunk_bytes = size_t{1} << 20;  // results larger than this travel in chunks
+};
+
+// One job, as the handler sees it. Thread-safe: the link stops it from its own thread.
+class JobContext {
+ public:
+  // `time_limit_ms` counts from construction. (Built by ServeJobs; tests may build their own.)
+  JobContext(std::string job_id, int64_t time_limit_ms);
+
+  const std::string& job_id() const { return job_id_; }
+  // True once the broker cancelled the job or its deadline passed: stop between hook points.
+  bool ShouldStop() const;
+  std::string StopReason() const;  // "cancelled by the user" / "time limit of 60 s exceeded"
+  // Makes ShouldStop true with `reason` (the first reason given wins).
+  void RequestStop(const std::string& reason);
+
+ private:
+  const std::string job_id_;
+  const int64_t time_limit_ms_;
+  const std::chrono::steady_clock::time_point deadline_;
+  std::atomic<bool> stopped_{false};
+  mutable std::mutex mu_;
+  std::string reason_;  // guarded by mu_
+};
+
+// Runs one job: `request` holds the encoded protocol request message; returns the encoded
+// result message, or an encoded error message (protocol error report) — never throws.
+using JobHandler = std::function<std::string(const JobContext& job, const std::string& request)>;
+
+// Connects, sends READY, serves jobs one at a time until `stop` becomes true. Heartbeats
+// keep flowing from a separate thread while the handler computes. Large results are sent in
+// chunks. A handler that throws or returns bytes that are neither a result nor an error
+// report yields an INTERNAL error report for that job. On stop, a running job is asked to
+// stop (ShouldStop), its outcome is dropped and the broker told to run it elsewhere
+// (DISCONNECT). Errors: an endpoint ZeroMQ cannot use (INVALID_ARGUMENT).
+Status ServeJobs(const WorkerParams& params, const JobHandler& handler, const std::atomic<bool>& stop);
+
+}  // namespace glassbox::broker
+
+#endif  // GLASSBOX_BROKER_WORKER_LINK_H_

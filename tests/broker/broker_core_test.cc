@@ -1,0 +1,421 @@
+// The broker's logic without sockets or Redis: BrokerCore driven with the in-memory
+// JobStore, a fake clock and an outbox that records what it would send. Lifecycle, auth and
+// owner isolation, limits, fair queues, dead workers and retries, time limits.
+#include <catch2/catch.hpp>
+
+#include "broker/broker_core_impl.h"
+#include "protocol/codec.h"
+
+namespace glassbox::broker::internal {
+namespace {
+
+using protocol::BrokerMessage;
+using protocol::BrokerMessageType;
+
+class FakeClock : public Clock {
+ public:
+  int64_t NowMs() const override { return now; }
+  int64_t now = 1'700'000'000'000;
+};
+
+struct Sent {
+  bool to_worker;
+  std::string peer;
+  BrokerMessage message;
+};
+
+class RecordingOutbox : public Outbox {
+ public:
+  void ToClient(const std::string& peer, const BrokerMessage& m) override {
+    sent.push_back({false, peer, m});
+  }
+  void ToWorker(const std::string& peer, const BrokerMessage& m) override {
+    sent.push_back({true, peer, m});
+  }
+  // Removes and returns what was sent to `peer`.
+  std::vector<BrokerMessage> Take(const std::string& peer) {
+    std::vector<BrokerMessage> out;
+    std::vector<Sent> rest;
+    for (Sent& s : sent) {
+      if (s.peer == peer) {
+        out.push_back(std::move(s.message));
+      } else {
+        rest.push_back(std::move(s));
+      }
+    }
+    sent = std::move(rest);
+    return out;
+  }
+  std::vector<Sent> sent;
+};
+
+std::string Request(const std::string& model, const std::string& prompt = "x") {
+  protocol::Request r;
+  r.model = model;
+  r.traces.emplace_back();
+  r.traces[0].invokes.push_back({prompt, std::nullopt});
+  return protocol::EncodeRequest(r);
+}
+
+std::string ResultBytes() {
+  protocol::Result result;
+  result.saved.push_back({"n", 1, protocol::Value::Int(7)});
+  return protocol::EncodeResult(result);
+}
+
+struct Harness {
+  explicit Harness(BrokerParams p = {}) : params(p) {
+    store = NewMemoryJobStore(&clock, {});
+    core = std::make_unique<BrokerCore>(params, store.get(), &clock, &outbox);
+    REQUIRE(core->Recover().ok());
+  }
+
+  std::string AddKey(const std::string& name, KeyLimits limits = {}) {
+    const std::string secret = "gbk_" + name;
+    REQUIRE(store->PutApiKey(Sha256Hex(secret), {"id_" + name, name, limits, 0, false}).ok());
+    return secret;
+  }
+
+  void Client(const std::string& peer, BrokerMessage m) {
+    core->OnClientMessage(peer, protocol::EncodeBrokerMessage(m));
+  }
+  void Worker(const std::string& peer, BrokerMessage m) {
+    core->OnWorkerMessage(peer, protocol::EncodeBrokerMessage(m));
+  }
+
+  void Ready(const std::string& peer, const std::string& model = "m") {
+    BrokerMessage m;
+    m.type = BrokerMessageType::kReady;
+    m.model = model;
+    m.catalogue = "{\"points\":[]}";
+    m.heartbeat_ms = 100;
+    Worker(peer, m);
+  }
+
+  // Submits and returns the reply (ack or error); pushed statuses stay in the outbox.
+  BrokerMessage Submit(const std::string& peer, const std::string& key,
+                       const std::string& model = "m", const std::string& ref = "") {
+    BrokerMessage m;
+    m.type = BrokerMessageType::kSubmit;
+    m.api_key = key;
+    m.ref = ref;
+    m.payload = Request(model);
+    Client(peer, m);
+    for (auto it = outbox.sent.begin(); it != outbox.sent.end(); ++it) {
+      if (it->peer == peer && (it->message.type == BrokerMessageType::kAck ||
+                               it->message.type == BrokerMessageType::kError)) {
+        BrokerMessage reply = it->message;
+        outbox.sent.erase(it);  // pushed statuses stay
+        return reply;
+      }
+    }
+    FAIL("no reply to submit");
+    return {};
+  }
+
+  BrokerMessage Ask(const std::string& peer, BrokerMessageType type, const std::string& key,
+                    const std::string& job, int64_t index = -1) {
+    BrokerMessage m;
+    m.type = type;
+    m.api_key = key;
+    m.job = job;
+    m.index = index;
+    m.ref = "q";
+    Client(peer, m);
+    auto replies = outbox.Take(peer);
+    for (auto& r : replies) {
+      if (r.ref == "q") return r;
+    }
+    FAIL("no reply");
+    return {};
+  }
+
+  // The job a worker was given (and clears the worker's messages).
+  std::string JobFor(const std::string& worker) {
+    for (const BrokerMessage& m : outbox.Take(worker)) {
+      if (m.type == BrokerMessageType::kJob) return m.job;
+    }
+    return "";
+  }
+
+  void Finish(const std::string& worker, const std::string& job,
+              const std::string& bytes = ResultBytes(), const std::string& code = "") {
+    BrokerMessage m;
+    m.type = BrokerMessageType::kJobResult;
+    m.job = job;
+    m.index = 0;
+    m.count = 1;
+    m.payload = bytes;
+    m.code = code;
+    Worker(worker, m);
+  }
+
+  BrokerParams params;
+  FakeClock clock;
+  RecordingOutbox outbox;
+  std::unique_ptr<JobStore> store;
+  std::unique_ptr<BrokerCore> core;
+};
+
+std::vector<protocol::JobState> States(const std::vector<BrokerMessage>& messages) {
+  std::vector<protocol::JobState> out;
+  for (const BrokerMessage& m : messages) {
+    if (m.type == BrokerMessageType::kStatus) out.push_back(*m.state);
+  }
+  return out;
+}
+
+using protocol::JobState;
+
+TEST_CASE("Core: a job goes QUEUED, RUNNING, COMPLETED and its result is fetchable", "[broker]") {
+  Harness h;
+  const std::string key = h.AddKey("alice");
+  h.Ready("w1");
+  BrokerMessage ack = h.Submit("c1", key, "m", "ref-1");
+  REQUIRE(ack.type == BrokerMessageType::kAck);
+  CHECK(ack.ref == "ref-1");
+  CHECK(ack.job.size() == 32);
+  CHECK(h.JobFor("w1") == ack.job);
+  h.Finish("w1", ack.job);
+  CHECK(States(h.outbox.Take("c1")) ==
+        std::vector<JobState>{JobState::kQueued, JobState::kRunning, JobState::kCompleted});
+  BrokerMessage chunk = h.Ask("c1", BrokerMessageType::kFetch, key, ack.job, 0);
+  REQUIRE(chunk.type == BrokerMessageType::kResultChunk);
+  CHECK(chunk.payload == ResultBytes());
+  CHECK(chunk.count == 1);
+  BrokerMessage status = h.Ask("c2", BrokerMessageType::kQuery, key, ack.job);
+  CHECK(status.state == JobState::kCompleted);
+  auto usage = h.store->GetUsage("id_alice");
+  CHECK(usage->jobs == 1);
+  CHECK(usage->bytes_returned == static_cast<int64_t>(ResultBytes().size()));
+}
+
+TEST_CASE("Core: a retried submission with the same ref is the same job", "[broker]") {
+  Harness h;
+  const std::string key = h.AddKey("alice");
+  h.Ready("w1");
+  BrokerMessage first = h.Submit("c1", key, "m", "same");
+  BrokerMessage again = h.Submit("c1", key, "m", "same");
+  CHECK(again.job == first.job);
+  CHECK(h.core->LiveJobs() == 1);
+}
+
+TEST_CASE("Core: API keys are required and checked", "[broker]") {
+  Harness h;
+  h.AddKey("alice");
+  h.Ready("w1");
+  BrokerMessage none = h.Submit("c1", "");
+  CHECK(none.code == "UNAUTHENTICATED");
+  BrokerMessage wrong = h.Submit("c1", "gbk_mallory");
+  CHECK(wrong.code == "UNAUTHENTICATED");
+  CHECK(wrong.message == "API key not recognised (unknown or revoked)");
+  REQUIRE(h.store->RevokeApiKey("id_alice").ok());
+  h.clock.now += 2000;  // past the key cache
+  CHECK(h.Submit("c1", "gbk_alice").code == "UNAUTHENTICATED");
+}
+
+TEST_CASE("Core: another user's job id is indistinguishable from a missing one", "[broker]") {
+  Harness h;
+  const std::string alice = h.AddKey("alice");
+  const std::string bob = h.AddKey("bob");
+  h.Ready("w1");
+  const std::string job = h.Submit("c1", alice).job;
+  const std::string missing(32, 'a');
+  for (auto type : {BrokerMessageType::kQuery, BrokerMessageType::kCancel}) {
+    BrokerMessage theirs = h.Ask("c2", type, bob, job);
+    BrokerMessage nothing = h.Ask("c2", type, bob, missing);
+    CHECK(theirs.code == "NOT_FOUND");
+    CHECK(theirs.message == "no job " + job);
+    CHECK(nothing.message == "no job " + missing);
+  }
+  h.Finish("w1", h.JobFor("w1"));
+  CHECK(h.Ask("c2", BrokerMessageType::kFetch, bob, job, 0).code == "NOT_FOUND");
+  CHECK(h.Ask("c1", BrokerMessageType::kFetch, alice, job, 0).type ==
+        BrokerMessageType::kResultChunk);
+}
+
+TEST_CASE("Core: users take turns in a model's queue", "[broker]") {
+  Harness h;
+  const std::string alice = h.AddKey("alice");
+  const std::string bob = h.AddKey("bob");
+  h.Ready("w1");
+  const std::string first = h.Submit("ca", alice).job;  // runs at once
+  std::vector<std::string> alice_jobs;
+  for (int i = 0; i < 5; ++i) alice_jobs.push_back(h.Submit("ca", alice).job);
+  const std::string bob_job = h.Submit("cb", bob).job;
+  BrokerMessage bob_status = h.Ask("cb", BrokerMessageType::kQuery, bob, bob_job);
+  CHECK(bob_status.position == 1);  // behind one of alice's, not five
+  CHECK(h.JobFor("w1") == first);
+  h.Finish("w1", first);
+  CHECK(h.JobFor("w1") == alice_jobs[0]);
+  h.Finish("w1", alice_jobs[0]);
+  CHECK(h.JobFor("w1") == bob_job);
+  h.Finish("w1", bob_job);
+  CHECK(h.JobFor("w1") == alice_jobs[1]);
+}
+
+TEST_CASE("Core: per-key limits on queued jobs, running jobs and request size", "[broker]") {
+  Harness h;
+  KeyLimits limits;
+  limits.max_queued = 2;
+  limits.max_running = 1;
+  limits.max_request_bytes = 1000;
+  const std::string key = h.AddKey("alice", limits);
+  h.Ready("w1");
+  h.Ready("w2");
+  h.Submit("c", key);                        // runs on w1
+  h.Submit("c", key);                        // queued: w2 idle but max_running is 1
+  h.Submit("c", key);                        // queued
+  BrokerMessage over = h.Submit("c", key);   // third queued: refused
+  CHECK(over.code == "RESOURCE_EXHAUSTED");
+  CHECK(over.message == "this API key already has 2 jobs queued, its limit; wait for some to finish");
+  CHECK(h.JobFor("w2").empty());
+  BrokerMessage big;
+  big.type = BrokerMessageType::kSubmit;
+  big.api_key = key;
+  big.ref = "big";
+  big.payload = Request("m", std::string(2000, 'x'));
+  h.Client("c", big);
+  auto replies = h.outbox.Take("c");
+  REQUIRE(!replies.empty());
+  CHECK(replies.back().code == "RESOURCE_EXHAUSTED");
+  CHECK(replies.back().message.find("over this API key's limit of 1000 bytes") != std::string::npos);
+}
+
+TEST_CASE("Core: a model nobody serves is refused, naming the served ones", "[broker]") {
+  Harness h;
+  const std::string key = h.AddKey("alice");
+  h.Ready("w1", "smollm2");
+  BrokerMessage reply = h.Submit("c", key, "gpt-9");
+  CHECK(reply.code == "NOT_FOUND");
+  CHECK(reply.message == "no worker serves model \"gpt-9\" (served now: \"smollm2\")");
+  BrokerMessage list;
+  list.type = BrokerMessageType::kListModels;
+  list.api_key = key;
+  h.Client("c", list);
+  auto models = h.outbox.Take("c");
+  REQUIRE(models.size() == 1);
+  REQUIRE(models[0].models.size() == 1);
+  CHECK(models[0].models[0].name == "smollm2");
+  CHECK(models[0].models[0].catalogue_json == "{\"points\":[]}");
+}
+
+TEST_CASE("Core: a silent worker's job runs again, up to the retry limit", "[broker]") {
+  BrokerParams params;
+  params.max_attempts = 2;
+  params.dev_no_auth = true;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string job = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == job);
+  h.clock.now += 100 * 5 + 1;  // heartbeat 100 ms, liveness 5
+  h.core->Tick();
+  CHECK(h.core->Workers() == 0);
+  CHECK(h.Ask("c", BrokerMessageType::kQuery, "", job).state == JobState::kQueued);
+  h.Ready("w2");
+  CHECK(h.JobFor("w2") == job);
+  h.clock.now += 501;
+  h.core->Tick();
+  BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
+  CHECK(status.state == JobState::kError);
+  CHECK(status.message.find("worker died 2 times while running this job") == 0);
+  BrokerMessage report = h.Ask("c", BrokerMessageType::kFetch, "", job, 0);
+  CHECK(protocol::DecodeErrorReport(report.payload)->code == "UNAVAILABLE");
+}
+
+TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails naming it", "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  params.time_limit_ms = 1000;
+  params.time_limit_grace_ms = 500;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string job = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == job);
+  BrokerMessage beat;
+  beat.type = BrokerMessageType::kHeartbeat;
+  for (int i = 0; i < 16; ++i) {
+    h.clock.now += 100;
+    h.Worker("w1", beat);
+    h.core->Tick();
+  }
+  CHECK(h.core->Workers() == 1);
+  auto to_worker = h.outbox.Take("w1");
+  bool cancelled = false;
+  for (const auto& m : to_worker) {
+    cancelled |= m.type == BrokerMessageType::kCancel && m.reason == "time limit of 1 s exceeded";
+  }
+  CHECK(cancelled);
+  BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
+  CHECK(status.state == JobState::kError);
+  CHECK(status.message == "time limit of 1 s exceeded (the worker did not stop within 0.5 s of it)");
+  // The worker reports late: dropped, and the worker takes the next job.
+  h.Finish("w1", job);
+  const std::string next = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == next);
+}
+
+TEST_CASE("Core: cancel a queued job and a running one", "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string running = h.Submit("c", "").job;
+  const std::string queued = h.Submit("c", "").job;
+  CHECK(h.Ask("c", BrokerMessageType::kCancel, "", queued).state == JobState::kCancelled);
+  CHECK(h.JobFor("w1") == running);
+  BrokerMessage cancelled = h.Ask("c", BrokerMessageType::kCancel, "", running);
+  CHECK(cancelled.state == JobState::kCancelled);
+  auto to_worker = h.outbox.Take("w1");
+  REQUIRE(!to_worker.empty());
+  CHECK(to_worker.back().type == BrokerMessageType::kCancel);
+  CHECK(to_worker.back().reason == "cancelled by the user");
+}
+
+TEST_CASE("Core: garbage and wrong message types are answered, not fatal", "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  Harness h(params);
+  h.core->OnClientMessage("c", "\xc1garbage");
+  auto replies = h.outbox.Take("c");
+  REQUIRE(replies.size() == 1);
+  CHECK(replies[0].type == BrokerMessageType::kError);
+  CHECK(replies[0].code == "INVALID_ARGUMENT");
+  BrokerMessage job;
+  job.type = BrokerMessageType::kJob;
+  job.job = "x";
+  job.time_limit_ms = 1;
+  h.Client("c", job);
+  replies = h.outbox.Take("c");
+  CHECK(replies[0].message.find("a client may not send a \"job\" message") == 0);
+  BrokerMessage beat;
+  beat.type = BrokerMessageType::kHeartbeat;
+  h.Worker("stranger", beat);
+  replies = h.outbox.Take("stranger");
+  CHECK(replies[0].type == BrokerMessageType::kDisconnect);
+}
+
+TEST_CASE("Core: a restarted core resumes stored jobs, running ones queued again", "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string running = h.Submit("c", "").job;
+  const std::string queued = h.Submit("c", "").job;
+  RecordingOutbox outbox2;
+  BrokerCore restarted(params, h.store.get(), &h.clock, &outbox2);
+  REQUIRE(restarted.Recover().ok());
+  CHECK(restarted.LiveJobs() == 2);
+  BrokerMessage ready;
+  ready.type = BrokerMessageType::kReady;
+  ready.model = "m";
+  ready.catalogue = "{}";
+  restarted.OnWorkerMessage("w9", protocol::EncodeBrokerMessage(ready));
+  auto jobs = outbox2.Take("w9");
+  REQUIRE(jobs.size() == 1);
+  CHECK(jobs[0].job == running);  // first come, first served
+  (void)queued;
+}
+
+}  // namespace
+}  // namespace glassbox::broker::internal

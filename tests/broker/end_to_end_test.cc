@@ -1,0 +1,472 @@
+// The broker end to end, with real processes: a redis-server on a free port, the
+// glassbox-broker binary and glassbox-test-worker children (SIGKILL is real), driven through
+// broker/client.h. Lifecycle, API keys, owner isolation, dead workers, a killed broker, a
+// stopped Redis, garbage on the wire, fairness, chunked results, time limits, cancellation.
+#include <catch2/catch.hpp>
+#include <zmq.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "broker/broker.h"
+#include "broker/client.h"
+#include "protocol/broker_messages.h"
+#include "protocol/codec.h"
+#include "tests/broker/processes.h"
+
+namespace glassbox::broker {
+namespace {
+
+using protocol::JobState;
+using testing::ChildProcess;
+
+std::string Request(const std::string& prompt, const std::string& model = "test-model") {
+  protocol::Request r;
+  r.model = model;
+  r.traces.emplace_back();
+  r.traces[0].invokes.push_back({prompt, std::nullopt});
+  return protocol::EncodeRequest(r);
+}
+
+// The saved value `name` of an encoded result (a string or a tensor's bytes).
+std::string Saved(const std::string& result_bytes, const std::string& name) {
+  auto result = protocol::DecodeResult(result_bytes);
+  REQUIRE(result.ok());
+  for (const auto& s : result->saved) {
+    if (s.name != name) continue;
+    return s.value.tensor ? s.value.tensor->bytes : s.value.string_value;
+  }
+  return "<absent>";
+}
+
+// Runs a command, returns its stdout.
+std::string Run(const std::string& command) {
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  char buf[512];
+  while (fgets(buf, sizeof buf, pipe)) out += buf;
+  pclose(pipe);
+  return out;
+}
+
+std::string Field(const std::string& text, const std::string& label) {
+  const size_t at = text.find(label);
+  if (at == std::string::npos) return "";
+  const size_t start = text.find_first_not_of(' ', at + label.size());
+  return text.substr(start, text.find('\n', start) - start);
+}
+
+struct ApiKey {
+  std::string id;
+  std::string secret;
+};
+
+// Redis, a broker and workers, each a real process, in one temporary directory.
+class Cluster {
+ public:
+  explicit Cluster(std::vector<std::string> broker_flags = {})
+      : redis_(dir_.path()), broker_flags_(std::move(broker_flags)) {
+    StartBroker();
+  }
+
+  void StartBroker() {
+    std::vector<std::string> args = {testing::BinDir() + "/glassbox-broker", "serve",
+                                     "--clients", ClientEndpoint(), "--workers", WorkerEndpoint(),
+                                     "--redis", redis_.address(), "--heartbeat-liveness", "5"};
+    args.insert(args.end(), broker_flags_.begin(), broker_flags_.end());
+    broker_ = std::make_unique<ChildProcess>(args, dir_.path() + "/broker.log");
+    REQUIRE(testing::WaitForPort(client_port_, 10000));
+  }
+
+  ChildProcess& broker() { return *broker_; }
+  testing::RedisServer& redis() { return redis_; }
+
+  ChildProcess& StartWorker(const std::string& tag, std::vector<std::string> flags = {}) {
+    std::vector<std::string> args = {testing::BinDir() + "/glassbox-test-worker", "--broker",
+                                     WorkerEndpoint(), "--heartbeat-ms", "100", "--tag", tag};
+    args.insert(args.end(), flags.begin(), flags.end());
+    workers_.push_back(std::make_unique<ChildProcess>(args, dir_.path() + "/worker-" + tag + ".log"));
+    return *workers_.back();
+  }
+
+  ApiKey CreateKey(const std::string& name, const std::string& flags = "") {
+    const std::string out = Run(testing::BinDir() + "/glassbox-broker keys --redis " +
+                                redis_.address() + " create --name " + name + " " + flags);
+    ApiKey key{Field(out, "id:"), Field(out, "secret:")};
+    REQUIRE(key.secret.rfind("gbk_", 0) == 0);
+    return key;
+  }
+
+  std::string Keys(const std::string& args) {
+    return Run(testing::BinDir() + "/glassbox-broker keys --redis " + redis_.address() + " " +
+               args + " 2>&1");
+  }
+
+  std::unique_ptr<Client> NewClient(const std::string& api_key, int timeout_ms = 10000) {
+    ClientParams params;
+    params.endpoint = ClientEndpoint();
+    params.api_key = api_key;
+    params.timeout_ms = timeout_ms;
+    auto client = Client::Connect(params);
+    REQUIRE(client.ok());
+    return std::move(client).value();
+  }
+
+  // Waits until `n` workers serve test-model.
+  void WaitForWorkers(Client& client, int64_t n) {
+    for (int i = 0; i < 500; ++i) {
+      auto models = client.ListModels();
+      if (models.ok()) {
+        for (const auto& m : *models) {
+          if (m.name == "test-model" && m.workers == n) return;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    FAIL("workers did not register");
+  }
+
+  std::string ClientEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(client_port_); }
+  std::string WorkerEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(worker_port_); }
+
+ private:
+  testing::TempDir dir_;
+  testing::RedisServer redis_;
+  std::vector<std::string> broker_flags_;
+  int client_port_ = testing::FreePort();
+  int worker_port_ = testing::FreePort();
+  std::unique_ptr<ChildProcess> broker_;
+  std::vector<std::unique_ptr<ChildProcess>> workers_;
+};
+
+JobStatus WaitDone(Client& client, const std::string& job, int timeout_ms = 10000) {
+  auto status = client.WaitForStatus(job, {}, timeout_ms);
+  REQUIRE(status.ok());
+  return *status;
+}
+
+JobStatus WaitState(Client& client, const std::string& job, JobState state) {
+  auto status = client.WaitForStatus(
+      job, [&](const JobStatus& s) { return s.state == state; }, 10000);
+  REQUIRE(status.ok());
+  return *status;
+}
+
+std::string SubmitOk(Client& client, const std::string& prompt) {
+  auto job = client.Submit(Request(prompt));
+  REQUIRE(job.ok());
+  return *job;
+}
+
+TEST_CASE("E2E: a job's lifecycle, pushed statuses, result, models and usage", "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  std::vector<JobState> seen;
+  client->OnStatus([&](const JobStatus& s) { seen.push_back(s.state); });
+  const std::string job = SubmitOk(*client, "hello");
+  CHECK(job.size() == 32);
+  JobStatus done = WaitDone(*client, job);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(seen == std::vector<JobState>{JobState::kQueued, JobState::kRunning, JobState::kCompleted});
+  auto result = client->FetchResult(job);
+  REQUIRE(result.ok());
+  CHECK(Saved(*result, "prompt") == "hello");
+  CHECK(done.result_bytes == static_cast<int64_t>(result->size()));
+  auto models = client->ListModels();
+  REQUIRE(models.ok());
+  REQUIRE(models->size() == 1);
+  CHECK((*models)[0].catalogue_json == R"({"points":[{"name":"model.norm.output"}]})");
+  // A second connection asks by id (a client that reconnected).
+  auto other = cluster.NewClient(key.secret);
+  CHECK(other->QueryStatus(job)->state == JobState::kCompleted);
+  const std::string listing = cluster.Keys("list");
+  CHECK(listing.find(key.id) != std::string::npos);
+  CHECK(listing.find("alice") != std::string::npos);
+}
+
+TEST_CASE("E2E: requests without a valid API key are refused", "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto good = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*good, 1);
+  auto none = cluster.NewClient("");
+  auto submitted = none->Submit(Request("x"));
+  CHECK(submitted.status().code() == StatusCode::kUnauthenticated);
+  auto wrong = cluster.NewClient("gbk_" + std::string(64, '0'));
+  CHECK(wrong->Submit(Request("x")).status().ToString() ==
+        "UNAUTHENTICATED: API key not recognised (unknown or revoked)");
+  CHECK(wrong->ListModels().status().code() == StatusCode::kUnauthenticated);
+  CHECK(cluster.Keys("revoke " + key.id).find("revoked " + key.id) != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // the broker's key cache
+  CHECK(good->Submit(Request("x")).status().code() == StatusCode::kUnauthenticated);
+  CHECK(cluster.Keys("revoke nosuchkey").find("NOT_FOUND") != std::string::npos);
+}
+
+TEST_CASE("E2E: one user cannot see, fetch or cancel another's job", "[broker]") {
+  Cluster cluster;
+  ApiKey alice = cluster.CreateKey("alice");
+  ApiKey bob = cluster.CreateKey("bob");
+  cluster.StartWorker("a");
+  auto a = cluster.NewClient(alice.secret);
+  auto b = cluster.NewClient(bob.secret);
+  cluster.WaitForWorkers(*a, 1);
+  const std::string job = SubmitOk(*a, "secret");
+  WaitDone(*a, job);
+  const std::string missing(32, 'f');
+  CHECK(b->QueryStatus(job).status().ToString() == "NOT_FOUND: no job " + job);
+  CHECK(b->QueryStatus(missing).status().ToString() == "NOT_FOUND: no job " + missing);
+  CHECK(b->FetchResult(job).status().code() == StatusCode::kNotFound);
+  CHECK(b->Cancel(job).status().code() == StatusCode::kNotFound);
+  CHECK(a->FetchResult(job).ok());
+}
+
+TEST_CASE("E2E: a worker killed mid-job: the job runs again on another worker", "[broker][slow]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  ChildProcess& first = cluster.StartWorker("first");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  std::vector<JobStatus> seen;
+  client->OnStatus([&](const JobStatus& s) { seen.push_back(s); });
+  const std::string job = SubmitOk(*client, "sleep_ms=1500");
+  WaitState(*client, job, JobState::kRunning);
+  cluster.StartWorker("second");
+  cluster.WaitForWorkers(*client, 2);
+  first.Stop(SIGKILL);
+  JobStatus done = WaitDone(*client, job);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(Saved(*client->FetchResult(job), "worker") == "second");
+  bool requeued = false;
+  for (const JobStatus& s : seen) requeued |= s.message == "its worker died; queued again";
+  CHECK(requeued);
+}
+
+TEST_CASE("E2E: a frozen worker (SIGSTOP) is noticed by heartbeat, its job runs elsewhere",
+          "[broker][slow]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  ChildProcess& frozen = cluster.StartWorker("frozen");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job = SubmitOk(*client, "sleep_ms=1000");
+  WaitState(*client, job, JobState::kRunning);
+  cluster.StartWorker("alive");
+  cluster.WaitForWorkers(*client, 2);
+  const auto stopped_at = std::chrono::steady_clock::now();
+  frozen.Signal(SIGSTOP);  // the connection stays open: only missing heartbeats tell
+  JobStatus done = WaitDone(*client, job);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(Saved(*client->FetchResult(job), "worker") == "alive");
+  CHECK(std::chrono::steady_clock::now() - stopped_at < std::chrono::seconds(5));
+  frozen.Signal(SIGCONT);  // it comes back, is told it is unknown, and registers again
+  cluster.WaitForWorkers(*client, 2);
+}
+
+TEST_CASE("E2E: a job whose workers keep dying fails, saying why", "[broker][slow]") {
+  Cluster cluster({"--max-attempts", "2"});
+  ApiKey key = cluster.CreateKey("alice");
+  auto client = cluster.NewClient(key.secret);
+  ChildProcess* worker = &cluster.StartWorker("w1");
+  cluster.WaitForWorkers(*client, 1);
+  int runs = 0;
+  client->OnStatus([&](const JobStatus& s) { runs += s.state == JobState::kRunning; });
+  const std::string job = SubmitOk(*client, "sleep_ms=5000");
+  for (int death = 1; death <= 2; ++death) {
+    REQUIRE(client->WaitForStatus(job, [&](const JobStatus&) { return runs >= death; }).ok());
+    worker->Stop(SIGKILL);
+    if (death == 1) worker = &cluster.StartWorker("w2");
+  }
+  JobStatus failed = WaitDone(*client, job);
+  CHECK(failed.state == JobState::kError);
+  CHECK(failed.code == "UNAVAILABLE");
+  CHECK(failed.message.rfind("worker died 2 times while running this job", 0) == 0);
+  auto report = protocol::DecodeErrorReport(*client->FetchResult(job));
+  CHECK(report->message == failed.message);
+}
+
+TEST_CASE("E2E: the broker killed and restarted: acknowledged jobs complete, results stay",
+          "[broker][slow]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string finished = SubmitOk(*client, "result_bytes=1000");
+  WaitDone(*client, finished);
+  std::vector<std::string> pending;
+  for (int i = 0; i < 4; ++i) pending.push_back(SubmitOk(*client, "sleep_ms=300"));
+  WaitState(*client, pending[0], JobState::kRunning);
+  cluster.broker().Stop(SIGKILL);
+  cluster.StartBroker();
+  auto after = cluster.NewClient(key.secret, 15000);
+  for (const std::string& job : pending) {
+    CHECK(WaitDone(*after, job, 15000).state == JobState::kCompleted);
+    CHECK(after->FetchResult(job).ok());
+  }
+  auto stored = after->FetchResult(finished);
+  REQUIRE(stored.ok());
+  CHECK(Saved(*stored, "echo").size() == 1000);
+}
+
+TEST_CASE("E2E: Redis stopped: submissions refused as unavailable, nothing acknowledged lost",
+          "[broker][slow]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string running = SubmitOk(*client, "sleep_ms=1500");
+  const std::string queued = SubmitOk(*client, "sleep_ms=10");
+  WaitState(*client, running, JobState::kRunning);
+  cluster.redis().Stop(SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the key cache
+  auto refused = client->Submit(Request("x"));
+  CHECK(refused.status().code() == StatusCode::kUnavailable);
+  CHECK(refused.status().message().find("job store unavailable") != std::string::npos);
+  cluster.redis().Start();
+  CHECK(WaitDone(*client, running, 15000).state == JobState::kCompleted);
+  CHECK(WaitDone(*client, queued, 15000).state == JobState::kCompleted);
+  CHECK(client->FetchResult(running).ok());
+  const std::string later = SubmitOk(*client, "after");
+  CHECK(WaitDone(*client, later).state == JobState::kCompleted);
+}
+
+TEST_CASE("E2E: malformed, unknown and oversized messages get errors, others still served",
+          "[broker]") {
+  Cluster cluster({"--max-message-bytes", "1000000"});
+  ApiKey key = cluster.CreateKey("alice", "--max-request-bytes 100000");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  auto garbage = client->SendRawForTest("\xc1\x00garbage");
+  REQUIRE(garbage.ok());
+  CHECK(garbage->type == protocol::BrokerMessageType::kError);
+  CHECK(garbage->code == "INVALID_ARGUMENT");
+  std::string unknown = protocol::EncodeBrokerMessage(protocol::BrokerMessage{});
+  unknown.replace(unknown.find("heartbeat"), 9, "heartbeaz");
+  auto reply = client->SendRawForTest(unknown);
+  CHECK(reply->message == "type: unknown message type \"heartbeaz\"");
+  auto too_big = client->Submit(Request(std::string(200000, 'x')));
+  CHECK(too_big.status().code() == StatusCode::kResourceExhausted);
+  auto not_request = client->Submit(protocol::EncodeErrorReport(
+      protocol::ErrorReport::FromStatus(Internal("x"))));
+  CHECK(not_request.status().message() == "submitted message is a \"error\" message, not a request");
+  {  // several frames in one message, then a frame over ZMQ_MAXMSGSIZE (the broker drops that peer)
+    zmq::context_t ctx;
+    zmq::socket_t raw(ctx, zmq::socket_type::dealer);
+    raw.set(zmq::sockopt::linger, 0);
+    raw.connect(cluster.ClientEndpoint());
+    raw.send(zmq::str_buffer("a"), zmq::send_flags::sndmore);
+    raw.send(zmq::str_buffer("b"), zmq::send_flags::none);
+    zmq::message_t answer;
+    raw.set(zmq::sockopt::rcvtimeo, 5000);
+    REQUIRE(raw.recv(answer));
+    auto decoded = protocol::DecodeBrokerMessage(answer.to_string_view());
+    CHECK(decoded->message.find("expected exactly one frame per message") == 0);
+    raw.send(zmq::buffer(std::string(2000000, 'x')), zmq::send_flags::none);
+  }
+  const std::string job = SubmitOk(*client, "still here");
+  CHECK(WaitDone(*client, job).state == JobState::kCompleted);
+  CHECK(cluster.broker().Running());
+}
+
+TEST_CASE("E2E: users take turns: one user's many jobs do not starve another's one",
+          "[broker][slow]") {
+  Cluster cluster;
+  ApiKey alice = cluster.CreateKey("alice");
+  ApiKey bob = cluster.CreateKey("bob");
+  cluster.StartWorker("a");
+  auto a = cluster.NewClient(alice.secret);
+  auto b = cluster.NewClient(bob.secret);
+  cluster.WaitForWorkers(*a, 1);
+  std::vector<std::string> alice_jobs;
+  for (int i = 0; i < 20; ++i) alice_jobs.push_back(SubmitOk(*a, "sleep_ms=30"));
+  const std::string bob_job = SubmitOk(*b, "sleep_ms=30");
+  auto queued = b->QueryStatus(bob_job);
+  CHECK(queued->position <= 2);
+  const JobStatus bob_done = WaitDone(*b, bob_job);
+  int alice_before = 0;
+  for (const std::string& job : alice_jobs) {
+    const JobStatus s = WaitDone(*a, job);
+    alice_before += s.time_ms < bob_done.time_ms;
+  }
+  CHECK(alice_before <= 3);
+}
+
+TEST_CASE("E2E: a large result travels and is stored in chunks", "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a", {"--chunk-bytes", "1048576"});
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job = SubmitOk(*client, "result_bytes=5000000");
+  const JobStatus done = WaitDone(*client, job);
+  CHECK(done.result_chunks == 5);
+  auto result = client->FetchResult(job);
+  REQUIRE(result.ok());
+  const std::string bytes = Saved(*result, "echo");
+  REQUIRE(bytes.size() == 5000000);
+  bool pattern = true;
+  for (size_t i = 0; i < bytes.size(); i += 9973) {
+    pattern &= bytes[i] == static_cast<char>(i * 7 % 251);
+  }
+  CHECK(pattern);
+}
+
+TEST_CASE("E2E: a job past its time limit is stopped and reported, the worker goes on",
+          "[broker][slow]") {
+  Cluster cluster({"--time-limit-ms", "500"});
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string slow = SubmitOk(*client, "sleep_ms=20000");
+  const JobStatus failed = WaitDone(*client, slow);
+  CHECK(failed.state == JobState::kError);
+  CHECK(failed.message == "time limit of 0.5 s exceeded");
+  const std::string next = SubmitOk(*client, "quick");
+  CHECK(WaitDone(*client, next).state == JobState::kCompleted);
+}
+
+TEST_CASE("E2E: cancelling a running job stops it, the worker takes the next", "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string slow = SubmitOk(*client, "sleep_ms=20000");
+  WaitState(*client, slow, JobState::kRunning);
+  auto cancelled = client->Cancel(slow);
+  REQUIRE(cancelled.ok());
+  CHECK(cancelled->state == JobState::kCancelled);
+  CHECK(cancelled->message == "cancelled by the user");
+  const std::string next = SubmitOk(*client, "quick");
+  CHECK(WaitDone(*client, next, 3000).state == JobState::kCompleted);
+  CHECK(client->FetchResult(slow).status().code() == StatusCode::kNotFound);
+}
+
+TEST_CASE("E2E: development mode needs no key, and an error report is an ERROR state",
+          "[broker]") {
+  Cluster cluster({"--dev-no-auth"});
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient("");
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job = SubmitOk(*client, "error=node 3 is wrong");
+  const JobStatus failed = WaitDone(*client, job);
+  CHECK(failed.state == JobState::kError);
+  CHECK(failed.code == "INVALID_ARGUMENT");
+  CHECK(failed.message == "node 3 is wrong");
+  CHECK(protocol::DecodeErrorReport(*client->FetchResult(job))->message == "node 3 is wrong");
+  auto unserved = client->Submit(Request("x", "no-such-model"));
+  CHECK(unserved.status().ToString() ==
+        "NOT_FOUND: no worker serves model \"no-such-model\" (served now: \"test-model\")");
+}
+
+}  // namespace
+}  // namespace glassbox::broker
