@@ -4,7 +4,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <fstream>
 #include <sstream>
 #include <iostream>
@@ -15,6 +17,7 @@
 #include "intervention/ops.h"
 #include "protocol/codec.h"
 #include "protocol/json.h"
+#include "worker/serve.h"
 
 namespace glassbox {
 namespace {
@@ -53,23 +56,9 @@ StatusOr<std::vector<int64_t>> EncodePrompt(const Model& model, const std::strin
   return model.tokenizer()->Encode(prompt, /*add_special_tokens=*/false);
 }
 
-nlohmann::json ConfigJson(const Model& model) {
-  const ModelConfig& c = model.config();
-  return {{"architecture", c.architecture}, {"vocab_size", c.vocab_size},
-          {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
-          {"num_layers", c.num_layers}, {"num_heads", c.num_heads},
-          {"num_kv_heads", c.num_kv_heads}, {"head_dim", c.head_dim},
-          {"rope_theta", c.rope_theta}, {"rms_norm_eps", c.rms_norm_eps},
-          {"tie_word_embeddings", c.tie_word_embeddings},
-          {"max_position_embeddings", c.max_position_embeddings},
-          {"device", model.device()}, {"dtype", model.dtype()}};
-}
-
 Status RunInfo(const CommonFlags& flags) {
   GLASSBOX_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadVerbose(flags));
-  nlohmann::json out = nlohmann::json::parse(model->catalogue().ToJson());
-  out["model"] = ConfigJson(*model);
-  std::cout << out.dump(2) << "\n";
+  std::cout << nlohmann::json::parse(worker::CatalogueJson(*model)).dump(2) << "\n";
   return Status::Ok();
 }
 
@@ -172,6 +161,17 @@ Status RunGraph(const CommonFlags& flags, const std::string& graph_path, const s
   return Status::Ok();
 }
 
+std::atomic<bool> stop_serving{false};  // set by SIGINT / SIGTERM
+void StopServing(int) { stop_serving = true; }
+
+Status RunServe(const CommonFlags& flags, worker::ServeParams params) {
+  params.model_path = flags.model_path;
+  params.engine = flags.engine;
+  std::signal(SIGINT, StopServing);
+  std::signal(SIGTERM, StopServing);
+  return worker::Serve(params, stop_serving);
+}
+
 }  // namespace
 }  // namespace glassbox
 
@@ -208,6 +208,17 @@ int main(int argc, char** argv) {
   run->add_option("--out", out_path, "also write the result in the wire format (msgpack)");
   bool scan = false;
   run->add_flag("--scan", scan, "dry run: print every node's dtype and shape, touch no weights");
+  CLI::App* serve = app.add_subcommand("serve", "keep the model resident and run jobs from a broker");
+  AddCommonFlags(serve, flags);
+  worker::ServeParams serve_params;
+  serve->add_option("--name", serve_params.name, "the model name clients ask for")->required();
+  serve->add_option("--broker", serve_params.broker_endpoint, "the broker's worker endpoint")
+      ->capture_default_str();
+  serve->add_option("--heartbeat-ms", serve_params.heartbeat_interval_ms)->capture_default_str();
+  serve->add_option("--max-new-tokens", serve_params.limits.max_new_tokens,
+                    "the most new tokens a job may generate")->capture_default_str();
+  serve->add_option("--max-saved-bytes", serve_params.limits.max_saved_bytes,
+                    "the most bytes a job may save")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (*ops) {
     std::cout << intervention::OpsMarkdown();
@@ -218,6 +229,7 @@ int main(int argc, char** argv) {
   if (*info) status = RunInfo(flags);
   else if (*topk) status = RunTopK(flags, prompt, k);
   else if (*run) status = RunGraph(flags, graph_path, out_path, scan);
+  else if (*serve) status = RunServe(flags, serve_params);
   else status = RunGenerate(flags, prompt, sampling, json);
   if (!status.ok()) {
     std::cerr << "error: " << status.ToString() << "\n";

@@ -1,0 +1,181 @@
+// The whole service with the real engine: redis-server, glassbox-broker and
+// `glassbox-engine serve` as real processes, driven through broker/client.h. What a user gets
+// back must be exactly what running the same graph in-process gives.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include "broker/client.h"
+#include "intervention/intervention.h"
+#include "protocol/codec.h"
+#include "tests/broker/processes.h"
+#include "tests/engine/tensor_fixtures.h"
+
+namespace glassbox::worker {
+namespace {
+
+using broker::testing::ChildProcess;
+using protocol::JobState;
+using protocol::Value;
+
+// Redis, a development-mode broker and engine workers, each a real process.
+class Service {
+ public:
+  explicit Service(std::vector<std::string> broker_flags = {}) : redis_(dir_.path()) {
+    std::vector<std::string> args = {broker::testing::BinDir() + "/glassbox-broker", "serve",
+                                     "--clients", ClientEndpoint(), "--workers", WorkerEndpoint(),
+                                     "--redis", redis_.address(), "--dev-no-auth"};
+    args.insert(args.end(), broker_flags.begin(), broker_flags.end());
+    broker_ = std::make_unique<ChildProcess>(args, dir_.path() + "/broker.log");
+    REQUIRE(broker::testing::WaitForPort(client_port_, 10000));
+  }
+
+  void StartEngine(const std::string& model_path, const std::string& name) {
+    workers_.push_back(std::make_unique<ChildProcess>(
+        std::vector<std::string>{broker::testing::BinDir() + "/glassbox-engine", "serve",
+                                 "--model", model_path, "--name", name, "--broker",
+                                 WorkerEndpoint(), "--heartbeat-ms", "200"},
+        dir_.path() + "/engine-" + name + ".log"));
+  }
+
+  std::unique_ptr<broker::Client> NewClient() {
+    broker::ClientParams params;
+    params.endpoint = ClientEndpoint();
+    params.timeout_ms = 10000;
+    auto client = broker::Client::Connect(params);
+    REQUIRE(client.ok());
+    return std::move(client).value();
+  }
+
+  // Waits until a worker serves `name` (model loading takes a moment); returns its entry.
+  protocol::ModelInfo WaitForModel(broker::Client& client, const std::string& name) {
+    for (int i = 0; i < 600; ++i) {
+      auto models = client.ListModels();
+      if (models.ok()) {
+        for (const auto& m : *models) {
+          if (m.name == name && m.workers > 0) return m;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    FAIL("no engine worker registered model " << name);
+    return {};
+  }
+
+ private:
+  std::string ClientEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(client_port_); }
+  std::string WorkerEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(worker_port_); }
+
+  broker::testing::TempDir dir_;
+  broker::testing::RedisServer redis_;
+  int client_port_ = broker::testing::FreePort();
+  int worker_port_ = broker::testing::FreePort();
+  std::unique_ptr<ChildProcess> broker_;
+  std::vector<std::unique_ptr<ChildProcess>> workers_;
+};
+
+protocol::Request ReadAndSave(const std::string& model, const std::string& point,
+                              std::optional<protocol::GenerateOptions> generate = std::nullopt) {
+  protocol::Request request;
+  request.model = model;
+  protocol::Trace trace;
+  trace.invokes.push_back({std::nullopt, std::vector<int64_t>{1, 17, 42, 99}});
+  trace.invokes.push_back({std::nullopt, std::vector<int64_t>{5, 63}});
+  trace.generate = std::move(generate);
+  trace.nodes.push_back({0, "read", {}, {{"point", Value::String(point)},
+                                         {"invoke", Value::Int(1)}}, "service_test.py:3"});
+  trace.nodes.push_back({1, "save", {Value::Ref(0)}, {{"name", Value::String("x")}}, ""});
+  request.traces.push_back(trace);
+  return request;
+}
+
+broker::JobStatus WaitDone(broker::Client& client, const std::string& job, int timeout_ms) {
+  auto status = client.WaitForStatus(job, {}, timeout_ms);
+  REQUIRE(status.ok());
+  return *status;
+}
+
+TEST_CASE("the engine worker serves graphs through broker and Redis as in-process",
+          "[worker][service]") {
+  Service service;
+  service.StartEngine(testing::kTinyLlamaDir, "tiny");
+  auto client = service.NewClient();
+  const protocol::ModelInfo info = service.WaitForModel(*client, "tiny");
+  nlohmann::json catalogue = nlohmann::json::parse(info.catalogue_json);
+  CHECK(catalogue["model"]["num_layers"] == 3);
+  CHECK(info.catalogue_json.find("model.layers.2.self_attn.attn_pattern") != std::string::npos);
+
+  auto loaded = Model::Load(testing::kTinyLlamaDir);
+  REQUIRE(loaded.ok());
+  for (const char* point : {"lm_head.output", "blocks.1.attn.hook_z", "model.layers.0.mlp.up_proj.input"}) {
+    const protocol::Request request = ReadAndSave("tiny", point);
+    auto job = client->Submit(protocol::EncodeRequest(request));
+    REQUIRE(job.ok());
+    CHECK(WaitDone(*client, *job, 10000).state == JobState::kCompleted);
+    auto remote = client->FetchResult(*job);
+    REQUIRE(remote.ok());
+    auto local = intervention::Run(**loaded, request);
+    REQUIRE(local.ok());
+    INFO(point);
+    CHECK(*remote == protocol::EncodeResult(*local));  // bit for bit
+  }
+
+  // A graph error comes back naming the node and its source line; the worker goes on.
+  auto bad = client->Submit(protocol::EncodeRequest(ReadAndSave("tiny", "model.layers.7.output")));
+  REQUIRE(bad.ok());
+  const broker::JobStatus failed = WaitDone(*client, *bad, 10000);
+  CHECK(failed.state == JobState::kError);
+  CHECK(failed.code == "INVALID_ARGUMENT");
+  CHECK(failed.message.find("node 0 (service_test.py:3)") != std::string::npos);
+  auto report = protocol::DecodeErrorReport(*client->FetchResult(*bad));
+  REQUIRE(report.ok());
+  CHECK(report->message == failed.message);
+  auto after = client->Submit(protocol::EncodeRequest(ReadAndSave("tiny", "lm_head.output")));
+  REQUIRE(after.ok());
+  CHECK(WaitDone(*client, *after, 10000).state == JobState::kCompleted);
+}
+
+TEST_CASE("a long generation is stopped between hook points by its time limit or a cancel",
+          "[worker][service][model][smollm2][slow]") {
+  // The broker itself would give up only after 60 s of grace: a quick end proves the worker
+  // stopped the forward pass on its own.
+  Service service({"--time-limit-ms", "2000", "--time-limit-grace-ms", "60000"});
+  service.StartEngine(testing::kSmolLm2Path, "smollm2");
+  auto client = service.NewClient();
+  service.WaitForModel(*client, "smollm2");
+  protocol::GenerateOptions long_generation;
+  long_generation.max_new_tokens = 400;
+  long_generation.stop_ids = {-1};
+  const std::string request =
+      protocol::EncodeRequest(ReadAndSave("smollm2", "model.norm.output", long_generation));
+
+  auto start = std::chrono::steady_clock::now();
+  auto timed = client->Submit(request);
+  REQUIRE(timed.ok());
+  const broker::JobStatus out_of_time = WaitDone(*client, *timed, 30000);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(out_of_time.state == JobState::kError);
+  CHECK(out_of_time.message.find("time limit of 2 s exceeded") != std::string::npos);
+  CHECK(seconds < 15);
+
+  auto cancelled = client->Submit(request);
+  REQUIRE(cancelled.ok());
+  REQUIRE(client->WaitForStatus(*cancelled, [](const broker::JobStatus& s) {
+    return s.state == JobState::kRunning;
+  }, 10000).ok());
+  auto cancel = client->Cancel(*cancelled);
+  REQUIRE(cancel.ok());
+  CHECK(cancel->state == JobState::kCancelled);
+
+  // The worker is free again at once: a short job completes well before 400 tokens could.
+  auto next = client->Submit(protocol::EncodeRequest(ReadAndSave("smollm2", "lm_head.output")));
+  REQUIRE(next.ok());
+  CHECK(WaitDone(*client, *next, 8000).state == JobState::kCompleted);
+}
+
+}  // namespace
+}  // namespace glassbox::worker

@@ -1,0 +1,65 @@
+// glassbox-engine serve: load once, announce the catalogue, run job after job. Heartbeats
+// and chunking are the broker link's business (broker/worker_link.h); stopping a job
+// between hook points when it is cancelled or out of time is ours.
+#include "worker/serve.h"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <iostream>
+#include <memory>
+
+#include "broker/worker_link.h"
+#include "worker/job.h"
+
+namespace glassbox::worker {
+namespace {
+
+nlohmann::json ConfigJson(const Model& model) {
+  const ModelConfig& c = model.config();
+  return {{"architecture", c.architecture}, {"vocab_size", c.vocab_size},
+          {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
+          {"num_layers", c.num_layers}, {"num_heads", c.num_heads},
+          {"num_kv_heads", c.num_kv_heads}, {"head_dim", c.head_dim},
+          {"rope_theta", c.rope_theta}, {"rms_norm_eps", c.rms_norm_eps},
+          {"tie_word_embeddings", c.tie_word_embeddings},
+          {"max_position_embeddings", c.max_position_embeddings},
+          {"bos_id", c.bos_id}, {"eos_id", c.eos_id},
+          {"device", model.device()}, {"dtype", model.dtype()}};
+}
+
+}  // namespace
+
+std::string CatalogueJson(const Model& model) {
+  nlohmann::json out = nlohmann::json::parse(model.catalogue().ToJson());
+  out["model"] = ConfigJson(model);
+  return out.dump();
+}
+
+Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
+  std::cerr << "loading " << params.model_path << " ..." << std::flush;
+  StatusOr<std::unique_ptr<Model>> loaded = Model::Load(params.model_path, params.engine);
+  if (!loaded.ok()) {
+    std::cerr << " failed\n";
+    return loaded.status();
+  }
+  const Model& model = **loaded;
+  std::cerr << " done; serving '" << params.name << "' to the broker at "
+            << params.broker_endpoint << "\n";
+
+  broker::WorkerParams link;
+  link.broker_endpoint = params.broker_endpoint;
+  link.model_name = params.name;
+  link.catalogue_json = CatalogueJson(model);
+  link.heartbeat_interval_ms = params.heartbeat_interval_ms;
+  auto handler = [&](const broker::JobContext& job, const std::string& request) {
+    intervention::RunControl control;
+    control.interrupt = [&job]() -> Status {
+      return job.ShouldStop() ? Cancelled(job.StopReason()) : Status::Ok();
+    };
+    return RunJob(model, params.name, request, params.limits, control);
+  };
+  return broker::ServeJobs(link, handler, stop);
+}
+
+}  // namespace glassbox::worker

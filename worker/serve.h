@@ -1,0 +1,35 @@
+// The worker room's front door: `glassbox-engine serve` keeps one model resident and runs
+// the jobs a broker hands it, one at a time, until told to stop.
+#ifndef GLASSBOX_WORKER_SERVE_H_
+#define GLASSBOX_WORKER_SERVE_H_
+
+#include <atomic>
+#include <string>
+
+#include "base/status.h"
+#include "engine/engine.h"
+#include "intervention/intervention.h"
+
+namespace glassbox::worker {
+
+struct ServeParams {
+  std::string model_path;
+  std::string name;  // what clients call the model, e.g. "smollm2-135m"
+  std::string broker_endpoint = "tcp://127.0.0.1:5556";
+  EngineParams engine;
+  intervention::InterventionLimits limits;
+  int heartbeat_interval_ms = 1000;
+};
+
+// Loads the model, registers with the broker and serves jobs until `stop` becomes true
+// (e.g. from a signal handler). Returns an error if the model cannot be loaded or the broker
+// endpoint is unusable; job failures go back to their users and never end the loop.
+Status Serve(const ServeParams& params, const std::atomic<bool>& stop);
+
+// The catalogue the worker announces: the engine's hook catalogue JSON with the model's
+// config under "model" (what `glassbox-engine info` prints).
+std::string CatalogueJson(const Model& model);
+
+}  // namespace glassbox::worker
+
+#endif  // GLASSBOX_WORKER_SERVE_H_
