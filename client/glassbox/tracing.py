@@ -158,7 +158,7 @@ def to_wire(value, builder: RequestBuilder):
 
 
 def _proxy_ref(proxy: Proxy, builder: RequestBuilder):
-    if proxy._builder is builder and builder.state == "recording":
+    if proxy._builder is builder and builder.state in ("recording", "edit"):
         return wire.Ref(proxy._id)
     if proxy._resolved():
         return to_wire(proxy._value, builder)
