@@ -275,6 +275,8 @@ class Proxy:
                            "intervention/OPS.md")
 
     def __setattr__(self, name, value):
+        if name == "grad":
+            raise TracingError("overwriting gradients is not an operation graphs can express yet")
         raise TracingError(f"cannot set attribute `{name}` on a traced value")
 
     __hash__ = object.__hash__
