@@ -32,6 +32,11 @@ class GlassboxError(Exception):
         self.source = source
         super().__init__(str(self))
 
+    @classmethod
+    def from_report(cls, report) -> "GlassboxError":
+        """The error a service's error report (``wire.ErrorReport``) stands for."""
+        return cls(report.code, report.message, report.node, report.source)
+
     def __str__(self) -> str:
         where = []
         if self.source:

@@ -44,12 +44,6 @@ def _current_tracer(what: str):
     return current_tracer(what)
 
 
-def _active_tracer():
-    from .tracing import active_tracer
-
-    return active_tracer()
-
-
 class Proxy:
     """A value of a recorded graph (see the module docstring)."""
 
@@ -66,12 +60,18 @@ class Proxy:
 
     # State ---------------------------------------------------------------------------------
 
-    def _live(self) -> bool:
-        """True while the value is still being traced (no value to compute with yet)."""
-        return self._value is _PENDING and _active_tracer() is not None
-
     def _resolved(self) -> bool:
+        """True once the value came back (then operations compute on it directly)."""
         return self._value is not _PENDING
+
+    def _tracer(self, what: str):
+        """The trace to record ``what`` in; a value left over from a finished request (not
+        saved, or failed) says why it has no value instead."""
+        from .tracing import active_tracer
+
+        if active_tracer() is None and not self._resolved() and self._builder.state != "recording":
+            raise TracingError(self._builder.why_no_value(self))
+        return _current_tracer(what)
 
     def _set_value(self, value) -> None:
         object.__setattr__(self, "_value", value)
@@ -91,27 +91,27 @@ class Proxy:
 
     def save(self, name: Optional[str] = None) -> "Proxy":
         """Marks this value to come back; after the block, ``.value`` holds it."""
-        _current_tracer("save()").save(self, name)
+        self._tracer("save()").save(self, name)
         return self
 
     # Graph operations ----------------------------------------------------------------------
 
     def _apply(self, op: str, *args, **kwargs) -> "Proxy":
         """The node ``op(self, *args, **kwargs)`` when tracing; the value itself otherwise."""
-        if not self._live() and self._resolved() and not _is_live((args, kwargs)):
+        if self._resolved() and not _any_pending((args, kwargs)):
             return _eager_method(self._value, op, args, kwargs)
-        return _current_tracer(op).call(op, (self, *args), kwargs)
+        return self._tracer(op).call(op, (self, *args), kwargs)
 
     def __getitem__(self, index):
-        if not self._live() and self._resolved():
+        if self._resolved():
             return self._value[_values_of(index)]
-        return _current_tracer("indexing").getitem(self, index)
+        return self._tracer("indexing").getitem(self, index)
 
     def __setitem__(self, index, value):
-        if not self._live() and self._resolved():
+        if self._resolved():
             self._value[_values_of(index)] = _values_of(value)
             return
-        _current_tracer("slice assignment").setitem(self, index, value)
+        self._tracer("slice assignment").setitem(self, index, value)
 
     def __call__(self, *args, **kwargs):
         raise TracingError(f"a traced value is not callable ({self._describe()})")
@@ -119,23 +119,23 @@ class Proxy:
     @property
     def grad(self) -> "Proxy":
         """The gradient at this hook-point value, after a ``.backward()`` in the same trace."""
-        return _current_tracer(".grad").grad(self)
+        return self._tracer(".grad").grad(self)
 
     def backward(self):
         """Backpropagates from this scalar; ``.grad`` of hook values then holds gradients.
 
         Usable as a plain call or, as in nnsight 0.5, as ``with loss.backward(): ...``.
         """
-        return _current_tracer(".backward()").backward(self)
+        return self._tracer(".backward()").backward(self)
 
     @property
     def shape(self):
-        if self._live():
-            return self._apply("size")
         if self._resolved():
             return getattr(self._value, "shape", None)
         if self._scan is not None:
             return self._scan[1]
+        if self._builder.state == "recording":
+            return self._apply("size")
         raise TracingError(self._builder.why_no_value(self))
 
     @property
@@ -194,33 +194,33 @@ class Proxy:
     # Python protocols a graph cannot express -------------------------------------------------
 
     def __bool__(self):
-        if self._live() or not self._resolved():
+        if not self._resolved():
             raise TracingError(f"bool() of a traced value ({self._describe()}): Python `if`, "
                                "`while`, `and`, `or` cannot depend on values inside the model; "
                                "use glassbox.where(condition, a, b)")
         return bool(self._value)
 
     def __len__(self):
-        if self._live() or not self._resolved():
+        if not self._resolved():
             raise TracingError(f"len() of a traced value ({self._describe()}): its size is not "
                                "known while tracing; use .size(dim) or a scan")
         return len(self._value)
 
     def __iter__(self):
-        if self._live() or not self._resolved():
+        if not self._resolved():
             raise TracingError(f"iterating over a traced value ({self._describe()}): its length "
                                "is not known while tracing; index it instead (x[0], x[1])")
         return iter(self._value)
 
     def __array__(self, dtype=None, copy=None):
-        if self._live() or not self._resolved():
+        if not self._resolved():
             raise TracingError(f"numpy cannot look inside a traced value ({self._describe()}); "
                                "use the whitelisted tensor methods, or .save() it and use the "
                                "value after the block")
         return np.asarray(self._value, dtype=dtype)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        if not any(isinstance(x, Proxy) and x._live() for x in inputs):
+        if not _any_pending(inputs):
             return getattr(ufunc, method)(*_values_of(inputs), **_values_of(kwargs))
         op = _UFUNC_OPS.get(ufunc.__name__)
         if method != "__call__" or op is None or kwargs:
@@ -229,7 +229,7 @@ class Proxy:
         return _current_tracer(f"numpy.{ufunc.__name__}").call(op, inputs, {})
 
     def __array_function__(self, func, types, args, kwargs):
-        if any(isinstance(x, Proxy) and x._live() for x in _flatten(args)):
+        if _any_pending(args):
             raise TracingError(f"numpy.{func.__name__} cannot run inside a traced graph; use the "
                                "glassbox functions (glassbox.cat, glassbox.where, ...) or tensor "
                                "methods instead")
@@ -240,13 +240,15 @@ class Proxy:
         from . import functions
 
         kwargs = kwargs or {}
-        if not any(isinstance(x, Proxy) and x._live() for x in _flatten(args)):
+        if not _any_pending(args):
             return func(*_values_of(args), **_values_of(kwargs))
-        name = getattr(func, "__name__", str(func))
+        name, reflected = torch_op_name(func)
         target = getattr(functions, name, None)
         if target is None:
             raise TracingError(f"torch.{name} is not an operation intervention graphs can "
                                "express (see intervention/OPS.md)")
+        if reflected:
+            args = (args[1], args[0], *args[2:])
         return target(*args, **kwargs)
 
     def __int__(self):
@@ -259,7 +261,7 @@ class Proxy:
         return operator.index(self._concrete("using a traced value as a Python int"))
 
     def _concrete(self, what: str):
-        if self._live() or not self._resolved():
+        if not self._resolved():
             raise TracingError(f"{what} of a traced value ({self._describe()}): Python numbers "
                                "cannot come from inside the model while tracing; keep it a "
                                "traced value (.item() gives one)")
@@ -268,7 +270,7 @@ class Proxy:
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
-        if self._resolved() and not self._live():
+        if self._resolved():
             return getattr(self._value, name)
         raise TracingError(f"`.{name}` is not an operation intervention graphs can express "
                            f"({self._describe()}); the whitelisted methods are listed in "
@@ -300,19 +302,19 @@ class Proxy:
 
 def _binary(op: str, eager, reflected: bool = False):
     def method(self, other):
-        if not self._live() and self._resolved() and not _is_live(other):
+        if self._resolved() and not _any_pending(other):
             return eager(other, self._value) if reflected else eager(self._value, _values_of(other))
         args = (other, self) if reflected else (self, other)
-        return _current_tracer(op).call(op, args, {})
+        return self._tracer(op).call(op, args, {})
 
     return method
 
 
 def _unary(op: str, eager):
     def method(self):
-        if not self._live() and self._resolved():
+        if self._resolved():
             return eager(self._value)
-        return _current_tracer(op).call(op, (self,), {})
+        return self._tracer(op).call(op, (self,), {})
 
     return method
 
@@ -321,9 +323,9 @@ def _in_place(op: str, eager):
     """``h += v``: on a hook-point value, a write into the model (as in-place in PyTorch)."""
 
     def method(self, other):
-        if not self._live() and self._resolved():
+        if self._resolved():
             return eager(self._value, _values_of(other))
-        return _current_tracer(f"{op} in place").update_in_place(self, op, other)
+        return self._tracer(f"{op} in place").update_in_place(self, op, other)
 
     return method
 
@@ -350,7 +352,7 @@ Proxy.__pos__ = lambda self: self
 
 def _unsupported_operator(symbol: str):
     def method(self, *args):
-        if not self._live() and self._resolved():
+        if self._resolved():
             return getattr(self._value, f"__{symbol}__")(*_values_of(args))
         raise TracingError(f"the operator `{symbol}` is not an operation intervention graphs "
                            f"can express ({self._describe()})")
@@ -395,6 +397,22 @@ _DTYPE_NAMES = {"float32", "float", "float16", "half", "bfloat16", "float64", "i
                 "int32", "int", "bool", "uint8"}
 
 
+_TORCH_REFLECTED = {"radd": "add", "rsub": "sub", "rmul": "mul", "rtruediv": "div",
+                    "rdiv": "div", "rpow": "pow", "rmatmul": "matmul"}
+_TORCH_ALIASES = {"truediv": "div", "true_divide": "div", "subtract": "sub",
+                  "multiply": "mul", "and": "logical_and", "or": "logical_or", "invert":
+                  "logical_not", "negative": "neg", "concat": "cat", "concatenate": "cat"}
+
+
+def torch_op_name(func) -> Tuple[str, bool]:
+    """(glassbox function name, whether its first two arguments come reversed) for a torch
+    function or Tensor method (``torch.softmax``, ``Tensor.__radd__``)."""
+    name = getattr(func, "__name__", str(func)).strip("_")
+    if name in _TORCH_REFLECTED:
+        return _TORCH_REFLECTED[name], True
+    return _TORCH_ALIASES.get(name, name), False
+
+
 def _dtype_name(target) -> Optional[str]:
     """The dtype name ``.to(target)`` asks for; None when target is a device."""
     text = str(getattr(target, "name", None) or target)
@@ -414,8 +432,9 @@ def _shape_arg(dims: tuple):
     return list(dims)
 
 
-def _is_live(value) -> bool:
-    return any(isinstance(x, Proxy) and x._live() for x in _flatten((value,)))
+def _any_pending(value) -> bool:
+    """Whether ``value`` holds a proxy that has no value yet (so the operation is traced)."""
+    return any(isinstance(x, Proxy) and not x._resolved() for x in _flatten((value,)))
 
 
 def _flatten(values):

@@ -509,3 +509,21 @@ def test_service_errors_name_node_and_source():
 def test_model_needs_a_backend():
     with pytest.raises(GlassboxError, match="LocalBackend"):
         glassbox.Model("smollm2-135m")
+
+
+def test_error_reports_become_glassbox_errors():
+    report = wire.ErrorReport("NOT_FOUND", "no such model", node=3, source="exp.py:7")
+    error = GlassboxError.from_report(report)
+    assert (error.code, error.node, error.source) == ("NOT_FOUND", 3, "exp.py:7")
+
+
+def test_torch_functions_map_to_glassbox_functions():
+    from glassbox.proxy import torch_op_name
+
+    def named(name):
+        return type("F", (), {"__name__": name})()
+
+    assert torch_op_name(named("softmax")) == ("softmax", False)
+    assert torch_op_name(named("__radd__")) == ("add", True)
+    assert torch_op_name(named("__truediv__")) == ("div", False)
+    assert torch_op_name(named("concat")) == ("cat", False)
