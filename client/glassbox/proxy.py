@@ -26,6 +26,7 @@ from . import signatures
 from .errors import TracingError
 
 _PENDING = object()
+_AFTER_THE_BLOCK = ".save() the value and use it after the `with` block, where it is an array"
 
 
 @dataclass(frozen=True)
@@ -272,9 +273,10 @@ class Proxy:
             raise AttributeError(name)
         if self._resolved():
             return getattr(self._value, name)
+        hint = _AFTER_THE_BLOCK if name in ("numpy", "tolist") else (
+            "the whitelisted methods are listed in intervention/OPS.md")
         raise TracingError(f"`.{name}` is not an operation intervention graphs can express "
-                           f"({self._describe()}); the whitelisted methods are listed in "
-                           "intervention/OPS.md")
+                           f"({self._describe()}); {hint}")
 
     def __setattr__(self, name, value):
         if name == "grad":

@@ -344,7 +344,12 @@ class Tracer:
         if isinstance(value, Proxy) and value._hook == hook:
             return  # `module.output += v` already wrote; writing the point's own value is a no-op
         self.node("write", [value], self.hook_kwargs(hook))
-        self._reads.pop((point, hook.invoke, repr(hook.step)), None)
+        self._forget_reads(point)
+
+    def _forget_reads(self, point: str, keep: Optional[Proxy] = None) -> None:
+        """After a write at ``point``: later reads of it (in any invoke or step) read anew."""
+        for key in [k for k, p in self._reads.items() if k[0] == point and p is not keep]:
+            del self._reads[key]
 
     def skip(self, module_path: str, value) -> None:
         step = "all" if self.trace.generate is not None else self._step
@@ -398,6 +403,7 @@ class Tracer:
         if hook is not None and hook.owner is self:
             self.node("write", [value], {**self.hook_kwargs(hook), "index": key})
             proxy._rebind(self._fresh_read(hook)._id, hook)
+            self._forget_reads(hook.point, keep=proxy)
             return
         proxy._rebind(self.node("setitem", [proxy, key, value])._id, None)
 
@@ -409,6 +415,7 @@ class Tracer:
             return result
         self.node("write", [result], self.hook_kwargs(hook))
         proxy._rebind(self._fresh_read(hook)._id, hook)
+        self._forget_reads(hook.point, keep=proxy)
         return proxy
 
     def save(self, proxy: Proxy, name: Optional[str]) -> None:

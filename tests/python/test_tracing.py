@@ -527,3 +527,13 @@ def test_torch_functions_map_to_glassbox_functions():
     assert torch_op_name(named("__radd__")) == ("add", True)
     assert torch_op_name(named("__truediv__")) == ("div", False)
     assert torch_op_name(named("concat")) == ("cat", False)
+
+
+def test_a_write_at_every_step_refreshes_reads_of_one_step(model, fake):
+    with model.generate("a", max_new_tokens=3) as tr:
+        first = model.model.layers[0].output
+        with tr.all():
+            model.model.layers[0].output[:] = 0
+        again = model.model.layers[0].output
+    assert first is not again
+    assert ops(fake.last) == ["read", "read", "write", "read", "read"]
