@@ -15,6 +15,7 @@ Outside a trace these raise, saying so.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Optional, Sequence
 
 from . import _wire as wire
@@ -26,6 +27,7 @@ from .results import resolve_array_type
 from .tracing import EditRecorder, Session, Tracer, current_tracer
 
 _MODULE_METHODS = ("skip", "next")
+_SKIPPABLE = re.compile(r"^model\.layers\.\d+(\.self_attn|\.mlp)?$")
 
 
 class Envoy:
@@ -94,8 +96,13 @@ class Envoy:
         return self._tracer("__call__").call_module(self._spec.path, value)
 
     def skip(self, value) -> None:
-        """This module does not run; ``value`` stands for its output (for the whole batch)."""
-        self._tracer("skip()").skip(self._spec.path, value)
+        """This module does not run; ``value`` stands for its output (for the whole batch).
+        Only a layer, its self_attn or its mlp can be skipped (intervention/OPS.md)."""
+        tracer = self._tracer("skip()")
+        if not _SKIPPABLE.match(self._spec.path):
+            raise TracingError(f"{self._spec.path or 'the model'} cannot be skipped: only "
+                               "model.layers[N], its self_attn or its mlp can")
+        tracer.skip(self._spec.path, value)
 
     def next(self, steps: int = 1) -> "Envoy":
         """Moves hook-point access to the next generation step (nnsight's module.next())."""

@@ -537,3 +537,13 @@ def test_a_write_at_every_step_refreshes_reads_of_one_step(model, fake):
         again = model.model.layers[0].output
     assert first is not again
     assert ops(fake.last) == ["read", "read", "write", "read", "read"]
+
+
+def test_only_layers_attention_and_mlps_can_be_skipped(model, fake):
+    with model.trace("x"):
+        model.model.layers[0].self_attn.skip(0)
+        model.model.layers[0].mlp.skip(0)
+        with pytest.raises(TracingError, match="cannot be skipped"):
+            model.model.norm.skip(0)
+    assert [n.kwargs["module"] for n in fake.last.traces[0].nodes] == [
+        "model.layers.0.self_attn", "model.layers.0.mlp"]
