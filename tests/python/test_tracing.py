@@ -547,3 +547,22 @@ def test_only_layers_attention_and_mlps_can_be_skipped(model, fake):
             model.model.norm.skip(0)
     assert [n.kwargs["module"] for n in fake.last.traces[0].nodes] == [
         "model.layers.0.self_attn", "model.layers.0.mlp"]
+
+
+def test_results_become_torch_tensors_when_asked(monkeypatch):
+    import sys
+    import types
+
+    from glassbox.results import to_user_value
+
+    fake_torch = types.SimpleNamespace(from_numpy=lambda a: ("tensor", a.shape), bfloat16="bf16")
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    assert to_user_value(np.zeros((2, 3), np.float32), "torch") == ("tensor", (2, 3))
+    assert to_user_value([np.zeros(1, np.float32)], "torch") == [("tensor", (1,))]
+    assert to_user_value(7, "torch") == 7
+
+
+def test_local_backend_needs_the_engine(tmp_path):
+    with pytest.raises(GlassboxError, match="no glassbox-engine binary") as e:
+        glassbox.LocalBackend("model.gguf", engine=str(tmp_path / "missing"))
+    assert e.value.code == "NOT_FOUND"
