@@ -28,7 +28,7 @@ _NAMES = (
     "unsqueeze", "flatten", "split", "clone", "detach",
 )
 globals().update({name: _op(name) for name in _NAMES})
-multiply, subtract, divide = mul, sub, div  # noqa: F821  (torch's long names)
+multiply, subtract, divide = _op("mul"), _op("sub"), _op("div")  # torch's long names
 
 
 def einsum(equation: str, *tensors):

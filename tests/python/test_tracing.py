@@ -190,6 +190,7 @@ def test_reads_of_one_point_share_a_proxy(model, fake):
     nodes = fake.last.traces[0].nodes
     assert [n.op for n in nodes] == ["read", "write", "read", "save"]
     assert nodes[3].args == [Ref(nodes[2].id)]  # saved after the change, as in-place in torch
+    assert saved._id == nodes[2].id
 
 
 def test_slice_assignment_on_other_values_is_a_setitem(model, fake):
