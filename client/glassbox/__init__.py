@@ -1,12 +1,33 @@
 """Glassbox: run intervention graphs on language models that live on a shared service.
 
-Only the wire format is here so far (``glassbox.wire``, protocol/SPEC.md); the client API
-comes next.
+    import glassbox
+    model = glassbox.Model("smollm2-135m", backend=glassbox.LocalBackend("model.gguf"))
+    with model.trace("The capital of France is"):
+        logits = model.lm_head.output.save()
+    logits.value  # a numpy array (a torch tensor when torch is installed)
+
+``glassbox.wire`` is the wire format (protocol/SPEC.md); ``glassbox.functions`` the graph
+operations as torch-like functions (the common ones are re-exported here).
 """
 
 from . import _wire as wire
+from . import functions
+from .backends import Backend, LocalBackend
+from .catalogue import Catalogue, HookPoint
+from .errors import GlassboxError, TracingError
+from .functions import (arange, cat, einsum, full, full_like, log_softmax, ones, ones_like,
+                        randn, softmax, stack, where, zeros, zeros_like)
+from .model import Envoy, Model
+from .proxy import Proxy
+from .tracing import Cache
 
 __version__ = "0.1.0"
 PROTOCOL_VERSION = wire.PROTOCOL_VERSION
 
-__all__ = ["wire", "PROTOCOL_VERSION", "__version__"]
+__all__ = [
+    "wire", "functions", "PROTOCOL_VERSION", "__version__",
+    "Model", "Envoy", "Proxy", "Cache", "Catalogue", "HookPoint",
+    "Backend", "LocalBackend", "GlassboxError", "TracingError",
+    "arange", "cat", "einsum", "full", "full_like", "log_softmax", "ones", "ones_like",
+    "randn", "softmax", "stack", "where", "zeros", "zeros_like",
+]

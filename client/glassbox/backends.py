@@ -1,0 +1,106 @@
+"""Where requests run: the backend interface and a local development backend.
+
+A ``Backend`` gives a model's hook catalogue and runs requests. The service backend (over
+the broker, issue 4) and ``LocalBackend`` implement the same two methods, so tracing code
+never knows which one it talks to:
+
+- ``catalogue() -> dict``: the JSON ``glassbox-engine info`` prints (hook points + config);
+- ``run(request: wire.Request) -> wire.Result``: runs one request; a failure raises
+  ``GlassboxError`` carrying the error report's code, message, node and source.
+
+``LocalBackend`` is for development and tests only: it shells out to a locally built
+``glassbox-engine`` (``info`` once, ``run --graph`` per request), loading the model from disk
+every time. It has no queue, no auth and no limits beyond the engine's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from typing import Optional, Sequence
+
+from . import _wire as wire
+from .errors import GlassboxError
+
+DEFAULT_ENGINE = os.path.join("build", "bin", "glassbox-engine")
+
+
+class Backend:
+    """The interface every backend implements (see the module docstring)."""
+
+    def catalogue(self) -> dict:
+        raise NotImplementedError
+
+    def run(self, request: wire.Request) -> wire.Result:
+        raise NotImplementedError
+
+
+class LocalBackend(Backend):
+    """Runs requests with a local ``glassbox-engine`` binary (development and tests).
+
+    ``model_path`` is a .gguf file or a Hugging Face directory; ``engine`` the binary
+    (default: ``$GLASSBOX_ENGINE`` or ``build/bin/glassbox-engine`` under the current
+    directory); ``extra_args`` go to both subcommands (e.g. ``["--threads", "2"]``);
+    ``timeout`` (seconds) bounds each engine call.
+    """
+
+    def __init__(self, model_path: str, engine: Optional[str] = None,
+                 extra_args: Sequence[str] = (), timeout: Optional[float] = 600.0):
+        self.model_path = str(model_path)
+        self.engine = str(engine or os.environ.get("GLASSBOX_ENGINE") or DEFAULT_ENGINE)
+        self.extra_args = list(extra_args)
+        self.timeout = timeout
+        self._catalogue: Optional[dict] = None
+        if not os.path.isfile(self.engine):
+            raise GlassboxError("NOT_FOUND", f"no glassbox-engine binary at {self.engine} "
+                                "(build it, or pass engine=... or set GLASSBOX_ENGINE)")
+
+    def catalogue(self) -> dict:
+        if self._catalogue is None:
+            out = self._engine("info", [])
+            self._catalogue = json.loads(out)
+        return self._catalogue
+
+    def run(self, request: wire.Request) -> wire.Result:
+        with tempfile.TemporaryDirectory(prefix="glassbox-") as tmp:
+            graph, out = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.msgpack")
+            with open(graph, "w") as f:
+                json.dump(wire.request_to_json(request), f)
+            self._engine("run", ["--graph", graph, "--out", out])
+            with open(out, "rb") as f:
+                return wire.decode_result(f.read())
+
+    def _engine(self, command: str, args: list) -> str:
+        argv = [self.engine, command, "--model", self.model_path, *self.extra_args, *args]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise GlassboxError("CANCELLED", f"glassbox-engine {command} ran past the time "
+                                f"limit of {self.timeout} s") from None
+        if done.returncode != 0:
+            raise error_from_engine_stderr(done.stderr)
+        return done.stdout
+
+
+_STATUS_LINE = re.compile(r"^error: ([A-Z_]+): (.*)", re.S | re.M)
+_NODE_MENTION = re.compile(r"node (\d+)(?: \(([^)]*)\))?")
+
+
+def error_from_engine_stderr(stderr: str) -> GlassboxError:
+    """A GlassboxError from the ``error: CODE: message`` the engine CLI prints on failure.
+
+    When the message names exactly one graph node (``node 7 (exp.py:12)``), that node and
+    its source become the error's ``node`` and ``source``.
+    """
+    match = _STATUS_LINE.search(stderr)
+    if match is None:
+        return GlassboxError("INTERNAL", "glassbox-engine failed: " + (stderr.strip() or "no output"))
+    code, message = match.group(1), match.group(2).strip()
+    nodes = {(int(n), src or "") for n, src in _NODE_MENTION.findall(message)}
+    if len(nodes) == 1:
+        (node, source), = nodes
+        return GlassboxError(code, message, node, source)
+    return GlassboxError(code, message)

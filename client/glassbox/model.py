@@ -1,0 +1,228 @@
+"""``glassbox.Model``: a model on the service, mirrored as a tree of modules.
+
+The tree comes from the model's hook catalogue (see catalogue.py): ``model.model.layers[5]
+.mlp.output``, ``model.lm_head.input``, ``model.model.layers[3].self_attn.attn_pattern``, and
+TransformerLens names for the same points (``model.blocks[3].attn.hook_pattern``). Inside a
+trace, reading a point gives a proxy, assigning one writes it, calling a module runs it on
+any value (``model.lm_head(model.model.norm(h))``) and ``module.skip(value)`` replaces it.
+Outside a trace these raise, saying so.
+
+    model = glassbox.Model("smollm2-135m", backend=LocalBackend("models/SmolLM2.gguf"))
+    with model.trace("The capital of France is"):
+        logits = model.lm_head.output.save()
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Optional, Sequence
+
+from . import _wire as wire
+from .backends import Backend
+from .catalogue import Catalogue, ModuleSpec
+from .errors import GlassboxError, TracingError
+from .proxy import Proxy
+from .results import resolve_array_type
+from .tracing import EditRecorder, Session, Tracer, current_tracer
+
+_MODULE_METHODS = ("skip", "next")
+_SKIPPABLE = re.compile(r"^model\.layers\.\d+(\.self_attn|\.mlp)?$")
+
+
+class Envoy:
+    """One module of the mirrored tree (nnsight's name for it)."""
+
+    def __init__(self, spec: ModuleSpec, model: "Model"):
+        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_children", {})
+
+    @property
+    def _module_path(self) -> str:
+        return self._spec.path
+
+    def _tracer(self, what: str):
+        tracer = current_tracer(f"{self._spec.path}.{what}" if self._spec.path else what)
+        if tracer.model._catalogue is not self._model._catalogue:
+            raise TracingError(f"{self._spec.path} belongs to model {self._model.name}, but the "
+                               f"current trace is of {tracer.model.name}")
+        return tracer
+
+    def _child(self, key: str) -> "Envoy":
+        if key not in self._children:
+            self._children[key] = Envoy(self._spec.children[key], self._model)
+        return self._children[key]
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        spec = self._spec
+        if name in spec.points:
+            return self._tracer(name).read(spec.points[name])
+        if name in spec.children:
+            return self._child(name)
+        raise AttributeError(self._no_such(name))
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in self._spec.points:
+            raise AttributeError(f"cannot set {name!r} on {self._spec.path or 'the model'}: "
+                                 f"only its hook points ({', '.join(self._spec.points)}) can be "
+                                 "assigned, inside a trace")
+        self._tracer(name).write(self._spec.points[name], value)
+
+    def __getitem__(self, index):
+        if not self._spec.is_list():
+            raise TypeError(f"{self._spec.path} is not a list of modules")
+        keys = sorted(self._spec.children, key=int)
+        if isinstance(index, slice):
+            return [self._child(k) for k in keys[index]]
+        try:
+            return self._child(keys[index])
+        except IndexError:
+            raise IndexError(f"{self._spec.path} has {len(keys)} modules; "
+                             f"index {index} is out of range") from None
+
+    def __len__(self) -> int:
+        return len(self._spec.children) if self._spec.is_list() else 0
+
+    def __iter__(self):
+        if not self._spec.is_list():
+            raise TypeError(f"{self._spec.path} is not a list of modules")
+        return (self[i] for i in range(len(self)))
+
+    def __call__(self, value) -> Proxy:
+        """Runs this module on any value (``module`` op), e.g. the logit lens."""
+        return self._tracer("__call__").call_module(self._spec.path, value)
+
+    def skip(self, value) -> None:
+        """This module does not run; ``value`` stands for its output (for the whole batch).
+        Only a layer, its self_attn or its mlp can be skipped (intervention/OPS.md)."""
+        tracer = self._tracer("skip()")
+        if not _SKIPPABLE.match(self._spec.path):
+            raise TracingError(f"{self._spec.path or 'the model'} cannot be skipped: only "
+                               "model.layers[N], its self_attn or its mlp can")
+        tracer.skip(self._spec.path, value)
+
+    def next(self, steps: int = 1) -> "Envoy":
+        """Moves hook-point access to the next generation step (nnsight's module.next())."""
+        self._tracer("next()").next(steps)
+        return self
+
+    def __dir__(self):
+        return sorted(set(self._spec.children) | set(self._spec.points) | set(_MODULE_METHODS))
+
+    def __repr__(self) -> str:
+        parts = []
+        if self._spec.points:
+            parts.append("points: " + ", ".join(self._spec.points))
+        if self._spec.children:
+            children = list(self._spec.children)
+            shown = children if len(children) <= 8 else children[:3] + ["...", children[-1]]
+            parts.append("modules: " + ", ".join(shown))
+        return f"<glassbox module {self._spec.path or self._model.name}; {'; '.join(parts)}>"
+
+    def _no_such(self, name: str) -> str:
+        known = list(self._spec.children) + list(self._spec.points)
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; it has {', '.join(known)}"
+        return f"{self._spec.path or self._model.name} has no module or hook point {name!r}{hint}"
+
+
+class _ModelOutput:
+    """``model.output.logits`` (as on Hugging Face models): the lm_head output."""
+
+    def __init__(self, model: "Model"):
+        self._model = model
+
+    @property
+    def logits(self) -> Proxy:
+        return self._model.lm_head.output
+
+
+class Model(Envoy):
+    """A model served by a backend, mirrored as a module tree (see the module docstring).
+
+    ``name`` is the service's name for the model; ``backend`` runs requests (for now
+    ``LocalBackend``; the service backend comes with the broker). ``arrays`` chooses what
+    saved values become: "auto" (torch tensors when torch is installed, else numpy),
+    "numpy" or "torch".
+    """
+
+    def __init__(self, name: str, backend: Optional[Backend] = None, arrays: str = "auto"):
+        if backend is None:
+            raise GlassboxError("UNIMPLEMENTED", "the network backend is not built yet; pass "
+                                "backend=glassbox.LocalBackend(model_path)")
+        catalogue = Catalogue(backend.catalogue())
+        super().__init__(catalogue.tree, self)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_backend", backend)
+        object.__setattr__(self, "_catalogue", catalogue)
+        object.__setattr__(self, "_arrays", resolve_array_type(arrays))
+        object.__setattr__(self, "_edits", [])
+
+    # Experiments -------------------------------------------------------------------------
+
+    def trace(self, *inputs, scan: bool = False) -> Tracer:
+        """``with model.trace(prompt) as tr:`` records one forward pass over the prompts
+        (strings or token-id lists; a list of them is a batch); runs when the block ends."""
+        return Tracer(self, inputs, scan=scan)
+
+    def generate(self, *inputs, max_new_tokens: int = 1, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 stop_ids: Sequence[int] = ()) -> Tracer:
+        """As trace, but generating: hook points are per step (tr.iter, tr.all(), tr.next());
+        after the block, ``tr.generated`` holds each prompt's new token ids."""
+        options = wire.GenerateOptions(max_new_tokens, float(temperature), top_k,
+                                       float(top_p), seed, list(stop_ids))
+        return Tracer(self, inputs, generate=options)
+
+    def scan(self, *inputs) -> Tracer:
+        """A dry run: ``.shape`` / ``.dtype`` of every traced value, no values, no weights."""
+        return Tracer(self, inputs, scan=True)
+
+    def session(self) -> Session:
+        """``with model.session():`` runs every trace inside as one request."""
+        return Session(self)
+
+    def edit(self, inplace: bool = False) -> EditRecorder:
+        """``with model.edit() as edited:`` records interventions that every later trace of
+        ``edited`` carries (of the model itself with inplace=True), until clear_edits()."""
+        target = self if inplace else self._edited_copy()
+        return EditRecorder(self, target)
+
+    def clear_edits(self) -> None:
+        self._edits.clear()
+
+    def _edited_copy(self) -> "Model":
+        copy = object.__new__(type(self))
+        for key, value in self.__dict__.items():
+            object.__setattr__(copy, key, value)
+        object.__setattr__(copy, "_children", {})
+        object.__setattr__(copy, "_model", copy)
+        object.__setattr__(copy, "_edits", list(self._edits))
+        return copy
+
+    # Description -------------------------------------------------------------------------
+
+    @property
+    def output(self) -> _ModelOutput:
+        return _ModelOutput(self)
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self._catalogue
+
+    @property
+    def config(self) -> dict:
+        return dict(self._catalogue.config)
+
+    def __dir__(self):
+        own = ("trace", "generate", "scan", "session", "edit", "clear_edits", "output",
+               "catalogue", "config", "name")
+        return sorted(set(super().__dir__()) | set(own))
+
+    def __repr__(self) -> str:
+        layers = self._catalogue.num_layers
+        return (f"<glassbox.Model {self.name}: {layers} layers, "
+                f"{len(self._catalogue.points)} hook points>")

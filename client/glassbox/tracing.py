@@ -1,0 +1,687 @@
+"""Recording intervention graphs: traces, invokes, generation steps, sessions and edits.
+
+``with model.trace(...) as tr:`` pushes a ``Tracer`` on a per-thread stack; proxies and
+module attributes append nodes to the current tracer's request. When the outermost block
+ends (the trace, or the session around several traces) the request goes to the model's
+backend in one round trip, and saved proxies, caches and generated tokens receive their
+values.
+
+Which invoke and generation step a hook-point access binds to is the tracer's current
+context: inside ``with tr.invoke(...)`` reads see that prompt's rows; a trace given one
+prompt has it as an implicit invoke; otherwise reads see the whole padded batch. Steps come
+from ``tr.iter[...]``, ``tr.all()`` and ``tr.next()`` in ``model.generate(...)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from . import _wire as wire
+from . import signatures
+from .errors import GlassboxError, TracingError, user_source
+from .proxy import HookRef, Proxy
+from .results import to_user_value
+
+_state = threading.local()
+
+
+def _stack() -> list:
+    if not hasattr(_state, "stack"):
+        _state.stack = []
+    return _state.stack
+
+
+def active_tracer() -> Optional["Tracer"]:
+    """The innermost tracer, or None outside any trace."""
+    stack = _stack()
+    return stack[-1] if stack and isinstance(stack[-1], Tracer) else None
+
+
+def current_tracer(what: str) -> "Tracer":
+    """The innermost tracer; ``what`` names the operation in the error when there is none."""
+    tracer = active_tracer()
+    if tracer is not None:
+        return tracer
+    if _stack():
+        raise TracingError(f"{what} needs a trace: inside a session, open "
+                           "`with model.trace(...)` first")
+    raise TracingError(f"{what} is only available inside `with model.trace(...)` "
+                       "(or model.generate / model.session / model.edit)")
+
+
+# --------------------------------------------------------------------------------------------
+# The request being recorded.
+
+
+class RequestBuilder:
+    """The nodes of one request and the proxies, caches and tracers waiting for its result."""
+
+    def __init__(self, model, state: str = "recording"):
+        self.model = model
+        self.request = wire.Request(model=model.name)
+        self.state = state  # recording, sent, failed, abandoned, edit
+        self.error: Optional[BaseException] = None
+        self.proxies: Dict[int, Proxy] = {}
+        self.saved: Dict[int, Proxy] = {}
+        self.caches: Dict[int, "Cache"] = {}
+        self.tracers: List["Tracer"] = []
+        self._next_id = 0
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def add(self, trace: wire.Trace, op: str, args: list, kwargs: dict, source: str) -> int:
+        node_id = self.new_id()
+        trace.nodes.append(wire.Node(node_id, op, args, kwargs, source))
+        return node_id
+
+    def submit(self) -> None:
+        try:
+            result = self.model._backend.run(self.request)
+        except GlassboxError as e:
+            self.state, self.error = "failed", e
+            raise
+        self.state = "sent"
+        self._deliver(result)
+
+    def abandon(self) -> None:
+        if self.state == "recording":
+            self.state = "abandoned"
+
+    def _deliver(self, result: wire.Result) -> None:
+        convert = self.model._arrays
+        for saved in result.saved:
+            if saved.node in self.saved:
+                self.saved[saved.node]._set_value(to_user_value(saved.value, convert))
+            elif saved.node in self.caches:
+                self.caches[saved.node]._add(saved.name, to_user_value(saved.value, convert))
+        for shape in getattr(result, "shapes", None) or ():
+            _record_shape(self.proxies, shape)
+        generated = iter(result.generated)
+        for tracer in self.tracers:
+            if tracer.trace.generate is not None:
+                tracer.generated = [ids for _, ids in zip(tracer.trace.invokes, generated)]
+
+    def why_no_value(self, proxy: Proxy) -> str:
+        what = proxy._describe()
+        if self.state == "recording":
+            return f"{what} has no value yet: values exist once the `with` block (or the session) ends"
+        if self.state == "edit":
+            return f"{what} belongs to an edit; edits return no values"
+        if self.state == "abandoned":
+            return f"{what} has no value: its trace raised before the request was sent"
+        if self.state == "failed":
+            return f"{what} has no value: the request failed ({self.error})"
+        if self.request.scan:
+            return f"{what}: a scan reports shapes and dtypes (.shape, .dtype), not values"
+        return f"{what} was not saved: call .save() on it inside the trace"
+
+
+def _record_shape(proxies: Dict[int, Proxy], entry) -> None:
+    get = entry.get if isinstance(entry, dict) else (lambda k: getattr(entry, k, None))
+    proxy = proxies.get(get("node"))
+    if proxy is not None:
+        object.__setattr__(proxy, "_scan", (get("dtype"), tuple(get("shape") or ())))
+
+
+# --------------------------------------------------------------------------------------------
+# Values into the wire format.
+
+
+def to_wire(value, builder: RequestBuilder):
+    """``value`` as a wire value: proxies become refs (or their saved values), arrays tensors."""
+    if isinstance(value, Proxy):
+        return _proxy_ref(value, builder)
+    if value is None or value is Ellipsis or isinstance(value, (bool, int, float, str, wire.Ref,
+                                                                 wire.BFloat16Array)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return _wire_array(value)
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        return _wire_array(value.detach().cpu().numpy())
+    if isinstance(value, (list, tuple)):
+        return [to_wire(v, builder) for v in value]
+    if isinstance(value, slice):
+        return slice(*(_slice_bound(p) for p in (value.start, value.stop, value.step)))
+    if hasattr(value, "_module_path"):
+        raise TracingError(f"a module ({value._module_path}) is not a value; use its "
+                           ".output or .input")
+    raise TracingError(f"a {type(value).__name__} cannot travel in an intervention graph "
+                       "(numbers, strings, lists, arrays and traced values can)")
+
+
+def _proxy_ref(proxy: Proxy, builder: RequestBuilder):
+    if proxy._builder is builder and builder.state in ("recording", "edit"):
+        return wire.Ref(proxy._id)
+    if proxy._resolved():
+        return to_wire(proxy._value, builder)
+    if proxy._builder.state == "recording":
+        raise TracingError(f"{proxy._describe()} belongs to another request that has not run "
+                           "yet; to use values across traces, put the traces in one "
+                           "`with model.session():`")
+    raise TracingError(proxy._builder.why_no_value(proxy))
+
+
+def _slice_bound(part):
+    if part is None or (isinstance(part, (int, np.integer)) and not isinstance(part, bool)):
+        return None if part is None else int(part)
+    raise TracingError("slice bounds must be Python ints while tracing (a traced value cannot "
+                       "be a slice bound); index with an index tensor instead")
+
+
+_WIRE_DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8")
+
+
+def _wire_array(array: np.ndarray):
+    if array.dtype.name in _WIRE_DTYPES:
+        return array
+    if array.dtype.kind == "f":
+        return array.astype(np.float32)  # float64 (numpy's default) travels as float32
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64)
+    raise TracingError(f"arrays of dtype {array.dtype} cannot travel in a graph "
+                       f"({', '.join(_WIRE_DTYPES)} can)")
+
+
+def to_wire_index(index, builder: RequestBuilder):
+    """An index as getitem/setitem/write take it: tuples become lists, lists index tensors."""
+    if isinstance(index, tuple):
+        return [_index_part(part, builder) for part in index]
+    return _index_part(index, builder)
+
+
+def _index_part(part, builder: RequestBuilder):
+    if isinstance(part, list):
+        if any(isinstance(x, Proxy) for x in part):
+            raise TracingError("a list index cannot hold traced values; stack them first")
+        return _wire_array(np.asarray(part))
+    return to_wire(part, builder)
+
+
+# --------------------------------------------------------------------------------------------
+# Traces.
+
+
+class Tracer:
+    """One trace: its invokes, its nodes, and the invoke and step new nodes bind to."""
+
+    def __init__(self, model, inputs=(), generate: Optional[wire.GenerateOptions] = None,
+                 scan: bool = False):
+        self.model = model
+        self.generated: Optional[List[List[int]]] = None
+        self._inputs = inputs
+        self._generate = generate
+        self._scan = scan
+        self._invoke: Optional[int] = None
+        self._step: Any = 0
+        self._last_backward: Optional[Proxy] = None
+        self._saves: List[tuple] = []
+        self._reads: Dict[tuple, Proxy] = {}
+        self._own_builder = True
+        self.builder: Optional[RequestBuilder] = None
+        self.trace: Optional[wire.Trace] = None
+
+    # Context ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> "Tracer":
+        self.builder = self._join_request()
+        self.trace = wire.Trace(invokes=[], generate=self._generate)
+        self.builder.request.traces.append(self.trace)
+        self.builder.tracers.append(self)
+        self.builder.request.scan |= self._scan
+        prompts = invokes_from(self._inputs)
+        self.trace.invokes.extend(prompts)
+        self._invoke = 0 if len(prompts) == 1 else None
+        for edit in self.model._edits:
+            edit.apply_to(self)
+        _stack().append(self)
+        return self
+
+    def _join_request(self) -> RequestBuilder:
+        stack = _stack()
+        if stack and isinstance(stack[-1], Session):
+            session = stack[-1]
+            if session.model.name != self.model.name:
+                raise TracingError(f"a trace of {self.model.name} inside a session of "
+                                   f"{session.model.name}")
+            self._own_builder = False
+            return session.builder
+        if stack:
+            raise TracingError("traces do not nest; use `with model.session():` to run several "
+                               "traces in one request")
+        return RequestBuilder(self.model)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        _stack().pop()
+        if exc_type is not None:
+            self.builder.abandon()
+            return False
+        self._emit_saves()
+        if not self.trace.invokes:
+            raise TracingError("this trace has no prompts: pass one to model.trace(...) or use "
+                               "tr.invoke(...)")
+        if self._own_builder:
+            self.builder.submit()
+        return False
+
+    def _emit_saves(self) -> None:
+        for proxy, name, source in self._saves:
+            kwargs = {} if name is None else {"name": name}
+            save_id = self.builder.add(self.trace, "save", [to_wire(proxy, self.builder)],
+                                       kwargs, source)
+            self.builder.saved[save_id] = proxy
+
+    def invoke(self, *inputs) -> "Invoker":
+        """A prompt (text or token ids) added to this trace's batch; inside the block, hook
+        points read and write that prompt's rows. With no input: the whole batch."""
+        return Invoker(self, inputs)
+
+    def scan(self) -> None:
+        """Makes this request a dry run: shapes and dtypes of every node, no values."""
+        self.builder.request.scan = True
+
+    # Generation steps ------------------------------------------------------------------------
+
+    @property
+    def iter(self) -> "StepIndexer":
+        """``with tr.iter[1:3]:`` binds new nodes to generation steps 1 and 2 (once each);
+        ``for step in tr.iter[0:3]:`` unrolls the body per step."""
+        return StepIndexer(self)
+
+    def all(self) -> "StepScope":
+        """``with tr.all():`` binds new nodes to every generation step."""
+        return StepScope(self, self.step_spec(slice(None)))
+
+    def next(self, steps: int = 1) -> "Tracer":
+        """Moves hook-point access to the next generation step (as nnsight's .next())."""
+        if not isinstance(self._step, int):
+            raise TracingError("next() works from a single step, not inside tr.all() or a range")
+        self._step = self.step_spec(self._step + steps)
+        return self
+
+    def step_spec(self, key):
+        """A step index or slice as the wire's ``step``: an int, [start, stop) or "all"."""
+        if self.trace is None or self.trace.generate is None:
+            raise TracingError("generation steps exist only in model.generate(...) traces")
+        steps = self.trace.generate.max_new_tokens
+        if isinstance(key, slice):
+            return _step_range(key, steps)
+        index = key + steps if key < 0 else key
+        if not 0 <= index < steps:
+            raise TracingError(f"step {key} is outside this generation's {steps} steps")
+        return index
+
+    # Hook points -----------------------------------------------------------------------------
+
+    def hook_kwargs(self, hook: HookRef) -> dict:
+        return {"point": hook.point, **_binding_kwargs(hook.invoke, hook.step)}
+
+    def here(self, point: str) -> HookRef:
+        return HookRef(point, self._invoke, self._step, self)
+
+    def read(self, point: str) -> Proxy:
+        """The value at a hook point. Repeated reads of the same point, invoke and step give
+        the same proxy, so that assigning into one is seen through all (as in PyTorch)."""
+        hook = self.here(point)
+        key = (point, hook.invoke, repr(hook.step))
+        if key not in self._reads:
+            self._reads[key] = self._fresh_read(hook)
+        return self._reads[key]
+
+    def _fresh_read(self, hook: HookRef) -> Proxy:
+        return self.node("read", [], self.hook_kwargs(hook), hook=hook)
+
+    def write(self, point: str, value) -> None:
+        """``module.output = value``: replaces the value; earlier reads keep the old one."""
+        hook = self.here(point)
+        if isinstance(value, Proxy) and value._hook == hook:
+            return  # `module.output += v` already wrote; writing the point's own value is a no-op
+        self.node("write", [value], self.hook_kwargs(hook))
+        self._forget_reads(point)
+
+    def _forget_reads(self, point: str, keep: Optional[Proxy] = None) -> None:
+        """After a write at ``point``: later reads of it (in any invoke or step) read anew."""
+        for key in [k for k, p in self._reads.items() if k[0] == point and p is not keep]:
+            del self._reads[key]
+
+    def skip(self, module_path: str, value) -> None:
+        step = "all" if self.trace.generate is not None else self._step
+        self.node("skip", [value], {"module": module_path, **_binding_kwargs(None, step)})
+
+    def call_module(self, module_path: str, value) -> Proxy:
+        return self.node("module", [value], {"name": module_path})
+
+    def cache(self, filter: Any = "", modules: Optional[list] = None) -> "Cache":
+        """Saves every hook point whose name or alias contains ``filter`` (a string or a
+        list of them; ``modules`` takes modules or paths), keyed by point name."""
+        filters = list(modules) if modules is not None else filter
+        filters = filters if isinstance(filters, (list, tuple)) else [filters]
+        cache = Cache(self.model._catalogue)
+        for f in filters:
+            text = getattr(f, "_module_path", f)
+            kwargs = {"filter": text, **_binding_kwargs(self._invoke, self._step)}
+            proxy = self.node("cache", [], kwargs)
+            self.builder.caches[proxy._id] = cache
+        return cache
+
+    # Nodes -----------------------------------------------------------------------------------
+
+    def node(self, op: str, args: list, kwargs: Optional[dict] = None, hook=None, view=None) -> Proxy:
+        source = user_source()
+        wire_args = [to_wire(a, self.builder) for a in args]
+        wire_kwargs = {k: to_wire(v, self.builder) for k, v in (kwargs or {}).items()}
+        node_id = self.builder.add(self.trace, op, wire_args, wire_kwargs, source)
+        proxy = Proxy(self.builder, node_id, hook, view, op, source)
+        self.builder.proxies[node_id] = proxy
+        return proxy
+
+    def call(self, op: str, args: tuple, kwargs: dict) -> Proxy:
+        positional, keywords = signatures.bind(op, tuple(args), kwargs)
+        return self.node(op, positional, keywords)
+
+    def getitem(self, proxy: Proxy, index) -> Proxy:
+        hooked = proxy._hook is not None or proxy._view is not None
+        return self.node("getitem", [proxy, to_wire_index(index, self.builder)],
+                         view=(proxy, index) if hooked else None)
+
+    def setitem(self, proxy: Proxy, index, value) -> None:
+        """``x[index] = value``: a write into the model when x was read at a hook point of
+        this trace; otherwise a copy of x with the assignment (values are immutable)."""
+        if proxy._view is not None:
+            raise TracingError("assigning into an index of an indexed hook-point value would "
+                               "change the model through a view; index the hook point once "
+                               "instead, e.g. layer.output[0, :, 3] = 0")
+        key = to_wire_index(index, self.builder)
+        hook = proxy._hook
+        if hook is not None and hook.owner is self:
+            self.node("write", [value], {**self.hook_kwargs(hook), "index": key})
+            proxy._rebind(self._fresh_read(hook)._id, hook)
+            self._forget_reads(hook.point, keep=proxy)
+            return
+        proxy._rebind(self.node("setitem", [proxy, key, value])._id, None)
+
+    def update_in_place(self, proxy: Proxy, op: str, other) -> Proxy:
+        """``x op= other``: writes the result back when x was read at a hook point."""
+        result = self.call(op, (proxy, other), {})
+        hook = proxy._hook
+        if hook is None or hook.owner is not self:
+            return result
+        self.node("write", [result], self.hook_kwargs(hook))
+        proxy._rebind(self._fresh_read(hook)._id, hook)
+        self._forget_reads(hook.point, keep=proxy)
+        return proxy
+
+    def save(self, proxy: Proxy, name: Optional[str]) -> None:
+        # Emitted when the trace ends, so that the value saved is the variable's last one
+        # (as with in-place changes in PyTorch).
+        if not any(p is proxy for p, _, _ in self._saves):
+            self._saves.append((proxy, name, user_source()))
+
+    def backward(self, loss: Proxy) -> "BackwardScope":
+        self._last_backward = self.node("backward", [loss])
+        return BackwardScope()
+
+    def grad(self, proxy: Proxy) -> Proxy:
+        if self._last_backward is None:
+            raise TracingError(".grad needs a .backward() on a scalar earlier in this trace "
+                               "(call loss.backward(), then read h.grad)")
+        if proxy._view is not None:
+            base, index = proxy._view
+            return self.getitem(self.grad(base), index)
+        if proxy._hook is None or proxy._hook.owner is not self:
+            raise TracingError(".grad exists for values read at a hook point of this trace "
+                               "(model.layers[N].output, ...) and indexes of them")
+        return self.node("grad", [self._last_backward], self.hook_kwargs(proxy._hook))
+
+
+def _binding_kwargs(invoke: Optional[int], step) -> dict:
+    """The invoke and step kwargs of a hook-bound node, left out when they are the defaults."""
+    kwargs: Dict[str, Any] = {}
+    if invoke is not None:
+        kwargs["invoke"] = invoke
+    if step != 0:
+        kwargs["step"] = step
+    return kwargs
+
+
+def _step_range(key: slice, steps: int):
+    if key.step not in (None, 1):
+        raise TracingError("generation steps go one by one; a step slice cannot have a stride")
+    start = 0 if key.start is None else (key.start + steps if key.start < 0 else key.start)
+    stop = steps if key.stop is None else (key.stop + steps if key.stop < 0 else key.stop)
+    stop = min(stop, steps)
+    if not 0 <= start < stop:
+        raise TracingError(f"steps [{key.start}:{key.stop}] select nothing of this "
+                           f"generation's {steps} steps")
+    if (start, stop) == (0, steps) and steps > 1:
+        return "all"
+    return start if stop - start == 1 else [start, stop]
+
+
+def invokes_from(inputs) -> List[wire.Invoke]:
+    """Invokes for ``model.trace(*inputs)``: prompts (str), token-id lists, or lists of them."""
+    if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) and inputs[0] and \
+            not _is_ids(inputs[0]):
+        inputs = tuple(inputs[0])
+    if len(inputs) == 1 and isinstance(inputs[0], np.ndarray) and inputs[0].ndim == 2:
+        inputs = tuple(inputs[0])
+    return [_invoke(x) for x in inputs]
+
+
+def _is_ids(value) -> bool:
+    items = list(value)
+    return bool(items) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                               for i in items)
+
+
+def _invoke(prompt) -> wire.Invoke:
+    if isinstance(prompt, str):
+        return wire.Invoke(prompt=prompt)
+    if isinstance(prompt, np.ndarray) and prompt.ndim == 1:
+        prompt = prompt.tolist()
+    if isinstance(prompt, (list, tuple)) and _is_ids(prompt):
+        return wire.Invoke(ids=[int(i) for i in prompt])
+    raise TracingError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}")
+
+
+class Invoker:
+    """``with tr.invoke(prompt):`` (see Tracer.invoke)."""
+
+    def __init__(self, tracer: Tracer, inputs: tuple):
+        self._tracer = tracer
+        self._inputs = inputs
+        self._previous: Optional[int] = None
+
+    def __enter__(self) -> "Invoker":
+        tracer = self._tracer
+        prompts = invokes_from(self._inputs)
+        if len(prompts) > 1:
+            raise TracingError("one invoke holds one prompt; use one tr.invoke(...) per prompt")
+        self._previous = tracer._invoke
+        tracer._invoke = None
+        if prompts:
+            tracer._invoke = len(tracer.trace.invokes)
+            tracer.trace.invokes.extend(prompts)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._tracer._invoke = self._previous
+        return False
+
+
+class StepIndexer:
+    def __init__(self, tracer: Tracer):
+        self._tracer = tracer
+
+    def __getitem__(self, key) -> "StepScope":
+        return StepScope(self._tracer, self._tracer.step_spec(key))
+
+
+class StepScope:
+    """Binds new hook-point accesses to generation steps while active."""
+
+    def __init__(self, tracer: Tracer, step):
+        self._tracer = tracer
+        self._step = step
+        self._previous = None
+
+    def __enter__(self) -> "StepScope":
+        self._previous, self._tracer._step = self._tracer._step, self._step
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._tracer._step = self._previous
+        return False
+
+    def __iter__(self):
+        steps = self._expand()
+        previous = self._tracer._step
+        try:
+            for step in steps:
+                self._tracer._step = step
+                yield step
+        finally:
+            self._tracer._step = previous
+
+    def _expand(self) -> List[int]:
+        if isinstance(self._step, int):
+            return [self._step]
+        if self._step == "all":
+            return list(range(self._tracer.trace.generate.max_new_tokens))
+        return list(range(*self._step))
+
+
+class BackwardScope:
+    """What ``loss.backward()`` returns: usable as ``with loss.backward():`` (nnsight 0.5)."""
+
+    def __enter__(self) -> "BackwardScope":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
+class Cache(Mapping):
+    """``tr.cache(...)``'s values after the request ran, keyed by hook point name (aliases
+    work as keys too); in a generation with per-step caching, ``name.stepN``."""
+
+    def __init__(self, catalogue):
+        self._catalogue = catalogue
+        self._values: Dict[str, Any] = {}
+
+    def _add(self, name: str, value) -> None:
+        self._values[name] = value
+
+    def __getitem__(self, name: str):
+        if name in self._values:
+            return self._values[name]
+        base, dot, step = name.rpartition(".step")
+        point = self._catalogue.find(base if dot and step.isdigit() else name)
+        if point is not None:
+            key = point.name + (dot + step if dot and step.isdigit() else "")
+            if key in self._values:
+                return self._values[key]
+        raise KeyError(f"{name} was not cached (cached: {len(self._values)} points)")
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"<glassbox.Cache of {len(self._values)} points>"
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions and edits.
+
+
+class Session:
+    """``with model.session():`` records several traces and runs them as one request; later
+    traces may use earlier traces' values directly."""
+
+    def __init__(self, model):
+        self.model = model
+        self.builder: Optional[RequestBuilder] = None
+
+    def __enter__(self) -> "Session":
+        if _stack():
+            raise TracingError("a session cannot start inside a trace or another session")
+        self.builder = RequestBuilder(self.model)
+        _stack().append(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        _stack().pop()
+        if exc_type is not None:
+            self.builder.abandon()
+            return False
+        if self.builder.request.traces:
+            self.builder.submit()
+        return False
+
+
+class Edit:
+    """Nodes recorded by ``model.edit()``, prepended to every later trace of the model."""
+
+    _HOOK_OPS = ("read", "write", "skip", "cache")
+
+    def __init__(self, nodes: List[wire.Node]):
+        self.nodes = nodes
+
+    def apply_to(self, tracer: Tracer) -> None:
+        ids: Dict[int, int] = {}
+        generating = tracer.trace.generate is not None
+        for node in self.nodes:
+            ids[node.id] = tracer.builder.new_id()
+            kwargs = {k: _renumber(v, ids) for k, v in node.kwargs.items()}
+            if generating and node.op in self._HOOK_OPS and kwargs.get("step", 0) == 0:
+                kwargs["step"] = "all"  # an edit holds for every forward pass
+            args = [_renumber(a, ids) for a in node.args]
+            tracer.trace.nodes.append(wire.Node(ids[node.id], node.op, args, kwargs, node.source))
+
+
+def _renumber(value, ids: Dict[int, int]):
+    if isinstance(value, wire.Ref):
+        return wire.Ref(ids[value.id])
+    if isinstance(value, list):
+        return [_renumber(v, ids) for v in value]
+    return value
+
+
+class EditRecorder(Tracer):
+    """``with model.edit() as edited:`` records interventions without running anything;
+    ``edited`` (or the model itself with inplace=True) carries them into later traces."""
+
+    def __init__(self, model, target):
+        super().__init__(model)
+        self._target = target
+
+    def __enter__(self):
+        if _stack():
+            raise TracingError("model.edit() cannot start inside a trace or a session")
+        self.builder = RequestBuilder(self.model, state="edit")
+        self.trace = wire.Trace()
+        self.builder.tracers.append(self)
+        _stack().append(self)
+        return self._target
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        _stack().pop()
+        if exc_type is None:
+            self._target._edits.append(Edit(self.trace.nodes))
+        return False
+
+    def save(self, proxy: Proxy, name: Optional[str]) -> None:
+        raise TracingError("an edit returns no values: save inside a trace instead")
+
+    def cache(self, *args, **kwargs):
+        raise TracingError("an edit returns no values: cache inside a trace instead")

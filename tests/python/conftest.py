@@ -1,0 +1,121 @@
+"""Shared helpers for the Python client tests.
+
+- ``FakeBackend``: a catalogue shaped like the engine's (made up here, no server) that
+  records every request and answers with zeros for each saved node, so graph-building tests
+  can look at exactly what a trace sends.
+- ``engine`` / ``tiny_model`` / ``smollm2``: the real engine through LocalBackend, skipped
+  with the reason when the binary (build/bin/glassbox-engine under the repository root, or
+  $GLASSBOX_ENGINE) or the model is missing.
+"""
+
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "client"))
+
+import glassbox  # noqa: E402
+from glassbox import wire  # noqa: E402
+
+TINY_LLAMA = ROOT / "tests" / "fixtures" / "tiny_llama"
+SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_LAYER_POINTS = {
+    # point -> (aliases with {n} for the layer, shape)
+    "input": (["blocks.{n}.hook_resid_pre"], ["batch", "seq", "8"]),
+    "self_attn.input": ([], ["batch", "seq", "8"]),
+    "self_attn.q_proj.input": ([], ["batch", "seq", "8"]),
+    "self_attn.q_proj.output": ([], ["batch", "seq", "8"]),
+    "self_attn.q": (["blocks.{n}.attn.hook_q"], ["batch", "seq", "2", "4"]),
+    "self_attn.attn_pattern": (["blocks.{n}.attn.hook_pattern"], ["batch", "2", "seq", "k_seq"]),
+    "self_attn.z": (["blocks.{n}.attn.hook_z"], ["batch", "seq", "2", "4"]),
+    "self_attn.output": (["blocks.{n}.hook_attn_out"], ["batch", "seq", "8"]),
+    "mlp.input": ([], ["batch", "seq", "8"]),
+    "mlp.output": (["blocks.{n}.hook_mlp_out"], ["batch", "seq", "8"]),
+    "output": (["blocks.{n}.hook_resid_post"], ["batch", "seq", "8"]),
+}
+
+
+def fake_catalogue(layers: int = 3) -> dict:
+    """A small catalogue in the shape `glassbox-engine info` prints."""
+    points = [
+        {"name": "model.embed_tokens.output", "aliases": ["hook_embed"], "dtype": "float32",
+         "shape": ["batch", "seq", "8"], "layer": -1, "meaning": "token embeddings"},
+        {"name": "model.norm.output", "aliases": ["ln_final.hook_normalized"],
+         "dtype": "float32", "shape": ["batch", "seq", "8"], "layer": -1, "meaning": ""},
+        {"name": "lm_head.output", "aliases": ["unembed.hook_logits"], "dtype": "float32",
+         "shape": ["batch", "seq", "16"], "layer": -1, "meaning": "logits"},
+    ]
+    for n in range(layers):
+        for suffix, (aliases, shape) in _LAYER_POINTS.items():
+            points.append({"name": f"model.layers.{n}.{suffix}", "dtype": "float32",
+                           "aliases": [a.format(n=n) for a in aliases], "shape": shape,
+                           "layer": n, "meaning": ""})
+    return {"hook_points": points, "model": {"num_layers": layers, "hidden_size": 8}}
+
+
+class FakeBackend(glassbox.Backend):
+    """Records requests; answers each save with zeros (or what `answer` returns)."""
+
+    def __init__(self, layers: int = 3, answer=None):
+        self._catalogue = fake_catalogue(layers)
+        self.requests = []
+        self.answer = answer
+
+    def catalogue(self) -> dict:
+        return self._catalogue
+
+    def run(self, request: wire.Request) -> wire.Result:
+        # Every request a trace sends must survive the codec (as the service will decode it).
+        encoded = wire.encode_request(request)
+        assert wire.decode_request(encoded) is not None
+        self.requests.append(request)
+        if self.answer is not None:
+            return self.answer(request)
+        saved = [wire.SavedValue(f"node_{n.id}", n.id, np.zeros((1, 2), np.float32))
+                 for t in request.traces for n in t.nodes if n.op == "save"]
+        return wire.Result(saved=saved)
+
+    @property
+    def last(self) -> wire.Request:
+        return self.requests[-1]
+
+
+@pytest.fixture
+def fake():
+    return FakeBackend()
+
+
+@pytest.fixture
+def model(fake):
+    return glassbox.Model("fake", backend=fake, arrays="numpy")
+
+
+def engine_binary() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("GLASSBOX_ENGINE") or ROOT / "build" / "bin" / "glassbox-engine")
+
+
+@pytest.fixture(scope="session")
+def engine() -> str:
+    path = engine_binary()
+    if not path.is_file():
+        pytest.skip(f"no engine binary at {path} (build it, or set GLASSBOX_ENGINE)")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(engine):
+    return glassbox.Model("tiny-llama", backend=glassbox.LocalBackend(TINY_LLAMA, engine=engine),
+                          arrays="numpy")
+
+
+@pytest.fixture(scope="session")
+def smollm2(engine):
+    if not SMOLLM2.is_file():
+        pytest.skip(f"no model at {SMOLLM2} (./setup.sh downloads it)")
+    return glassbox.Model("smollm2-135m", backend=glassbox.LocalBackend(SMOLLM2, engine=engine),
+                          arrays="numpy")
