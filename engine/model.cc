@@ -11,6 +11,10 @@
 #include <ATen/ops/tensor.h>
 #include <c10/util/Exception.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -165,6 +169,11 @@ StatusOr<std::unique_ptr<Model>> ModelLoader::Load(const std::string& path, cons
   GLASSBOX_ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDtype(params.dtype));
   GLASSBOX_RETURN_IF_ERROR(CheckDtypeSupported(device, dtype, params.dtype));
   if (params.intra_op_threads > 0) at::set_num_threads(params.intra_op_threads);
+#if defined(__GLIBC__)
+  if (params.malloc_mmap_threshold > 0) {
+    mallopt(M_MMAP_THRESHOLD, static_cast<int>(std::min<size_t>(params.malloc_mmap_threshold, 1 << 30)));
+  }
+#endif
   GLASSBOX_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModelFiles(path));
   std::unique_ptr<Model> model(new Model());
   model->config_ = loaded.config;
@@ -175,6 +184,9 @@ StatusOr<std::unique_ptr<Model>> ModelLoader::Load(const std::string& path, cons
   model->catalogue_ = std::make_unique<HookCatalogue>(dims);
   MoveWeights(loaded.weights, device, dtype);
   model->llama_ = std::make_unique<LlamaModel>(c, std::move(loaded.weights), device, dtype);
+#if defined(__GLIBC__)
+  malloc_trim(0);  // hand loading's temporaries back to the OS: a resident model stays lean
+#endif
   return model;
 }
 
