@@ -7,6 +7,7 @@
 #include <zmq.hpp>
 
 #include <chrono>
+#include <fstream>
 
 #include "broker/broker_core_impl.h"
 
@@ -55,8 +56,12 @@ class ZmqOutbox : public internal::Outbox {
 };
 
 StatusOr<zmq::socket_t> BindRouter(zmq::context_t& ctx, const std::string& endpoint,
-                                   int64_t max_message_bytes) {
+                                   int64_t max_message_bytes, const std::string& curve_secret = "") {
   zmq::socket_t socket(ctx, zmq::socket_type::router);
+  if (!curve_secret.empty()) {
+    socket.set(zmq::sockopt::curve_server, 1);
+    socket.set(zmq::sockopt::curve_secretkey, curve_secret);
+  }
   socket.set(zmq::sockopt::router_mandatory, 1);
   socket.set(zmq::sockopt::linger, 0);
   socket.set(zmq::sockopt::sndhwm, 100000);
@@ -113,9 +118,15 @@ internal::StoreTtls TtlsOf(const BrokerParams& params) {
 
 Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   zmq::context_t ctx(1);
+  std::string curve_secret;
+  if (!params.curve_secret_key_file.empty()) {
+    GLASSBOX_ASSIGN_OR_RETURN(curve_secret, ReadCurveKeyFile(params.curve_secret_key_file));
+  }
   GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t clients,
-                            BindRouter(ctx, params.client_endpoint, params.max_client_message_bytes));
+                            BindRouter(ctx, params.client_endpoint,
+                                       params.max_client_message_bytes, curve_secret));
   GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t workers, BindRouter(ctx, params.worker_endpoint, -1));
+  workers.set(zmq::sockopt::router_handover, 1);  // a worker reconnecting keeps its identity
   std::unique_ptr<internal::JobStore> store =
       internal::NewRedisJobStore(params.redis_address, TtlsOf(params));
   internal::SystemClock clock;
@@ -123,7 +134,8 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   internal::BrokerCore core(params, store.get(), &clock, &outbox);
   Status recovered = core.Recover();
   if (!recovered.ok()) LogLine("cannot reload queues yet (will retry): " + recovered.ToString());
-  LogLine("serving clients on " + params.client_endpoint + ", workers on " +
+  LogLine("serving clients on " + params.client_endpoint +
+          (curve_secret.empty() ? "" : " (CURVE encrypted)") + ", workers on " +
           params.worker_endpoint + ", redis at " + params.redis_address);
 
   auto on_client = [&](const std::string& peer, std::string_view b) { core.OnClientMessage(peer, b); };
@@ -183,6 +195,32 @@ StatusOr<std::vector<ApiKeyInfo>> ListApiKeys(const std::string& redis_address) 
 
 Status RevokeApiKey(const std::string& redis_address, const std::string& key_id) {
   return internal::NewRedisJobStore(redis_address, {})->RevokeApiKey(key_id);
+}
+
+// ---------------------------------------------------------------------------------------
+// CURVE keys.
+
+StatusOr<CurveKeyPair> MakeCurveKeyPair() {
+  char public_key[41];
+  char secret_key[41];
+  if (zmq_curve_keypair(public_key, secret_key) != 0) {
+    return Unimplemented(std::string("this libzmq cannot make CURVE keys: ") +
+                         zmq_strerror(zmq_errno()));
+  }
+  return CurveKeyPair{public_key, secret_key};
+}
+
+StatusOr<std::string> ReadCurveKeyFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("cannot read CURVE key file " + path);
+  std::string key;
+  in >> key;
+  if (key.size() != 40) {
+    return InvalidArgument("CURVE key file " + path +
+                           " does not hold a 40-character Z85 key (glassbox-broker curve-keygen "
+                           "makes one)");
+  }
+  return key;
 }
 
 }  // namespace glassbox::broker

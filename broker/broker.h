@@ -41,6 +41,10 @@ struct BrokerParams {
   int64_t result_ttl_ms = int64_t{3600} * 1000;             // results stay fetchable this long
   int64_t record_ttl_ms = int64_t{7} * 24 * 3600 * 1000;    // job records (status by id)
   int64_t max_client_message_bytes = int64_t{80} << 20;     // ZMQ_MAXMSGSIZE on the client socket
+  // Optional CURVE encryption of the client socket: a file holding the broker's Z85 secret
+  // key (40 characters; `glassbox-broker curve-keygen` makes one). Clients then need the
+  // matching public key (ClientParams::curve_server_key); plain clients get no answer.
+  std::string curve_secret_key_file;
 };
 
 // Serves until `stop` becomes true (checked at least every 50 ms), then returns OK. Errors:
@@ -71,6 +75,15 @@ StatusOr<NewApiKey> CreateApiKey(const std::string& redis_address, const std::st
                                  const KeyLimits& limits);
 StatusOr<std::vector<ApiKeyInfo>> ListApiKeys(const std::string& redis_address);
 Status RevokeApiKey(const std::string& redis_address, const std::string& key_id);  // NOT_FOUND
+
+// CURVE keys (Z85 text, 40 characters each) for encrypting client connections.
+struct CurveKeyPair {
+  std::string public_key;
+  std::string secret_key;
+};
+StatusOr<CurveKeyPair> MakeCurveKeyPair();  // UNIMPLEMENTED if libzmq lacks CURVE
+// The key stored in `path` (surrounding whitespace ignored); INVALID_ARGUMENT if it is not one.
+StatusOr<std::string> ReadCurveKeyFile(const std::string& path);
 
 }  // namespace glassbox::broker
 

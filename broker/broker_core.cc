@@ -20,8 +20,9 @@ constexpr int64_t kKeyCacheMs = 1000;  // a revoked key stops working within thi
 constexpr size_t kRecentJobs = 10000;
 
 bool IsJobId(const std::string& id) {
-  return id.size() == 32 &&
-         std::all_of(id.begin(), id.end(), [](char c) { return std::isxdigit(c) && !std::isupper(c); });
+  return id.size() == 32 && std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
 }
 
 std::string Shorten(const std::string& s) { return s.size() <= 64 ? s : s.substr(0, 64) + "..."; }
@@ -422,8 +423,13 @@ void BrokerCore::HandleWorker(Worker& worker, const BrokerMessage& m) {
 }
 
 void BrokerCore::Ready(const std::string& peer, const BrokerMessage& m) {
-  if (workers_.count(peer)) RemoveWorker(peer, /*died=*/false);
   const int64_t now = clock_->NowMs();
+  auto known = workers_.find(peer);
+  if (known != workers_.end() && !m.job.empty() && known->second.job == m.job) {
+    known->second.last_seen_ms = now;  // reconnected mid-job: it keeps its job
+    return;
+  }
+  if (known != workers_.end()) RemoveWorker(peer, /*died=*/false);
   Worker& w = workers_[peer];
   w.peer = peer;
   w.model = m.model;
@@ -682,6 +688,7 @@ JobRecord BrokerCore::FinishJob(LiveJob& job, JobState state, const std::string&
                                 const std::string& message) {
   if (job.record.state == JobState::kRunning && !job.worker.empty()) {
     --running_by_owner_[job.record.owner];
+    if (job.compute_ms == 0) job.compute_ms = clock_->NowMs() - job.started_ms;
   } else if (job.record.state == JobState::kQueued) {
     Unqueue(job);
   }

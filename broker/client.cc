@@ -60,6 +60,14 @@ class Client::Impl {
       : params_(params), socket_(ctx_, zmq::socket_type::dealer), prefix_(RandomPrefix()) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::maxmsgsize, params.max_message_bytes);
+    if (!params.curve_server_key.empty()) {  // an ephemeral key pair for this connection
+      char public_key[41];
+      char secret_key[41];
+      zmq_curve_keypair(public_key, secret_key);
+      socket_.set(zmq::sockopt::curve_serverkey, params.curve_server_key);
+      socket_.set(zmq::sockopt::curve_publickey, std::string(public_key));
+      socket_.set(zmq::sockopt::curve_secretkey, std::string(secret_key));
+    }
     socket_.connect(params.endpoint);
   }
 

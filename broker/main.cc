@@ -3,12 +3,14 @@
 //   glassbox-broker keys create --name NAME [--max-queued N --max-running N --max-request-bytes N]
 //   glassbox-broker keys list
 //   glassbox-broker keys revoke ID
+//   glassbox-broker curve-keygen --out PREFIX      (PREFIX.key secret, PREFIX.pub public)
 #include <CLI/CLI.hpp>
 
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
+#include <sys/stat.h>
 
 #include "broker/broker.h"
 
@@ -44,6 +46,8 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
   serve->add_option("--max-message-bytes", p->max_client_message_bytes,
                     "largest frame a client may send (ZMQ_MAXMSGSIZE)")
       ->capture_default_str();
+  serve->add_option("--curve-secret-key-file", p->curve_secret_key_file,
+                    "encrypt client connections (CURVE) with the secret key in this file");
   serve->add_option("--dev-max-request-bytes", p->default_limits.max_request_bytes,
                     "development mode: request size limit")
       ->capture_default_str();
@@ -96,6 +100,26 @@ int ListKeys(const std::string& redis) {
   return 0;
 }
 
+int WriteCurveKeys(const std::string& prefix) {
+  auto pair = glassbox::broker::MakeCurveKeyPair();
+  if (!pair.ok()) return Fail(pair.status());
+  const std::string secret_path = prefix + ".key";
+  const std::string public_path = prefix + ".pub";
+  FILE* secret = std::fopen(secret_path.c_str(), "w");
+  FILE* pub = std::fopen(public_path.c_str(), "w");
+  if (secret == nullptr || pub == nullptr) {
+    return Fail(glassbox::InvalidArgument("cannot write " + secret_path + " / " + public_path));
+  }
+  chmod(secret_path.c_str(), 0600);
+  std::fprintf(secret, "%s\n", pair->secret_key.c_str());
+  std::fprintf(pub, "%s\n", pair->public_key.c_str());
+  std::fclose(secret);
+  std::fclose(pub);
+  std::printf("wrote %s (secret: give it to `serve --curve-secret-key-file`) and %s (public: for "
+              "clients)\n", secret_path.c_str(), public_path.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -120,9 +144,14 @@ int main(int argc, char** argv) {
   std::string revoke_id;
   CLI::App* revoke = keys->add_subcommand("revoke", "revoke a key by id");
   revoke->add_option("id", revoke_id, "the key's id (from keys list)")->required();
+  std::string curve_prefix;
+  CLI::App* keygen = app.add_subcommand(
+      "curve-keygen", "write a CURVE key pair: PREFIX.key (secret, for serve) and PREFIX.pub");
+  keygen->add_option("--out", curve_prefix, "path prefix of the two files")->required();
   CLI11_PARSE(app, argc, argv);
 
   if (serve->parsed()) return Serve(params);
+  if (keygen->parsed()) return WriteCurveKeys(curve_prefix);
   if (create->parsed()) {
     auto key = glassbox::broker::CreateApiKey(redis, name, limits);
     if (!key.ok()) return Fail(key.status());

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <memory>
 #include <optional>
+#include <random>
 #include <thread>
 
 #include "protocol/broker_messages.h"
@@ -29,6 +30,14 @@ std::string Seconds(int64_t ms) {
 }
 
 void Log(const std::string& line) { std::fprintf(stderr, "glassbox worker: %s\n", line.c_str()); }
+
+std::string RandomIdentity() {
+  std::random_device rd;
+  std::uniform_int_distribution<uint64_t> dist;
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "worker-%016llx", static_cast<unsigned long long>(dist(rd)));
+  return buf;
+}
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -139,7 +148,8 @@ class Link {
   Link(const WorkerParams& params, const JobHandler& handler)
       : params_(params),
         signal_name_("inproc://glassbox-worker-" + std::to_string(reinterpret_cast<uintptr_t>(this))),
-        signal_(ctx_, zmq::socket_type::pair) {
+        signal_(ctx_, zmq::socket_type::pair),
+        identity_(RandomIdentity()) {
     signal_.bind(signal_name_);
     compute_ = std::make_unique<ComputeThread>(handler, ctx_, signal_name_);
   }
@@ -174,6 +184,8 @@ class Link {
   Status Connect() {
     socket_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
     socket_->set(zmq::sockopt::linger, 0);
+    // The same identity on every reconnect: the broker knows it is this worker again.
+    socket_->set(zmq::sockopt::routing_id, zmq::buffer(identity_));
     try {
       socket_->connect(params_.broker_endpoint);
     } catch (const zmq::error_t& e) {
@@ -286,6 +298,7 @@ class Link {
   zmq::context_t ctx_;
   std::string signal_name_;
   zmq::socket_t signal_;
+  std::string identity_;  // ZeroMQ routing id, kept across reconnects
   std::unique_ptr<ComputeThread> compute_;
   std::unique_ptr<zmq::socket_t> socket_;
   std::shared_ptr<JobContext> job_;  // the running job, if any

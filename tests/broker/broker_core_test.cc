@@ -419,3 +419,42 @@ TEST_CASE("Core: a restarted core resumes stored jobs, running ones queued again
 
 }  // namespace
 }  // namespace glassbox::broker::internal
+
+namespace glassbox::broker::internal {
+namespace {
+
+TEST_CASE("Core: a worker re-registering mid-job keeps its job, before and after a restart",
+          "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string job = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == job);
+  BrokerMessage again;
+  again.type = BrokerMessageType::kReady;
+  again.model = "m";
+  again.catalogue = "{}";
+  again.job = job;
+  h.Worker("w1", again);  // same broker: nothing changes
+  CHECK(h.JobFor("w1").empty());
+  RecordingOutbox outbox2;
+  BrokerCore restarted(params, h.store.get(), &h.clock, &outbox2);
+  REQUIRE(restarted.Recover().ok());
+  restarted.OnWorkerMessage("w1", protocol::EncodeBrokerMessage(again));  // the new broker
+  CHECK(outbox2.Take("w1").empty());  // adopted, not sent again
+  BrokerMessage result;
+  result.type = BrokerMessageType::kJobResult;
+  result.job = job;
+  result.index = 0;
+  result.count = 1;
+  result.payload = ResultBytes();
+  restarted.OnWorkerMessage("w1", protocol::EncodeBrokerMessage(result));
+  auto stored = h.store->GetJob(job);
+  REQUIRE(stored.ok());
+  CHECK((*stored)->state == JobState::kCompleted);
+  CHECK((*stored)->attempts == 0);
+}
+
+}  // namespace
+}  // namespace glassbox::broker::internal

@@ -66,10 +66,18 @@ struct ApiKey {
 // Redis, a broker and workers, each a real process, in one temporary directory.
 class Cluster {
  public:
-  explicit Cluster(std::vector<std::string> broker_flags = {})
+  explicit Cluster(std::vector<std::string> broker_flags = {}, bool curve = false)
       : redis_(dir_.path()), broker_flags_(std::move(broker_flags)) {
+    if (curve) {
+      Run(testing::BinDir() + "/glassbox-broker curve-keygen --out " + dir_.path() + "/curve");
+      broker_flags_.insert(broker_flags_.end(),
+                           {"--curve-secret-key-file", dir_.path() + "/curve.key"});
+      curve_public_key_ = ReadCurveKeyFile(dir_.path() + "/curve.pub").value();
+    }
     StartBroker();
   }
+
+  const std::string& curve_public_key() const { return curve_public_key_; }
 
   void StartBroker() {
     std::vector<std::string> args = {testing::BinDir() + "/glassbox-broker", "serve",
@@ -104,8 +112,10 @@ class Cluster {
                args + " 2>&1");
   }
 
-  std::unique_ptr<Client> NewClient(const std::string& api_key, int timeout_ms = 10000) {
+  std::unique_ptr<Client> NewClient(const std::string& api_key, int timeout_ms = 10000,
+                                    const std::string& curve_server_key = "") {
     ClientParams params;
+    params.curve_server_key = curve_server_key;
     params.endpoint = ClientEndpoint();
     params.api_key = api_key;
     params.timeout_ms = timeout_ms;
@@ -135,6 +145,7 @@ class Cluster {
   testing::TempDir dir_;
   testing::RedisServer redis_;
   std::vector<std::string> broker_flags_;
+  std::string curve_public_key_;
   int client_port_ = testing::FreePort();
   int worker_port_ = testing::FreePort();
   std::unique_ptr<ChildProcess> broker_;
@@ -466,6 +477,19 @@ TEST_CASE("E2E: development mode needs no key, and an error report is an ERROR s
   auto unserved = client->Submit(Request("x", "no-such-model"));
   CHECK(unserved.status().ToString() ==
         "NOT_FOUND: no worker serves model \"no-such-model\" (served now: \"test-model\")");
+}
+
+TEST_CASE("E2E: CURVE-encrypted client connections; plain clients get no answer", "[broker]") {
+  Cluster cluster({}, /*curve=*/true);
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret, 10000, cluster.curve_public_key());
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job = SubmitOk(*client, "encrypted");
+  CHECK(WaitDone(*client, job).state == JobState::kCompleted);
+  CHECK(Saved(*client->FetchResult(job), "prompt") == "encrypted");
+  auto plain = cluster.NewClient(key.secret, 300);
+  CHECK(plain->Submit(Request("x")).status().code() == StatusCode::kUnavailable);
 }
 
 }  // namespace
