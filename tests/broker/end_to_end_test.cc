@@ -479,7 +479,7 @@ TEST_CASE("E2E: development mode needs no key, and an error report is an ERROR s
         "NOT_FOUND: no worker serves model \"no-such-model\" (served now: \"test-model\")");
 }
 
-TEST_CASE("E2E: CURVE-encrypted client connections; plain clients get no answer", "[broker]") {
+TEST_CASE("E2E: CURVE-encrypted client connections, plain clients get no answer", "[broker]") {
   Cluster cluster({}, /*curve=*/true);
   ApiKey key = cluster.CreateKey("alice");
   cluster.StartWorker("a");
