@@ -4,10 +4,9 @@
 // API-key management behind `glassbox-broker keys`.
 #include "broker/broker.h"
 
-#include <zmq.hpp>
-
 #include <chrono>
 #include <fstream>
+#include <zmq.hpp>
 
 #include "broker/broker_core_impl.h"
 
@@ -56,7 +55,8 @@ class ZmqOutbox : public internal::Outbox {
 };
 
 StatusOr<zmq::socket_t> BindRouter(zmq::context_t& ctx, const std::string& endpoint,
-                                   int64_t max_message_bytes, const std::string& curve_secret = "") {
+                                   int64_t max_message_bytes,
+                                   const std::string& curve_secret = "") {
   zmq::socket_t socket(ctx, zmq::socket_type::router);
   if (!curve_secret.empty()) {
     socket.set(zmq::sockopt::curve_server, 1);
@@ -86,14 +86,16 @@ bool ReceiveOne(zmq::socket_t& socket, Handle handle, internal::Outbox* outbox, 
   while (frames.back().more()) {
     zmq::message_t next;
     if (!socket.recv(next, zmq::recv_flags::none)) break;
-    if (frames.size() < 3) frames.push_back(std::move(next));
-    else frames.back() = std::move(next);  // keep only the count's worth
+    if (frames.size() < 3)
+      frames.push_back(std::move(next));
+    else
+      frames.back() = std::move(next);  // keep only the count's worth
   }
   const std::string peer = frames[0].to_string();
   if (frames.size() != 2) {
-    auto error = protocol::MakeErrorMessage(InvalidArgument(
-        "expected exactly one frame per message (a Glassbox message), got " +
-        std::to_string(frames.size() - 1) + " or more"));
+    auto error = protocol::MakeErrorMessage(
+        InvalidArgument("expected exactly one frame per message (a Glassbox message), got " +
+                        std::to_string(frames.size() - 1) + " or more"));
     workers ? outbox->ToWorker(peer, error) : outbox->ToClient(peer, error);
     return true;
   }
@@ -122,9 +124,9 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   if (!params.curve_secret_key_file.empty()) {
     GLASSBOX_ASSIGN_OR_RETURN(curve_secret, ReadCurveKeyFile(params.curve_secret_key_file));
   }
-  GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t clients,
-                            BindRouter(ctx, params.client_endpoint,
-                                       params.max_client_message_bytes, curve_secret));
+  GLASSBOX_ASSIGN_OR_RETURN(
+      zmq::socket_t clients,
+      BindRouter(ctx, params.client_endpoint, params.max_client_message_bytes, curve_secret));
   GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t workers, BindRouter(ctx, params.worker_endpoint, -1));
   workers.set(zmq::sockopt::router_handover, 1);  // a worker reconnecting keeps its identity
   std::unique_ptr<internal::JobStore> store =
@@ -138,8 +140,12 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
           (curve_secret.empty() ? "" : " (CURVE encrypted)") + ", workers on " +
           params.worker_endpoint + ", redis at " + params.redis_address);
 
-  auto on_client = [&](const std::string& peer, std::string_view b) { core.OnClientMessage(peer, b); };
-  auto on_worker = [&](const std::string& peer, std::string_view b) { core.OnWorkerMessage(peer, b); };
+  auto on_client = [&](const std::string& peer, std::string_view b) {
+    core.OnClientMessage(peer, b);
+  };
+  auto on_worker = [&](const std::string& peer, std::string_view b) {
+    core.OnWorkerMessage(peer, b);
+  };
   int64_t last_tick = 0;
   while (!stop.load()) {
     zmq::pollitem_t items[] = {{clients.handle(), 0, ZMQ_POLLIN, 0},

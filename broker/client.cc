@@ -2,10 +2,9 @@
 // `ref`, pushed statuses recorded as they arrive.
 #include "broker/client.h"
 
-#include <zmq.hpp>
-
 #include <chrono>
 #include <random>
+#include <zmq.hpp>
 
 namespace glassbox::broker {
 
@@ -15,10 +14,10 @@ using protocol::BrokerMessageType;
 namespace {
 
 StatusCode CodeFromName(const std::string& name) {
-  for (StatusCode c : {StatusCode::kInvalidArgument, StatusCode::kNotFound, StatusCode::kDataLoss,
-                       StatusCode::kUnimplemented, StatusCode::kResourceExhausted,
-                       StatusCode::kUnavailable, StatusCode::kInternal, StatusCode::kCancelled,
-                       StatusCode::kUnauthenticated}) {
+  for (StatusCode c :
+       {StatusCode::kInvalidArgument, StatusCode::kNotFound, StatusCode::kDataLoss,
+        StatusCode::kUnimplemented, StatusCode::kResourceExhausted, StatusCode::kUnavailable,
+        StatusCode::kInternal, StatusCode::kCancelled, StatusCode::kUnauthenticated}) {
     if (name == StatusCodeName(c)) return c;
   }
   return StatusCode::kInternal;
@@ -79,7 +78,9 @@ class Client::Impl {
     return m.ref;
   }
 
-  void SendBytes(const std::string& bytes) { socket_.send(zmq::buffer(bytes), zmq::send_flags::none); }
+  void SendBytes(const std::string& bytes) {
+    socket_.send(zmq::buffer(bytes), zmq::send_flags::none);
+  }
 
   // The reply carrying `ref`; an error reply becomes its Status.
   StatusOr<BrokerMessage> Wait(const std::string& ref) {
@@ -127,7 +128,9 @@ class Client::Impl {
 
   StatusOr<JobStatus> WaitFor(const std::string& job_id,
                               const std::function<bool(const JobStatus&)>& done, int timeout_ms) {
-    auto finished = [&](const JobStatus& s) { return done ? done(s) : protocol::IsTerminal(s.state); };
+    auto finished = [&](const JobStatus& s) {
+      return done ? done(s) : protocol::IsTerminal(s.state);
+    };
     if (statuses_.count(job_id) == 0) {
       BrokerMessage q;
       q.type = BrokerMessageType::kQuery;

@@ -4,14 +4,13 @@
 // which signals a finished job over an inproc PAIR socket so the result leaves at once.
 #include "broker/worker_link.h"
 
-#include <zmq.hpp>
-
 #include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <random>
 #include <thread>
+#include <zmq.hpp>
 
 #include "protocol/broker_messages.h"
 #include "protocol/codec.h"
@@ -63,11 +62,11 @@ Outcome Classify(std::string bytes) {
   }
   protocol::ErrorReport report;
   report.code = "INTERNAL";
-  report.message = "the worker's handler returned neither a result nor an error report (" +
-                   (envelope.ok() ? std::string("a ") + protocol::MessageTypeName(envelope->type) +
-                                        " message"
-                                  : envelope.status().message()) +
-                   ")";
+  report.message =
+      "the worker's handler returned neither a result nor an error report (" +
+      (envelope.ok() ? std::string("a ") + protocol::MessageTypeName(envelope->type) + " message"
+                     : envelope.status().message()) +
+      ")";
   return {protocol::EncodeErrorReport(report), report.code, report.message};
 }
 
@@ -147,7 +146,8 @@ class Link {
  public:
   Link(const WorkerParams& params, const JobHandler& handler)
       : params_(params),
-        signal_name_("inproc://glassbox-worker-" + std::to_string(reinterpret_cast<uintptr_t>(this))),
+        signal_name_("inproc://glassbox-worker-" +
+                     std::to_string(reinterpret_cast<uintptr_t>(this))),
         signal_(ctx_, zmq::socket_type::pair),
         identity_(RandomIdentity()) {
     signal_.bind(signal_name_);
@@ -230,7 +230,8 @@ class Link {
     auto m = protocol::DecodeBrokerMessage(bytes);
     if (!m.ok()) return Log("garbage from the broker: " + m.status().ToString());
     switch (m->type) {
-      case BrokerMessageType::kJob: return StartJob(*m);
+      case BrokerMessageType::kJob:
+        return StartJob(*m);
       case BrokerMessageType::kCancel:
         if (job_ && job_->job_id() == m->job) job_->RequestStop(m->reason);
         return;

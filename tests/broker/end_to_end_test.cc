@@ -3,11 +3,10 @@
 // broker/client.h. Lifecycle, API keys, owner isolation, dead workers, a killed broker, a
 // stopped Redis, garbage on the wire, fairness, chunked results, time limits, cancellation.
 #include <catch2/catch.hpp>
-#include <zmq.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <thread>
+#include <zmq.hpp>
 
 #include "broker/broker.h"
 #include "broker/client.h"
@@ -80,9 +79,16 @@ class Cluster {
   const std::string& curve_public_key() const { return curve_public_key_; }
 
   void StartBroker() {
-    std::vector<std::string> args = {testing::BinDir() + "/glassbox-broker", "serve",
-                                     "--clients", ClientEndpoint(), "--workers", WorkerEndpoint(),
-                                     "--redis", redis_.address(), "--heartbeat-liveness", "5"};
+    std::vector<std::string> args = {testing::BinDir() + "/glassbox-broker",
+                                     "serve",
+                                     "--clients",
+                                     ClientEndpoint(),
+                                     "--workers",
+                                     WorkerEndpoint(),
+                                     "--redis",
+                                     redis_.address(),
+                                     "--heartbeat-liveness",
+                                     "5"};
     args.insert(args.end(), broker_flags_.begin(), broker_flags_.end());
     broker_ = std::make_unique<ChildProcess>(args, dir_.path() + "/broker.log");
     REQUIRE(testing::WaitForPort(client_port_, 10000));
@@ -92,10 +98,16 @@ class Cluster {
   testing::RedisServer& redis() { return redis_; }
 
   ChildProcess& StartWorker(const std::string& tag, std::vector<std::string> flags = {}) {
-    std::vector<std::string> args = {testing::BinDir() + "/glassbox-test-worker", "--broker",
-                                     WorkerEndpoint(), "--heartbeat-ms", "100", "--tag", tag};
+    std::vector<std::string> args = {testing::BinDir() + "/glassbox-test-worker",
+                                     "--broker",
+                                     WorkerEndpoint(),
+                                     "--heartbeat-ms",
+                                     "100",
+                                     "--tag",
+                                     tag};
     args.insert(args.end(), flags.begin(), flags.end());
-    workers_.push_back(std::make_unique<ChildProcess>(args, dir_.path() + "/worker-" + tag + ".log"));
+    workers_.push_back(
+        std::make_unique<ChildProcess>(args, dir_.path() + "/worker-" + tag + ".log"));
     return *workers_.back();
   }
 
@@ -365,9 +377,10 @@ TEST_CASE("E2E: malformed, unknown and oversized messages get errors, others sti
   CHECK(reply->message == "type: unknown message type \"heartbeaz\"");
   auto too_big = client->Submit(Request(std::string(200000, 'x')));
   CHECK(too_big.status().code() == StatusCode::kResourceExhausted);
-  auto not_request = client->Submit(protocol::EncodeErrorReport(
-      protocol::ErrorReport::FromStatus(Internal("x"))));
-  CHECK(not_request.status().message() == "submitted message is a \"error\" message, not a request");
+  auto not_request =
+      client->Submit(protocol::EncodeErrorReport(protocol::ErrorReport::FromStatus(Internal("x"))));
+  CHECK(not_request.status().message() ==
+        "submitted message is a \"error\" message, not a request");
   {  // several frames in one message, then a frame over ZMQ_MAXMSGSIZE (the broker drops that peer)
     zmq::context_t ctx;
     zmq::socket_t raw(ctx, zmq::socket_type::dealer);
@@ -462,8 +475,7 @@ TEST_CASE("E2E: cancelling a running job stops it, the worker takes the next", "
   CHECK(client->FetchResult(slow).status().code() == StatusCode::kNotFound);
 }
 
-TEST_CASE("E2E: development mode needs no key, and an error report is an ERROR state",
-          "[broker]") {
+TEST_CASE("E2E: development mode needs no key, and an error report is an ERROR state", "[broker]") {
   Cluster cluster({"--dev-no-auth"});
   cluster.StartWorker("a");
   auto client = cluster.NewClient("");
