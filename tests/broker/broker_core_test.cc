@@ -397,6 +397,18 @@ TEST_CASE("Core: garbage and wrong message types are answered, not fatal", "[bro
   h.Worker("stranger", beat);
   replies = h.outbox.Take("stranger");
   CHECK(replies[0].type == BrokerMessageType::kDisconnect);
+  h.core->OnWorkerMessage("stranger", std::string("\x81\xa1x", 3));
+  replies = h.outbox.Take("stranger");
+  REQUIRE(replies.size() == 1);
+  CHECK(replies[0].type == BrokerMessageType::kError);
+  h.Ready("w1");
+  BrokerMessage submit;
+  submit.type = BrokerMessageType::kSubmit;
+  submit.payload = "x";
+  h.Worker("w1", submit);
+  replies = h.outbox.Take("w1");
+  REQUIRE(replies.size() == 1);
+  CHECK(replies[0].message == "a worker may not send a \"submit\" message");
 }
 
 TEST_CASE("Core: a restarted core resumes stored jobs, running ones queued again", "[broker]") {

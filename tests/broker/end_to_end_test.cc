@@ -210,6 +210,11 @@ TEST_CASE("E2E: a job's lifecycle, pushed statuses, result, models and usage", "
   const std::string listing = cluster.Keys("list");
   CHECK(listing.find(key.id) != std::string::npos);
   CHECK(listing.find("alice") != std::string::npos);
+  auto keys = ListApiKeys(cluster.redis().address());
+  REQUIRE(keys.ok());
+  REQUIRE(keys->size() == 1);
+  CHECK((*keys)[0].usage.jobs == 1);
+  CHECK((*keys)[0].usage.bytes_returned == static_cast<int64_t>(result->size()));
 }
 
 TEST_CASE("E2E: requests without a valid API key are refused", "[broker]") {
