@@ -199,6 +199,7 @@ class Link {
     if (job_) ready.job = job_->job_id();
     Send(ready);
     last_heard_ms_ = NowMs();
+    connected_ms_ = last_heard_ms_;
     next_heartbeat_ms_ = last_heard_ms_ + params_.heartbeat_interval_ms;
     return Status::Ok();
   }
@@ -236,6 +237,9 @@ class Link {
         if (job_ && job_->job_id() == m->job) job_->RequestStop(m->reason);
         return;
       case BrokerMessageType::kDisconnect:
+        // Answers to messages sent before our last READY arrive too: act on one only after
+        // a heartbeat interval has passed since (the broker repeats it if it still applies).
+        if (NowMs() - connected_ms_ < params_.heartbeat_interval_ms) return;
         Log("broker says: " + m->reason + "; registering again");
         Connect();
         return;
@@ -304,6 +308,7 @@ class Link {
   std::unique_ptr<zmq::socket_t> socket_;
   std::shared_ptr<JobContext> job_;  // the running job, if any
   int64_t last_heard_ms_ = 0;
+  int64_t connected_ms_ = 0;  // when READY was last sent
   int64_t next_heartbeat_ms_ = 0;
 };
 
