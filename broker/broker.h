@@ -41,6 +41,7 @@ struct BrokerParams {
   int64_t result_ttl_ms = int64_t{3600} * 1000;           // results stay fetchable this long
   int64_t record_ttl_ms = int64_t{7} * 24 * 3600 * 1000;  // job records (status by id)
   int64_t max_client_message_bytes = int64_t{80} << 20;   // ZMQ_MAXMSGSIZE on the client socket
+  int64_t max_result_bytes = int64_t{1} << 30;            // larger results fail their job
   // Optional CURVE encryption of the client socket: a file holding the broker's Z85 secret
   // key (40 characters; `glassbox-broker curve-keygen` makes one). Clients then need the
   // matching public key (ClientParams::curve_server_key); plain clients get no answer.

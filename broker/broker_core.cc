@@ -500,8 +500,15 @@ void BrokerCore::JobResult(Worker& worker, const BrokerMessage& m) {
                                        std::to_string(m.count) + " out of order")));
     return;
   }
-  job.chunks.push_back(m.payload);
   job.received_bytes += static_cast<int64_t>(m.payload.size());
+  if (job.received_bytes > params_.max_result_bytes) {
+    job.chunks.clear();  // the worker stays busy until its last chunk, which is dropped
+    FinishJob(job, JobState::kError, "RESOURCE_EXHAUSTED",
+              "the result is over the service's limit of " +
+                  std::to_string(params_.max_result_bytes) + " bytes; save less");
+    return;
+  }
+  job.chunks.push_back(m.payload);
   if (!last) return;
   worker.busy = false;
   worker.job.clear();

@@ -46,6 +46,8 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
       ->capture_default_str();
   serve->add_option("--result-ttl-ms", p->result_ttl_ms, "how long results stay fetchable")
       ->capture_default_str();
+  serve->add_option("--max-result-bytes", p->max_result_bytes, "larger results fail their job")
+      ->capture_default_str();
   serve
       ->add_option("--max-message-bytes", p->max_client_message_bytes,
                    "largest frame a client may send (ZMQ_MAXMSGSIZE)")

@@ -472,5 +472,29 @@ TEST_CASE("Core: a worker re-registering mid-job keeps its job, before and after
   CHECK((*stored)->attempts == 0);
 }
 
+TEST_CASE("Core: a result over the size limit fails the job, the worker goes on", "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  params.max_result_bytes = 1000;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string job = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == job);
+  BrokerMessage chunk;
+  chunk.type = BrokerMessageType::kJobResult;
+  chunk.job = job;
+  chunk.count = 3;
+  chunk.payload = std::string(600, 'x');
+  for (int64_t i = 0; i < 3; ++i) {
+    chunk.index = i;
+    h.Worker("w1", chunk);
+  }
+  BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
+  CHECK(status.state == JobState::kError);
+  CHECK(status.message == "the result is over the service's limit of 1000 bytes; save less");
+  const std::string next = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == next);
+}
+
 }  // namespace
 }  // namespace glassbox::broker::internal
