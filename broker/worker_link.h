@@ -55,8 +55,8 @@ class JobContext {
 using JobHandler = std::function<std::string(const JobContext& job, const std::string& request)>;
 
 // Connects, sends READY, serves jobs one at a time until `stop` becomes true. Heartbeats
-// keep flowing from a separate thread while the handler computes. Large results are sent in
-// chunks. A handler that throws or returns bytes that are neither a result nor an error
+// keep flowing while the handler computes: the handler runs on a compute thread of its own,
+// the calling thread keeps the socket and the heartbeats. Large results are sent in chunks. A handler that throws or returns bytes that are neither a result nor an error
 // report yields an INTERNAL error report for that job. On stop, a running job is asked to
 // stop (ShouldStop), its outcome is dropped and the broker told to run it elsewhere
 // (DISCONNECT). Errors: an endpoint ZeroMQ cannot use (INVALID_ARGUMENT).
