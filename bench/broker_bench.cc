@@ -7,7 +7,6 @@
 //
 // Usage: build/bin/broker_bench [--jobs N] [--clients N] [--window N] [--appendfsync always]
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -46,8 +45,8 @@ double Percentile(std::vector<double> v, double p) {
 void Print(const char* label, const Stats& s, double in_process_ms) {
   const double jobs = static_cast<double>(s.latencies_ms.size());
   const double p50 = Percentile(s.latencies_ms, 0.5);
-  std::printf("%-34s %8.0f jobs/s   p50 %6.2f ms   p99 %6.2f ms   p50/in-process %6.0fx%s\n",
-              label, jobs / s.seconds, p50, Percentile(s.latencies_ms, 0.99), p50 / in_process_ms,
+  std::printf("%-34s %8.0f jobs/s   p50 %6.2f ms   p99 %6.2f ms   p50/in-process %6.0fx%s\n", label,
+              jobs / s.seconds, p50, Percentile(s.latencies_ms, 0.99), p50 / in_process_ms,
               s.failures ? "   (FAILURES!)" : "");
 }
 
@@ -81,8 +80,10 @@ Stats Windowed(broker::Client& client, int jobs, int window) {
     while (submitted < jobs && static_cast<int>(in_flight.size()) < window) {
       auto job = client.Submit(request);
       ++submitted;
-      if (job.ok()) in_flight.emplace_back(*job, Clock::now());
-      else ++stats.failures;
+      if (job.ok())
+        in_flight.emplace_back(*job, Clock::now());
+      else
+        ++stats.failures;
     }
     auto [job, submitted_at] = in_flight.front();
     in_flight.erase(in_flight.begin());
@@ -97,15 +98,19 @@ Stats Windowed(broker::Client& client, int jobs, int window) {
 
 double InProcessMs() {
   const std::string request = TrivialRequest();
-  return 1000 * bench::Seconds([&] {
-    for (int i = 0; i < 1000; ++i) {
-      auto decoded = protocol::DecodeRequest(request);
-      protocol::Result result;
-      result.saved.push_back({"echo", 1, protocol::Value::Int(decoded->traces.size())});
-      std::string bytes = protocol::EncodeResult(result);
-      (void)protocol::DecodeResult(bytes);
-    }
-  }, 5) / 1000;
+  return 1000 *
+         bench::Seconds(
+             [&] {
+               for (int i = 0; i < 1000; ++i) {
+                 auto decoded = protocol::DecodeRequest(request);
+                 protocol::Result result;
+                 result.saved.push_back({"echo", 1, protocol::Value::Int(decoded->traces.size())});
+                 std::string bytes = protocol::EncodeResult(result);
+                 (void)protocol::DecodeResult(bytes);
+               }
+             },
+             5) /
+         1000;
 }
 
 std::string CreateKey(const std::string& redis) {
@@ -144,26 +149,28 @@ int main(int argc, char** argv) {
   const std::string client_endpoint = "tcp://127.0.0.1:" + std::to_string(client_port);
   const std::string worker_endpoint =
       "tcp://127.0.0.1:" + std::to_string(broker::testing::FreePort());
-  ChildProcess broker_process({broker::testing::BinDir() + "/glassbox-broker", "serve", "--clients",
-                               client_endpoint, "--workers", worker_endpoint, "--redis",
-                               redis.address()},
-                              dir.path() + "/broker.log");
-  ChildProcess worker({broker::testing::BinDir() + "/glassbox-test-worker", "--broker",
-                       worker_endpoint},
-                      dir.path() + "/worker.log");
+  ChildProcess broker_process(
+      {broker::testing::BinDir() + "/glassbox-broker", "serve", "--clients", client_endpoint,
+       "--workers", worker_endpoint, "--redis", redis.address()},
+      dir.path() + "/broker.log");
+  ChildProcess worker(
+      {broker::testing::BinDir() + "/glassbox-test-worker", "--broker", worker_endpoint},
+      dir.path() + "/worker.log");
   broker::testing::WaitForPort(client_port, 10000);
   broker::ClientParams params;
   params.endpoint = client_endpoint;
   params.api_key = CreateKey(redis.address());
   auto client = broker::Client::Connect(params).value();
-  for (int i = 0; i < 200 && !OneJob(*client, TrivialRequest()); ++i) {  // warm up, wait for the worker
+  for (int i = 0; i < 200 && !OneJob(*client, TrivialRequest());
+       ++i) {  // warm up, wait for the worker
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 
   const double in_process_ms = InProcessMs();
-  std::printf("broker_bench: trivial request of %zu bytes, 1 worker, redis appendfsync %s, "
-              "%u hardware threads\n", TrivialRequest().size(), appendfsync.c_str(),
-              std::thread::hardware_concurrency());
+  std::printf(
+      "broker_bench: trivial request of %zu bytes, 1 worker, redis appendfsync %s, "
+      "%u hardware threads\n",
+      TrivialRequest().size(), appendfsync.c_str(), std::thread::hardware_concurrency());
   std::printf("in-process decode request + encode result: %.4f ms per job\n\n", in_process_ms);
 
   Stats one;

@@ -4,9 +4,9 @@
 // API-key management behind `glassbox-broker keys`.
 #include "broker/broker.h"
 
-#include <zmq.hpp>
-
 #include <chrono>
+#include <fstream>
+#include <zmq.hpp>
 
 #include "broker/broker_core_impl.h"
 
@@ -55,8 +55,13 @@ class ZmqOutbox : public internal::Outbox {
 };
 
 StatusOr<zmq::socket_t> BindRouter(zmq::context_t& ctx, const std::string& endpoint,
-                                   int64_t max_message_bytes) {
+                                   int64_t max_message_bytes,
+                                   const std::string& curve_secret = "") {
   zmq::socket_t socket(ctx, zmq::socket_type::router);
+  if (!curve_secret.empty()) {
+    socket.set(zmq::sockopt::curve_server, 1);
+    socket.set(zmq::sockopt::curve_secretkey, curve_secret);
+  }
   socket.set(zmq::sockopt::router_mandatory, 1);
   socket.set(zmq::sockopt::linger, 0);
   socket.set(zmq::sockopt::sndhwm, 100000);
@@ -81,14 +86,16 @@ bool ReceiveOne(zmq::socket_t& socket, Handle handle, internal::Outbox* outbox, 
   while (frames.back().more()) {
     zmq::message_t next;
     if (!socket.recv(next, zmq::recv_flags::none)) break;
-    if (frames.size() < 3) frames.push_back(std::move(next));
-    else frames.back() = std::move(next);  // keep only the count's worth
+    if (frames.size() < 3)
+      frames.push_back(std::move(next));
+    else
+      frames.back() = std::move(next);  // keep only the count's worth
   }
   const std::string peer = frames[0].to_string();
   if (frames.size() != 2) {
-    auto error = protocol::MakeErrorMessage(InvalidArgument(
-        "expected exactly one frame per message (a Glassbox message), got " +
-        std::to_string(frames.size() - 1) + " or more"));
+    auto error = protocol::MakeErrorMessage(
+        InvalidArgument("expected exactly one frame per message (a Glassbox message), got " +
+                        std::to_string(frames.size() - 1) + " or more"));
     workers ? outbox->ToWorker(peer, error) : outbox->ToClient(peer, error);
     return true;
   }
@@ -113,9 +120,15 @@ internal::StoreTtls TtlsOf(const BrokerParams& params) {
 
 Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   zmq::context_t ctx(1);
-  GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t clients,
-                            BindRouter(ctx, params.client_endpoint, params.max_client_message_bytes));
+  std::string curve_secret;
+  if (!params.curve_secret_key_file.empty()) {
+    GLASSBOX_ASSIGN_OR_RETURN(curve_secret, ReadCurveKeyFile(params.curve_secret_key_file));
+  }
+  GLASSBOX_ASSIGN_OR_RETURN(
+      zmq::socket_t clients,
+      BindRouter(ctx, params.client_endpoint, params.max_client_message_bytes, curve_secret));
   GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t workers, BindRouter(ctx, params.worker_endpoint, -1));
+  workers.set(zmq::sockopt::router_handover, 1);  // a worker reconnecting keeps its identity
   std::unique_ptr<internal::JobStore> store =
       internal::NewRedisJobStore(params.redis_address, TtlsOf(params));
   internal::SystemClock clock;
@@ -123,11 +136,16 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   internal::BrokerCore core(params, store.get(), &clock, &outbox);
   Status recovered = core.Recover();
   if (!recovered.ok()) LogLine("cannot reload queues yet (will retry): " + recovered.ToString());
-  LogLine("serving clients on " + params.client_endpoint + ", workers on " +
+  LogLine("serving clients on " + params.client_endpoint +
+          (curve_secret.empty() ? "" : " (CURVE encrypted)") + ", workers on " +
           params.worker_endpoint + ", redis at " + params.redis_address);
 
-  auto on_client = [&](const std::string& peer, std::string_view b) { core.OnClientMessage(peer, b); };
-  auto on_worker = [&](const std::string& peer, std::string_view b) { core.OnWorkerMessage(peer, b); };
+  auto on_client = [&](const std::string& peer, std::string_view b) {
+    core.OnClientMessage(peer, b);
+  };
+  auto on_worker = [&](const std::string& peer, std::string_view b) {
+    core.OnWorkerMessage(peer, b);
+  };
   int64_t last_tick = 0;
   while (!stop.load()) {
     zmq::pollitem_t items[] = {{clients.handle(), 0, ZMQ_POLLIN, 0},
@@ -183,6 +201,32 @@ StatusOr<std::vector<ApiKeyInfo>> ListApiKeys(const std::string& redis_address) 
 
 Status RevokeApiKey(const std::string& redis_address, const std::string& key_id) {
   return internal::NewRedisJobStore(redis_address, {})->RevokeApiKey(key_id);
+}
+
+// ---------------------------------------------------------------------------------------
+// CURVE keys.
+
+StatusOr<CurveKeyPair> MakeCurveKeyPair() {
+  char public_key[41];
+  char secret_key[41];
+  if (zmq_curve_keypair(public_key, secret_key) != 0) {
+    return Unimplemented(std::string("this libzmq cannot make CURVE keys: ") +
+                         zmq_strerror(zmq_errno()));
+  }
+  return CurveKeyPair{public_key, secret_key};
+}
+
+StatusOr<std::string> ReadCurveKeyFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("cannot read CURVE key file " + path);
+  std::string key;
+  in >> key;
+  if (key.size() != 40) {
+    return InvalidArgument("CURVE key file " + path +
+                           " does not hold a 40-character Z85 key (glassbox-broker curve-keygen "
+                           "makes one)");
+  }
+  return key;
 }
 
 }  // namespace glassbox::broker

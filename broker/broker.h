@@ -31,16 +31,21 @@ struct BrokerParams {
   std::string redis_address = "127.0.0.1:6379";  // host:port
   // Development only: no API keys; every client is the one user "dev" with default_limits.
   bool dev_no_auth = false;
-  KeyLimits default_limits;  // for dev mode, and for `keys create` when no limit is given
+  KeyLimits default_limits;          // for dev mode, and for `keys create` when no limit is given
   int heartbeat_interval_ms = 1000;  // broker -> worker heartbeats (a worker says its own)
   int heartbeat_liveness = 5;        // missed worker heartbeats before it is presumed dead
   int max_attempts = 3;              // worker deaths while running a job before it fails
   int64_t time_limit_ms = 60000;     // per job; the worker stops between hook points
   // After time_limit_ms + this, the broker fails the job itself (a worker that did not stop).
   int64_t time_limit_grace_ms = 5000;
-  int64_t result_ttl_ms = int64_t{3600} * 1000;             // results stay fetchable this long
-  int64_t record_ttl_ms = int64_t{7} * 24 * 3600 * 1000;    // job records (status by id)
-  int64_t max_client_message_bytes = int64_t{80} << 20;     // ZMQ_MAXMSGSIZE on the client socket
+  int64_t result_ttl_ms = int64_t{3600} * 1000;           // results stay fetchable this long
+  int64_t record_ttl_ms = int64_t{7} * 24 * 3600 * 1000;  // job records (status by id)
+  int64_t max_client_message_bytes = int64_t{80} << 20;   // ZMQ_MAXMSGSIZE on the client socket
+  int64_t max_result_bytes = int64_t{1} << 30;            // larger results fail their job
+  // Optional CURVE encryption of the client socket: a file holding the broker's Z85 secret
+  // key (40 characters; `glassbox-broker curve-keygen` makes one). Clients then need the
+  // matching public key (ClientParams::curve_server_key); plain clients get no answer.
+  std::string curve_secret_key_file;
 };
 
 // Serves until `stop` becomes true (checked at least every 50 ms), then returns OK. Errors:
@@ -71,6 +76,15 @@ StatusOr<NewApiKey> CreateApiKey(const std::string& redis_address, const std::st
                                  const KeyLimits& limits);
 StatusOr<std::vector<ApiKeyInfo>> ListApiKeys(const std::string& redis_address);
 Status RevokeApiKey(const std::string& redis_address, const std::string& key_id);  // NOT_FOUND
+
+// CURVE keys (Z85 text, 40 characters each) for encrypting client connections.
+struct CurveKeyPair {
+  std::string public_key;
+  std::string secret_key;
+};
+StatusOr<CurveKeyPair> MakeCurveKeyPair();  // UNIMPLEMENTED if libzmq lacks CURVE
+// The key stored in `path` (surrounding whitespace ignored); INVALID_ARGUMENT if it is not one.
+StatusOr<std::string> ReadCurveKeyFile(const std::string& path);
 
 }  // namespace glassbox::broker
 

@@ -20,8 +20,9 @@ constexpr int64_t kKeyCacheMs = 1000;  // a revoked key stops working within thi
 constexpr size_t kRecentJobs = 10000;
 
 bool IsJobId(const std::string& id) {
-  return id.size() == 32 &&
-         std::all_of(id.begin(), id.end(), [](char c) { return std::isxdigit(c) && !std::isupper(c); });
+  return id.size() == 32 && std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
 }
 
 std::string Shorten(const std::string& s) { return s.size() <= 64 ? s : s.substr(0, 64) + "..."; }
@@ -162,19 +163,25 @@ void BrokerCore::HandleClient(const std::string& peer, const BrokerMessage& m) {
   StatusOr<Caller> caller = Authenticate(m.api_key);
   if (!caller.ok()) return ReplyError(peer, caller.status(), m);
   switch (m.type) {
-    case BrokerMessageType::kSubmit: return Submit(peer, *caller, m);
-    case BrokerMessageType::kQuery: return Query(peer, *caller, m);
-    case BrokerMessageType::kFetch: return Fetch(peer, *caller, m);
-    case BrokerMessageType::kCancel: return Cancel(peer, *caller, m);
-    default: return ListModels(peer, m);
+    case BrokerMessageType::kSubmit:
+      return Submit(peer, *caller, m);
+    case BrokerMessageType::kQuery:
+      return Query(peer, *caller, m);
+    case BrokerMessageType::kFetch:
+      return Fetch(peer, *caller, m);
+    case BrokerMessageType::kCancel:
+      return Cancel(peer, *caller, m);
+    default:
+      return ListModels(peer, m);
   }
 }
 
 StatusOr<BrokerCore::Caller> BrokerCore::Authenticate(const std::string& api_key) {
   if (params_.dev_no_auth) return Caller{"dev", params_.default_limits};
   if (api_key.empty()) {
-    return Unauthenticated("no API key given; ask the operator for one "
-                           "(glassbox-broker keys create)");
+    return Unauthenticated(
+        "no API key given; ask the operator for one "
+        "(glassbox-broker keys create)");
   }
   const std::string hash = Sha256Hex(api_key);
   const int64_t now = clock_->NowMs();
@@ -200,8 +207,8 @@ Status BrokerCore::CheckSubmission(const Caller& caller, const BrokerMessage& m,
                              std::to_string(caller.limits.max_request_bytes) + " bytes");
   }
   if (LiveWorkersFor(model) == 0 && catalogues_.count(model) == 0 && queues_.count(model) == 0) {
-    return NotFound("no worker serves model \"" + Shorten(model) + "\" (served now: " +
-                    ServedModels() + ")");
+    return NotFound("no worker serves model \"" + Shorten(model) +
+                    "\" (served now: " + ServedModels() + ")");
   }
   if (queued_by_owner_[caller.owner] >= caller.limits.max_queued) {
     return ResourceExhausted("this API key already has " +
@@ -213,8 +220,10 @@ Status BrokerCore::CheckSubmission(const Caller& caller, const BrokerMessage& m,
 
 void BrokerCore::Submit(const std::string& peer, const Caller& caller, const BrokerMessage& m) {
   if (!recovered_) {
-    return ReplyError(peer, Unavailable("job store unavailable: the broker has not reloaded "
-                                        "its queues from redis yet; retry shortly"), m);
+    return ReplyError(peer,
+                      Unavailable("job store unavailable: the broker has not reloaded "
+                                  "its queues from redis yet; retry shortly"),
+                      m);
   }
   StatusOr<std::string> model = protocol::PeekRequestModel(m.payload);
   if (!model.ok()) return ReplyError(peer, model.status(), m);
@@ -268,24 +277,30 @@ void BrokerCore::Fetch(const std::string& peer, const Caller& caller, const Brok
   const JobRecord& job = *found;
   auto live = jobs_.find(job.id);
   if (!protocol::IsTerminal(job.state) || live != jobs_.end()) {
-    return ReplyError(peer, Unavailable("job " + job.id + " is " + JobStateName(job.state) +
-                                        "; its result is not ready yet"), m);
+    return ReplyError(peer,
+                      Unavailable("job " + job.id + " is " + JobStateName(job.state) +
+                                  "; its result is not ready yet"),
+                      m);
   }
   if (job.result_chunks == 0) {
-    return ReplyError(peer, NotFound("job " + job.id + " is " + JobStateName(job.state) +
-                                     " and has no result"), m);
+    return ReplyError(
+        peer, NotFound("job " + job.id + " is " + JobStateName(job.state) + " and has no result"),
+        m);
   }
   if (m.index >= job.result_chunks) {
-    return ReplyError(peer, InvalidArgument("job " + job.id + " has " +
-                                            std::to_string(job.result_chunks) +
-                                            " result chunks; there is no chunk " +
-                                            std::to_string(m.index)), m);
+    return ReplyError(
+        peer,
+        InvalidArgument("job " + job.id + " has " + std::to_string(job.result_chunks) +
+                        " result chunks; there is no chunk " + std::to_string(m.index)),
+        m);
   }
   StatusOr<std::optional<std::string>> chunk = store_->FetchResultChunk(job, m.index);
   if (!chunk.ok()) return ReplyError(peer, chunk.status(), m);
   if (!*chunk) {
-    return ReplyError(peer, NotFound("the result of job " + job.id + " expired (results are kept " +
-                                     FormatSeconds(params_.result_ttl_ms) + ")"), m);
+    return ReplyError(peer,
+                      NotFound("the result of job " + job.id + " expired (results are kept " +
+                               FormatSeconds(params_.result_ttl_ms) + ")"),
+                      m);
   }
   BrokerMessage reply = Simple(BrokerMessageType::kResultChunk);
   reply.ref = m.ref;
@@ -352,8 +367,8 @@ StatusOr<JobRecord> BrokerCore::FindOwnedJob(const Caller& caller, const std::st
 BrokerMessage BrokerCore::StatusOf(const JobRecord& record) {
   JobState state = record.state;
   auto time = record.times.find(JobStateName(state));
-  BrokerMessage m = protocol::MakeStatusMessage(
-      record.id, state, time == record.times.end() ? 0 : time->second);
+  BrokerMessage m =
+      protocol::MakeStatusMessage(record.id, state, time == record.times.end() ? 0 : time->second);
   m.code = record.code;
   m.message = record.message;
   auto live = jobs_.find(record.id);
@@ -370,8 +385,8 @@ BrokerMessage BrokerCore::StatusOf(const JobRecord& record) {
     if (clock_->NowMs() >= m.time_ms + params_.result_ttl_ms) {
       m.state = JobState::kExpired;
       m.time_ms += params_.result_ttl_ms;
-      m.message = "the result was kept " + FormatSeconds(params_.result_ttl_ms) +
-                  " and has expired";
+      m.message =
+          "the result was kept " + FormatSeconds(params_.result_ttl_ms) + " and has expired";
     }
   }
   return m;
@@ -415,15 +430,19 @@ void BrokerCore::HandleWorker(Worker& worker, const BrokerMessage& m) {
     LogLine("worker of " + worker.model + " reports: " + m.code + ": " + m.message);
     return;
   }
-  outbox_->ToWorker(worker.peer,
-                    protocol::MakeErrorMessage(InvalidArgument(
-                        std::string("a worker may not send a \"") +
-                        protocol::BrokerMessageTypeName(m.type) + "\" message")));
+  outbox_->ToWorker(worker.peer, protocol::MakeErrorMessage(InvalidArgument(
+                                     std::string("a worker may not send a \"") +
+                                     protocol::BrokerMessageTypeName(m.type) + "\" message")));
 }
 
 void BrokerCore::Ready(const std::string& peer, const BrokerMessage& m) {
-  if (workers_.count(peer)) RemoveWorker(peer, /*died=*/false);
   const int64_t now = clock_->NowMs();
+  auto known = workers_.find(peer);
+  if (known != workers_.end() && !m.job.empty() && known->second.job == m.job) {
+    known->second.last_seen_ms = now;  // reconnected mid-job: it keeps its job
+    return;
+  }
+  if (known != workers_.end()) RemoveWorker(peer, /*died=*/false);
   Worker& w = workers_[peer];
   w.peer = peer;
   w.model = m.model;
@@ -481,8 +500,15 @@ void BrokerCore::JobResult(Worker& worker, const BrokerMessage& m) {
                                        std::to_string(m.count) + " out of order")));
     return;
   }
-  job.chunks.push_back(m.payload);
   job.received_bytes += static_cast<int64_t>(m.payload.size());
+  if (job.received_bytes > params_.max_result_bytes) {
+    job.chunks.clear();  // the worker stays busy until its last chunk, which is dropped
+    FinishJob(job, JobState::kError, "RESOURCE_EXHAUSTED",
+              "the result is over the service's limit of " +
+                  std::to_string(params_.max_result_bytes) + " bytes; save less");
+    return;
+  }
+  job.chunks.push_back(m.payload);
   if (!last) return;
   worker.busy = false;
   worker.job.clear();
@@ -611,9 +637,9 @@ void BrokerCore::Dispatch(const std::string& model) {
 std::string BrokerCore::PickJob(ModelQueue& queue) {
   for (auto owner = queue.turn.begin(); owner != queue.turn.end(); ++owner) {
     auto limits = limits_by_owner_.find(*owner);
-    const int64_t max_running =
-        limits == limits_by_owner_.end() ? params_.default_limits.max_running
-                                         : limits->second.max_running;
+    const int64_t max_running = limits == limits_by_owner_.end()
+                                    ? params_.default_limits.max_running
+                                    : limits->second.max_running;
     if (running_by_owner_[*owner] >= max_running) continue;
     std::deque<std::string>& ids = queue.by_owner[*owner];
     std::string id = ids.front();
@@ -682,6 +708,7 @@ JobRecord BrokerCore::FinishJob(LiveJob& job, JobState state, const std::string&
                                 const std::string& message) {
   if (job.record.state == JobState::kRunning && !job.worker.empty()) {
     --running_by_owner_[job.record.owner];
+    if (job.compute_ms == 0) job.compute_ms = clock_->NowMs() - job.started_ms;
   } else if (job.record.state == JobState::kQueued) {
     Unqueue(job);
   }

@@ -58,8 +58,8 @@ class BrokerCore {
   // A job that is not finished yet (QUEUED or RUNNING), or whose end is not stored yet.
   struct LiveJob {
     JobRecord record;
-    std::string client;   // connection to push status changes to ("" if none)
-    std::string worker;   // while RUNNING
+    std::string client;  // connection to push status changes to ("" if none)
+    std::string worker;  // while RUNNING
     int64_t started_ms = 0;
     std::vector<std::string> chunks;  // result chunks received so far
     int64_t received_bytes = 0;

@@ -2,10 +2,9 @@
 // `ref`, pushed statuses recorded as they arrive.
 #include "broker/client.h"
 
-#include <zmq.hpp>
-
 #include <chrono>
 #include <random>
+#include <zmq.hpp>
 
 namespace glassbox::broker {
 
@@ -15,10 +14,10 @@ using protocol::BrokerMessageType;
 namespace {
 
 StatusCode CodeFromName(const std::string& name) {
-  for (StatusCode c : {StatusCode::kInvalidArgument, StatusCode::kNotFound, StatusCode::kDataLoss,
-                       StatusCode::kUnimplemented, StatusCode::kResourceExhausted,
-                       StatusCode::kUnavailable, StatusCode::kInternal, StatusCode::kCancelled,
-                       StatusCode::kUnauthenticated}) {
+  for (StatusCode c :
+       {StatusCode::kInvalidArgument, StatusCode::kNotFound, StatusCode::kDataLoss,
+        StatusCode::kUnimplemented, StatusCode::kResourceExhausted, StatusCode::kUnavailable,
+        StatusCode::kInternal, StatusCode::kCancelled, StatusCode::kUnauthenticated}) {
     if (name == StatusCodeName(c)) return c;
   }
   return StatusCode::kInternal;
@@ -60,6 +59,14 @@ class Client::Impl {
       : params_(params), socket_(ctx_, zmq::socket_type::dealer), prefix_(RandomPrefix()) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::maxmsgsize, params.max_message_bytes);
+    if (!params.curve_server_key.empty()) {  // an ephemeral key pair for this connection
+      char public_key[41];
+      char secret_key[41];
+      zmq_curve_keypair(public_key, secret_key);
+      socket_.set(zmq::sockopt::curve_serverkey, params.curve_server_key);
+      socket_.set(zmq::sockopt::curve_publickey, std::string(public_key));
+      socket_.set(zmq::sockopt::curve_secretkey, std::string(secret_key));
+    }
     socket_.connect(params.endpoint);
   }
 
@@ -71,7 +78,9 @@ class Client::Impl {
     return m.ref;
   }
 
-  void SendBytes(const std::string& bytes) { socket_.send(zmq::buffer(bytes), zmq::send_flags::none); }
+  void SendBytes(const std::string& bytes) {
+    socket_.send(zmq::buffer(bytes), zmq::send_flags::none);
+  }
 
   // The reply carrying `ref`; an error reply becomes its Status.
   StatusOr<BrokerMessage> Wait(const std::string& ref) {
@@ -119,7 +128,9 @@ class Client::Impl {
 
   StatusOr<JobStatus> WaitFor(const std::string& job_id,
                               const std::function<bool(const JobStatus&)>& done, int timeout_ms) {
-    auto finished = [&](const JobStatus& s) { return done ? done(s) : protocol::IsTerminal(s.state); };
+    auto finished = [&](const JobStatus& s) {
+      return done ? done(s) : protocol::IsTerminal(s.state);
+    };
     if (statuses_.count(job_id) == 0) {
       BrokerMessage q;
       q.type = BrokerMessageType::kQuery;

@@ -23,10 +23,13 @@ namespace glassbox::broker {
 
 struct ClientParams {
   std::string endpoint = "tcp://127.0.0.1:5555";
-  std::string api_key;  // may stay empty against a broker in development mode
-  int timeout_ms = 30000;                           // per call, waiting for the broker
-  int64_t max_message_bytes = int64_t{320} << 20;   // ZMQ_MAXMSGSIZE for what the broker sends
-  int fetch_window = 4;                             // result chunks requested ahead
+  std::string api_key;     // may stay empty against a broker in development mode
+  int timeout_ms = 30000;  // per call, waiting for the broker
+  int64_t max_message_bytes = int64_t{320} << 20;  // ZMQ_MAXMSGSIZE for what the broker sends
+  int fetch_window = 4;                            // result chunks requested ahead
+  // The broker's CURVE public key (Z85, 40 characters) when it encrypts client connections;
+  // empty: plain TCP.
+  std::string curve_server_key;
 };
 
 // A job's state as the broker reported it.

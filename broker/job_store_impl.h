@@ -50,7 +50,7 @@ struct JobRecord {
   std::string id;     // 32 hex digits
   std::string owner;  // the API key id ("dev" in development mode)
   std::string model;
-  std::string ref;    // the client's request id, if it gave one
+  std::string ref;  // the client's request id, if it gave one
   JobState state = JobState::kReceived;
   std::map<std::string, int64_t> times;
   int64_t attempts = 0;  // runs lost to dead workers
@@ -110,7 +110,7 @@ std::unique_ptr<JobStore> NewRedisJobStore(const std::string& address, const Sto
 std::unique_ptr<JobStore> NewMemoryJobStore(const Clock* clock, const StoreTtls& ttls);
 
 // Secrets and ids (libsodium).
-std::string RandomHex(size_t bytes);              // 2*bytes lowercase hex digits
+std::string RandomHex(size_t bytes);             // 2*bytes lowercase hex digits
 std::string Sha256Hex(const std::string& data);  // 64 lowercase hex digits
 
 }  // namespace glassbox::broker::internal

@@ -3,8 +3,10 @@
 //   glassbox-broker keys create --name NAME [--max-queued N --max-running N --max-request-bytes N]
 //   glassbox-broker keys list
 //   glassbox-broker keys revoke ID
-#include <CLI/CLI.hpp>
+//   glassbox-broker curve-keygen --out PREFIX      (PREFIX.key secret, PREFIX.pub public)
+#include <sys/stat.h>
 
+#include <CLI/CLI.hpp>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -28,24 +30,33 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
                   "development only: accept clients without API keys");
   serve->add_option("--time-limit-ms", p->time_limit_ms, "per-job time limit")
       ->capture_default_str();
-  serve->add_option("--time-limit-grace-ms", p->time_limit_grace_ms,
-                    "after the limit, how long a worker has to stop before the broker fails the job")
+  serve
+      ->add_option("--time-limit-grace-ms", p->time_limit_grace_ms,
+                   "after the limit, how long a worker has to stop before the broker fails the job")
       ->capture_default_str();
   serve->add_option("--heartbeat-ms", p->heartbeat_interval_ms, "broker -> worker heartbeats")
       ->capture_default_str();
-  serve->add_option("--heartbeat-liveness", p->heartbeat_liveness,
-                    "missed worker heartbeats before the worker is presumed dead")
+  serve
+      ->add_option("--heartbeat-liveness", p->heartbeat_liveness,
+                   "missed worker heartbeats before the worker is presumed dead")
       ->capture_default_str();
-  serve->add_option("--max-attempts", p->max_attempts,
-                    "worker deaths while running a job before it fails")
+  serve
+      ->add_option("--max-attempts", p->max_attempts,
+                   "worker deaths while running a job before it fails")
       ->capture_default_str();
   serve->add_option("--result-ttl-ms", p->result_ttl_ms, "how long results stay fetchable")
       ->capture_default_str();
-  serve->add_option("--max-message-bytes", p->max_client_message_bytes,
-                    "largest frame a client may send (ZMQ_MAXMSGSIZE)")
+  serve->add_option("--max-result-bytes", p->max_result_bytes, "larger results fail their job")
       ->capture_default_str();
-  serve->add_option("--dev-max-request-bytes", p->default_limits.max_request_bytes,
-                    "development mode: request size limit")
+  serve
+      ->add_option("--max-message-bytes", p->max_client_message_bytes,
+                   "largest frame a client may send (ZMQ_MAXMSGSIZE)")
+      ->capture_default_str();
+  serve->add_option("--curve-secret-key-file", p->curve_secret_key_file,
+                    "encrypt client connections (CURVE) with the secret key in this file");
+  serve
+      ->add_option("--dev-max-request-bytes", p->default_limits.max_request_bytes,
+                   "development mode: request size limit")
       ->capture_default_str();
 }
 
@@ -81,18 +92,39 @@ int Fail(const glassbox::Status& status) {
 int ListKeys(const std::string& redis) {
   auto keys = glassbox::broker::ListApiKeys(redis);
   if (!keys.ok()) return Fail(keys.status());
-  std::printf("%-16s  %-20s  %-20s  %-7s  %10s %11s %17s  %8s %10s %14s\n", "ID", "NAME",
-              "CREATED", "STATE", "MAX_QUEUED", "MAX_RUNNING", "MAX_REQUEST_BYTES", "JOBS",
-              "COMPUTE_S", "BYTES_RETURNED");
+  std::printf("%-16s  %-20s  %-20s  %-7s  %10s %11s %17s  %8s %10s %14s\n", "ID", "NAME", "CREATED",
+              "STATE", "MAX_QUEUED", "MAX_RUNNING", "MAX_REQUEST_BYTES", "JOBS", "COMPUTE_S",
+              "BYTES_RETURNED");
   for (const auto& k : *keys) {
-    std::printf("%-16s  %-20s  %-20s  %-7s  %10lld %11lld %17lld  %8lld %10.1f %14lld\n",
-                k.id.c_str(), k.name.c_str(), FormatTime(k.created_ms).c_str(),
-                k.revoked ? "revoked" : "active", static_cast<long long>(k.limits.max_queued),
-                static_cast<long long>(k.limits.max_running),
-                static_cast<long long>(k.limits.max_request_bytes),
-                static_cast<long long>(k.usage.jobs), k.usage.compute_ms / 1000.0,
-                static_cast<long long>(k.usage.bytes_returned));
+    std::printf(
+        "%-16s  %-20s  %-20s  %-7s  %10lld %11lld %17lld  %8lld %10.1f %14lld\n", k.id.c_str(),
+        k.name.c_str(), FormatTime(k.created_ms).c_str(), k.revoked ? "revoked" : "active",
+        static_cast<long long>(k.limits.max_queued), static_cast<long long>(k.limits.max_running),
+        static_cast<long long>(k.limits.max_request_bytes), static_cast<long long>(k.usage.jobs),
+        k.usage.compute_ms / 1000.0, static_cast<long long>(k.usage.bytes_returned));
   }
+  return 0;
+}
+
+int WriteCurveKeys(const std::string& prefix) {
+  auto pair = glassbox::broker::MakeCurveKeyPair();
+  if (!pair.ok()) return Fail(pair.status());
+  const std::string secret_path = prefix + ".key";
+  const std::string public_path = prefix + ".pub";
+  FILE* secret = std::fopen(secret_path.c_str(), "w");
+  FILE* pub = std::fopen(public_path.c_str(), "w");
+  if (secret == nullptr || pub == nullptr) {
+    return Fail(glassbox::InvalidArgument("cannot write " + secret_path + " / " + public_path));
+  }
+  chmod(secret_path.c_str(), 0600);
+  std::fprintf(secret, "%s\n", pair->secret_key.c_str());
+  std::fprintf(pub, "%s\n", pair->public_key.c_str());
+  std::fclose(secret);
+  std::fclose(pub);
+  std::printf(
+      "wrote %s (secret: give it to `serve --curve-secret-key-file`) and %s (public: for "
+      "clients)\n",
+      secret_path.c_str(), public_path.c_str());
   return 0;
 }
 
@@ -120,9 +152,14 @@ int main(int argc, char** argv) {
   std::string revoke_id;
   CLI::App* revoke = keys->add_subcommand("revoke", "revoke a key by id");
   revoke->add_option("id", revoke_id, "the key's id (from keys list)")->required();
+  std::string curve_prefix;
+  CLI::App* keygen = app.add_subcommand(
+      "curve-keygen", "write a CURVE key pair: PREFIX.key (secret, for serve) and PREFIX.pub");
+  keygen->add_option("--out", curve_prefix, "path prefix of the two files")->required();
   CLI11_PARSE(app, argc, argv);
 
   if (serve->parsed()) return Serve(params);
+  if (keygen->parsed()) return WriteCurveKeys(curve_prefix);
   if (create->parsed()) {
     auto key = glassbox::broker::CreateApiKey(redis, name, limits);
     if (!key.ok()) return Fail(key.status());

@@ -90,7 +90,7 @@ class MemoryJobStore : public JobStore {
     entry->record.times[protocol::JobStateName(job.state)] = now_ms;
     entry->request.clear();
     entry->chunks = chunks;
-    entry->result_expires_ms = now_ms + ttls_.result_ms;
+    entry->result_expires_ms = clock_->NowMs() + ttls_.result_ms;  // as Redis: from its own clock
     usage_[job.owner].compute_ms += compute_ms;
     return Status::Ok();
   }

@@ -12,8 +12,8 @@
 //   usage:<key id> hash   jobs, compute_ms, bytes_returned
 #include <hiredis/hiredis.h>
 
-#include <cstdlib>
 #include <algorithm>
+#include <cstdlib>
 
 #include "broker/job_store_impl.h"
 
@@ -33,12 +33,24 @@ struct Reply {
 Reply Convert(const redisReply* r) {
   Reply out;
   switch (r->type) {
-    case REDIS_REPLY_STRING: out.kind = Reply::Kind::kString; break;
-    case REDIS_REPLY_STATUS: out.kind = Reply::Kind::kStatus; break;
-    case REDIS_REPLY_ERROR: out.kind = Reply::Kind::kError; break;
-    case REDIS_REPLY_INTEGER: out.kind = Reply::Kind::kInt; break;
-    case REDIS_REPLY_ARRAY: out.kind = Reply::Kind::kArray; break;
-    default: out.kind = Reply::Kind::kNil; break;
+    case REDIS_REPLY_STRING:
+      out.kind = Reply::Kind::kString;
+      break;
+    case REDIS_REPLY_STATUS:
+      out.kind = Reply::Kind::kStatus;
+      break;
+    case REDIS_REPLY_ERROR:
+      out.kind = Reply::Kind::kError;
+      break;
+    case REDIS_REPLY_INTEGER:
+      out.kind = Reply::Kind::kInt;
+      break;
+    case REDIS_REPLY_ARRAY:
+      out.kind = Reply::Kind::kArray;
+      break;
+    default:
+      out.kind = Reply::Kind::kNil;
+      break;
   }
   if (r->str != nullptr) out.str.assign(r->str, r->len);
   out.integer = r->integer;
@@ -179,13 +191,17 @@ std::map<std::string, std::string> HashOf(const Reply& r) {
 
 // The record's fields as HSET arguments (times as t_<STATE>).
 std::vector<std::string> RecordFields(const JobRecord& job) {
-  std::vector<std::string> f = {
-      "owner", job.owner, "model", job.model, "ref", job.ref,
-      "state", protocol::JobStateName(job.state), "attempts", std::to_string(job.attempts),
-      "request_bytes", std::to_string(job.request_bytes),
-      "result_bytes", std::to_string(job.result_bytes),
-      "result_chunks", std::to_string(job.result_chunks),
-      "code", job.code, "message", job.message, "seq", std::to_string(job.seq)};
+  std::vector<std::string> f = {"owner",         job.owner,
+                                "model",         job.model,
+                                "ref",           job.ref,
+                                "state",         protocol::JobStateName(job.state),
+                                "attempts",      std::to_string(job.attempts),
+                                "request_bytes", std::to_string(job.request_bytes),
+                                "result_bytes",  std::to_string(job.result_bytes),
+                                "result_chunks", std::to_string(job.result_chunks),
+                                "code",          job.code,
+                                "message",       job.message,
+                                "seq",           std::to_string(job.seq)};
   for (const auto& [state, ms] : job.times) {
     f.push_back("t_" + state);
     f.push_back(std::to_string(ms));
@@ -224,8 +240,7 @@ Command Cat(Command head, const std::vector<std::string>& tail) {
 
 class RedisJobStore : public JobStore {
  public:
-  RedisJobStore(const std::string& address, const StoreTtls& ttls)
-      : redis_(address), ttls_(ttls) {}
+  RedisJobStore(const std::string& address, const StoreTtls& ttls) : redis_(address), ttls_(ttls) {}
 
   Status PutApiKey(const std::string& key_hash, const ApiKeyRecord& k) override {
     return redis_
@@ -258,8 +273,9 @@ class RedisJobStore : public JobStore {
     for (const Reply& r : records) {
       if (!r.elements.empty()) out.push_back(KeyFromHash(HashOf(r)));
     }
-    std::sort(out.begin(), out.end(),
-              [](const ApiKeyRecord& a, const ApiKeyRecord& b) { return a.created_ms < b.created_ms; });
+    std::sort(out.begin(), out.end(), [](const ApiKeyRecord& a, const ApiKeyRecord& b) {
+      return a.created_ms < b.created_ms;
+    });
     return out;
   }
 
@@ -278,11 +294,21 @@ class RedisJobStore : public JobStore {
   StatusOr<std::string> CreateJob(const JobRecord& job, const std::string& request) override {
     JobRecord stored = job;
     stored.state = JobState::kQueued;
-    Command eval = {"EVAL", kCreateJobScript, "6",
-                    "gb:ref:" + job.owner + ":" + job.ref, JobKey(job.id), RequestKey(job.id),
-                    QueueKey(job.model), UsageKey(job.owner), kModelsKey,
-                    job.ref.empty() ? "0" : "1", job.id, std::to_string(ttls_.ref_ms), request,
-                    std::to_string(job.seq), job.model};
+    Command eval = {"EVAL",
+                    kCreateJobScript,
+                    "6",
+                    "gb:ref:" + job.owner + ":" + job.ref,
+                    JobKey(job.id),
+                    RequestKey(job.id),
+                    QueueKey(job.model),
+                    UsageKey(job.owner),
+                    kModelsKey,
+                    job.ref.empty() ? "0" : "1",
+                    job.id,
+                    std::to_string(ttls_.ref_ms),
+                    request,
+                    std::to_string(job.seq),
+                    job.model};
     GLASSBOX_ASSIGN_OR_RETURN(auto replies, redis_.Run({Cat(eval, RecordFields(stored))}));
     return replies[0].str;
   }
@@ -337,16 +363,16 @@ class RedisJobStore : public JobStore {
 
   StatusOr<std::optional<std::string>> FetchResultChunk(const JobRecord& job,
                                                         int64_t index) override {
-    GLASSBOX_ASSIGN_OR_RETURN(
-        auto replies, redis_.Run({{"EVAL", kFetchChunkScript, "2", ResultKey(job.id),
-                                   UsageKey(job.owner), std::to_string(index)}}));
+    GLASSBOX_ASSIGN_OR_RETURN(auto replies,
+                              redis_.Run({{"EVAL", kFetchChunkScript, "2", ResultKey(job.id),
+                                           UsageKey(job.owner), std::to_string(index)}}));
     if (replies[0].kind != Reply::Kind::kString) return std::optional<std::string>();
     return std::optional<std::string>(std::move(replies[0].str));
   }
 
   StatusOr<std::vector<JobRecord>> LoadUnfinished() override {
-    GLASSBOX_ASSIGN_OR_RETURN(auto sets, redis_.Run({{"SMEMBERS", kModelsKey},
-                                                     {"SMEMBERS", kRunningKey}}));
+    GLASSBOX_ASSIGN_OR_RETURN(auto sets,
+                              redis_.Run({{"SMEMBERS", kModelsKey}, {"SMEMBERS", kRunningKey}}));
     std::vector<Command> ranges;
     for (const Reply& model : sets[0].elements) {
       ranges.push_back({"ZRANGE", QueueKey(model.str), "0", "-1"});

@@ -4,13 +4,13 @@
 // which signals a finished job over an inproc PAIR socket so the result leaves at once.
 #include "broker/worker_link.h"
 
-#include <zmq.hpp>
-
 #include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <optional>
+#include <random>
 #include <thread>
+#include <zmq.hpp>
 
 #include "protocol/broker_messages.h"
 #include "protocol/codec.h"
@@ -29,6 +29,14 @@ std::string Seconds(int64_t ms) {
 }
 
 void Log(const std::string& line) { std::fprintf(stderr, "glassbox worker: %s\n", line.c_str()); }
+
+std::string RandomIdentity() {
+  std::random_device rd;
+  std::uniform_int_distribution<uint64_t> dist;
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "worker-%016llx", static_cast<unsigned long long>(dist(rd)));
+  return buf;
+}
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -54,11 +62,11 @@ Outcome Classify(std::string bytes) {
   }
   protocol::ErrorReport report;
   report.code = "INTERNAL";
-  report.message = "the worker's handler returned neither a result nor an error report (" +
-                   (envelope.ok() ? std::string("a ") + protocol::MessageTypeName(envelope->type) +
-                                        " message"
-                                  : envelope.status().message()) +
-                   ")";
+  report.message =
+      "the worker's handler returned neither a result nor an error report (" +
+      (envelope.ok() ? std::string("a ") + protocol::MessageTypeName(envelope->type) + " message"
+                     : envelope.status().message()) +
+      ")";
   return {protocol::EncodeErrorReport(report), report.code, report.message};
 }
 
@@ -138,8 +146,10 @@ class Link {
  public:
   Link(const WorkerParams& params, const JobHandler& handler)
       : params_(params),
-        signal_name_("inproc://glassbox-worker-" + std::to_string(reinterpret_cast<uintptr_t>(this))),
-        signal_(ctx_, zmq::socket_type::pair) {
+        signal_name_("inproc://glassbox-worker-" +
+                     std::to_string(reinterpret_cast<uintptr_t>(this))),
+        signal_(ctx_, zmq::socket_type::pair),
+        identity_(RandomIdentity()) {
     signal_.bind(signal_name_);
     compute_ = std::make_unique<ComputeThread>(handler, ctx_, signal_name_);
   }
@@ -174,6 +184,8 @@ class Link {
   Status Connect() {
     socket_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
     socket_->set(zmq::sockopt::linger, 0);
+    // The same identity on every reconnect: the broker knows it is this worker again.
+    socket_->set(zmq::sockopt::routing_id, zmq::buffer(identity_));
     try {
       socket_->connect(params_.broker_endpoint);
     } catch (const zmq::error_t& e) {
@@ -187,6 +199,7 @@ class Link {
     if (job_) ready.job = job_->job_id();
     Send(ready);
     last_heard_ms_ = NowMs();
+    connected_ms_ = last_heard_ms_;
     next_heartbeat_ms_ = last_heard_ms_ + params_.heartbeat_interval_ms;
     return Status::Ok();
   }
@@ -218,11 +231,15 @@ class Link {
     auto m = protocol::DecodeBrokerMessage(bytes);
     if (!m.ok()) return Log("garbage from the broker: " + m.status().ToString());
     switch (m->type) {
-      case BrokerMessageType::kJob: return StartJob(*m);
+      case BrokerMessageType::kJob:
+        return StartJob(*m);
       case BrokerMessageType::kCancel:
         if (job_ && job_->job_id() == m->job) job_->RequestStop(m->reason);
         return;
       case BrokerMessageType::kDisconnect:
+        // Answers to messages sent before our last READY arrive too: act on one only after
+        // a heartbeat interval has passed since (the broker repeats it if it still applies).
+        if (NowMs() - connected_ms_ < params_.heartbeat_interval_ms) return;
         Log("broker says: " + m->reason + "; registering again");
         Connect();
         return;
@@ -286,10 +303,12 @@ class Link {
   zmq::context_t ctx_;
   std::string signal_name_;
   zmq::socket_t signal_;
+  std::string identity_;  // ZeroMQ routing id, kept across reconnects
   std::unique_ptr<ComputeThread> compute_;
   std::unique_ptr<zmq::socket_t> socket_;
   std::shared_ptr<JobContext> job_;  // the running job, if any
   int64_t last_heard_ms_ = 0;
+  int64_t connected_ms_ = 0;  // when READY was last sent
   int64_t next_heartbeat_ms_ = 0;
 };
 

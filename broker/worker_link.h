@@ -21,10 +21,10 @@ namespace glassbox::broker {
 
 struct WorkerParams {
   std::string broker_endpoint = "tcp://127.0.0.1:5556";
-  std::string model_name;       // the name clients ask for
-  std::string catalogue_json;   // the model's hook catalogue, served to clients by the broker
+  std::string model_name;      // the name clients ask for
+  std::string catalogue_json;  // the model's hook catalogue, served to clients by the broker
   int heartbeat_interval_ms = 1000;
-  int heartbeat_liveness = 5;   // missed heartbeats before the broker is presumed dead (reconnect)
+  int heartbeat_liveness = 5;  // missed heartbeats before the broker is presumed dead (reconnect)
   size_t result_chunk_bytes = size_t{1} << 20;  // results larger than this travel in chunks
 };
 
@@ -55,12 +55,13 @@ class JobContext {
 using JobHandler = std::function<std::string(const JobContext& job, const std::string& request)>;
 
 // Connects, sends READY, serves jobs one at a time until `stop` becomes true. Heartbeats
-// keep flowing from a separate thread while the handler computes. Large results are sent in
-// chunks. A handler that throws or returns bytes that are neither a result nor an error
+// keep flowing while the handler computes: the handler runs on a compute thread of its own,
+// the calling thread keeps the socket and the heartbeats. Large results are sent in chunks. A handler that throws or returns bytes that are neither a result nor an error
 // report yields an INTERNAL error report for that job. On stop, a running job is asked to
 // stop (ShouldStop), its outcome is dropped and the broker told to run it elsewhere
 // (DISCONNECT). Errors: an endpoint ZeroMQ cannot use (INVALID_ARGUMENT).
-Status ServeJobs(const WorkerParams& params, const JobHandler& handler, const std::atomic<bool>& stop);
+Status ServeJobs(const WorkerParams& params, const JobHandler& handler,
+                 const std::atomic<bool>& stop);
 
 }  // namespace glassbox::broker
 

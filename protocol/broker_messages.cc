@@ -14,18 +14,37 @@
 namespace glassbox::protocol {
 namespace {
 
+// clang-format off: tables read better as tables
 enum class Field {
-  kApiKey, kRef, kJob, kModel, kCatalogue, kState, kCode, kMessage, kReason, kRequest, kData,
-  kTimeMs, kPosition, kIndex, kCount, kTotalBytes, kHeartbeatMs, kTimeLimitMs, kModels,
+  kApiKey,
+  kRef,
+  kJob,
+  kModel,
+  kCatalogue,
+  kState,
+  kCode,
+  kMessage,
+  kReason,
+  kRequest,
+  kData,
+  kTimeMs,
+  kPosition,
+  kIndex,
+  kCount,
+  kTotalBytes,
+  kHeartbeatMs,
+  kTimeLimitMs,
+  kModels,
 };
 
 const char* FieldKey(Field f) {
   static constexpr std::array<const char*, 19> kKeys = {
-      "api_key", "ref", "job", "model", "catalogue", "state", "code", "message", "reason",
-      "request", "data", "time_ms", "position", "index", "count", "total_bytes",
-      "heartbeat_ms", "time_limit_ms", "models"};
+      "api_key", "ref",         "job",          "model",         "catalogue", "state",    "code",
+      "message", "reason",      "request",      "data",          "time_ms",   "position", "index",
+      "count",   "total_bytes", "heartbeat_ms", "time_limit_ms", "models"};
   return kKeys[static_cast<size_t>(f)];
 }
+// clang-format on
 
 struct FieldSpec {
   Field field;
@@ -38,6 +57,7 @@ struct TypeSpec {
   std::vector<FieldSpec> fields;  // in encoding order
 };
 
+// clang-format off
 const std::vector<TypeSpec>& TypeSpecs() {
   using F = Field;
   using T = BrokerMessageType;
@@ -71,6 +91,7 @@ const std::vector<TypeSpec>& TypeSpecs() {
   };
   return kSpecs;
 }
+// clang-format on
 
 const TypeSpec& SpecOf(BrokerMessageType type) {
   for (const TypeSpec& spec : TypeSpecs()) {
@@ -82,28 +103,45 @@ const TypeSpec& SpecOf(BrokerMessageType type) {
 
 std::string* StringField(BrokerMessage& m, Field f) {
   switch (f) {
-    case Field::kApiKey: return &m.api_key;
-    case Field::kRef: return &m.ref;
-    case Field::kJob: return &m.job;
-    case Field::kModel: return &m.model;
-    case Field::kCatalogue: return &m.catalogue;
-    case Field::kCode: return &m.code;
-    case Field::kMessage: return &m.message;
-    case Field::kReason: return &m.reason;
-    default: return nullptr;
+    case Field::kApiKey:
+      return &m.api_key;
+    case Field::kRef:
+      return &m.ref;
+    case Field::kJob:
+      return &m.job;
+    case Field::kModel:
+      return &m.model;
+    case Field::kCatalogue:
+      return &m.catalogue;
+    case Field::kCode:
+      return &m.code;
+    case Field::kMessage:
+      return &m.message;
+    case Field::kReason:
+      return &m.reason;
+    default:
+      return nullptr;
   }
 }
 
 int64_t* IntField(BrokerMessage& m, Field f) {
   switch (f) {
-    case Field::kTimeMs: return &m.time_ms;
-    case Field::kPosition: return &m.position;
-    case Field::kIndex: return &m.index;
-    case Field::kCount: return &m.count;
-    case Field::kTotalBytes: return &m.total_bytes;
-    case Field::kHeartbeatMs: return &m.heartbeat_ms;
-    case Field::kTimeLimitMs: return &m.time_limit_ms;
-    default: return nullptr;
+    case Field::kTimeMs:
+      return &m.time_ms;
+    case Field::kPosition:
+      return &m.position;
+    case Field::kIndex:
+      return &m.index;
+    case Field::kCount:
+      return &m.count;
+    case Field::kTotalBytes:
+      return &m.total_bytes;
+    case Field::kHeartbeatMs:
+      return &m.heartbeat_ms;
+    case Field::kTimeLimitMs:
+      return &m.time_limit_ms;
+    default:
+      return nullptr;
   }
 }
 
@@ -164,11 +202,15 @@ void PackField(Packer& pk, const BrokerMessage& m, Field f) {
     return;
   }
   switch (f) {
-    case Field::kState: return PackStr(pk, JobStateName(*m.state));
+    case Field::kState:
+      return PackStr(pk, JobStateName(*m.state));
     case Field::kRequest:
-    case Field::kData: return PackBin(pk, m.payload);
-    case Field::kModels: return PackModels(pk, m.models);
-    default: assert(false && "unhandled field");
+    case Field::kData:
+      return PackBin(pk, m.payload);
+    case Field::kModels:
+      return PackModels(pk, m.models);
+    default:
+      assert(false && "unhandled field");
   }
 }
 
@@ -180,17 +222,26 @@ using msgpack::object;
 
 const char* KindName(const object& o) {
   switch (o.type) {
-    case msgpack::type::NIL: return "null";
-    case msgpack::type::BOOLEAN: return "bool";
+    case msgpack::type::NIL:
+      return "null";
+    case msgpack::type::BOOLEAN:
+      return "bool";
     case msgpack::type::POSITIVE_INTEGER:
-    case msgpack::type::NEGATIVE_INTEGER: return "int";
+    case msgpack::type::NEGATIVE_INTEGER:
+      return "int";
     case msgpack::type::FLOAT32:
-    case msgpack::type::FLOAT64: return "float";
-    case msgpack::type::STR: return "string";
-    case msgpack::type::BIN: return "binary";
-    case msgpack::type::ARRAY: return "list";
-    case msgpack::type::MAP: return "map";
-    default: return "ext";
+    case msgpack::type::FLOAT64:
+      return "float";
+    case msgpack::type::STR:
+      return "string";
+    case msgpack::type::BIN:
+      return "binary";
+    case msgpack::type::ARRAY:
+      return "list";
+    case msgpack::type::MAP:
+      return "map";
+    default:
+      return "ext";
   }
 }
 
@@ -289,8 +340,10 @@ Status ReadField(const object& v, Field f, const BrokerDecodeLimits& limits, Bro
       if (v.type != msgpack::type::BIN) return Mistyped(path, "binary data", v);
       m->payload.assign(v.via.bin.ptr, v.via.bin.size);
       return Status::Ok();
-    case Field::kModels: return ReadModels(v, path, limits, &m->models);
-    default: return Internal(path + ": unhandled field");
+    case Field::kModels:
+      return ReadModels(v, path, limits, &m->models);
+    default:
+      return Internal(path + ": unhandled field");
   }
 }
 
@@ -328,16 +381,17 @@ StatusOr<Envelope> ReadEnvelope(const object& root) {
                            KindName(root));
   }
   Envelope env;
-  GLASSBOX_RETURN_IF_ERROR(ForEachEntry(root, "message", [&](std::string_view key, const object& v) {
-    const object** slot = key == "glassbox" ? &env.version
-                          : key == "type"   ? &env.type
-                          : key == "body"   ? &env.body
-                                            : nullptr;
-    if (slot == nullptr) return Status::Ok();
-    if (*slot) return InvalidArgument("message: duplicate key \"" + std::string(key) + "\"");
-    *slot = &v;
-    return Status::Ok();
-  }));
+  GLASSBOX_RETURN_IF_ERROR(
+      ForEachEntry(root, "message", [&](std::string_view key, const object& v) {
+        const object** slot = key == "glassbox" ? &env.version
+                              : key == "type"   ? &env.type
+                              : key == "body"   ? &env.body
+                                                : nullptr;
+        if (slot == nullptr) return Status::Ok();
+        if (*slot) return InvalidArgument("message: duplicate key \"" + std::string(key) + "\"");
+        *slot = &v;
+        return Status::Ok();
+      }));
   if (!env.version) return InvalidArgument("not a Glassbox message: no \"glassbox\" version key");
   if (!env.type) return InvalidArgument("message: missing key \"type\"");
   return env;
@@ -376,21 +430,28 @@ std::optional<BrokerMessageType> BrokerMessageTypeFromName(std::string_view name
 
 const char* JobStateName(JobState state) {
   switch (state) {
-    case JobState::kReceived: return "RECEIVED";
-    case JobState::kQueued: return "QUEUED";
-    case JobState::kRunning: return "RUNNING";
-    case JobState::kCompleted: return "COMPLETED";
-    case JobState::kError: return "ERROR";
-    case JobState::kCancelled: return "CANCELLED";
-    case JobState::kExpired: return "EXPIRED";
+    case JobState::kReceived:
+      return "RECEIVED";
+    case JobState::kQueued:
+      return "QUEUED";
+    case JobState::kRunning:
+      return "RUNNING";
+    case JobState::kCompleted:
+      return "COMPLETED";
+    case JobState::kError:
+      return "ERROR";
+    case JobState::kCancelled:
+      return "CANCELLED";
+    case JobState::kExpired:
+      return "EXPIRED";
   }
   return "UNKNOWN";
 }
 
 std::optional<JobState> JobStateFromName(std::string_view name) {
-  for (JobState s : {JobState::kReceived, JobState::kQueued, JobState::kRunning,
-                     JobState::kCompleted, JobState::kError, JobState::kCancelled,
-                     JobState::kExpired}) {
+  for (JobState s :
+       {JobState::kReceived, JobState::kQueued, JobState::kRunning, JobState::kCompleted,
+        JobState::kError, JobState::kCancelled, JobState::kExpired}) {
     if (name == JobStateName(s)) return s;
   }
   return std::nullopt;
@@ -503,12 +564,12 @@ StatusOr<std::string> PeekRequestModel(std::string_view request_bytes) {
       return InvalidArgument("request has no body map");
     }
     std::optional<std::string> model;
-    GLASSBOX_RETURN_IF_ERROR(ForEachEntry(*env.body, "request.body",
-                                          [&](std::string_view key, const object& v) -> Status {
-      if (key != "model") return Status::Ok();
-      GLASSBOX_ASSIGN_OR_RETURN(model, ReadString(v, "request.body.model"));
-      return Status::Ok();
-    }));
+    GLASSBOX_RETURN_IF_ERROR(ForEachEntry(
+        *env.body, "request.body", [&](std::string_view key, const object& v) -> Status {
+          if (key != "model") return Status::Ok();
+          GLASSBOX_ASSIGN_OR_RETURN(model, ReadString(v, "request.body.model"));
+          return Status::Ok();
+        }));
     if (!model) return InvalidArgument("request has no body.model");
     return *model;
   } catch (const std::exception& e) {

@@ -58,9 +58,9 @@ bool IsTerminal(JobState state);  // COMPLETED, ERROR, CANCELLED, EXPIRED
 // One served model in a `models` reply.
 struct ModelInfo {
   std::string name;
-  int64_t workers = 0;          // live workers serving it
-  int64_t queued = 0;           // jobs waiting for it
-  std::string catalogue_json;   // the hook catalogue, as the worker gave it (JSON text)
+  int64_t workers = 0;         // live workers serving it
+  int64_t queued = 0;          // jobs waiting for it
+  std::string catalogue_json;  // the hook catalogue, as the worker gave it (JSON text)
   bool operator==(const ModelInfo& o) const {
     return name == o.name && workers == o.workers && queued == o.queued &&
            catalogue_json == o.catalogue_json;
@@ -72,23 +72,23 @@ struct ModelInfo {
 struct BrokerMessage {
   int64_t version = 1;  // the envelope's protocol version
   BrokerMessageType type = BrokerMessageType::kHeartbeat;
-  std::string api_key;    // client requests (absent only in the broker's development mode)
-  std::string ref;        // client's id for a request, echoed in the reply; idempotency key of submit
-  std::string job;        // job id: 32 lowercase hex digits
-  std::string model;      // ready
-  std::string catalogue;  // ready: hook catalogue JSON text
+  std::string api_key;  // client requests (absent only in the broker's development mode)
+  std::string ref;      // client's id for a request, echoed in the reply; idempotency key of submit
+  std::string job;      // job id: 32 lowercase hex digits
+  std::string model;    // ready
+  std::string catalogue;          // ready: hook catalogue JSON text
   std::optional<JobState> state;  // status
-  std::string code;       // error, status (ERROR...), job_result (last chunk of an error report)
-  std::string message;    // error, status, job_result
-  std::string reason;     // cancel, disconnect
-  std::string payload;    // "request" of submit/job, "data" of result_chunk/job_result
-  int64_t time_ms = -1;       // ack, status: when the state was entered (ms since the Unix epoch)
-  int64_t position = -1;      // status QUEUED: jobs ahead of this one in its model's queue
-  int64_t index = -1;         // fetch, result_chunk, job_result: chunk index (from 0)
-  int64_t count = -1;         // result_chunk, job_result; status when finished: chunks
-  int64_t total_bytes = -1;   // result_chunk; status when finished: result size
-  int64_t heartbeat_ms = -1;  // ready: the worker's heartbeat interval
-  int64_t time_limit_ms = -1; // job: the worker must stop after this long
+  std::string code;          // error, status (ERROR...), job_result (last chunk of an error report)
+  std::string message;       // error, status, job_result
+  std::string reason;        // cancel, disconnect
+  std::string payload;       // "request" of submit/job, "data" of result_chunk/job_result
+  int64_t time_ms = -1;      // ack, status: when the state was entered (ms since the Unix epoch)
+  int64_t position = -1;     // status QUEUED: jobs ahead of this one in its model's queue
+  int64_t index = -1;        // fetch, result_chunk, job_result: chunk index (from 0)
+  int64_t count = -1;        // result_chunk, job_result; status when finished: chunks
+  int64_t total_bytes = -1;  // result_chunk; status when finished: result size
+  int64_t heartbeat_ms = -1;      // ready: the worker's heartbeat interval
+  int64_t time_limit_ms = -1;     // job: the worker must stop after this long
   std::vector<ModelInfo> models;  // models
 
   bool operator==(const BrokerMessage& o) const;

@@ -263,12 +263,13 @@ TEST_CASE("Core: per-key limits on queued jobs, running jobs and request size", 
   const std::string key = h.AddKey("alice", limits);
   h.Ready("w1");
   h.Ready("w2");
-  h.Submit("c", key);                        // runs on w1
-  h.Submit("c", key);                        // queued: w2 idle but max_running is 1
-  h.Submit("c", key);                        // queued
-  BrokerMessage over = h.Submit("c", key);   // third queued: refused
+  h.Submit("c", key);                       // runs on w1
+  h.Submit("c", key);                       // queued: w2 idle but max_running is 1
+  h.Submit("c", key);                       // queued
+  BrokerMessage over = h.Submit("c", key);  // third queued: refused
   CHECK(over.code == "RESOURCE_EXHAUSTED");
-  CHECK(over.message == "this API key already has 2 jobs queued, its limit; wait for some to finish");
+  CHECK(over.message ==
+        "this API key already has 2 jobs queued, its limit; wait for some to finish");
   CHECK(h.JobFor("w2").empty());
   BrokerMessage big;
   big.type = BrokerMessageType::kSubmit;
@@ -279,7 +280,8 @@ TEST_CASE("Core: per-key limits on queued jobs, running jobs and request size", 
   auto replies = h.outbox.Take("c");
   REQUIRE(!replies.empty());
   CHECK(replies.back().code == "RESOURCE_EXHAUSTED");
-  CHECK(replies.back().message.find("over this API key's limit of 1000 bytes") != std::string::npos);
+  CHECK(replies.back().message.find("over this API key's limit of 1000 bytes") !=
+        std::string::npos);
 }
 
 TEST_CASE("Core: a model nobody serves is refused, naming the served ones", "[broker]") {
@@ -323,7 +325,8 @@ TEST_CASE("Core: a silent worker's job runs again, up to the retry limit", "[bro
   CHECK(protocol::DecodeErrorReport(report.payload)->code == "UNAVAILABLE");
 }
 
-TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails naming it", "[broker]") {
+TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails naming it",
+          "[broker]") {
   BrokerParams params;
   params.dev_no_auth = true;
   params.time_limit_ms = 1000;
@@ -348,7 +351,8 @@ TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails nami
   CHECK(cancelled);
   BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
   CHECK(status.state == JobState::kError);
-  CHECK(status.message == "time limit of 1 s exceeded (the worker did not stop within 0.5 s of it)");
+  CHECK(status.message ==
+        "time limit of 1 s exceeded (the worker did not stop within 0.5 s of it)");
   // The worker reports late: dropped, and the worker takes the next job.
   h.Finish("w1", job);
   const std::string next = h.Submit("c", "").job;
@@ -393,6 +397,18 @@ TEST_CASE("Core: garbage and wrong message types are answered, not fatal", "[bro
   h.Worker("stranger", beat);
   replies = h.outbox.Take("stranger");
   CHECK(replies[0].type == BrokerMessageType::kDisconnect);
+  h.core->OnWorkerMessage("stranger", std::string("\x81\xa1x", 3));
+  replies = h.outbox.Take("stranger");
+  REQUIRE(replies.size() == 1);
+  CHECK(replies[0].type == BrokerMessageType::kError);
+  h.Ready("w1");
+  BrokerMessage submit;
+  submit.type = BrokerMessageType::kSubmit;
+  submit.payload = "x";
+  h.Worker("w1", submit);
+  replies = h.outbox.Take("w1");
+  REQUIRE(replies.size() == 1);
+  CHECK(replies[0].message == "a worker may not send a \"submit\" message");
 }
 
 TEST_CASE("Core: a restarted core resumes stored jobs, running ones queued again", "[broker]") {
@@ -415,6 +431,69 @@ TEST_CASE("Core: a restarted core resumes stored jobs, running ones queued again
   REQUIRE(jobs.size() == 1);
   CHECK(jobs[0].job == running);  // first come, first served
   (void)queued;
+}
+
+}  // namespace
+}  // namespace glassbox::broker::internal
+
+namespace glassbox::broker::internal {
+namespace {
+
+TEST_CASE("Core: a worker re-registering mid-job keeps its job, before and after a restart",
+          "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string job = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == job);
+  BrokerMessage again;
+  again.type = BrokerMessageType::kReady;
+  again.model = "m";
+  again.catalogue = "{}";
+  again.job = job;
+  h.Worker("w1", again);  // same broker: nothing changes
+  CHECK(h.JobFor("w1").empty());
+  RecordingOutbox outbox2;
+  BrokerCore restarted(params, h.store.get(), &h.clock, &outbox2);
+  REQUIRE(restarted.Recover().ok());
+  restarted.OnWorkerMessage("w1", protocol::EncodeBrokerMessage(again));  // the new broker
+  CHECK(outbox2.Take("w1").empty());                                      // adopted, not sent again
+  BrokerMessage result;
+  result.type = BrokerMessageType::kJobResult;
+  result.job = job;
+  result.index = 0;
+  result.count = 1;
+  result.payload = ResultBytes();
+  restarted.OnWorkerMessage("w1", protocol::EncodeBrokerMessage(result));
+  auto stored = h.store->GetJob(job);
+  REQUIRE(stored.ok());
+  CHECK((*stored)->state == JobState::kCompleted);
+  CHECK((*stored)->attempts == 0);
+}
+
+TEST_CASE("Core: a result over the size limit fails the job, the worker goes on", "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  params.max_result_bytes = 1000;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string job = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == job);
+  BrokerMessage chunk;
+  chunk.type = BrokerMessageType::kJobResult;
+  chunk.job = job;
+  chunk.count = 3;
+  chunk.payload = std::string(600, 'x');
+  for (int64_t i = 0; i < 3; ++i) {
+    chunk.index = i;
+    h.Worker("w1", chunk);
+  }
+  BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
+  CHECK(status.state == JobState::kError);
+  CHECK(status.message == "the result is over the service's limit of 1000 bytes; save less");
+  const std::string next = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == next);
 }
 
 }  // namespace

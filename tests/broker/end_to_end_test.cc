@@ -3,11 +3,10 @@
 // broker/client.h. Lifecycle, API keys, owner isolation, dead workers, a killed broker, a
 // stopped Redis, garbage on the wire, fairness, chunked results, time limits, cancellation.
 #include <catch2/catch.hpp>
-#include <zmq.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <thread>
+#include <zmq.hpp>
 
 #include "broker/broker.h"
 #include "broker/client.h"
@@ -66,15 +65,30 @@ struct ApiKey {
 // Redis, a broker and workers, each a real process, in one temporary directory.
 class Cluster {
  public:
-  explicit Cluster(std::vector<std::string> broker_flags = {})
+  explicit Cluster(std::vector<std::string> broker_flags = {}, bool curve = false)
       : redis_(dir_.path()), broker_flags_(std::move(broker_flags)) {
+    if (curve) {
+      Run(testing::BinDir() + "/glassbox-broker curve-keygen --out " + dir_.path() + "/curve");
+      broker_flags_.insert(broker_flags_.end(),
+                           {"--curve-secret-key-file", dir_.path() + "/curve.key"});
+      curve_public_key_ = ReadCurveKeyFile(dir_.path() + "/curve.pub").value();
+    }
     StartBroker();
   }
 
+  const std::string& curve_public_key() const { return curve_public_key_; }
+
   void StartBroker() {
-    std::vector<std::string> args = {testing::BinDir() + "/glassbox-broker", "serve",
-                                     "--clients", ClientEndpoint(), "--workers", WorkerEndpoint(),
-                                     "--redis", redis_.address(), "--heartbeat-liveness", "5"};
+    std::vector<std::string> args = {testing::BinDir() + "/glassbox-broker",
+                                     "serve",
+                                     "--clients",
+                                     ClientEndpoint(),
+                                     "--workers",
+                                     WorkerEndpoint(),
+                                     "--redis",
+                                     redis_.address(),
+                                     "--heartbeat-liveness",
+                                     "5"};
     args.insert(args.end(), broker_flags_.begin(), broker_flags_.end());
     broker_ = std::make_unique<ChildProcess>(args, dir_.path() + "/broker.log");
     REQUIRE(testing::WaitForPort(client_port_, 10000));
@@ -84,10 +98,16 @@ class Cluster {
   testing::RedisServer& redis() { return redis_; }
 
   ChildProcess& StartWorker(const std::string& tag, std::vector<std::string> flags = {}) {
-    std::vector<std::string> args = {testing::BinDir() + "/glassbox-test-worker", "--broker",
-                                     WorkerEndpoint(), "--heartbeat-ms", "100", "--tag", tag};
+    std::vector<std::string> args = {testing::BinDir() + "/glassbox-test-worker",
+                                     "--broker",
+                                     WorkerEndpoint(),
+                                     "--heartbeat-ms",
+                                     "100",
+                                     "--tag",
+                                     tag};
     args.insert(args.end(), flags.begin(), flags.end());
-    workers_.push_back(std::make_unique<ChildProcess>(args, dir_.path() + "/worker-" + tag + ".log"));
+    workers_.push_back(
+        std::make_unique<ChildProcess>(args, dir_.path() + "/worker-" + tag + ".log"));
     return *workers_.back();
   }
 
@@ -104,8 +124,10 @@ class Cluster {
                args + " 2>&1");
   }
 
-  std::unique_ptr<Client> NewClient(const std::string& api_key, int timeout_ms = 10000) {
+  std::unique_ptr<Client> NewClient(const std::string& api_key, int timeout_ms = 10000,
+                                    const std::string& curve_server_key = "") {
     ClientParams params;
+    params.curve_server_key = curve_server_key;
     params.endpoint = ClientEndpoint();
     params.api_key = api_key;
     params.timeout_ms = timeout_ms;
@@ -135,6 +157,7 @@ class Cluster {
   testing::TempDir dir_;
   testing::RedisServer redis_;
   std::vector<std::string> broker_flags_;
+  std::string curve_public_key_;
   int client_port_ = testing::FreePort();
   int worker_port_ = testing::FreePort();
   std::unique_ptr<ChildProcess> broker_;
@@ -187,6 +210,11 @@ TEST_CASE("E2E: a job's lifecycle, pushed statuses, result, models and usage", "
   const std::string listing = cluster.Keys("list");
   CHECK(listing.find(key.id) != std::string::npos);
   CHECK(listing.find("alice") != std::string::npos);
+  auto keys = ListApiKeys(cluster.redis().address());
+  REQUIRE(keys.ok());
+  REQUIRE(keys->size() == 1);
+  CHECK((*keys)[0].usage.jobs == 1);
+  CHECK((*keys)[0].usage.bytes_returned == static_cast<int64_t>(result->size()));
 }
 
 TEST_CASE("E2E: requests without a valid API key are refused", "[broker]") {
@@ -354,9 +382,10 @@ TEST_CASE("E2E: malformed, unknown and oversized messages get errors, others sti
   CHECK(reply->message == "type: unknown message type \"heartbeaz\"");
   auto too_big = client->Submit(Request(std::string(200000, 'x')));
   CHECK(too_big.status().code() == StatusCode::kResourceExhausted);
-  auto not_request = client->Submit(protocol::EncodeErrorReport(
-      protocol::ErrorReport::FromStatus(Internal("x"))));
-  CHECK(not_request.status().message() == "submitted message is a \"error\" message, not a request");
+  auto not_request =
+      client->Submit(protocol::EncodeErrorReport(protocol::ErrorReport::FromStatus(Internal("x"))));
+  CHECK(not_request.status().message() ==
+        "submitted message is a \"error\" message, not a request");
   {  // several frames in one message, then a frame over ZMQ_MAXMSGSIZE (the broker drops that peer)
     zmq::context_t ctx;
     zmq::socket_t raw(ctx, zmq::socket_type::dealer);
@@ -451,8 +480,7 @@ TEST_CASE("E2E: cancelling a running job stops it, the worker takes the next", "
   CHECK(client->FetchResult(slow).status().code() == StatusCode::kNotFound);
 }
 
-TEST_CASE("E2E: development mode needs no key, and an error report is an ERROR state",
-          "[broker]") {
+TEST_CASE("E2E: development mode needs no key, and an error report is an ERROR state", "[broker]") {
   Cluster cluster({"--dev-no-auth"});
   cluster.StartWorker("a");
   auto client = cluster.NewClient("");
@@ -466,6 +494,19 @@ TEST_CASE("E2E: development mode needs no key, and an error report is an ERROR s
   auto unserved = client->Submit(Request("x", "no-such-model"));
   CHECK(unserved.status().ToString() ==
         "NOT_FOUND: no worker serves model \"no-such-model\" (served now: \"test-model\")");
+}
+
+TEST_CASE("E2E: CURVE-encrypted client connections, plain clients get no answer", "[broker]") {
+  Cluster cluster({}, /*curve=*/true);
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret, 10000, cluster.curve_public_key());
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job = SubmitOk(*client, "encrypted");
+  CHECK(WaitDone(*client, job).state == JobState::kCompleted);
+  CHECK(Saved(*client->FetchResult(job), "prompt") == "encrypted");
+  auto plain = cluster.NewClient(key.secret, 300);
+  CHECK(plain->Submit(Request("x")).status().code() == StatusCode::kUnavailable);
 }
 
 }  // namespace

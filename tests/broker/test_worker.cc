@@ -8,7 +8,6 @@
 // The result also saves the prompt (as "prompt") and the worker's --tag, so a test can tell
 // which worker ran a job.
 #include <CLI/CLI.hpp>
-
 #include <atomic>
 #include <chrono>
 #include <csignal>

@@ -114,7 +114,7 @@ TEST_CASE("An error message decodes as a protocol error report too", "[protocol]
 
 TEST_CASE("Malformed broker messages give errors naming the cause", "[protocol]") {
   CHECK(DecodeError("") == "INVALID_ARGUMENT: empty message");
-  CHECK(DecodeError("\xc1") .find("malformed msgpack") != std::string::npos);
+  CHECK(DecodeError("\xc1").find("malformed msgpack") != std::string::npos);
   CHECK(DecodeError(Msgpack(json::array({1, 2}))) ==
         "INVALID_ARGUMENT: not a Glassbox message: expected a map, got list");
   CHECK(DecodeError(Msgpack({{"type", "ack"}, {"body", json::object()}})) ==
@@ -125,12 +125,13 @@ TEST_CASE("Malformed broker messages give errors naming the cause", "[protocol]"
         "INVALID_ARGUMENT: body: missing key \"job\" (required in a query message)");
   CHECK(DecodeError(Msgpack({{"glassbox", 1}, {"type", "query"}, {"body", {{"job", 7}}}})) ==
         "INVALID_ARGUMENT: body.job: expected a string, got int");
-  CHECK(DecodeError(Msgpack({{"glassbox", 1}, {"type", "fetch"},
-                             {"body", {{"job", "a"}, {"index", -1}}}})) ==
+  CHECK(DecodeError(Msgpack(
+            {{"glassbox", 1}, {"type", "fetch"}, {"body", {{"job", "a"}, {"index", -1}}}})) ==
         "INVALID_ARGUMENT: body.index: must not be negative, got -1");
   CHECK(DecodeError(Msgpack({{"glassbox", 1}, {"type", "submit"}, {"body", {{"request", "x"}}}})) ==
         "INVALID_ARGUMENT: body.request: expected binary data, got string");
-  CHECK(DecodeError(Msgpack({{"glassbox", 1}, {"type", "status"},
+  CHECK(DecodeError(Msgpack({{"glassbox", 1},
+                             {"type", "status"},
                              {"body", {{"job", "a"}, {"state", "DONE"}, {"time_ms", 1}}}})) ==
         "INVALID_ARGUMENT: body.state: unknown job state \"DONE\"");
   CHECK(DecodeError(Msgpack({{"glassbox", 2}, {"type", "heartbeat"}, {"body", json::object()}}))
@@ -143,7 +144,8 @@ TEST_CASE("Malformed broker messages give errors naming the cause", "[protocol]"
 }
 
 TEST_CASE("Broker messages from another version: errors still decode, keys skipped", "[protocol]") {
-  auto e = DecodeBrokerMessage(Msgpack({{"glassbox", 9}, {"type", "error"},
+  auto e = DecodeBrokerMessage(Msgpack({{"glassbox", 9},
+                                        {"type", "error"},
                                         {"body", {{"code", "X"}, {"message", "m"}, {"new", 1}}}}));
   REQUIRE(e.ok());
   CHECK(e->version == 9);
