@@ -19,12 +19,31 @@ namespace {
 
 using namespace glassbox;
 
-std::string TrivialRequest() {
+// The test worker reads its instructions from the prompt (tests/broker/test_worker.cc).
+std::string TestWorkerRequest(const std::string& prompt) {
   protocol::Request r;
   r.model = "test-model";
   r.traces.emplace_back();
-  r.traces[0].invokes.push_back({"", std::nullopt});
+  r.traces[0].invokes.push_back({prompt, std::nullopt});
   return protocol::EncodeRequest(r);
+}
+
+std::string TrivialRequest() { return TestWorkerRequest(""); }
+
+// A large result: stored in chunks, fetched with a window of chunks in flight.
+void MeasureLargeResult(broker::Client& client, int64_t bytes) {
+  const std::string request = TestWorkerRequest("result_bytes=" + std::to_string(bytes));
+  auto job = client.Submit(request);
+  if (!job.ok() || !client.WaitForStatus(*job).ok()) return;
+  const auto start = bench::LoadClock::now();
+  auto result = client.FetchResult(*job);
+  const double ms = bench::MsSince(start);
+  if (!result.ok()) {
+    std::printf("large result: fetch failed: %s\n", result.status().ToString().c_str());
+    return;
+  }
+  std::printf("large result of %.0f MB fetched in %.0f ms: %.0f MB/s over loopback\n", bytes / 1e6,
+              ms, result->size() / 1e6 / (ms / 1e3));
 }
 
 // What a job costs without the service: decode the request, encode and decode a result.
@@ -79,5 +98,6 @@ int main(int argc, char** argv) {
                    in_process_ms);
   std::printf("\n%d-client throughput / 1-client throughput: %.2fx\n", clients,
               (many.latencies_ms.size() / many.seconds) / (one.latencies_ms.size() / one.seconds));
+  MeasureLargeResult(**client, int64_t{200} << 20);
   return 0;
 }
