@@ -138,6 +138,30 @@ TEST_CASE("the engine worker serves graphs through broker and Redis as in-proces
   CHECK(WaitDone(*client, *after, 10000).state == JobState::kCompleted);
 }
 
+TEST_CASE("one broker serves several models, each job reaching its own model's worker",
+          "[worker][service]") {
+  Service service;
+  service.StartEngine(testing::kTinyLlamaDir, "tiny");
+  service.StartEngine("tests/fixtures/tiny_llama_sharded", "tiny-sharded");
+  auto client = service.NewClient();
+  service.WaitForModel(*client, "tiny");
+  service.WaitForModel(*client, "tiny-sharded");
+  auto models = client->ListModels();
+  REQUIRE(models.ok());
+  CHECK(models->size() == 2);
+
+  // The same weights in two layouts: the same answer, each from its own worker (a worker
+  // refuses a request naming another model, so a misrouted job would fail).
+  std::vector<std::string> results;
+  for (const char* name : {"tiny", "tiny-sharded"}) {
+    auto job = client->Submit(protocol::EncodeRequest(ReadAndSave(name, "lm_head.output")));
+    REQUIRE(job.ok());
+    REQUIRE(WaitDone(*client, *job, 10000).state == JobState::kCompleted);
+    results.push_back(*client->FetchResult(*job));
+  }
+  CHECK(results[0] == results[1]);
+}
+
 TEST_CASE("a long generation is stopped between hook points by its time limit or a cancel",
           "[worker][service][model][smollm2][slow]") {
   // The broker itself would give up only after 60 s of grace: a quick end proves the worker
