@@ -605,6 +605,8 @@ const std::string& Tokenizer::TokenText(int64_t id) const {
   return impl_->spec.tokens[id];
 }
 
+const std::vector<int64_t>& Tokenizer::special_ids() const { return impl_->spec.special_ids; }
+
 int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->spec.tokens.size()); }
 int64_t Tokenizer::bos_id() const { return impl_->spec.bos_id; }
 int64_t Tokenizer::eos_id() const { return impl_->spec.eos_id; }

@@ -58,6 +58,9 @@ class Tokenizer {
   // The token's text in byte-level form ("Ġthe"); "" for an id out of range.
   const std::string& TokenText(int64_t id) const;
 
+  // Ids of the special tokens (matched verbatim in text; TokenText is their literal text).
+  const std::vector<int64_t>& special_ids() const;
+
   int64_t vocab_size() const;
   int64_t bos_id() const;
   int64_t eos_id() const;

@@ -28,12 +28,23 @@ nlohmann::json ConfigJson(const Model& model) {
           {"device", model.device()}, {"dtype", model.dtype()}};
 }
 
+// What a client needs to turn ids back into text as the server would: every token in its
+// byte-level form (GPT-2's byte-to-unicode mapping), and which ids are special (literal).
+nlohmann::json TokenizerJson(const Tokenizer& tokenizer) {
+  nlohmann::json tokens = nlohmann::json::array();
+  for (int64_t id = 0; id < tokenizer.vocab_size(); ++id) tokens.push_back(tokenizer.TokenText(id));
+  return {{"kind", "byte_level_bpe"}, {"tokens", std::move(tokens)},
+          {"special_ids", tokenizer.special_ids()}, {"bos_id", tokenizer.bos_id()},
+          {"eos_id", tokenizer.eos_id()}};
+}
+
 }  // namespace
 
 std::string CatalogueJson(const Model& model) {
   nlohmann::json out = nlohmann::json::parse(model.catalogue().ToJson());
   out["model"] = ConfigJson(model);
-  return out.dump();
+  if (model.tokenizer() != nullptr) out["tokenizer"] = TokenizerJson(*model.tokenizer());
+  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {

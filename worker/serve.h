@@ -27,7 +27,9 @@ struct ServeParams {
 Status Serve(const ServeParams& params, const std::atomic<bool>& stop);
 
 // The catalogue the worker announces: the engine's hook catalogue JSON with the model's
-// config under "model" (what `glassbox-engine info` prints).
+// config under "model" and, when the model has one, its tokenizer's vocabulary under
+// "tokenizer" (so clients decode ids exactly as the server does). What `glassbox-engine
+// info` prints.
 std::string CatalogueJson(const Model& model);
 
 }  // namespace glassbox::worker

@@ -169,7 +169,12 @@ TEST_CASE("a long generation is stopped between hook points by its time limit or
   Service service({"--time-limit-ms", "2000", "--time-limit-grace-ms", "60000"});
   service.StartEngine(testing::kSmolLm2Path, "smollm2");
   auto client = service.NewClient();
-  service.WaitForModel(*client, "smollm2");
+  const nlohmann::json catalogue =
+      nlohmann::json::parse(service.WaitForModel(*client, "smollm2").catalogue_json);
+  // The vocabulary travels with the catalogue, so clients decode ids as the server does.
+  CHECK(catalogue["tokenizer"]["tokens"].size() == 49152);
+  CHECK(catalogue["tokenizer"]["tokens"][7042] == "\u0120Paris");  // "ĠParis"
+  CHECK(catalogue["tokenizer"]["special_ids"].size() > 0);
   protocol::GenerateOptions long_generation;
   long_generation.max_new_tokens = 400;
   long_generation.stop_ids = {-1};
