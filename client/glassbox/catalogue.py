@@ -51,6 +51,7 @@ class Catalogue:
 
     def __init__(self, info: dict):
         self.config: dict = dict(info.get("model", {}))
+        self.tokenizer_info: Optional[dict] = info.get("tokenizer")  # vocabulary, if any
         self.points: Dict[str, HookPoint] = {}
         self._by_alias: Dict[str, str] = {}
         for entry in info.get("hook_points", []):

@@ -24,6 +24,7 @@ from .catalogue import Catalogue, ModuleSpec
 from .errors import GlassboxError, TracingError
 from .proxy import Proxy
 from .results import resolve_array_type
+from .tokenizer import Tokenizer
 from .tracing import EditRecorder, Session, Tracer, current_tracer
 
 _MODULE_METHODS = ("skip", "next")
@@ -217,9 +218,20 @@ class Model(Envoy):
     def config(self) -> dict:
         return dict(self._catalogue.config)
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """Encodes and decodes exactly as the server does (see glassbox.tokenizer)."""
+        if self.__dict__.get("_tokenizer") is None:
+            info = self._catalogue.tokenizer_info
+            if info is None:
+                raise GlassboxError("NOT_FOUND", f"model {self.name} has no tokenizer: send "
+                                    "token ids instead of text")
+            object.__setattr__(self, "_tokenizer", Tokenizer(info, self._backend.run, self.name))
+        return self.__dict__["_tokenizer"]
+
     def __dir__(self):
         own = ("trace", "generate", "scan", "session", "edit", "clear_edits", "output",
-               "catalogue", "config", "name")
+               "catalogue", "config", "name", "tokenizer")
         return sorted(set(super().__dir__()) | set(own))
 
     def __repr__(self) -> str:

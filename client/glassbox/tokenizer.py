@@ -1,0 +1,121 @@
+"""The model's tokenizer, as the server runs it.
+
+Decoding happens here, from the vocabulary the service sends with the model's catalogue
+(each token in GPT-2's byte-level form; special tokens literally). Encoding is done by the
+server itself — one tiny request that reads the token ids the engine gives the text — so
+``model.tokenizer.encode(text)`` can never disagree with what a trace of ``text`` sees.
+Encodings are cached per text.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from . import _wire as wire
+from .errors import GlassboxError
+
+
+@lru_cache(maxsize=1)
+def _byte_level_decoder() -> Dict[str, int]:
+    """GPT-2's bytes_to_unicode, inverted: the character standing for each byte."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+class Tokenizer:
+    """Decodes ids like the server; encodes by asking the server.
+
+    ``info`` is the catalogue's ``tokenizer`` entry; ``run_request`` runs a wire.Request and
+    returns its wire.Result (the model's backend); ``model_name`` names the model in it.
+    """
+
+    def __init__(self, info: dict, run_request: Callable[[wire.Request], wire.Result],
+                 model_name: str):
+        self._tokens: List[str] = list(info["tokens"])
+        self._special = set(int(i) for i in info.get("special_ids", []))
+        self.bos_token_id: Optional[int] = _optional_id(info.get("bos_id"))
+        self.eos_token_id: Optional[int] = _optional_id(info.get("eos_id"))
+        self._run = run_request
+        self._model_name = model_name
+        self._encoded: Dict[str, List[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> List[str]:
+        """Each id's token in its byte-level form (``"ĠParis"``), as Hugging Face shows it."""
+        return [self._tokens[self._check(i)] for i in ids]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for (a token may hold part of a UTF-8 character)."""
+        text = self._tokens[self._check(token_id)]
+        if token_id in self._special:
+            return text.encode("utf-8")
+        table = _byte_level_decoder()
+        return bytes(table[c] for c in text)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """The text of ``ids``; bytes that are not valid UTF-8 become U+FFFD, as in the
+        server and in Hugging Face."""
+        ids = [int(i) for i in _flatten(ids)]
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._special]
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def batch_decode(self, sequences: Iterable[Sequence[int]], **kwargs) -> List[str]:
+        return [self.decode(s, **kwargs) for s in sequences]
+
+    def encode(self, text: str) -> List[int]:
+        """The token ids the server gives ``text`` in a trace (special tokens written in the
+        text become their ids). One small request per new text; cached."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, not {type(text).__name__}")
+        if text not in self._encoded:
+            self._encoded[text] = self._encode_on_server(text) if text else []
+        return list(self._encoded[text])
+
+    def __call__(self, text: str) -> dict:
+        return {"input_ids": self.encode(text)}
+
+    def _encode_on_server(self, text: str) -> List[int]:
+        read = wire.Node(0, "read", [], {"point": "model.embed_tokens.input", "invoke": 0})
+        save = wire.Node(1, "save", [wire.Ref(0)], {"name": "ids"})
+        trace = wire.Trace(invokes=[wire.Invoke(prompt=text)], nodes=[read, save])
+        result = self._run(wire.Request(self._model_name, [trace]))
+        for saved in result.saved:
+            if saved.name == "ids":
+                return [int(i) for i in saved.value.reshape(-1).tolist()]
+        raise GlassboxError("INTERNAL", "the server returned no token ids for the text")
+
+    def _check(self, token_id: int) -> int:
+        if not 0 <= int(token_id) < len(self._tokens):
+            raise ValueError(f"token id {token_id} is outside the vocabulary "
+                             f"[0, {len(self._tokens)})")
+        return int(token_id)
+
+
+def _optional_id(value) -> Optional[int]:
+    return None if value is None or int(value) < 0 else int(value)
+
+
+def _flatten(ids) -> list:
+    """Accepts a list of ints, or a numpy array / tensor of any shape holding one sequence."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    out = []
+    for item in ids:
+        out.extend(_flatten(item) if isinstance(item, (list, tuple)) else [item])
+    return out
