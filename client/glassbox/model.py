@@ -129,6 +129,12 @@ class Envoy:
         return f"{self._spec.path or self._model.name} has no module or hook point {name!r}{hint}"
 
 
+def _catalogue_of(backend, name: str) -> dict:
+    """The backend's catalogue for ``name`` (duck-typed backends may offer only catalogue())."""
+    model_catalogue = getattr(backend, "model_catalogue", None)
+    return model_catalogue(name) if model_catalogue else backend.catalogue()
+
+
 def _wait_options(blocking: bool, timeout: Optional[float],
                   quiet: Optional[bool]) -> Optional[WaitOptions]:
     """None for the defaults (so traces inside a session can tell they were given none)."""
@@ -162,14 +168,19 @@ class Model(Envoy):
     def __init__(self, name: str, backend: Optional[Backend] = None, arrays: str = "auto", *,
                  url: Optional[str] = None, api_key: Optional[str] = None,
                  timeout: Optional[float] = None, quiet: Optional[bool] = None):
-        if backend is None:
+        if backend is not None and (url is not None or api_key is not None):
+            raise GlassboxError("INVALID_ARGUMENT", "give either backend= or url=/api_key=")
+        own_backend = backend is None
+        if own_backend:
             from .service import ServiceBackend
 
             backend = ServiceBackend(url, api_key, timeout=timeout, quiet=quiet)
-        elif url is not None or api_key is not None:
-            raise GlassboxError("INVALID_ARGUMENT", "give either backend= or url=/api_key=")
-        model_catalogue = getattr(backend, "model_catalogue", None)
-        catalogue = Catalogue(model_catalogue(name) if model_catalogue else backend.catalogue())
+        try:
+            catalogue = Catalogue(_catalogue_of(backend, name))
+        except BaseException:
+            if own_backend:
+                backend.close()
+            raise
         super().__init__(catalogue.tree, self)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "_backend", backend)

@@ -28,6 +28,7 @@ from typing import List, Optional
 
 from . import _broker as broker
 from . import _wire as wire
+from . import batch
 from ._connection import BrokerConnection, JobStatus
 from .backends import Backend, error_from_report
 from .errors import GlassboxError
@@ -166,8 +167,7 @@ class ServiceBackend(Backend):
     def _explained(self, error: GlassboxError) -> GlassboxError:
         if error.code != "UNAUTHENTICATED":
             return error
-        hint = ("; pass api_key=... or set GLASSBOX_API_KEY (keys come from whoever runs the "
-                "service: glassbox keys create --name YOU)")
+        hint = f" (connecting to {self.url}: pass api_key=... or set GLASSBOX_API_KEY)"
         return GlassboxError(error.code, error.message + hint, job=error.job)
 
     def _outcome(self, status: JobStatus):
@@ -212,6 +212,7 @@ class JobFuture(concurrent.futures.Future):
         self._cancel_requested = False
         self._last_status: Optional[JobStatus] = backend._connection.status(job_id)
         backend._connection.watch(job_id, self._on_status)
+        batch.note_job(self)
 
     # The Future interface ----------------------------------------------------------------
 
@@ -257,9 +258,10 @@ class JobFuture(concurrent.futures.Future):
         progress = ProgressLine(self._quiet)
         try:
             self._wait_until(deadline, progress)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             progress.close()
             self.cancel("interrupted by the user (Ctrl-C)")
+            interrupt.args = (f"job {self.job_id} was cancelled on the service",)
             raise
         except JobTimeoutError:
             progress.close()
