@@ -23,14 +23,39 @@ from typing import Any, Callable, Iterable, List, Optional
 
 from .progress import ProgressLine, elapsed, waiting_quietly
 
-_scope = threading.local()  # .jobs: the job futures the current thread's experiment made
+_scope = threading.local()  # .jobs: the BatchJobs of the run_all the thread works for
+
+
+class BatchJobs:
+    """The jobs a run_all's experiments submitted, so that all can be cancelled at once —
+    also those whose submission was still in flight when the batch was interrupted."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._jobs: list = []
+        self._cancelled = False
+
+    def add(self, future) -> None:
+        with self._lock:
+            self._jobs.append(future)
+            cancel_now = self._cancelled
+        if cancel_now:
+            future.cancel("the batch was interrupted")
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            jobs = list(self._jobs)
+        for job in jobs:
+            if not job.done():
+                job.cancel("the batch was interrupted")
 
 
 def note_job(future) -> None:
     """Called for every job future made: inside run_all, the batch will know to cancel it."""
     jobs = getattr(_scope, "jobs", None)
     if jobs is not None:
-        jobs.append(future)
+        jobs.add(future)
 
 
 def run_all(experiments: Iterable[Any], max_concurrency: int = 8, *,
@@ -49,7 +74,7 @@ def run_all(experiments: Iterable[Any], max_concurrency: int = 8, *,
         raise ValueError("max_concurrency must be at least 1")
     progress = ProgressLine(quiet)
     started = time.monotonic()
-    jobs: list = []
+    jobs = BatchJobs()
     with concurrent.futures.ThreadPoolExecutor(max_concurrency,
                                                thread_name_prefix="glassbox-run") as pool:
         futures = [pool.submit(_run_one, item, jobs) for item in items]
@@ -67,7 +92,7 @@ def _is_submitted(item) -> bool:
     return hasattr(item, "result") and hasattr(item, "cancel")
 
 
-def _run_one(item, jobs: list):
+def _run_one(item, jobs: BatchJobs):
     _scope.jobs = jobs
     try:
         with waiting_quietly():
@@ -101,13 +126,14 @@ def _summary(futures, started: float) -> str:
     return text + f" · {elapsed(time.monotonic() - started)}"
 
 
-def _cancel_all(futures, items, jobs: list) -> None:
+def _cancel_all(futures, items, jobs: BatchJobs) -> None:
     """Stops what has not started and cancels every job still in flight on the service."""
     for f in futures:
         f.cancel()
-    for job in [item for item in items if _is_submitted(item)] + list(jobs):
-        if not job.done():
-            job.cancel()
+    jobs.cancel_all()
+    for item in items:
+        if _is_submitted(item) and not item.done():
+            item.cancel()
 
 
 def _outcome(future: concurrent.futures.Future, return_exceptions: bool):
