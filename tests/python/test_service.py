@@ -27,12 +27,13 @@ from glassbox import launcher
 from glassbox.errors import GlassboxError
 from glassbox.service import JobTimeoutError, ServiceBackend
 
-from conftest import ROOT, TINY_LLAMA, bin_dir
+from conftest import ROOT, SMOLLM2, TINY_LLAMA, bin_dir
+from test_client_readme import README
 
 PROMPT = [1, 5, 9, 3]
 OTHER = [1, 7, 2, 3]
 NAME = "tiny-llama"
-SLOW_STEPS = 250  # a generation caching every point at every step: seconds of work
+SLOW_STEPS = 250  # a generation doing 3 matmuls of 512 x 512 at every step: ~5 s of work
 
 
 def missing_binaries() -> str:
@@ -67,17 +68,22 @@ def wait_for_model(backend: ServiceBackend, name: str, timeout: float = 60) -> N
 
 
 @pytest.fixture(scope="module")
-def service(binaries, tmp_path_factory):
+def running_service(binaries, tmp_path_factory):
     """A development-mode service (no API keys) serving the tiny model as "tiny-llama"."""
     params = launcher.ServiceParams(
         model_path=str(TINY_LLAMA), model_name=NAME, port=launcher.free_port(),
         worker_port=launcher.free_port(), data_dir=str(tmp_path_factory.mktemp("service")),
         dev=True)
     with launcher.LocalService(params) as running:
-        backend = ServiceBackend(params.url, quiet=True)
-        wait_for_model(backend, NAME)
-        yield backend
-        backend.close()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def service(running_service):
+    backend = ServiceBackend(running_service.params.url, quiet=True)
+    wait_for_model(backend, NAME)
+    yield backend
+    backend.close()
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +115,13 @@ def experiment(model, **wait):
 
 
 def slow_generation(model, **wait):
+    """A job that takes seconds (and returns a few bytes), for cancelling."""
     with model.generate(PROMPT, max_new_tokens=SLOW_STEPS, **wait) as tr:
         with tr.all():
-            tr.cache("")
+            work = glassbox.randn([512, 512], 0) * model.lm_head.output[0, -1, :1]
+            for _ in range(3):
+                work = work @ work
+            work.sum().save()
     return tr
 
 
@@ -303,6 +313,22 @@ def test_run_all_time_out_cancels_what_is_in_flight(remote, service):
         glassbox.run_all([slow, slow], max_concurrency=2, timeout=1.0, quiet=True)
     for tr in started:
         assert wait_for_state(service, tr.job_id, ("CANCELLED",)).state == "CANCELLED"
+
+
+def test_readme_service_snippets_run(running_service, service, monkeypatch, capsys):
+    """The `python service` snippets of client/README.md, in order, against SmolLM2 served
+    as "smollm2-135m" by the same service."""
+    if not SMOLLM2.is_file():
+        pytest.skip(f"needs {SMOLLM2} (./setup.sh downloads it)")
+    running_service.start_worker(str(SMOLLM2), "smollm2-135m")
+    wait_for_model(service, "smollm2-135m")
+    monkeypatch.setenv("GLASSBOX_URL", service.url)
+    text = README.read_text()
+    namespace = {}
+    for match in re.finditer(r"^```python service\n(.*?)^```", text, re.S | re.M):
+        first_line = text.count("\n", 0, match.start(1))
+        exec(compile("\n" * first_line + match.group(1), "README.md", "exec"), namespace)
+    assert re.search(r"job [0-9a-f]{32} still (received|queued|running)", capsys.readouterr().out)
 
 
 # --------------------------------------------------------------------------------------------
