@@ -107,17 +107,18 @@ class BrokerDecodeLimits:
 
 
 def encode_broker_message(message: BrokerMessage) -> bytes:
-    """The message's bytes, keys in SPEC.md §9 order. Raises WireError for an unknown type or
-    a required field that is not set."""
+    """The message's bytes, keys in SPEC.md §9 order. Required keys are always written (an
+    empty string as itself, as the C++ encoder does); raises WireError for an unknown type or
+    a required int that is not set (the C++ encoder asserts)."""
     if message.type not in FIELDS:
         raise WireError(f"cannot encode unknown broker message type {message.type!r}")
     body = {}
     for key, required in FIELDS[message.type]:
         value = _field_value(message, key)
-        if _present(key, value):
-            body[key] = value
-        elif required:
+        if required and key in INT_KEYS and not _present(key, value):
             raise WireError(f"a {message.type} message needs {key!r}")
+        if required or _present(key, value):
+            body[key] = value
     return wire._pack(message.version, message.type, body)
 
 

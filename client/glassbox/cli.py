@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -173,8 +174,9 @@ def _write_service_file(service: launcher.LocalService, key: str) -> None:
 
 
 def _how_to_connect(params: launcher.ServiceParams, key: str) -> str:
-    host_url = params.url if params.dev else f"tcp://<this machine>:{params.port}"
-    lines = [f"glassbox: serving {params.model_name} at {params.url} (others: {host_url})"]
+    where = params.url if params.dev else (
+        f"{params.url} (from other machines: tcp://{socket.getfqdn()}:{params.port})")
+    lines = [f"glassbox: serving {params.model_name} at {where}"]
     if key:
         lines += [f"  API key: {key}", f"  export GLASSBOX_URL={params.url} GLASSBOX_API_KEY={key}",
                   "  more keys: glassbox keys create --name STUDENT"]

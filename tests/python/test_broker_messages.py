@@ -56,9 +56,14 @@ def test_keys_follow_the_table_and_absent_fields_are_left_out():
     assert data.endswith(b"\xa7time_ms\x07")
 
 
+def test_required_strings_are_written_even_when_empty():
+    body = msgpack.unpackb(broker.encode_broker_message(BrokerMessage("error", code="X")))["body"]
+    assert body == {"code": "X", "message": ""}
+
+
 def test_the_encoder_refuses_what_it_cannot_write():
-    with pytest.raises(WireError, match="needs 'job'"):
-        broker.encode_broker_message(BrokerMessage("query"))
+    with pytest.raises(WireError, match="needs 'index'"):
+        broker.encode_broker_message(BrokerMessage("fetch", job=JOB))
     with pytest.raises(WireError, match="unknown broker message type"):
         broker.encode_broker_message(BrokerMessage("gossip"))
 
