@@ -48,25 +48,27 @@ def _in_notebook() -> bool:
     return ipython is not None and type(ipython).__name__ == "ZMQInteractiveShell"
 
 
-def resolve_mode(quiet: Optional[bool]) -> str:
-    """``"notebook"``, ``"tty"``, ``"lines"`` or ``"off"`` for a ``quiet`` setting."""
+def resolve_mode(quiet: Optional[bool], stream) -> str:
+    """``"notebook"``, ``"tty"``, ``"lines"`` or ``"off"`` for a ``quiet`` setting and the
+    stream the line would go to."""
     if quiet is True or getattr(_thread_state, "quiet", False):
         return "off"
     if quiet is None and quiet_env():
         return "off"
     if _in_notebook():
         return "notebook"
-    if sys.stderr is not None and sys.stderr.isatty():
+    if stream is not None and stream.isatty():
         return "tty"
     return "lines" if quiet is False else "off"
 
 
 class ProgressLine:
-    """One line of status text, updated as often as ``show`` is called (at most ~10 times a
-    second on a terminal), finished with ``close``."""
+    """One line of status text on ``stream`` (default: stderr), updated as often as ``show``
+    is called (at most ~10 times a second on a terminal), finished with ``close``."""
 
-    def __init__(self, quiet: Optional[bool] = None):
-        self.mode = resolve_mode(quiet)
+    def __init__(self, quiet: Optional[bool] = None, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+        self.mode = resolve_mode(quiet, self.stream)
         self._last_text = ""
         self._last_time = 0.0
         self._width = 0
@@ -97,21 +99,21 @@ class ProgressLine:
             self.show(final, force=True)
         if self.mode == "tty":
             if not final:
-                sys.stderr.write("\r" + " " * self._width + "\r")
+                self.stream.write("\r" + " " * self._width + "\r")
             else:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+                self.stream.write("\n")
+            self.stream.flush()
         self.mode = "off"
 
     def _show_tty(self, text: str) -> None:
         padding = " " * max(0, self._width - len(text))
         self._width = len(text)
-        sys.stderr.write("\r" + text + padding)
-        sys.stderr.flush()
+        self.stream.write("\r" + text + padding)
+        self.stream.flush()
 
     def _show_lines(self, text: str) -> None:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def _show_notebook(self, text: str) -> None:
         from IPython.display import display  # present whenever a notebook runs us

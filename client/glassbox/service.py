@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import secrets
 import threading
 import time
 from typing import List, Optional
@@ -55,18 +56,21 @@ class ServiceBackend(Backend):
     whether waits show progress (None: only on a terminal or in a notebook, and not when
     GLASSBOX_QUIET=1); ``call_timeout`` bounds each exchange with the broker (an absent
     broker shows up as UNAVAILABLE after it); ``fetch_window`` is how many result chunks
-    are requested ahead.
+    are requested ahead; ``max_request_bytes`` is the broker's frame limit (its
+    ``--max-message-bytes``): bigger requests are refused here, not dropped there.
     """
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
                  timeout: Optional[float] = None, quiet: Optional[bool] = None,
-                 call_timeout: float = 15.0, fetch_window: int = 4):
+                 call_timeout: float = 15.0, fetch_window: int = 4,
+                 max_request_bytes: int = 80 << 20):
         self.url = url or os.environ.get("GLASSBOX_URL") or DEFAULT_URL
         key = os.environ.get("GLASSBOX_API_KEY", "") if api_key is None else api_key
         self.timeout = timeout
         self.quiet = quiet
         self.call_timeout = call_timeout
         self.fetch_window = max(1, fetch_window)
+        self.max_request_bytes = max_request_bytes - 4096  # room for the submit's envelope
         self._connection = BrokerConnection(self.url, key)
         self._completer = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="glassbox-fetch")
@@ -101,14 +105,26 @@ class ServiceBackend(Backend):
                              cancel_on_timeout=True)
 
     def submit(self, request: wire.Request, quiet: Optional[bool] = None) -> "JobFuture":
-        """Sends ``request``; returns its future as soon as the broker has stored the job."""
-        message = broker.BrokerMessage("submit", payload=wire.encode_request(request))
+        """Sends ``request``; returns its future as soon as the broker has stored the job.
+        A submission left unacknowledged is sent once more under the same ``ref`` (the
+        broker's idempotency key, SPEC.md §9.1), so it never makes two jobs."""
+        payload = wire.encode_request(request)
+        if len(payload) > self.max_request_bytes:
+            raise GlassboxError("RESOURCE_EXHAUSTED", f"the request is {len(payload)} bytes, "
+                                f"over the service's limit of {self.max_request_bytes}; send "
+                                "smaller tensors or split the experiment")
+        ref = secrets.token_hex(16)
         try:
-            ack = self._call(message)
+            ack = self._submit_once(payload, ref)
         except GlassboxError as e:
-            raise self._explained(e) from None
+            if e.code != "UNAVAILABLE" or "no reply" not in e.message:
+                raise self._explained(e) from None
+            ack = self._submit_once(payload, ref)
         self._connection.record(JobStatus(ack.job, "RECEIVED", ack.time_ms or 0))
         return JobFuture(self, ack.job, self.quiet if quiet is None else quiet)
+
+    def _submit_once(self, payload: bytes, ref: str) -> broker.BrokerMessage:
+        return self._call(broker.BrokerMessage("submit", ref=ref, payload=payload))
 
     # The service -------------------------------------------------------------------------
 

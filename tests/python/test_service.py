@@ -11,11 +11,13 @@ import concurrent.futures
 import inspect
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -68,12 +70,19 @@ def wait_for_model(backend: ServiceBackend, name: str, timeout: float = 60) -> N
 
 
 @pytest.fixture(scope="module")
-def running_service(binaries, tmp_path_factory):
+def data_dir():
+    """A directory of this module's own (not pytest's numbered ones, which a concurrent
+    pytest session may rotate away while the services still write there)."""
+    with tempfile.TemporaryDirectory(prefix="glassbox-test-") as path:
+        yield pathlib.Path(path)
+
+
+@pytest.fixture(scope="module")
+def running_service(binaries, data_dir):
     """A development-mode service (no API keys) serving the tiny model as "tiny-llama"."""
     params = launcher.ServiceParams(
         model_path=str(TINY_LLAMA), model_name=NAME, port=launcher.free_port(),
-        worker_port=launcher.free_port(), data_dir=str(tmp_path_factory.mktemp("service")),
-        dev=True)
+        worker_port=launcher.free_port(), data_dir=str(data_dir / "service"), dev=True)
     with launcher.LocalService(params) as running:
         yield running
 
@@ -181,6 +190,43 @@ def test_model_connects_to_glassbox_url_by_default(service, monkeypatch):
         logits = model.lm_head.output.save()
     assert logits.value.shape == (1, 4, model.config["vocab_size"])
     model._backend.close()
+
+
+def test_big_results_come_in_chunks_and_match(remote, local, service):
+    outcomes, traces = [], []
+    for model in (remote, local):
+        with model.trace(PROMPT, blocking=False) as tr:
+            big = glassbox.randn([700, 1000], 7).save()  # 2.8 MB: 3 chunks of 1 MiB
+        traces.append(tr.result(timeout=60))
+        outcomes.append(big.value)
+    assert service.status(traces[0].job_id).result_chunks == 3
+    assert np.array_equal(*outcomes)
+
+
+def test_a_job_can_be_collected_by_id_from_another_connection(remote, service):
+    with remote.trace(PROMPT, blocking=False) as tr:
+        remote.lm_head.output.save()
+    tr.result(timeout=30)
+    other = ServiceBackend(service.url, quiet=True)
+    try:
+        assert other.status(tr.job_id).state == "COMPLETED"
+        result = other.job(tr.job_id).result(timeout=30)
+        assert np.array_equal(result.saved[0].value, tr.future.result().saved[0].value)
+        with pytest.raises(GlassboxError, match="no job") as caught:
+            other.status("0" * 32)
+        assert caught.value.code == "NOT_FOUND"
+    finally:
+        other.close()
+
+
+def test_requests_over_the_size_limit_are_refused_before_sending(service):
+    small = ServiceBackend(service.url, max_request_bytes=8192)
+    model = glassbox.Model(NAME, backend=small)
+    with pytest.raises(GlassboxError, match="over the service's limit") as caught:
+        with model.trace(PROMPT):
+            (model.lm_head.output[..., :1] + np.zeros((1, 1, 4096), np.float32)).save()
+    assert caught.value.code == "RESOURCE_EXHAUSTED"
+    small.close()
 
 
 def test_no_service_is_a_quick_clear_error():
@@ -301,14 +347,35 @@ def test_run_all_waits_for_submitted_traces_and_collects_errors(remote):
         glassbox.run_all([failing], quiet=True)
 
 
-def test_run_all_time_out_cancels_what_is_in_flight(remote, service):
-    started = []
+def slow_experiment(model, submitted: list):
+    """An experiment for run_all that submits a slow job (into ``submitted``) and waits."""
 
-    def slow():
-        tr = slow_generation(remote, blocking=False)
-        started.append(tr)
+    def run():
+        tr = slow_generation(model, blocking=False)
+        submitted.append(tr)
         return tr.result()
 
+    return run
+
+
+def test_ctrl_c_during_run_all_cancels_every_job(remote, service):
+    submitted = []
+    slow = slow_experiment(remote, submitted)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            glassbox.run_all([slow, slow, slow], max_concurrency=2, quiet=True)
+    finally:
+        timer.cancel()
+    assert len(submitted) == 2
+    for tr in submitted:
+        assert wait_for_state(service, tr.job_id, ("CANCELLED",)).state == "CANCELLED"
+
+
+def test_run_all_time_out_cancels_what_is_in_flight(remote, service):
+    started = []
+    slow = slow_experiment(remote, started)
     with pytest.raises(TimeoutError, match="0 of 2 experiments finished"):
         glassbox.run_all([slow, slow], max_concurrency=2, timeout=1.0, quiet=True)
     for tr in started:
@@ -341,9 +408,9 @@ def glassbox_cli(*args, env=None, timeout=30):
 
 
 @pytest.fixture(scope="module")
-def up(binaries, tmp_path_factory):
+def up(binaries, data_dir):
     """`glassbox up` on free ports with the tiny model; yields (url, key, data dir, process)."""
-    data = tmp_path_factory.mktemp("up")
+    data = data_dir / "up"
     port = launcher.free_port()
     process = subprocess.Popen(
         [sys.executable, "-u", "-m", "glassbox.cli", "up", "--model", str(TINY_LLAMA),
