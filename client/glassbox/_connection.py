@@ -63,11 +63,14 @@ StatusListener = Callable[[JobStatus], None]
 
 
 class BrokerConnection:
-    """A DEALER connection to ``url``; ``api_key`` goes into every client request."""
+    """A DEALER connection to ``url``; ``api_key`` goes into every client request.
+    ``server_key`` (the broker's CURVE public key, Z85): encrypt, with a fresh key pair."""
 
-    def __init__(self, url: str, api_key: str = "", max_message_bytes: int = 320 << 20):
+    def __init__(self, url: str, api_key: str = "", max_message_bytes: int = 320 << 20,
+                 server_key: str = ""):
         self.url = url
         self.api_key = api_key
+        self._server_key = server_key
         self._max_message_bytes = max_message_bytes
         self._prefix = secrets.token_hex(8)
         self._counter = itertools.count(1)
@@ -169,6 +172,10 @@ class BrokerConnection:
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
+        if self._server_key:
+            public, secret = zmq.curve_keypair()
+            socket.curve_secretkey, socket.curve_publickey = secret, public
+            socket.curve_serverkey = self._server_key.encode()
         socket.connect(self.url)
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)

@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data", default=str(launcher.DEFAULT_DATA_DIR),
                     help="Redis files, logs and the API key (default: %(default)s)")
     up.add_argument("--dev", action="store_true", help="no API keys; listen on 127.0.0.1 only")
+    up.add_argument("--encrypt", action="store_true", help="encrypt client connections "
+                    "(CURVE); clients need the server key it prints")
     up.add_argument("--bind", default="", help="the clients' interface (default: all; "
                     "127.0.0.1 with --dev)")
     up.set_defaults(run=_up)
@@ -62,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--url", default=None, help=f"default: $GLASSBOX_URL or {DEFAULT_URL}")
         sub.add_argument("--api-key", default=None, help="default: $GLASSBOX_API_KEY")
+        sub.add_argument("--server-key", default=None, help="the broker's CURVE public key or "
+                         "its .pub file (default: $GLASSBOX_SERVER_KEY)")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.add_argument("--timeout", type=float, default=5.0,
                          help="seconds to wait for the broker (default: %(default)s)")
@@ -94,17 +98,18 @@ def _add_keys(commands) -> None:
 def _up(args) -> int:
     params = launcher.ServiceParams(model_path=args.model, model_name=args.name, port=args.port,
                                     worker_port=args.worker_port, data_dir=args.data,
-                                    dev=args.dev, bind=args.bind)
+                                    dev=args.dev, bind=args.bind, encrypt=args.encrypt)
     stop = _stop_on_signals()
     service = launcher.LocalService(params)
     print(f"glassbox: starting Redis, the broker and a worker of {args.name} "
           f"(logs in {service.log_dir}) ...", flush=True)
     try:
         service.start()
-        key = "" if args.dev else _service_key(service)
-        _wait_for_worker(service, key, stop)
+        server_key = _server_key(service)
+        key = "" if args.dev else _service_key(service, server_key)
+        _wait_for_worker(service, key, server_key, stop)
         _write_service_file(service, key)
-        print(_how_to_connect(params, key), flush=True)
+        print(_how_to_connect(params, key, server_key), flush=True)
         return _serve_until_stopped(service, stop)
     finally:
         print("glassbox: stopping the worker, the broker and Redis ...", flush=True)
@@ -121,13 +126,20 @@ def _stop_on_signals() -> List[int]:
     return received
 
 
-def _service_key(service: launcher.LocalService) -> str:
+def _server_key(service: launcher.LocalService) -> str:
+    """The broker's CURVE public key when it encrypts, else ""."""
+    if not service.params.encrypt:
+        return ""
+    return service.server_key_path.read_text().strip()
+
+
+def _service_key(service: launcher.LocalService, server_key: str) -> str:
     """The API key `up` made before (kept in the data directory), if Redis still knows it;
     otherwise a new one."""
     path = service.data_dir / "api_key"
     if path.is_file():
         key = path.read_text().strip()
-        if _key_works(service.params.url, key):
+        if _key_works(service.params.url, key, server_key):
             return key
     key = service.create_key(_KEY_NAME)
     path.write_text(key + "\n")
@@ -135,8 +147,8 @@ def _service_key(service: launcher.LocalService) -> str:
     return key
 
 
-def _key_works(url: str, key: str) -> bool:
-    backend = ServiceBackend(url, key, call_timeout=5)
+def _key_works(url: str, key: str, server_key: str) -> bool:
+    backend = ServiceBackend(url, key, call_timeout=5, server_key=server_key)
     try:
         backend.models()
         return True
@@ -146,9 +158,9 @@ def _key_works(url: str, key: str) -> bool:
         backend.close()
 
 
-def _wait_for_worker(service: launcher.LocalService, key: str, stop: List[int],
-                     timeout: float = 180) -> None:
-    backend = ServiceBackend(service.params.url, key, call_timeout=5)
+def _wait_for_worker(service: launcher.LocalService, key: str, server_key: str,
+                     stop: List[int], timeout: float = 180) -> None:
+    backend = ServiceBackend(service.params.url, key, call_timeout=5, server_key=server_key)
     deadline = time.monotonic() + timeout
     try:
         while not stop and time.monotonic() < deadline:
@@ -173,19 +185,21 @@ def _write_service_file(service: launcher.LocalService, key: str) -> None:
     (service.data_dir / "service.json").write_text(json.dumps(info) + "\n")
 
 
-def _how_to_connect(params: launcher.ServiceParams, key: str) -> str:
+def _how_to_connect(params: launcher.ServiceParams, key: str, server_key: str) -> str:
     where = params.url if params.dev else (
         f"{params.url} (from other machines: tcp://{socket.getfqdn()}:{params.port})")
     lines = [f"glassbox: serving {params.model_name} at {where}"]
+    exports = [f"GLASSBOX_URL={params.url}"]
     if key:
-        lines += [f"  API key: {key}", f"  export GLASSBOX_URL={params.url} GLASSBOX_API_KEY={key}",
-                  "  more keys: glassbox keys create --name STUDENT"]
+        lines.append(f"  API key: {key}   (more: glassbox keys create --name STUDENT)")
+        exports.append(f"GLASSBOX_API_KEY={key}")
     else:
         lines.append("  development mode: no API keys, 127.0.0.1 only")
-    lines += ["  in Python:", "    import glassbox",
-              f'    model = glassbox.Model("{params.model_name}"'
-              + ("" if params.port == 5555 else f', url="{params.url}"')
-              + (f', api_key="{key}")' if key else ")"),
+    if server_key:
+        lines.append(f"  server key (connections are encrypted): {server_key}")
+        exports.append(f"GLASSBOX_SERVER_KEY='{server_key}'")
+    lines += ["  export " + " ".join(exports), "  in Python:", "    import glassbox",
+              f'    model = glassbox.Model("{params.model_name}")   # with the exports above',
               "Ctrl-C stops the service."]
     return "\n".join(lines)
 
@@ -205,7 +219,8 @@ def _serve_until_stopped(service: launcher.LocalService, stop: List[int]) -> int
 
 
 def _list_models(args):
-    backend = ServiceBackend(args.url, args.api_key, call_timeout=args.timeout)
+    backend = ServiceBackend(args.url, args.api_key, call_timeout=args.timeout,
+                             server_key=args.server_key)
     try:
         return backend.url, backend.models()
     finally:

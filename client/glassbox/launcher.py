@@ -82,6 +82,7 @@ class ServiceParams:
     redis_port: int = 0  # 0: a free port
     data_dir: str = str(DEFAULT_DATA_DIR)
     dev: bool = False  # no API keys (binds 127.0.0.1 only)
+    encrypt: bool = False  # CURVE on client connections (key pair kept in data_dir)
     bind: str = ""  # client interface; default "*" (127.0.0.1 with dev)
     engine_args: tuple = ("--threads", "1")
     broker_args: tuple = ()
@@ -141,8 +142,22 @@ class LocalService:
         bind = p.bind or ("127.0.0.1" if p.dev else "*")
         argv = [find_binary("glassbox-broker"), "serve", "--clients", f"tcp://{bind}:{p.port}",
                 "--workers", f"tcp://127.0.0.1:{p.worker_port}", "--redis", self.redis_address,
-                *(["--dev-no-auth"] if p.dev else []), *p.broker_args]
+                *(["--dev-no-auth"] if p.dev else []), *self._curve_args(), *p.broker_args]
         self._spawn("broker", argv, p.port)
+
+    @property
+    def server_key_path(self) -> pathlib.Path:
+        """The broker's CURVE public key (for clients), when ``encrypt`` is on."""
+        return self.data_dir / "curve.pub"
+
+    def _curve_args(self) -> List[str]:
+        if not self.params.encrypt:
+            return []
+        prefix = self.data_dir / "curve"
+        if not self.server_key_path.is_file():
+            subprocess.run([find_binary("glassbox-broker"), "curve-keygen", "--out", str(prefix)],
+                           check=True, capture_output=True, timeout=30)
+        return ["--curve-secret-key-file", f"{prefix}.key"]
 
     def start_worker(self, model_path: str, name: str) -> subprocess.Popen:
         if not os.path.exists(model_path):

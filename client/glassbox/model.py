@@ -159,7 +159,8 @@ class Model(Envoy):
 
     ``name`` is the service's name for the model; ``backend`` runs requests: by default a
     ``ServiceBackend`` for ``url`` and ``api_key`` (defaults: ``$GLASSBOX_URL`` or
-    tcp://127.0.0.1:5555, ``$GLASSBOX_API_KEY``), or e.g. ``LocalBackend(path)``. ``timeout``
+    tcp://127.0.0.1:5555, ``$GLASSBOX_API_KEY``; ``server_key`` for an encrypting broker),
+    or e.g. ``LocalBackend(path)``. ``timeout``
     and ``quiet`` are the service backend's defaults for waiting (see ServiceBackend).
     ``arrays`` chooses what saved values become: "auto" (torch tensors when torch is
     installed, else numpy), "numpy" or "torch".
@@ -167,14 +168,16 @@ class Model(Envoy):
 
     def __init__(self, name: str, backend: Optional[Backend] = None, arrays: str = "auto", *,
                  url: Optional[str] = None, api_key: Optional[str] = None,
-                 timeout: Optional[float] = None, quiet: Optional[bool] = None):
-        if backend is not None and (url is not None or api_key is not None):
+                 server_key: Optional[str] = None, timeout: Optional[float] = None,
+                 quiet: Optional[bool] = None):
+        if backend is not None and (url, api_key, server_key) != (None, None, None):
             raise GlassboxError("INVALID_ARGUMENT", "give either backend= or url=/api_key=")
         own_backend = backend is None
         if own_backend:
             from .service import ServiceBackend
 
-            backend = ServiceBackend(url, api_key, timeout=timeout, quiet=quiet)
+            backend = ServiceBackend(url, api_key, timeout=timeout, quiet=quiet,
+                                     server_key=server_key)
         try:
             catalogue = Catalogue(_catalogue_of(backend, name))
         except BaseException:

@@ -58,12 +58,14 @@ class ServiceBackend(Backend):
     broker shows up as UNAVAILABLE after it); ``fetch_window`` is how many result chunks
     are requested ahead; ``max_request_bytes`` is the broker's frame limit (its
     ``--max-message-bytes``): bigger requests are refused here, not dropped there.
+    ``server_key`` (default ``$GLASSBOX_SERVER_KEY``): the broker's CURVE public key (40
+    Z85 characters, or the path of its ``.pub`` file) when it encrypts client connections.
     """
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
                  timeout: Optional[float] = None, quiet: Optional[bool] = None,
                  call_timeout: float = 15.0, fetch_window: int = 4,
-                 max_request_bytes: int = 80 << 20):
+                 max_request_bytes: int = 80 << 20, server_key: Optional[str] = None):
         self.url = url or os.environ.get("GLASSBOX_URL") or DEFAULT_URL
         key = os.environ.get("GLASSBOX_API_KEY", "") if api_key is None else api_key
         self.timeout = timeout
@@ -71,7 +73,9 @@ class ServiceBackend(Backend):
         self.call_timeout = call_timeout
         self.fetch_window = max(1, fetch_window)
         self.max_request_bytes = max_request_bytes - 4096  # room for the submit's envelope
-        self._connection = BrokerConnection(self.url, key)
+        self._connection = BrokerConnection(
+            self.url, key, server_key=read_server_key(server_key or os.environ.get(
+                "GLASSBOX_SERVER_KEY", "")))
         self._completer = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="glassbox-fetch")
 
@@ -206,6 +210,18 @@ class ServiceBackend(Backend):
         if isinstance(report, wire.ErrorReport):
             return error_from_report(report, status.job)
         return GlassboxError(status.code or "INTERNAL", status.message, job=status.job)
+
+
+def read_server_key(key_or_path: str) -> str:
+    """A CURVE public key given as its 40 Z85 characters or as the file holding them."""
+    if key_or_path and os.path.isfile(key_or_path):
+        with open(key_or_path) as f:
+            key_or_path = f.read()
+    key = key_or_path.strip()
+    if key and len(key) != 40:
+        raise GlassboxError("INVALID_ARGUMENT", "a server key is 40 Z85 characters (the "
+                            "broker's .pub file from glassbox-broker curve-keygen)")
+    return key
 
 
 class JobFuture(concurrent.futures.Future):

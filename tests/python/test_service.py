@@ -409,13 +409,14 @@ def glassbox_cli(*args, env=None, timeout=30):
 
 @pytest.fixture(scope="module")
 def up(binaries, data_dir):
-    """`glassbox up` on free ports with the tiny model; yields (url, key, data dir, process)."""
+    """`glassbox up --encrypt` on free ports with the tiny model; yields (url, API key,
+    server key, data dir, process)."""
     data = data_dir / "up"
     port = launcher.free_port()
     process = subprocess.Popen(
         [sys.executable, "-u", "-m", "glassbox.cli", "up", "--model", str(TINY_LLAMA),
          "--name", NAME, "--port", str(port), "--worker-port", str(launcher.free_port()),
-         "--data", str(data)], cwd=ROOT / "client", stdout=subprocess.PIPE,
+         "--data", str(data), "--encrypt"], cwd=ROOT / "client", stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in process.stdout:
@@ -424,29 +425,36 @@ def up(binaries, data_dir):
             break
     printed = "".join(lines)
     key = re.search(r"API key: (gbk_[0-9a-f]{64})", printed)
-    assert key and f"tcp://127.0.0.1:{port}" in printed, printed
-    yield f"tcp://127.0.0.1:{port}", key.group(1), data, process
+    server_key = re.search(r"server key \(connections are encrypted\): (\S{40})\n", printed)
+    assert key and server_key and f"tcp://127.0.0.1:{port}" in printed, printed
+    yield f"tcp://127.0.0.1:{port}", key.group(1), server_key.group(1), data, process
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         process.wait(30)
 
 
-def test_glassbox_up_serves_with_a_key_and_refuses_without(up):
-    url, key, _, _ = up
-    model = glassbox.Model(NAME, url=url, api_key=key, arrays="numpy", quiet=True)
+def test_glassbox_up_serves_with_keys_and_refuses_without(up):
+    url, key, server_key, data, _ = up
+    model = glassbox.Model(NAME, url=url, api_key=key, server_key=server_key, arrays="numpy",
+                           quiet=True)
     with model.trace(PROMPT):
         logits = model.lm_head.output.save()
     assert logits.value.shape[:2] == (1, 4)
     model._backend.close()
     for wrong in ("", "gbk_" + "0" * 64):
         with pytest.raises(GlassboxError, match="API key.*GLASSBOX_API_KEY") as caught:
-            glassbox.Model(NAME, url=url, api_key=wrong)
+            glassbox.Model(NAME, url=url, api_key=wrong, server_key=str(data / "curve.pub"))
         assert caught.value.code == "UNAUTHENTICATED"
+    plain = ServiceBackend(url, key, call_timeout=0.5)  # no server key: no answer at all
+    with pytest.raises(GlassboxError, match="no reply"):
+        plain.models()
+    plain.close()
 
 
 def test_glassbox_status_models_and_keys(up):
-    url, key, data, _ = up
-    env = {**os.environ, "GLASSBOX_URL": url, "GLASSBOX_API_KEY": key}
+    url, key, server_key, data, _ = up
+    env = {**os.environ, "GLASSBOX_URL": url, "GLASSBOX_API_KEY": key,
+           "GLASSBOX_SERVER_KEY": server_key}
     status = glassbox_cli("status", env=env)
     assert status.returncode == 0 and f"broker at {url}: up; 1 model(s), 1 worker(s)" in status.stdout
     models = glassbox_cli("models", "--json", env=env)
@@ -463,7 +471,7 @@ def test_glassbox_status_models_and_keys(up):
 
 
 def test_glassbox_up_stops_everything_on_ctrl_c(up):
-    _, _, data, process = up
+    *_, data, process = up
     children = json.loads((data / "service.json").read_text())["children"]
     assert len(children) == 3
     process.send_signal(signal.SIGINT)
