@@ -96,7 +96,8 @@ class ServiceBackend(Backend):
         for info in models:
             if info.name == name:
                 return json.loads(info.catalogue)
-        served = ", ".join(f'"{m.name}"' for m in models) or "none"
+        served = ", ".join(f'"{m.name}"' for m in models) or (
+            "none yet; a worker that is still loading its model registers in a moment")
         raise GlassboxError("NOT_FOUND", f'the service at {self.url} has no model "{name}" '
                             f"(served: {served})")
 
@@ -303,27 +304,33 @@ class JobFuture(concurrent.futures.Future):
         progress.close()
 
     def _wait_until(self, deadline: Optional[float], progress: ProgressLine) -> None:
+        """Waits for the outcome. Asks for the status when nothing was pushed for a while
+        (which also routes pushes to this connection again after a broker restart)."""
         connection = self._backend._connection
-        seen, last_news = None, time.monotonic()
+        seen, last_heard = connection.status(self.job_id), time.monotonic()
+        last_asked = last_heard
         while not self.done():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise self._timed_out(deadline)
-            if now - last_news > _REQUERY_SECONDS:
+            if now - max(last_heard, last_asked) > _REQUERY_SECONDS:
                 connection.send(broker.BrokerMessage("query", job=self.job_id), want_reply=False)
-                last_news = now
-            self._show(progress)
+                last_asked = now
+            self._show(progress, silence=now - last_heard)
             step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - now))
             connection.wait_for_change(self.job_id, seen, step)
             latest = connection.status(self.job_id)
             if latest is not seen:
-                seen, last_news = latest, time.monotonic()
+                seen, last_heard = latest, time.monotonic()
 
-    def _show(self, progress: ProgressLine) -> None:
+    def _show(self, progress: ProgressLine, silence: float) -> None:
         status = self.status()
         state = status.describe() if status else "submitted"
-        text = f"glassbox: job {self.job_id[:8]} {state} · {elapsed(time.monotonic() - self._started)}"
-        progress.show(text, key=state)
+        silent = silence > 3 * _REQUERY_SECONDS
+        note = f" (no word from the broker for {elapsed(silence)})" if silent else ""
+        waited = elapsed(time.monotonic() - self._started)
+        progress.show(f"glassbox: job {self.job_id[:8]} {state}{note} · {waited}",
+                      key=state + (" silent" if silent else ""))
 
     def _timed_out(self, deadline: float) -> JobTimeoutError:
         status = self.status()
