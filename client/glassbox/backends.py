@@ -90,23 +90,24 @@ class LocalBackend(Backend):
 
     def run(self, request: wire.Request, timeout: Optional[float] = None,
             quiet: Optional[bool] = None) -> wire.Result:
-        """Runs ``request`` (``timeout`` is covered by the engine call's own; ``quiet`` has
-        nothing to show)."""
+        """Runs ``request``; ``timeout`` (seconds) replaces the backend's own for this call;
+        ``quiet`` has nothing to silence (no queue to show)."""
         with tempfile.TemporaryDirectory(prefix="glassbox-") as tmp:
             graph, out = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.msgpack")
             with open(graph, "w") as f:
                 json.dump(wire.request_to_json(request), f)
-            self._engine("run", ["--graph", graph, "--out", out])
+            self._engine("run", ["--graph", graph, "--out", out], timeout)
             with open(out, "rb") as f:
                 return wire.decode_result(f.read())
 
-    def _engine(self, command: str, args: list) -> str:
+    def _engine(self, command: str, args: list, timeout: Optional[float] = None) -> str:
         argv = [self.engine, command, "--model", self.model_path, *self.extra_args, *args]
+        limit = self.timeout if timeout is None else timeout
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
             raise GlassboxError("CANCELLED", f"glassbox-engine {command} ran past the time "
-                                f"limit of {self.timeout} s") from None
+                                f"limit of {limit} s") from None
         if done.returncode != 0:
             raise error_from_engine_stderr(done.stderr)
         return done.stdout
