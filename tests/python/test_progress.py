@@ -1,7 +1,9 @@
 """The progress line (client/glassbox/progress.py): where it goes and when it stays quiet."""
 
 import io
+import sys
 import threading
+import types
 
 import pytest
 
@@ -66,3 +68,33 @@ def test_waiting_quietly_is_per_thread(terminal):
 def test_elapsed():
     assert progress.elapsed(4.25) == "4.2 s"
     assert progress.elapsed(185) == "3 min 05 s"
+
+
+def test_a_notebook_gets_a_display_updated_in_place(monkeypatch):
+    shown = []
+
+    class Handle:
+        def update(self, obj, raw):
+            shown.append(("update", obj["text/plain"]))
+
+    def display(obj, raw, display_id):
+        shown.append(("display", obj["text/plain"]))
+        return Handle()
+
+    class ZMQInteractiveShell:  # what a Jupyter kernel's get_ipython() returns
+        pass
+
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = ZMQInteractiveShell
+    ipython_display = types.ModuleType("IPython.display")
+    ipython_display.display = display
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", ipython_display)
+    monkeypatch.delenv("GLASSBOX_QUIET", raising=False)
+    line = ProgressLine(stream=io.StringIO())
+    assert line.mode == "notebook"
+    line.show("queued")
+    line.show("running")
+    line.close("completed in 1.0 s")
+    assert shown == [("display", "queued"), ("update", "running"),
+                     ("update", "completed in 1.0 s")]
