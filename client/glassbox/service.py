@@ -125,11 +125,25 @@ class ServiceBackend(Backend):
             if e.code != "UNAVAILABLE" or "no reply" not in e.message:
                 raise self._explained(e) from None
             ack = self._submit_once(payload, ref)
+        except KeyboardInterrupt as interrupt:
+            interrupt.args = (self._cancel_unacknowledged(payload, ref),)
+            raise
         self._connection.record(JobStatus(ack.job, "RECEIVED", ack.time_ms or 0))
         return JobFuture(self, ack.job, self.quiet if quiet is None else quiet)
 
-    def _submit_once(self, payload: bytes, ref: str) -> broker.BrokerMessage:
-        return self._call(broker.BrokerMessage("submit", ref=ref, payload=payload))
+    def _submit_once(self, payload: bytes, ref: str, timeout: Optional[float] = None):
+        message = broker.BrokerMessage("submit", ref=ref, payload=payload)
+        return self._connection.call(message, timeout or self.call_timeout)
+
+    def _cancel_unacknowledged(self, payload: bytes, ref: str) -> str:
+        """After Ctrl-C before the ack: the same submission again (idempotent, so it names
+        the job if it was stored) and a cancel. Returns what happened, for the user."""
+        try:
+            job = self._submit_once(payload, ref, timeout=2.0).job
+            self.cancel(job, "interrupted by the user (Ctrl-C)")
+            return f"job {job} was cancelled on the service"
+        except GlassboxError as e:
+            return f"the submission may not have been cancelled: {e}"
 
     # The service -------------------------------------------------------------------------
 

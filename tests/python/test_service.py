@@ -284,6 +284,27 @@ def test_ctrl_c_while_waiting_cancels_the_job(remote, service):
     assert wait_for_state(service, job, ("CANCELLED",)).code == "CANCELLED"
 
 
+def test_ctrl_c_before_the_ack_still_cancels_the_job(remote, service, monkeypatch):
+    acknowledged = []
+    real_wait = service._connection.wait_reply
+
+    def interrupted_once(ref, timeout):
+        reply = real_wait(ref, timeout)
+        acknowledged.append(reply.job)
+        if len(acknowledged) == 1:
+            raise KeyboardInterrupt  # the job is stored, the caller never sees its ack
+        return reply
+
+    monkeypatch.setattr(service._connection, "wait_reply", interrupted_once)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        slow_generation(remote)
+    monkeypatch.undo()
+    # the second submission (same ref) was acknowledged with the same job: idempotent
+    assert len(acknowledged) >= 2 and acknowledged[0] == acknowledged[1]  # then the cancel
+    assert f"job {acknowledged[0]} was cancelled" in str(caught.value)
+    assert wait_for_state(service, acknowledged[0], ("CANCELLED",)).state == "CANCELLED"
+
+
 def test_timeout_names_the_job_and_its_state_and_cancels_it(remote, service):
     with pytest.raises(JobTimeoutError) as caught:
         slow_generation(remote, timeout=0.5)
