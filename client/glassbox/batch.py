@@ -19,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional
 
 from .progress import ProgressLine, elapsed, waiting_quietly
 
