@@ -64,11 +64,16 @@ def wait_for_port(port: int, timeout: float, process: Optional[subprocess.Popen]
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             return False
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return True
+        if port_in_use(port):
+            return True
         time.sleep(0.05)
     return False
+
+
+def port_in_use(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:port."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -120,6 +125,10 @@ class LocalService:
         return False
 
     def start(self) -> None:
+        for port in (self.params.port, self.params.worker_port, self.params.redis_port):
+            if port_in_use(port):
+                raise GlassboxError("UNAVAILABLE", f"port {port} is in use (is a service already "
+                                    "up? try `glassbox status`, or choose --port)")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.start_redis()

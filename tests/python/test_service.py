@@ -502,3 +502,10 @@ def test_glassbox_up_stops_everything_on_ctrl_c(up):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (data / "service.json").exists()
+
+
+def test_glassbox_up_refuses_a_port_in_use(running_service):
+    taken = running_service.params.port
+    done = glassbox_cli("up", "--dev", "--port", str(taken), "--model", str(TINY_LLAMA),
+                        "--data", str(running_service.data_dir / "second"))
+    assert done.returncode == 1 and f"port {taken} is in use" in done.stderr
