@@ -43,7 +43,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glassbox", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="glassbox", description="Run a local Glassbox service for a class or a lab, and "
+        "look at one.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     up = commands.add_parser("up", help="start a local service (Redis, broker, one worker)")
     up.add_argument("--model", default=str(launcher.DEFAULT_MODEL), help="a .gguf file or a "
@@ -101,6 +103,7 @@ def _up(args) -> int:
                                     dev=args.dev, bind=args.bind, encrypt=args.encrypt)
     stop = _stop_on_signals()
     service = launcher.LocalService(params)
+    service.check()
     print(f"glassbox: starting Redis, the broker and a worker of {args.name} "
           f"(logs in {service.log_dir}) ...", flush=True)
     try:

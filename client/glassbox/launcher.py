@@ -125,6 +125,7 @@ class LocalService:
         return False
 
     def start(self) -> None:
+        self.check()
         for port in (self.params.port, self.params.worker_port, self.params.redis_port):
             if port_in_use(port):
                 raise GlassboxError("UNAVAILABLE", f"port {port} is in use (is a service already "
@@ -137,6 +138,18 @@ class LocalService:
         except BaseException:
             self.stop()
             raise
+
+    def check(self) -> None:
+        """Raises (NOT_FOUND) before anything starts when a binary or the model is missing."""
+        for name in ("redis-server", "glassbox-broker", "glassbox-engine"):
+            find_binary(name)
+        self._check_model(self.params.model_path)
+
+    @staticmethod
+    def _check_model(model_path: str) -> None:
+        if not os.path.exists(model_path):
+            raise GlassboxError("NOT_FOUND", f"no model at {model_path} (./setup.sh downloads "
+                                "the default one; or pass --model PATH)")
 
     def start_redis(self) -> None:
         redis_dir = self.data_dir / "redis"
@@ -169,9 +182,7 @@ class LocalService:
         return ["--curve-secret-key-file", f"{prefix}.key"]
 
     def start_worker(self, model_path: str, name: str) -> subprocess.Popen:
-        if not os.path.exists(model_path):
-            raise GlassboxError("NOT_FOUND", f"no model at {model_path} (./setup.sh downloads "
-                                "the default one; or pass --model PATH)")
+        self._check_model(model_path)
         argv = [find_binary("glassbox-engine"), "serve", "--model", model_path, "--name", name,
                 "--broker", f"tcp://127.0.0.1:{self.params.worker_port}",
                 *self.params.engine_args]
