@@ -1,7 +1,7 @@
 """Glassbox: run intervention graphs on language models that live on a shared service.
 
     import glassbox
-    model = glassbox.Model("smollm2-135m", backend=glassbox.LocalBackend("model.gguf"))
+    model = glassbox.Model("smollm2-135m")  # the service at $GLASSBOX_URL or 127.0.0.1:5555
     with model.trace("The capital of France is"):
         logits = model.lm_head.output.save()
     logits.value  # a numpy array (a torch tensor when torch is installed)
@@ -13,12 +13,14 @@ operations as torch-like functions (the common ones are re-exported here).
 from . import _wire as wire
 from . import functions
 from .backends import Backend, LocalBackend
+from .batch import run_all
 from .catalogue import Catalogue, HookPoint
 from .errors import GlassboxError, TracingError
 from .functions import (arange, cat, einsum, full, full_like, log_softmax, ones, ones_like,
                         randn, softmax, stack, where, zeros, zeros_like)
 from .model import Envoy, Model
 from .proxy import Proxy
+from .service import JobFuture, JobTimeoutError, ServiceBackend
 from .tracing import Cache
 
 __version__ = "0.1.0"
@@ -27,7 +29,8 @@ PROTOCOL_VERSION = wire.PROTOCOL_VERSION
 __all__ = [
     "wire", "functions", "PROTOCOL_VERSION", "__version__",
     "Model", "Envoy", "Proxy", "Cache", "Catalogue", "HookPoint",
-    "Backend", "LocalBackend", "GlassboxError", "TracingError",
+    "Backend", "LocalBackend", "ServiceBackend", "JobFuture", "JobTimeoutError", "run_all",
+    "GlassboxError", "TracingError",
     "arange", "cat", "einsum", "full", "full_like", "log_softmax", "ones", "ones_like",
     "randn", "softmax", "stack", "where", "zeros", "zeros_like",
 ]

@@ -25,17 +25,19 @@ _SKIPPED_FILES = ("contextlib.py",)
 class GlassboxError(Exception):
     """A failure reported for a request: status code, message and the failing node."""
 
-    def __init__(self, code: str, message: str, node: Optional[int] = None, source: str = ""):
+    def __init__(self, code: str, message: str, node: Optional[int] = None, source: str = "",
+                 job: str = ""):
         self.code = code
         self.message = message
         self.node = node
         self.source = source
+        self.job = job  # the service's job id, when the failure belongs to a job
         super().__init__(str(self))
 
     @classmethod
-    def from_report(cls, report) -> "GlassboxError":
+    def from_report(cls, report, job: str = "") -> "GlassboxError":
         """The error a service's error report (``wire.ErrorReport``) stands for."""
-        return cls(report.code, report.message, report.node, report.source)
+        return cls(report.code, report.message, report.node, report.source, job)
 
     def __str__(self) -> str:
         where = []
@@ -43,6 +45,8 @@ class GlassboxError(Exception):
             where.append(self.source)
         if self.node is not None:
             where.append(f"node {self.node}")
+        if self.job:
+            where.append(f"job {self.job}")
         prefix = f"[{', '.join(where)}] " if where else ""
         return f"{self.code}: {prefix}{self.message}"
 

@@ -25,7 +25,7 @@ from .errors import GlassboxError, TracingError
 from .proxy import Proxy
 from .results import resolve_array_type
 from .tokenizer import Tokenizer
-from .tracing import EditRecorder, Session, Tracer, current_tracer
+from .tracing import EditRecorder, Session, Tracer, WaitOptions, current_tracer
 
 _MODULE_METHODS = ("skip", "next")
 _SKIPPABLE = re.compile(r"^model\.layers\.\d+(\.self_attn|\.mlp)?$")
@@ -130,6 +130,20 @@ class Envoy:
         return f"{self._spec.path or self._model.name} has no module or hook point {name!r}{hint}"
 
 
+def _catalogue_of(backend, name: str) -> dict:
+    """The backend's catalogue for ``name`` (duck-typed backends may offer only catalogue())."""
+    model_catalogue = getattr(backend, "model_catalogue", None)
+    return model_catalogue(name) if model_catalogue else backend.catalogue()
+
+
+def _wait_options(blocking: bool, timeout: Optional[float],
+                  quiet: Optional[bool]) -> Optional[WaitOptions]:
+    """None for the defaults (so traces inside a session can tell they were given none)."""
+    if blocking and timeout is None and quiet is None:
+        return None
+    return WaitOptions(blocking, timeout, quiet)
+
+
 class _ModelOutput:
     """``model.output.logits`` (as on Hugging Face models): the lm_head output."""
 
@@ -144,17 +158,33 @@ class _ModelOutput:
 class Model(Envoy):
     """A model served by a backend, mirrored as a module tree (see the module docstring).
 
-    ``name`` is the service's name for the model; ``backend`` runs requests (for now
-    ``LocalBackend``; the service backend comes with the broker). ``arrays`` chooses what
-    saved values become: "auto" (torch tensors when torch is installed, else numpy),
-    "numpy" or "torch".
+    ``name`` is the service's name for the model; ``backend`` runs requests: by default a
+    ``ServiceBackend`` for ``url`` and ``api_key`` (defaults: ``$GLASSBOX_URL`` or
+    tcp://127.0.0.1:5555, ``$GLASSBOX_API_KEY``; ``server_key`` for an encrypting broker),
+    or e.g. ``LocalBackend(path)``. ``timeout``
+    and ``quiet`` are the service backend's defaults for waiting (see ServiceBackend).
+    ``arrays`` chooses what saved values become: "auto" (torch tensors when torch is
+    installed, else numpy), "numpy" or "torch".
     """
 
-    def __init__(self, name: str, backend: Optional[Backend] = None, arrays: str = "auto"):
-        if backend is None:
-            raise GlassboxError("UNIMPLEMENTED", "the network backend is not built yet; pass "
-                                "backend=glassbox.LocalBackend(model_path)")
-        catalogue = Catalogue(backend.catalogue())
+    def __init__(self, name: str, backend: Optional[Backend] = None, arrays: str = "auto", *,
+                 url: Optional[str] = None, api_key: Optional[str] = None,
+                 server_key: Optional[str] = None, timeout: Optional[float] = None,
+                 quiet: Optional[bool] = None):
+        if backend is not None and (url, api_key, server_key) != (None, None, None):
+            raise GlassboxError("INVALID_ARGUMENT", "give either backend= or url=/api_key=")
+        own_backend = backend is None
+        if own_backend:
+            from .service import ServiceBackend
+
+            backend = ServiceBackend(url, api_key, timeout=timeout, quiet=quiet,
+                                     server_key=server_key)
+        try:
+            catalogue = Catalogue(_catalogue_of(backend, name))
+        except BaseException:
+            if own_backend:
+                backend.close()
+            raise
         super().__init__(catalogue.tree, self)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "_backend", backend)
@@ -164,27 +194,34 @@ class Model(Envoy):
 
     # Experiments -------------------------------------------------------------------------
 
-    def trace(self, *inputs, scan: bool = False) -> Tracer:
+    def trace(self, *inputs, scan: bool = False, blocking: bool = True,
+              timeout: Optional[float] = None, quiet: Optional[bool] = None) -> Tracer:
         """``with model.trace(prompt) as tr:`` records one forward pass over the prompts
-        (strings or token-id lists; a list of them is a batch); runs when the block ends."""
-        return Tracer(self, inputs, scan=scan)
+        (strings or token-id lists; a list of them is a batch); runs when the block ends.
+        ``blocking=False``: the block ends at once and ``tr.result(timeout)`` waits;
+        ``timeout`` (seconds) bounds a blocking wait; ``quiet`` hides progress."""
+        return Tracer(self, inputs, scan=scan, options=_wait_options(blocking, timeout, quiet))
 
     def generate(self, *inputs, max_new_tokens: int = 1, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 stop_ids: Sequence[int] = ()) -> Tracer:
+                 stop_ids: Sequence[int] = (), blocking: bool = True,
+                 timeout: Optional[float] = None, quiet: Optional[bool] = None) -> Tracer:
         """As trace, but generating: hook points are per step (tr.iter, tr.all(), tr.next());
         after the block, ``tr.generated`` holds each prompt's new token ids."""
         options = wire.GenerateOptions(max_new_tokens, float(temperature), top_k,
                                        float(top_p), seed, list(stop_ids))
-        return Tracer(self, inputs, generate=options)
+        return Tracer(self, inputs, generate=options,
+                      options=_wait_options(blocking, timeout, quiet))
 
     def scan(self, *inputs) -> Tracer:
         """A dry run: ``.shape`` / ``.dtype`` of every traced value, no values, no weights."""
         return Tracer(self, inputs, scan=True)
 
-    def session(self) -> Session:
-        """``with model.session():`` runs every trace inside as one request."""
-        return Session(self)
+    def session(self, blocking: bool = True, timeout: Optional[float] = None,
+                quiet: Optional[bool] = None) -> Session:
+        """``with model.session():`` runs every trace inside as one request (waiting options
+        as for trace)."""
+        return Session(self, _wait_options(blocking, timeout, quiet))
 
     def edit(self, inplace: bool = False) -> EditRecorder:
         """``with model.edit() as edited:`` records interventions that every later trace of

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -57,19 +58,36 @@ def current_tracer(what: str) -> "Tracer":
 # The request being recorded.
 
 
+@dataclass
+class WaitOptions:
+    """How a trace (or session) waits for its request: ``blocking=False`` returns at once
+    with a future (``tr.result()`` waits); ``timeout`` in seconds; ``quiet`` for progress.
+    Only options that were given reach the backend, so every backend takes the defaults."""
+
+    blocking: bool = True
+    timeout: Optional[float] = None
+    quiet: Optional[bool] = None
+
+    def backend_kwargs(self, names=("timeout", "quiet")) -> dict:
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
 class RequestBuilder:
     """The nodes of one request and the proxies, caches and tracers waiting for its result."""
 
-    def __init__(self, model, state: str = "recording"):
+    def __init__(self, model, state: str = "recording", options: Optional[WaitOptions] = None):
         self.model = model
         self.request = wire.Request(model=model.name)
-        self.state = state  # recording, sent, failed, abandoned, edit
+        self.state = state  # recording, submitted, sent, failed, abandoned, edit
+        self.options = options or WaitOptions()
         self.error: Optional[BaseException] = None
+        self.future = None  # the job's future once submitted without blocking
         self.proxies: Dict[int, Proxy] = {}
         self.saved: Dict[int, Proxy] = {}
         self.caches: Dict[int, "Cache"] = {}
         self.tracers: List["Tracer"] = []
         self._next_id = 0
+        self._delivery = threading.Lock()
 
     def new_id(self) -> int:
         self._next_id += 1
@@ -81,13 +99,43 @@ class RequestBuilder:
         return node_id
 
     def submit(self) -> None:
+        """Sends the request: waits for its result, or (not blocking) keeps its future."""
+        backend = self.model._backend
+        if not self.options.blocking:
+            self.future = backend.submit(self.request, **self.options.backend_kwargs(("quiet",)))
+            self.state = "submitted"
+            self.future.add_done_callback(self._collect)
+            return
         try:
-            result = self.model._backend.run(self.request)
+            result = backend.run(self.request, **self.options.backend_kwargs())
         except GlassboxError as e:
             self.state, self.error = "failed", e
             raise
-        self.state = "sent"
-        self._deliver(result)
+        self._deliver_once(result)
+
+    def wait(self, timeout: Optional[float] = None):
+        """Waits for a request submitted without blocking; delivers its values (or raises
+        its error). Returns the ``wire.Result``."""
+        if self.future is None:
+            raise TracingError("this request was not submitted with blocking=False (or has "
+                               "not been sent yet)")
+        result = self.future.result(timeout)
+        self._deliver_once(result)
+        return result
+
+    def _collect(self, future) -> None:
+        if future.cancelled():
+            self.state, self.error = "failed", GlassboxError("CANCELLED", "cancelled by the user")
+        elif future.exception() is not None:
+            self.state, self.error = "failed", future.exception()
+        else:
+            self._deliver_once(future.result())
+
+    def _deliver_once(self, result: wire.Result) -> None:
+        with self._delivery:
+            if self.state != "sent":
+                self.state = "sent"
+                self._deliver(result)
 
     def abandon(self) -> None:
         if self.state == "recording":
@@ -117,6 +165,9 @@ class RequestBuilder:
             return f"{what} has no value: its trace raised before the request was sent"
         if self.state == "failed":
             return f"{what} has no value: the request failed ({self.error})"
+        if self.state == "submitted":
+            return (f"{what} has no value yet: its job {getattr(self.future, 'job_id', '')} "
+                    "has not finished; wait for it with tr.result()")
         if self.request.scan:
             return f"{what}: a scan reports shapes and dtypes (.shape, .dtype), not values"
         return f"{what} was not saved: call .save() on it inside the trace"
@@ -209,12 +260,46 @@ def _index_part(part, builder: RequestBuilder):
 # Traces.
 
 
-class Tracer:
+class JobHandle:
+    """What a trace or session sent with ``blocking=False`` offers after its block:
+    ``result(timeout)`` waits and fills the saved values (returns self), ``done()``,
+    ``cancel()``, ``status()``, ``job_id`` and the underlying ``future``."""
+
+    builder: Optional[RequestBuilder]
+
+    @property
+    def future(self):
+        return None if self.builder is None else self.builder.future
+
+    @property
+    def job_id(self) -> str:
+        return getattr(self.future, "job_id", "")
+
+    def result(self, timeout: Optional[float] = None):
+        if self.builder is None:
+            raise TracingError("result() is for a trace or session after its `with` block")
+        self.builder.wait(timeout)
+        return self
+
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    def cancel(self) -> bool:
+        return self.future is not None and self.future.cancel()
+
+    def status(self):
+        """The job's latest status (``JobStatus``), when the backend reports one."""
+        status = getattr(self.future, "status", None)
+        return status() if callable(status) else None
+
+
+class Tracer(JobHandle):
     """One trace: its invokes, its nodes, and the invoke and step new nodes bind to."""
 
     def __init__(self, model, inputs=(), generate: Optional[wire.GenerateOptions] = None,
-                 scan: bool = False):
+                 scan: bool = False, options: Optional[WaitOptions] = None):
         self.model = model
+        self._options = options
         self.generated: Optional[List[List[int]]] = None
         self._inputs = inputs
         self._generate = generate
@@ -251,12 +336,15 @@ class Tracer:
             if session.model.name != self.model.name:
                 raise TracingError(f"a trace of {self.model.name} inside a session of "
                                    f"{session.model.name}")
+            if self._options is not None:
+                raise TracingError("inside a session, give blocking=, timeout= and quiet= to "
+                                   "model.session(...), not to its traces")
             self._own_builder = False
             return session.builder
         if stack:
             raise TracingError("traces do not nest; use `with model.session():` to run several "
                                "traces in one request")
-        return RequestBuilder(self.model)
+        return RequestBuilder(self.model, options=self._options)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         _stack().pop()
@@ -604,18 +692,19 @@ class Cache(Mapping):
 # Sessions and edits.
 
 
-class Session:
+class Session(JobHandle):
     """``with model.session():`` records several traces and runs them as one request; later
     traces may use earlier traces' values directly."""
 
-    def __init__(self, model):
+    def __init__(self, model, options: Optional[WaitOptions] = None):
         self.model = model
+        self._options = options
         self.builder: Optional[RequestBuilder] = None
 
     def __enter__(self) -> "Session":
         if _stack():
             raise TracingError("a session cannot start inside a trace or another session")
-        self.builder = RequestBuilder(self.model)
+        self.builder = RequestBuilder(self.model, options=self._options)
         _stack().append(self)
         return self
 

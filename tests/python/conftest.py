@@ -95,8 +95,13 @@ def model(fake):
     return glassbox.Model("fake", backend=fake, arrays="numpy")
 
 
+def bin_dir() -> pathlib.Path:
+    """Where the built binaries are: $GLASSBOX_BIN_DIR or build/bin."""
+    return pathlib.Path(os.environ.get("GLASSBOX_BIN_DIR") or ROOT / "build" / "bin")
+
+
 def engine_binary() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("GLASSBOX_ENGINE") or ROOT / "build" / "bin" / "glassbox-engine")
+    return pathlib.Path(os.environ.get("GLASSBOX_ENGINE") or bin_dir() / "glassbox-engine")
 
 
 @pytest.fixture(scope="session")

@@ -507,9 +507,9 @@ def test_service_errors_name_node_and_source():
     assert error_from_engine_stderr("segfault").code == "INTERNAL"
 
 
-def test_model_needs_a_backend():
-    with pytest.raises(GlassboxError, match="LocalBackend"):
-        glassbox.Model("smollm2-135m")
+def test_model_takes_a_backend_or_a_url_not_both(fake):
+    with pytest.raises(GlassboxError, match="either backend"):
+        glassbox.Model("fake", backend=fake, url="tcp://127.0.0.1:9")
 
 
 def test_error_reports_become_glassbox_errors():

@@ -1,0 +1,301 @@
+"""The ``glassbox`` command: run a local service for a class or a lab, and look at one.
+
+    glassbox up [--model PATH] [--name smollm2-135m] [--port 5555] [--dev] [--data DIR]
+    glassbox status [--url URL] [--api-key KEY]
+    glassbox models [--url URL] [--api-key KEY] [--json]
+    glassbox keys create --name NAME [--max-queued N --max-running N --max-request-bytes N]
+    glassbox keys list | glassbox keys revoke ID
+
+``up`` starts redis-server (append-only files under the data directory, by default
+~/.cache/glassbox), glassbox-broker and one ``glassbox-engine serve`` worker, prints how to
+connect (with an API key, unless --dev), and stays in the foreground until Ctrl-C, which
+stops all three. ``keys`` wraps ``glassbox-broker keys`` for the service ``up`` started
+(found through ``service.json`` in the data directory) or the Redis given with --redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+from . import launcher
+from .errors import GlassboxError
+from .service import DEFAULT_URL, ServiceBackend
+
+_KEY_NAME = "glassbox-up"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except GlassboxError as e:
+        print(f"glassbox: {e}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glassbox", description="Run a local Glassbox service for a class or a lab, and "
+        "look at one.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    up = commands.add_parser("up", help="start a local service (Redis, broker, one worker)")
+    up.add_argument("--model", default=str(launcher.DEFAULT_MODEL), help="a .gguf file or a "
+                    "Hugging Face directory (default: %(default)s)")
+    up.add_argument("--name", default="smollm2-135m", help="the model's name for clients")
+    up.add_argument("--port", type=int, default=5555, help="the clients' port")
+    up.add_argument("--worker-port", type=int, default=0, help="the workers' port (port + 1)")
+    up.add_argument("--data", default=str(launcher.DEFAULT_DATA_DIR),
+                    help="Redis files, logs and the API key (default: %(default)s)")
+    up.add_argument("--dev", action="store_true", help="no API keys; listen on 127.0.0.1 only")
+    up.add_argument("--encrypt", action="store_true", help="encrypt client connections "
+                    "(CURVE); clients need the server key it prints")
+    up.add_argument("--bind", default="", help="the clients' interface (default: all; "
+                    "127.0.0.1 with --dev)")
+    up.set_defaults(run=_up)
+    for name, run, text in (("status", _status, "is the service up; its models and workers"),
+                            ("models", _models, "the models the service serves")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--url", default=None, help=f"default: $GLASSBOX_URL or {DEFAULT_URL}")
+        sub.add_argument("--api-key", default=None, help="default: $GLASSBOX_API_KEY")
+        sub.add_argument("--server-key", default=None, help="the broker's CURVE public key or "
+                         "its .pub file (default: $GLASSBOX_SERVER_KEY)")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.add_argument("--timeout", type=float, default=5.0,
+                         help="seconds to wait for the broker (default: %(default)s)")
+        sub.set_defaults(run=run)
+    _add_keys(commands)
+    return parser
+
+
+def _add_keys(commands) -> None:
+    keys = commands.add_parser("keys", help="API keys (wraps glassbox-broker keys)")
+    keys.add_argument("--redis", default=None, help="Redis host:port (default: the service "
+                      "`glassbox up` runs with --data)")
+    keys.add_argument("--data", default=str(launcher.DEFAULT_DATA_DIR))
+    actions = keys.add_subparsers(required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="make a key; prints its secret once")
+    create.add_argument("--name", required=True, help="who the key is for")
+    for limit in ("--max-queued", "--max-running", "--max-request-bytes"):
+        create.add_argument(limit, type=int, default=None)
+    create.set_defaults(run=_keys_create)
+    actions.add_parser("list", help="keys with limits and usage").set_defaults(
+        run=lambda a: _broker_keys(a, ["list"]))
+    revoke = actions.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    revoke.set_defaults(run=lambda a: _broker_keys(a, ["revoke", a.id]))
+
+
+# glassbox up ---------------------------------------------------------------------------------
+
+
+def _up(args) -> int:
+    params = launcher.ServiceParams(model_path=args.model, model_name=args.name, port=args.port,
+                                    worker_port=args.worker_port, data_dir=args.data,
+                                    dev=args.dev, bind=args.bind, encrypt=args.encrypt)
+    stop = _stop_on_signals()
+    service = launcher.LocalService(params)
+    service.check()
+    print(f"glassbox: starting Redis, the broker and a worker of {args.name} "
+          f"(logs in {service.log_dir}) ...", flush=True)
+    try:
+        service.start()
+        server_key = _server_key(service)
+        key = "" if args.dev else _service_key(service, server_key)
+        _wait_for_worker(service, key, server_key, stop)
+        _write_service_file(service, key)
+        print(_how_to_connect(params, key, server_key), flush=True)
+        return _serve_until_stopped(service, stop)
+    finally:
+        print("glassbox: stopping the worker, the broker and Redis ...", flush=True)
+        service.stop()
+        (pathlib.Path(args.data) / "service.json").unlink(missing_ok=True)
+        print("glassbox: stopped", flush=True)
+
+
+def _stop_on_signals() -> List[int]:
+    """SIGINT / SIGTERM append themselves to the returned list instead of raising."""
+    received: List[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, frame: received.append(number))
+    return received
+
+
+def _server_key(service: launcher.LocalService) -> str:
+    """The broker's CURVE public key when it encrypts, else ""."""
+    if not service.params.encrypt:
+        return ""
+    return service.server_key_path.read_text().strip()
+
+
+def _service_key(service: launcher.LocalService, server_key: str) -> str:
+    """The API key `up` made before (kept in the data directory), if Redis still knows it;
+    otherwise a new one."""
+    path = service.data_dir / "api_key"
+    if path.is_file():
+        key = path.read_text().strip()
+        if _key_works(service.params.url, key, server_key):
+            return key
+    key = service.create_key(_KEY_NAME)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def _key_works(url: str, key: str, server_key: str) -> bool:
+    backend = ServiceBackend(url, key, call_timeout=5, server_key=server_key)
+    try:
+        backend.models()
+        return True
+    except GlassboxError as e:
+        return e.code != "UNAUTHENTICATED"
+    finally:
+        backend.close()
+
+
+def _wait_for_worker(service: launcher.LocalService, key: str, server_key: str,
+                     stop: List[int], timeout: float = 180) -> None:
+    backend = ServiceBackend(service.params.url, key, call_timeout=5, server_key=server_key)
+    deadline = time.monotonic() + timeout
+    try:
+        while not stop and time.monotonic() < deadline:
+            dead = service.dead_process()
+            if dead:
+                raise GlassboxError("UNAVAILABLE", f"a process exited; see {dead}:\n"
+                                    + launcher.tail(dead))
+            if any(m.name == service.params.model_name and m.workers
+                   for m in backend.models()):
+                return
+            time.sleep(0.2)
+        if not stop:
+            raise GlassboxError("UNAVAILABLE", f"no worker registered within {timeout:g} s")
+    finally:
+        backend.close()
+
+
+def _write_service_file(service: launcher.LocalService, key: str) -> None:
+    info = {"url": service.params.url, "redis": service.redis_address, "pid": os.getpid(),
+            "children": [p.pid for p in service.processes],
+            "model": service.params.model_name, "dev": not key}
+    (service.data_dir / "service.json").write_text(json.dumps(info) + "\n")
+
+
+def _how_to_connect(params: launcher.ServiceParams, key: str, server_key: str) -> str:
+    where = params.url if params.dev else (
+        f"{params.url} (from other machines: tcp://{socket.getfqdn()}:{params.port})")
+    lines = [f"glassbox: serving {params.model_name} at {where}"]
+    exports = [f"GLASSBOX_URL={params.url}"]
+    if key:
+        lines.append(f"  API key: {key}   (more: glassbox keys create --name STUDENT)")
+        exports.append(f"GLASSBOX_API_KEY={key}")
+    else:
+        lines.append("  development mode: no API keys, 127.0.0.1 only")
+    if server_key:
+        lines.append(f"  server key (connections are encrypted): {server_key}")
+        exports.append(f"GLASSBOX_SERVER_KEY='{server_key}'")
+    lines += ["  export " + " ".join(exports), "  in Python:", "    import glassbox",
+              f'    model = glassbox.Model("{params.model_name}")   # with the exports above',
+              "Ctrl-C stops the service."]
+    return "\n".join(lines)
+
+
+def _serve_until_stopped(service: launcher.LocalService, stop: List[int]) -> int:
+    while not stop:
+        dead = service.dead_process()
+        if dead:
+            print(f"glassbox: a process exited; see {dead}:\n{launcher.tail(dead)}",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    return 0
+
+
+# glassbox status / models --------------------------------------------------------------------
+
+
+def _list_models(args):
+    backend = ServiceBackend(args.url, args.api_key, call_timeout=args.timeout,
+                             server_key=args.server_key)
+    try:
+        return backend.url, backend.models()
+    finally:
+        backend.close()
+
+
+def _status(args) -> int:
+    url = args.url or os.environ.get("GLASSBOX_URL") or DEFAULT_URL
+    try:
+        url, models = _list_models(args)
+    except GlassboxError as e:
+        print(f"broker at {url}: {'up, but ' if e.code == 'UNAUTHENTICATED' else 'not reachable: '}"
+              f"{e.message}")
+        return 1
+    if args.json:
+        print(json.dumps({"url": url, "up": True, "models": [
+            {"name": m.name, "workers": m.workers, "queued": m.queued} for m in models]}))
+        return 0
+    workers = sum(m.workers for m in models)
+    print(f"broker at {url}: up; {len(models)} model(s), {workers} worker(s)")
+    for m in models:
+        print(f"  {m.name:24} {m.workers} worker(s)  {m.queued} queued")
+    return 0
+
+
+def _models(args) -> int:
+    url, models = _list_models(args)
+    rows = [_model_row(m) for m in models]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        print(f"{row['name']:24} {row['layers']} layers  {row['hook_points']} hook points  "
+              f"{row['workers']} worker(s)  {row['queued']} queued")
+    if not rows:
+        print(f"no models at {url} (no worker has registered yet)")
+    return 0
+
+
+def _model_row(model) -> dict:
+    catalogue = json.loads(model.catalogue or "{}")
+    return {"name": model.name, "workers": model.workers, "queued": model.queued,
+            "layers": catalogue.get("model", {}).get("num_layers"),
+            "hook_points": len(catalogue.get("hook_points", []))}
+
+
+# glassbox keys -------------------------------------------------------------------------------
+
+
+def _redis_address(args) -> str:
+    if args.redis:
+        return args.redis
+    path = pathlib.Path(args.data) / "service.json"
+    if not path.is_file():
+        raise GlassboxError("NOT_FOUND", f"no service started by `glassbox up` with data in "
+                            f"{args.data} is running; pass --redis HOST:PORT")
+    return json.loads(path.read_text())["redis"]
+
+
+def _keys_create(args) -> int:
+    limits = []
+    for flag in ("max_queued", "max_running", "max_request_bytes"):
+        if getattr(args, flag) is not None:
+            limits += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    return _broker_keys(args, ["create", "--name", args.name, *limits])
+
+
+def _broker_keys(args, action: List[str]) -> int:
+    argv = [launcher.find_binary("glassbox-broker"), "keys", "--redis", _redis_address(args),
+            *action]
+    return subprocess.call(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
