@@ -33,11 +33,12 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 
-# The Python client (editable) with its test extras; reinstalled only when its pyproject changes.
+# The Python client (editable) with its test and demo extras; reinstalled only when its
+# pyproject changes.
 stamp=.venv/.glassbox-client-installed
 if ! cmp -s client/pyproject.toml "$stamp"; then
-  echo "== installing the Python client into .venv (pip install -e client[test])"
-  .venv/bin/pip install --quiet --disable-pip-version-check -e "client[test]"
+  echo "== installing the Python client into .venv (pip install -e client[test,demo])"
+  .venv/bin/pip install --quiet --disable-pip-version-check -e "client[test,demo]"
   cp client/pyproject.toml "$stamp"
 fi
 
@@ -51,10 +52,6 @@ fi
 cmake --build build -j2
 
 if [ "$demo" = 1 ]; then
-  echo "== demo: next-token top-5 after \"The capital of France is\""
-  build/bin/glassbox-engine topk --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
-    --prompt "The capital of France is" --k 5
-  echo "== demo: greedy continuation"
-  build/bin/glassbox-engine generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf \
-    --prompt "The capital of France is" --max-new-tokens 20
+  echo "== demo: an experiment through the whole service (client -> broker -> Redis -> worker)"
+  .venv/bin/python examples/demo.py --plot build/demo_logit_lens.png
 fi

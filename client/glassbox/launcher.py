@@ -188,6 +188,21 @@ class LocalService:
                 *self.params.engine_args]
         return self._spawn(f"worker-{name}", argv, None)
 
+    def wait_until_serving(self, backend, name: str, timeout: float = 120.0) -> None:
+        """Returns once a worker serves ``name`` through ``backend`` (a ServiceBackend of this
+        service); raises a GlassboxError naming the log when a process dies, or on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(m.name == name and m.workers for m in backend.models()):
+                return
+            dead = self.dead_process()
+            if dead:
+                raise GlassboxError("UNAVAILABLE", f"a process of the service exited; see {dead}:"
+                                    f"\n{tail(dead)}")
+            time.sleep(0.1)
+        raise GlassboxError("UNAVAILABLE", f"no worker registered {name} within {timeout:.0f} s "
+                            f"(logs in {self.log_dir})")
+
     def create_key(self, name: str) -> str:
         """A new API key for ``name`` (its secret: ``gbk_`` + 64 hex digits)."""
         return create_key(self.redis_address, name)
