@@ -403,20 +403,28 @@ def test_run_all_time_out_cancels_what_is_in_flight(remote, service):
         assert wait_for_state(service, tr.job_id, ("CANCELLED",)).state == "CANCELLED"
 
 
+def run_service_snippets(readme, namespace):
+    """Runs the `python service` snippets of `readme` in order, in `namespace`, compiled under
+    the file's name and line numbers (so node sources point into it)."""
+    text = readme.read_text()
+    for match in re.finditer(r"^```python service\n(.*?)^```", text, re.S | re.M):
+        first_line = text.count("\n", 0, match.start(1))
+        exec(compile("\n" * first_line + match.group(1), readme.name, "exec"), namespace)
+
+
 def test_readme_service_snippets_run(running_service, service, monkeypatch, capsys):
-    """The `python service` snippets of client/README.md, in order, against SmolLM2 served
-    as "smollm2-135m" by the same service."""
+    """The `python service` snippets of client/README.md and of the top README.md, in order,
+    against SmolLM2 served as "smollm2-135m" by the same service."""
     if not SMOLLM2.is_file():
         pytest.skip(f"needs {SMOLLM2} (./setup.sh downloads it)")
     running_service.start_worker(str(SMOLLM2), "smollm2-135m")
     wait_for_model(service, "smollm2-135m")
     monkeypatch.setenv("GLASSBOX_URL", service.url)
-    text = README.read_text()
-    namespace = {}
-    for match in re.finditer(r"^```python service\n(.*?)^```", text, re.S | re.M):
-        first_line = text.count("\n", 0, match.start(1))
-        exec(compile("\n" * first_line + match.group(1), "README.md", "exec"), namespace)
+    run_service_snippets(README, {})
     assert re.search(r"job [0-9a-f]{32} still (received|queued|running)", capsys.readouterr().out)
+    top = ROOT / "README.md"
+    assert "```python service" in top.read_text()
+    run_service_snippets(top, {})
 
 
 # --------------------------------------------------------------------------------------------
