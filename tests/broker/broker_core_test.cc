@@ -65,7 +65,10 @@ std::string ResultBytes() {
 
 struct Harness {
   explicit Harness(BrokerParams p = {}) : params(p) {
-    store = NewMemoryJobStore(&clock, {});
+    StoreTtls ttls;  // as RunBroker gives its store
+    ttls.result_ms = params.result_ttl_ms;
+    ttls.record_ms = params.record_ttl_ms;
+    store = NewMemoryJobStore(&clock, ttls);
     core = std::make_unique<BrokerCore>(params, store.get(), &clock, &outbox);
     REQUIRE(core->Recover().ok());
   }
@@ -494,6 +497,27 @@ TEST_CASE("Core: a result over the size limit fails the job, the worker goes on"
   CHECK(status.message == "the result is over the service's limit of 1000 bytes; save less");
   const std::string next = h.Submit("c", "").job;
   CHECK(h.JobFor("w1") == next);
+}
+
+TEST_CASE("Core: a result past its time-to-live is EXPIRED and no longer fetchable",
+          "[broker]") {
+  BrokerParams params;
+  params.result_ttl_ms = 60'000;
+  Harness h(params);
+  const std::string key = h.AddKey("alice");
+  h.Ready("w1");
+  BrokerMessage ack = h.Submit("c1", key);
+  h.Finish("w1", h.JobFor("w1"));
+  h.clock.now += 59'000;
+  CHECK(h.Ask("c1", BrokerMessageType::kQuery, key, ack.job).state == JobState::kCompleted);
+  CHECK(h.Ask("c1", BrokerMessageType::kFetch, key, ack.job, 0).type ==
+        BrokerMessageType::kResultChunk);
+  h.clock.now += 2'000;
+  BrokerMessage expired = h.Ask("c1", BrokerMessageType::kQuery, key, ack.job);
+  CHECK(expired.state == JobState::kExpired);
+  CHECK(expired.message == "the result was kept 60 s and has expired");
+  BrokerMessage fetch = h.Ask("c1", BrokerMessageType::kFetch, key, ack.job, 0);
+  CHECK(fetch.type == BrokerMessageType::kError);
 }
 
 }  // namespace
