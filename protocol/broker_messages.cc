@@ -10,6 +10,7 @@
 #include <new>
 
 #include "protocol/graph.h"
+#include "protocol/pack_impl.h"
 
 namespace glassbox::protocol {
 namespace {
@@ -148,27 +149,10 @@ int64_t* IntField(BrokerMessage& m, Field f) {
 // ---------------------------------------------------------------------------------------
 // Encoding.
 
-class StringSink {
- public:
-  explicit StringSink(std::string* out) : out_(out) {}
-  void write(const char* data, size_t size) { out_->append(data, size); }
-
- private:
-  std::string* out_;
-};
-using Packer = msgpack::packer<StringSink>;
-
-void PackStr(Packer& pk, std::string_view s) {
-  assert(s.size() <= UINT32_MAX);
-  pk.pack_str(static_cast<uint32_t>(s.size()));
-  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
-}
-
-void PackBin(Packer& pk, std::string_view s) {
-  assert(s.size() <= UINT32_MAX);
-  pk.pack_bin(static_cast<uint32_t>(s.size()));
-  pk.pack_bin_body(s.data(), static_cast<uint32_t>(s.size()));
-}
+using internal::PackBin;
+using internal::Packer;
+using internal::PackStr;
+using internal::StringSink;
 
 void PackModels(Packer& pk, const std::vector<ModelInfo>& models) {
   pk.pack_array(static_cast<uint32_t>(models.size()));

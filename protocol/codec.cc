@@ -14,6 +14,7 @@
 #include <new>
 #include <vector>
 
+#include "protocol/pack_impl.h"
 #include "protocol/schema_impl.h"
 
 namespace glassbox::protocol {
@@ -69,16 +70,8 @@ using internal::PathError;
 // Encoding. Map keys go out in the order SPEC.md lists them; ints take msgpack's smallest
 // form, floats are always float64, so the bytes match the Python encoder's.
 
-class StringSink {
- public:
-  explicit StringSink(std::string* out) : out_(out) {}
-  void write(const char* data, size_t size) { out_->append(data, size); }
-
- private:
-  std::string* out_;
-};
-
-using Packer = msgpack::packer<StringSink>;
+using internal::Packer;
+using internal::StringSink;
 
 // The packer and the string it appends to.
 struct Writer {
@@ -98,11 +91,7 @@ void PackFloat64(Writer& w, double d) {
   w.sink.write(buf, sizeof buf);
 }
 
-void PackString(Writer& w, std::string_view s) {
-  assert(s.size() <= UINT32_MAX);
-  w.pk.pack_str(static_cast<uint32_t>(s.size()));
-  w.pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
-}
+void PackString(Writer& w, std::string_view s) { internal::PackStr(w.pk, s); }
 
 void PackOptionalInt(Writer& w, const std::optional<int64_t>& v) {
   if (v) {
@@ -147,9 +136,7 @@ void PackTensor(Writer& w, const TensorData& tensor) {
   PackString(w, "shape");
   PackIntList(w, tensor.shape);
   PackString(w, "data");
-  assert(tensor.bytes.size() <= UINT32_MAX);
-  w.pk.pack_bin(static_cast<uint32_t>(tensor.bytes.size()));
-  w.pk.pack_bin_body(tensor.bytes.data(), static_cast<uint32_t>(tensor.bytes.size()));
+  internal::PackBin(w.pk, tensor.bytes);
 }
 
 void PackValue(Writer& w, const Value& value) {

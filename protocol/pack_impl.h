@@ -1,0 +1,41 @@
+// msgpack writing shared by the graph codec (codec.cc) and the broker messages
+// (broker_messages.cc): a packer that appends to a std::string, and str / bin writers.
+// Internal to protocol/.
+#ifndef GLASSBOX_PROTOCOL_PACK_IMPL_H_
+#define GLASSBOX_PROTOCOL_PACK_IMPL_H_
+
+#include <cassert>
+#include <cstdint>
+#include <msgpack.hpp>
+#include <string>
+#include <string_view>
+
+namespace glassbox::protocol::internal {
+
+class StringSink {
+ public:
+  explicit StringSink(std::string* out) : out_(out) {}
+  void write(const char* data, size_t size) { out_->append(data, size); }
+
+ private:
+  std::string* out_;
+};
+
+using Packer = msgpack::packer<StringSink>;
+
+// Precondition (asserted): under 4 GiB, msgpack's length limit.
+inline void PackStr(Packer& pk, std::string_view s) {
+  assert(s.size() <= UINT32_MAX);
+  pk.pack_str(static_cast<uint32_t>(s.size()));
+  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+
+inline void PackBin(Packer& pk, std::string_view s) {
+  assert(s.size() <= UINT32_MAX);
+  pk.pack_bin(static_cast<uint32_t>(s.size()));
+  pk.pack_bin_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+
+}  // namespace glassbox::protocol::internal
+
+#endif  // GLASSBOX_PROTOCOL_PACK_IMPL_H_
