@@ -11,6 +11,8 @@
 import os
 import pathlib
 import sys
+import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -19,7 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "client"))
 
 import glassbox  # noqa: E402
-from glassbox import wire  # noqa: E402
+from glassbox import launcher, wire  # noqa: E402
+from glassbox.service import ServiceBackend  # noqa: E402
 
 TINY_LLAMA = ROOT / "tests" / "fixtures" / "tiny_llama"
 SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -124,3 +127,33 @@ def smollm2(engine):
         pytest.skip(f"no model at {SMOLLM2} (./setup.sh downloads it)")
     return glassbox.Model("smollm2-135m", backend=glassbox.LocalBackend(SMOLLM2, engine=engine),
                           arrays="numpy")
+
+
+@dataclass
+class Service:
+    url: str
+    api_key: str
+
+
+@pytest.fixture(scope="session")
+def smollm2_service():
+    """One local service for the whole session — Redis, the broker and a SmolLM2 worker
+    named "smollm2-135m", with API keys on, as `glassbox up` runs it — for the notebooks and
+    the example scripts. Skipped, saying what is missing, without the binaries or the model."""
+    with tempfile.TemporaryDirectory(prefix="glassbox-smollm2-") as data_dir:
+        params = launcher.ServiceParams(
+            model_path=str(SMOLLM2), port=launcher.free_port(),
+            worker_port=launcher.free_port(), data_dir=data_dir, bind="127.0.0.1")
+        service = launcher.LocalService(params)
+        try:
+            service.check()
+        except glassbox.GlassboxError as e:
+            pytest.skip(f"needs a built service and the model: {e.message}")
+        with service:
+            running = Service(params.url, service.create_key("tests"))
+            backend = ServiceBackend(running.url, running.api_key, quiet=True)
+            try:
+                service.wait_until_serving(backend, params.model_name)
+            finally:
+                backend.close()
+            yield running
