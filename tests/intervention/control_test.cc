@@ -1,5 +1,7 @@
 // RunControl: a caller (the worker) stops a run between hook points — a cancelled job or a
 // time limit — and the model stays usable for the next run.
+// LibTorch brings glog, whose CHECK would replace Catch's: it goes first, so Catch's wins.
+#include <c10/util/Logging.h>
 #include <catch2/catch.hpp>
 
 #include "intervention/intervention.h"

@@ -1,4 +1,6 @@
 // RunJob: the worker's bytes-in, bytes-out step, on the tiny checkpoint.
+// LibTorch brings glog, whose CHECK would replace Catch's: it goes first, so Catch's wins.
+#include <c10/util/Logging.h>
 #include <catch2/catch.hpp>
 
 #include "protocol/codec.h"
