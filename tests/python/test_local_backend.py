@@ -200,3 +200,22 @@ def test_smollm2_completes_a_text_prompt(smollm2):
         top = smollm2.lm_head.output[0, -1].argmax(dim=-1).save()
         lens = smollm2.lm_head(smollm2.model.norm(smollm2.model.layers[-1].output))[0, -1].save()
     assert int(top) == int(np.argmax(lens.value))
+
+
+def test_scan_reports_the_shapes_a_real_run_has(tiny_model):
+    def experiment(run):
+        with run() as tr:
+            with tr.invoke([1, 5, 9, 3]):
+                h = tiny_model.model.layers[1].output.save()
+                z = tiny_model.model.layers[0].self_attn.z[:, -1].save()
+            with tr.invoke([7, 2]):
+                top = tiny_model.lm_head.output[0, -1].argmax().save()
+        return h, z, top
+
+    real = experiment(tiny_model.trace)
+    scanned = experiment(tiny_model.scan)
+    for r, s in zip(real, scanned):
+        assert tuple(s.shape) == tuple(np.asarray(r.value).shape)
+        assert str(s.dtype) == str(np.asarray(r.value).dtype)
+    with pytest.raises(Exception, match="scan reports shapes"):
+        np.asarray(scanned[0].value)
