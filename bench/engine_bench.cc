@@ -118,6 +118,9 @@ int main(int argc, char** argv) {
   int repeats = 5;
   app.add_option("--model", path)->capture_default_str();
   app.add_option("--threads", params.intra_op_threads)->capture_default_str();
+  app.add_option("--mmap-threshold", params.malloc_mmap_threshold,
+                 "glibc: allocations this large are mmapped (0: leave malloc alone)")
+      ->capture_default_str();
   app.add_option("--repeats", repeats)->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 

@@ -32,9 +32,10 @@ struct EngineParams {
   int intra_op_threads = 1;       // LibTorch threads; 1 is fastest on small CPUs (see bench/)
   // glibc only, process-wide: allocations of at least this many bytes are mmapped and go back
   // to the OS when freed, so activations do not pile up in the heap between passes (glibc's
-  // own threshold drifts up to 32 MB). bench/engine_bench: 1.33x -> 1.26x the weights at peak
-  // for 8x64 tokens. 0 leaves malloc alone.
-  size_t malloc_mmap_threshold = size_t{1} << 20;
+  // own threshold drifts up to 32 MB). engine_bench, 8x64 tokens: peak 1.32x the weights with
+  // glibc's default, 1.30x at 4 MiB, 1.26x at 1 MiB — but 1 MiB makes that forward ~1.5x
+  // slower (page faults on every activation). 0 leaves malloc alone.
+  size_t malloc_mmap_threshold = size_t{4} << 20;
 };
 
 struct ModelConfig {
