@@ -132,10 +132,7 @@ class Client::Impl {
       return done ? done(s) : protocol::IsTerminal(s.state);
     };
     if (statuses_.count(job_id) == 0) {
-      BrokerMessage q;
-      q.type = BrokerMessageType::kQuery;
-      q.job = job_id;
-      GLASSBOX_RETURN_IF_ERROR(Call(q).status());
+      GLASSBOX_RETURN_IF_ERROR(Call(JobMessage(BrokerMessageType::kQuery, job_id)).status());
     }
     const int64_t deadline = NowMs() + (timeout_ms < 0 ? params_.timeout_ms : timeout_ms);
     while (!finished(statuses_[job_id])) {
@@ -169,12 +166,24 @@ class Client::Impl {
     return out;
   }
 
-  static BrokerMessage FetchMessage(const std::string& job_id, int64_t index) {
+  // A message of `type` about one job (query, cancel, fetch).
+  static BrokerMessage JobMessage(BrokerMessageType type, const std::string& job_id) {
     BrokerMessage m;
-    m.type = BrokerMessageType::kFetch;
+    m.type = type;
     m.job = job_id;
+    return m;
+  }
+
+  static BrokerMessage FetchMessage(const std::string& job_id, int64_t index) {
+    BrokerMessage m = JobMessage(BrokerMessageType::kFetch, job_id);
     m.index = index;
     return m;
+  }
+
+  // Asks about one job; the reply is its status.
+  StatusOr<JobStatus> AskStatus(BrokerMessageType type, const std::string& job_id) {
+    GLASSBOX_ASSIGN_OR_RETURN(BrokerMessage reply, Call(JobMessage(type, job_id)));
+    return StatusFrom(reply);
   }
 
   ClientParams params_;
@@ -214,11 +223,7 @@ StatusOr<std::string> Client::Submit(const std::string& request,
 }
 
 StatusOr<JobStatus> Client::QueryStatus(const std::string& job_id) {
-  BrokerMessage m;
-  m.type = BrokerMessageType::kQuery;
-  m.job = job_id;
-  GLASSBOX_ASSIGN_OR_RETURN(BrokerMessage reply, impl_->Call(std::move(m)));
-  return StatusFrom(reply);
+  return impl_->AskStatus(BrokerMessageType::kQuery, job_id);
 }
 
 StatusOr<JobStatus> Client::WaitForStatus(const std::string& job_id,
@@ -236,11 +241,7 @@ StatusOr<std::string> Client::FetchResult(const std::string& job_id) {
 }
 
 StatusOr<JobStatus> Client::Cancel(const std::string& job_id) {
-  BrokerMessage m;
-  m.type = BrokerMessageType::kCancel;
-  m.job = job_id;
-  GLASSBOX_ASSIGN_OR_RETURN(BrokerMessage reply, impl_->Call(std::move(m)));
-  return StatusFrom(reply);
+  return impl_->AskStatus(BrokerMessageType::kCancel, job_id);
 }
 
 StatusOr<std::vector<protocol::ModelInfo>> Client::ListModels() {
