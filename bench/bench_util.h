@@ -24,6 +24,35 @@ inline double Seconds(const std::function<void()>& fn, int repeats) {
   return times[times.size() / 2];
 }
 
+// Wall times of `fns` run in turn, `rounds` times after one warm-up round: times[f][round].
+// Interleaving puts every function under the same machine noise, so per-round ratios
+// between them are steadier than ratios of separately measured medians.
+inline std::vector<std::vector<double>> InterleavedSeconds(const std::vector<std::function<void()>>& fns,
+                                                           int rounds) {
+  std::vector<std::vector<double>> times(fns.size());
+  for (int round = -1; round < rounds; ++round) {
+    for (size_t f = 0; f < fns.size(); ++f) {
+      const auto start = std::chrono::steady_clock::now();
+      fns[f]();
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (round >= 0) times[f].push_back(seconds);
+    }
+  }
+  return times;
+}
+
+inline double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+// Median over rounds of times[a][round] / times[b][round].
+inline double MedianRatio(const std::vector<double>& a, const std::vector<double>& b) {
+  std::vector<double> ratios;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) ratios.push_back(a[i] / b[i]);
+  return Median(ratios);
+}
+
 // A /proc/self/status memory field ("VmHWM:" peak, "VmRSS:" current) in bytes.
 inline double StatusBytes(const std::string& field) {
   std::ifstream status("/proc/self/status");

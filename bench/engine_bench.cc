@@ -4,7 +4,7 @@
 // generation tokens/s. Prints ratios; asserts nothing.
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
-#include <ATen/ops/linear.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
 #include <CLI/CLI.hpp>
@@ -29,25 +29,36 @@ using bench::StatusBytes;
 
 
 
-// The matrix products of one forward pass, alone: every projection and the lm_head.
-std::function<void()> MatmulsOnly(const ModelConfig& c, int64_t batch, int64_t seq) {
-  auto w = [](int64_t out, int64_t in) { return at::randn({out, in}); };
-  const int64_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
-  std::vector<at::Tensor> layer = {w(q, c.hidden_size), w(kv, c.hidden_size), w(kv, c.hidden_size),
-                                   w(c.hidden_size, q), w(c.intermediate_size, c.hidden_size),
-                                   w(c.intermediate_size, c.hidden_size), w(c.hidden_size, c.intermediate_size)};
-  at::Tensor head = w(c.vocab_size, c.hidden_size);
+// The matrix products of one forward pass, alone: every projection and the lm_head on the
+// model's own weights (through ApplyModule, whose lookup costs microseconds), and each
+// layer's two attention products (queries x keys, pattern x values) on stand-in inputs.
+std::function<void()> MatmulsOnly(const Model& model, int64_t batch, int64_t seq) {
+  const ModelConfig& c = model.config();
+  const int64_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads;
+  const int64_t rows = c.num_heads / kv * seq;  // query heads grouped under their key head
   at::Tensor x = at::randn({batch, seq, c.hidden_size});
   at::Tensor x_q = at::randn({batch, seq, q});
   at::Tensor x_mlp = at::randn({batch, seq, c.intermediate_size});
-  return [=]() {
-    for (int64_t l = 0; l < c.num_layers; ++l) {
-      for (int i = 0; i < 7; ++i) {
-        const at::Tensor& in = i == 3 ? x_q : (i == 6 ? x_mlp : x);
-        at::linear(in, layer[i]);
-      }
+  at::Tensor queries = at::randn({batch * kv, rows, c.head_dim});
+  at::Tensor keys = at::randn({batch * kv, c.head_dim, seq});
+  at::Tensor pattern = at::randn({batch * kv, rows, seq});
+  at::Tensor values = at::randn({batch * kv, seq, c.head_dim});
+  std::vector<std::pair<std::string, at::Tensor>> products;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}) products.emplace_back(p + m, x);
+    products.emplace_back(p + "self_attn.o_proj", x_q);
+    products.emplace_back(p + "mlp.gate_proj", x);
+    products.emplace_back(p + "mlp.up_proj", x);
+    products.emplace_back(p + "mlp.down_proj", x_mlp);
+  }
+  products.emplace_back("lm_head", x);
+  return [&model, products, queries, keys, pattern, values, layers = c.num_layers]() {
+    for (const auto& [name, input] : products) (void)model.ApplyModule(name, input);
+    for (int64_t l = 0; l < layers; ++l) {
+      at::bmm(queries, keys);
+      at::bmm(pattern, values);
     }
-    at::linear(x, head);
   };
 }
 
@@ -62,8 +73,8 @@ struct ShapePeaks {
   double plain = 0, hooked = 0;  // bytes above the baseline
 };
 
-// Times the shape's forward passes and returns their peak resident memory (the matmul bound's
-// random stand-in weights are freed before it is measured).
+// Times the shape's forward passes, interleaved with the matmul bound (ratios are medians of
+// per-round ratios), and returns their peak resident memory.
 ShapePeaks BenchShape(const Model& model, int64_t batch, int64_t seq, int repeats, double baseline) {
   std::vector<std::vector<int64_t>> prompts(batch);
   for (auto& p : prompts) {
@@ -76,20 +87,18 @@ ShapePeaks BenchShape(const Model& model, int64_t batch, int64_t seq, int repeat
     touched += static_cast<double>(v.numel());  // read the tensor's metadata, keep it alive
     return Status::Ok();
   });
-  const double bound = Seconds(MatmulsOnly(model.config(), batch, seq), repeats);
-  double plain = 0, hooked = 0;
+  auto plain = [&] { (void)model.Forward({prompts}, &none); };
+  auto hooked = [&] { (void)model.Forward({prompts}, &all); };
+  const auto times = bench::InterleavedSeconds({MatmulsOnly(model, batch, seq), plain, hooked}, repeats);
   ShapePeaks peaks;
-  peaks.plain = PeakDuring([&] {
-    plain = Seconds([&] { (void)model.Forward({prompts}, &none); }, repeats);
-  }, baseline);
-  peaks.hooked = PeakDuring([&] {
-    hooked = Seconds([&] { (void)model.Forward({prompts}, &all); }, repeats);
-  }, baseline);
+  peaks.plain = PeakDuring(plain, baseline);
+  peaks.hooked = PeakDuring(hooked, baseline);
   std::printf("forward %3lldx%-4lld  matmul bound %8.2f ms  no hooks %8.2f ms (%.2fx)  "
               "all %d hooks read %8.2f ms (%.2fx)  peak RSS %.0f / %.0f MB\n",
-              static_cast<long long>(batch), static_cast<long long>(seq), bound * 1e3,
-              plain * 1e3, plain / bound, model.catalogue().size(), hooked * 1e3, hooked / bound,
-              peaks.plain / 1e6, peaks.hooked / 1e6);
+              static_cast<long long>(batch), static_cast<long long>(seq), bench::Median(times[0]) * 1e3,
+              bench::Median(times[1]) * 1e3, bench::MedianRatio(times[1], times[0]),
+              model.catalogue().size(), bench::Median(times[2]) * 1e3,
+              bench::MedianRatio(times[2], times[0]), peaks.plain / 1e6, peaks.hooked / 1e6);
   return peaks;
 }
 
@@ -116,12 +125,16 @@ int main(int argc, char** argv) {
   std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   EngineParams params;
   int repeats = 5;
+  std::vector<std::string> shapes = {"1x16", "1x128", "8x64"};
+  bool generate = true;
   app.add_option("--model", path)->capture_default_str();
   app.add_option("--threads", params.intra_op_threads)->capture_default_str();
   app.add_option("--mmap-threshold", params.malloc_mmap_threshold,
                  "glibc: allocations this large are mmapped (0: leave malloc alone)")
       ->capture_default_str();
   app.add_option("--repeats", repeats)->capture_default_str();
+  app.add_option("--shapes", shapes, "forward shapes, BATCHxSEQ")->delimiter(',')->capture_default_str();
+  app.add_flag("!--no-generate", generate, "skip the generation benchmark");
   CLI11_PARSE(app, argc, argv);
 
   const double rss_before_load = StatusBytes("VmRSS:");  // LibTorch's own pages
@@ -138,15 +151,22 @@ int main(int argc, char** argv) {
                       2 * c.hidden_size * c.num_kv_heads * c.head_dim +
                       3 * c.hidden_size * c.intermediate_size);
   const double peak_after_load = StatusBytes("VmHWM:") - rss_before_load;
+  std::printf("resident after load %.1f MB\n", (StatusBytes("VmRSS:") - rss_before_load) / 1e6);
   std::printf("model %s: %.1f M parameters, float32 weights %.1f MB, LibTorch threads %d\n",
               path.c_str(), weight_params / 1e6, weight_params * 4 / 1e6, at::get_num_threads());
   double peak_plain = 0, peak_hooked = 0;
-  for (const auto& [batch, seq] : std::vector<std::pair<int64_t, int64_t>>{{1, 16}, {1, 128}, {8, 64}}) {
+  for (const std::string& shape : shapes) {
+    long long batch = 0, seq = 0;
+    if (std::sscanf(shape.c_str(), "%lldx%lld", &batch, &seq) != 2 || batch < 1 || seq < 1) {
+      std::fprintf(stderr, "error: --shapes wants BATCHxSEQ like 8x64, got '%s'\n", shape.c_str());
+      return 1;
+    }
     const ShapePeaks peaks = BenchShape(model, batch, seq, repeats, rss_before_load);
     peak_plain = std::max(peak_plain, peaks.plain);
     peak_hooked = std::max(peak_hooked, peaks.hooked);
   }
-  const double peak_generate = PeakDuring([&] { BenchGenerate(model, 32); }, rss_before_load);
+  const double peak_generate =
+      generate ? PeakDuring([&] { BenchGenerate(model, 32); }, rss_before_load) : 0;
   const double weight_bytes = weight_params * 4;
   std::printf("process RSS before loading (LibTorch itself) %.1f MB\n", rss_before_load / 1e6);
   std::printf("peak RSS above that, as a ratio to the float32 weights (target <= 1.3x):\n"

@@ -32,9 +32,11 @@ struct EngineParams {
   int intra_op_threads = 1;       // LibTorch threads; 1 is fastest on small CPUs (see bench/)
   // glibc only, process-wide: allocations of at least this many bytes are mmapped and go back
   // to the OS when freed, so activations do not pile up in the heap between passes (glibc's
-  // own threshold drifts up to 32 MB). engine_bench, 8x64 tokens: peak 1.32x the weights with
-  // glibc's default, 1.30x at 4 MiB, 1.26x at 1 MiB — but 1 MiB makes that forward ~1.5x
-  // slower (page faults on every activation). 0 leaves malloc alone.
+  // own threshold drifts up to 32 MB); the heap keeps up to twice this much free memory at
+  // its top (fewer page faults). A smaller threshold lowers the peak a little but makes
+  // passes slower (8x64 tokens at 1 MiB: ~1.5x, page faults on every activation). 0 leaves
+  // malloc alone. GGUF weights live outside the heap in any case (one mapping, huge pages
+  // where the kernel allows).
   size_t malloc_mmap_threshold = size_t{4} << 20;
 };
 

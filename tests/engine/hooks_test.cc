@@ -143,6 +143,32 @@ TEST_CASE("replacing an activation changes what follows, and only that", "[engin
   CHECK(k.abs().max().item<double>() > 0.0);
 }
 
+TEST_CASE("a value a hook keeps is not changed by the rest of the pass", "[engine][hooks]") {
+  // The pass updates some tensors in place when no hook sees them (the MLP's activation, the
+  // residual sums); a hook that keeps a reference instead of a copy must still hold the value
+  // it saw. Compared with copies taken at the same points.
+  auto model = TinyModel();
+  const std::vector<std::string> points = {
+      "model.layers.0.mlp.gate_proj.output", "model.layers.0.self_attn.o_proj.output",
+      "model.layers.1.self_attn.output", "model.layers.1.mlp.down_proj.output",
+      "model.layers.1.mlp.output", "model.layers.1.input_layernorm.output"};
+  std::vector<at::Tensor> kept(points.size()), copied(points.size());
+  HookSet keep(model->catalogue()), copy(model->catalogue());
+  for (size_t i = 0; i < points.size(); ++i) {
+    REQUIRE(keep.Add(points[i], [&kept, i](const HookContext&, at::Tensor& v) {
+      kept[i] = v;  // a reference, no copy
+      return Status::Ok();
+    }).ok());
+    REQUIRE(copy.Add(points[i], Capture(copied[i])).ok());
+  }
+  REQUIRE(model->Forward({{kIds}}, &keep).ok());
+  REQUIRE(model->Forward({{kIds}}, &copy).ok());
+  for (size_t i = 0; i < points.size(); ++i) {
+    INFO(points[i]);
+    CHECK(MaxAbsDiff(kept[i], copied[i]) == 0.0);
+  }
+}
+
 TEST_CASE("hook failures and bad replacements name the point", "[engine][hooks]") {
   auto model = TinyModel();
   HookSet wrong_shape(model->catalogue());
