@@ -37,12 +37,18 @@ class ZmqOutbox : public internal::Outbox {
   std::vector<std::string> TakeUnreachable() { return std::move(unreachable_); }
 
  private:
-  static bool Send(zmq::socket_t& socket, const std::string& peer, const std::string& bytes) {
+  static bool Send(zmq::socket_t& socket, const std::string& peer, std::string bytes) {
     try {
       if (!socket.send(zmq::buffer(peer), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
         return false;  // high-water mark: the peer is not reading
       }
-      return socket.send(zmq::buffer(bytes), zmq::send_flags::dontwait).has_value();
+      // The encoded message is handed to ZeroMQ without a copy (result chunks are 1 MiB);
+      // ZeroMQ frees it once sent.
+      auto* owned = new std::string(std::move(bytes));
+      zmq::message_t frame(
+          owned->data(), owned->size(),
+          [](void*, void* hint) { delete static_cast<std::string*>(hint); }, owned);
+      return socket.send(frame, zmq::send_flags::dontwait).has_value();
     } catch (const zmq::error_t& e) {
       if (e.num() != EHOSTUNREACH) LogLine(std::string("send failed: ") + e.what());
       return false;

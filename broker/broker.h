@@ -42,6 +42,10 @@ struct BrokerParams {
   int64_t record_ttl_ms = int64_t{7} * 24 * 3600 * 1000;  // job records (status by id)
   int64_t max_client_message_bytes = int64_t{80} << 20;   // ZMQ_MAXMSGSIZE on the client socket
   int64_t max_result_bytes = int64_t{1} << 30;            // larger results fail their job
+  // Results of recently finished jobs also kept in the broker's memory, up to this many bytes
+  // (oldest dropped first), so fetching right after completion does not read them back from
+  // Redis. 0 turns this off.
+  int64_t result_cache_bytes = int64_t{256} << 20;
   // Optional CURVE encryption of the client socket: a file holding the broker's Z85 secret
   // key (40 characters; `glassbox-broker curve-keygen` makes one). Clients then need the
   // matching public key (ClientParams::curve_server_key); plain clients get no answer.

@@ -294,7 +294,8 @@ void BrokerCore::Fetch(const std::string& peer, const Caller& caller, const Brok
                         " result chunks; there is no chunk " + std::to_string(m.index)),
         m);
   }
-  StatusOr<std::optional<std::string>> chunk = store_->FetchResultChunk(job, m.index);
+  StatusOr<std::optional<std::string>> chunk = CachedChunk(job, m.index);
+  if (chunk.ok() && !*chunk) chunk = store_->FetchResultChunk(job, m.index);
   if (!chunk.ok()) return ReplyError(peer, chunk.status(), m);
   if (!*chunk) {
     return ReplyError(peer,
@@ -749,6 +750,7 @@ void BrokerCore::FlushFinishing() {
     }
     JobRecord record = job.record;
     Push(job, StatusOf(record));
+    CacheResult(record, std::move(job.chunks), end_ms);
     jobs_.erase(it);
     Remember(record);
     finishing_.erase(finishing_.begin());
@@ -757,6 +759,33 @@ void BrokerCore::FlushFinishing() {
 
 void BrokerCore::Push(LiveJob& job, BrokerMessage status) {
   if (!job.client.empty()) outbox_->ToClient(job.client, status);
+}
+
+void BrokerCore::CacheResult(const JobRecord& record, std::vector<std::string> chunks,
+                             int64_t end_ms) {
+  int64_t bytes = 0;
+  for (const std::string& c : chunks) bytes += static_cast<int64_t>(c.size());
+  if (bytes == 0 || bytes > params_.result_cache_bytes) return;
+  while (result_cache_bytes_ + bytes > params_.result_cache_bytes && !result_cache_order_.empty()) {
+    auto oldest = result_cache_.find(result_cache_order_.front());
+    result_cache_bytes_ -= oldest->second.bytes;
+    result_cache_.erase(oldest);
+    result_cache_order_.pop_front();
+  }
+  result_cache_bytes_ += bytes;
+  result_cache_order_.push_back(record.id);
+  result_cache_[record.id] = CachedResult{std::move(chunks), bytes, end_ms + params_.result_ttl_ms};
+}
+
+StatusOr<std::optional<std::string>> BrokerCore::CachedChunk(const JobRecord& job, int64_t index) {
+  auto it = result_cache_.find(job.id);
+  if (it == result_cache_.end() || clock_->NowMs() >= it->second.expires_ms ||
+      index >= static_cast<int64_t>(it->second.chunks.size())) {
+    return std::optional<std::string>();
+  }
+  const std::string& chunk = it->second.chunks[index];
+  GLASSBOX_RETURN_IF_ERROR(store_->AddBytesReturned(job.owner, static_cast<int64_t>(chunk.size())));
+  return std::optional<std::string>(chunk);
 }
 
 void BrokerCore::Remember(const JobRecord& record) {

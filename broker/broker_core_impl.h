@@ -132,6 +132,10 @@ class BrokerCore {
   void CheckTimeLimits(int64_t now);
   void CheckWorkers(int64_t now);
   void Remember(const JobRecord& record);
+  void CacheResult(const JobRecord& record, std::vector<std::string> chunks, int64_t end_ms);
+  // Chunk `index` of a job's result from the memory cache, counted in its owner's usage;
+  // nullopt when the cache does not hold it.
+  StatusOr<std::optional<std::string>> CachedChunk(const JobRecord& job, int64_t index);
 
   BrokerParams params_;
   JobStore* store_;
@@ -152,6 +156,16 @@ class BrokerCore {
   // Recently finished jobs, so a fetch right after COMPLETED needs no extra store read.
   std::unordered_map<std::string, JobRecord> recent_;
   std::deque<std::string> recent_order_;
+  // Result chunks of recently finished jobs (also in the store), oldest first out, within
+  // params_.result_cache_bytes.
+  struct CachedResult {
+    std::vector<std::string> chunks;
+    int64_t bytes = 0;
+    int64_t expires_ms = 0;
+  };
+  std::unordered_map<std::string, CachedResult> result_cache_;
+  std::deque<std::string> result_cache_order_;
+  int64_t result_cache_bytes_ = 0;
 };
 
 std::string FormatSeconds(int64_t ms);  // "60 s", "1.5 s"

@@ -93,6 +93,8 @@ class JobStore {
   // bytes returned.
   virtual StatusOr<std::optional<std::string>> FetchResultChunk(const JobRecord& job,
                                                                 int64_t index) = 0;
+  // Adds to the owner's bytes returned (a chunk served from the broker's memory).
+  virtual Status AddBytesReturned(const std::string& owner, int64_t bytes) = 0;
   // Every job QUEUED or RUNNING, in order of arrival.
   virtual StatusOr<std::vector<JobRecord>> LoadUnfinished() = 0;
 };

@@ -106,6 +106,11 @@ class MemoryJobStore : public JobStore {
     return std::optional<std::string>(entry->chunks[index]);
   }
 
+  Status AddBytesReturned(const std::string& owner, int64_t bytes) override {
+    usage_[owner].bytes_returned += bytes;
+    return Status::Ok();
+  }
+
   StatusOr<std::vector<JobRecord>> LoadUnfinished() override {
     std::vector<JobRecord> out;
     for (const auto& [id, entry] : jobs_) {

@@ -115,6 +115,7 @@ class RedisConnection {
     }
     const timeval io_timeout{2, 0};
     redisSetTimeout(ctx_, io_timeout);
+    ctx_->reader->maxbuf = 0;  // keep the read buffer between replies (result chunks: 1 MiB)
     return Status::Ok();
   }
 
@@ -165,11 +166,6 @@ redis.call('HINCRBY', KEYS[5], 'jobs', 1)
 return ARGV[2]
 )lua";
 
-const char* kFetchChunkScript = R"lua(
-local chunk = redis.call('LINDEX', KEYS[1], ARGV[1])
-if chunk then redis.call('HINCRBY', KEYS[2], 'bytes_returned', string.len(chunk)) end
-return chunk
-)lua";
 
 std::string JobKey(const std::string& id) { return "gb:job:" + id; }
 std::string RequestKey(const std::string& id) { return "gb:req:" + id; }
@@ -363,11 +359,17 @@ class RedisJobStore : public JobStore {
 
   StatusOr<std::optional<std::string>> FetchResultChunk(const JobRecord& job,
                                                         int64_t index) override {
+    // A plain LINDEX: through a Lua script (read and count in one step) the chunk was copied
+    // into and out of Lua, and fetching ran at a fifth of the speed.
     GLASSBOX_ASSIGN_OR_RETURN(auto replies,
-                              redis_.Run({{"EVAL", kFetchChunkScript, "2", ResultKey(job.id),
-                                           UsageKey(job.owner), std::to_string(index)}}));
+                              redis_.Run({{"LINDEX", ResultKey(job.id), std::to_string(index)}}));
     if (replies[0].kind != Reply::Kind::kString) return std::optional<std::string>();
+    GLASSBOX_RETURN_IF_ERROR(AddBytesReturned(job.owner, static_cast<int64_t>(replies[0].str.size())));
     return std::optional<std::string>(std::move(replies[0].str));
+  }
+
+  Status AddBytesReturned(const std::string& owner, int64_t bytes) override {
+    return redis_.Run({{"HINCRBY", UsageKey(owner), "bytes_returned", std::to_string(bytes)}}).status();
   }
 
   StatusOr<std::vector<JobRecord>> LoadUnfinished() override {

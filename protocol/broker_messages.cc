@@ -458,6 +458,7 @@ bool BrokerMessage::operator==(const BrokerMessage& o) const {
 std::string EncodeBrokerMessage(const BrokerMessage& message) {
   const TypeSpec& spec = SpecOf(message.type);
   std::string out;
+  out.reserve(message.payload.size() + 256);  // one allocation for a result chunk
   StringSink sink(&out);
   Packer pk(sink);
   pk.pack_map(3);

@@ -156,7 +156,10 @@ class LocalService:
         redis_dir.mkdir(parents=True, exist_ok=True)
         argv = [find_binary("redis-server"), "--port", str(self.params.redis_port),
                 "--bind", "127.0.0.1", "--dir", str(redis_dir), "--appendonly", "yes",
-                "--appendfsync", "everysec", "--save", ""]
+                "--appendfsync", "everysec", "--save", "",
+                # Rewriting the append-only file forks Redis and rewrites every stored result;
+                # after each 64 MB (Redis's default) that would slow fetches on a small machine.
+                "--auto-aof-rewrite-min-size", "1gb"]
         self._spawn("redis", argv, self.params.redis_port)
 
     def start_broker(self) -> None:

@@ -193,6 +193,30 @@ TEST_CASE("Core: a job goes QUEUED, RUNNING, COMPLETED and its result is fetchab
   CHECK(usage->bytes_returned == static_cast<int64_t>(ResultBytes().size()));
 }
 
+TEST_CASE("Core: results the memory cache does not hold are read back from the store",
+          "[broker]") {
+  // A cache of one result's size: each new result pushes the previous one out; with the
+  // cache off, every fetch reads the store. Either way each fetch is counted.
+  for (int64_t cache_bytes : {static_cast<int64_t>(ResultBytes().size()), int64_t{0}}) {
+    INFO("cache bytes " << cache_bytes);
+    BrokerParams params;
+    params.result_cache_bytes = cache_bytes;
+    Harness h(params);
+    const std::string key = h.AddKey("alice");
+    h.Ready("w1");
+    std::vector<std::string> jobs;
+    for (const std::string& bytes : {ResultBytes(), ResultBytes() + "-second"}) {
+      jobs.push_back(h.Submit("c1", key).job);
+      h.Finish("w1", h.JobFor("w1"), bytes);
+    }
+    CHECK(h.Ask("c1", BrokerMessageType::kFetch, key, jobs[0], 0).payload == ResultBytes());
+    CHECK(h.Ask("c1", BrokerMessageType::kFetch, key, jobs[1], 0).payload == ResultBytes() + "-second");
+    CHECK(h.Ask("c1", BrokerMessageType::kFetch, key, jobs[1], 0).payload == ResultBytes() + "-second");
+    CHECK(h.store->GetUsage("id_alice")->bytes_returned ==
+          static_cast<int64_t>(3 * ResultBytes().size() + 2 * 7));
+  }
+}
+
 TEST_CASE("Core: a retried submission with the same ref is the same job", "[broker]") {
   Harness h;
   const std::string key = h.AddKey("alice");

@@ -129,8 +129,8 @@ void RedisServer::Start() {
   process_ = std::make_unique<ChildProcess>(
       std::vector<std::string>{"/usr/bin/redis-server", "--port", std::to_string(port_), "--bind",
                                "127.0.0.1", "--dir", dir_, "--appendonly", "yes", "--appendfsync",
-                               appendfsync_, "--save", "", "--daemonize", "no", "--protected-mode",
-                               "no"},
+                               appendfsync_, "--save", "", "--auto-aof-rewrite-min-size", "1gb",
+                               "--daemonize", "no", "--protected-mode", "no"},
       dir_ + "/redis.log");
   if (!WaitForPort(port_, 10000)) throw std::runtime_error("redis-server did not start");
 }
