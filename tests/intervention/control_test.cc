@@ -21,8 +21,8 @@ protocol::Request GenerationRequest(int64_t steps) {
   trace.generate->max_new_tokens = steps;
   trace.generate->stop_ids = {-1};
   protocol::Node read{0, "read", {}, {{"point", Value::String("lm_head.output")},
-                                      {"invoke", Value::Int(0)}, {"step", Value::String("all")}}};
-  protocol::Node save{1, "save", {Value::Ref(0)}, {}};
+                                      {"invoke", Value::Int(0)}, {"step", Value::String("all")}}, ""};
+  protocol::Node save{1, "save", {Value::Ref(0)}, {}, ""};
   trace.nodes = {read, save};
   request.traces.push_back(trace);
   return request;
