@@ -11,18 +11,6 @@
 
 namespace glassbox::bench {
 
-// Median wall time of `repeats` calls after one warm-up call, in seconds.
-inline double Seconds(const std::function<void()>& fn, int repeats) {
-  fn();
-  std::vector<double> times;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
 // Wall times of `fns` run in turn, `rounds` times after one warm-up round: times[f][round].
 // Interleaving puts every function under the same machine noise, so per-round ratios
@@ -44,6 +32,11 @@ inline std::vector<std::vector<double>> InterleavedSeconds(const std::vector<std
 inline double Median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   return values[values.size() / 2];
+}
+
+// Median wall time of `repeats` calls after one warm-up call, in seconds.
+inline double Seconds(const std::function<void()>& fn, int repeats) {
+  return Median(InterleavedSeconds({fn}, repeats)[0]);
 }
 
 // Median over rounds of times[a][round] / times[b][round].

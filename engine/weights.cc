@@ -76,7 +76,7 @@ class WeightArena : public std::enable_shared_from_this<WeightArena> {
   at::Tensor Allocate(const std::vector<int64_t>& shape) {
     int64_t numel = 1;
     for (int64_t d : shape) numel *= d;
-    const size_t bytes = (static_cast<size_t>(numel) * sizeof(float) + 63) / 64 * 64;
+    const size_t bytes = SlotBytes(numel);
     if (used_ + bytes > size_) return at::empty(shape, at::TensorOptions().dtype(at::kFloat));
     uint8_t* data = base_ + used_;
     used_ += bytes;
@@ -87,11 +87,16 @@ class WeightArena : public std::enable_shared_from_this<WeightArena> {
   // Bytes a set of float32 tensors needs in an arena.
   static size_t BytesFor(const std::vector<StoredTensor>& tensors) {
     size_t bytes = 0;
-    for (const StoredTensor& t : tensors) bytes += (static_cast<size_t>(t.NumElements()) * sizeof(float) + 63) / 64 * 64;
+    for (const StoredTensor& t : tensors) bytes += SlotBytes(t.NumElements());
     return bytes;
   }
 
  private:
+  // A float32 tensor's bytes, rounded up to keep the next one 64-byte aligned.
+  static size_t SlotBytes(int64_t numel) {
+    return (static_cast<size_t>(numel) * sizeof(float) + 63) / 64 * 64;
+  }
+
   WeightArena(uint8_t* base, size_t size) : base_(base), size_(size) {}
   uint8_t* base_;
   size_t size_;
