@@ -1,5 +1,6 @@
 // The Redis JobStore (hiredis, synchronous): one round trip per operation, each a MULTI/EXEC
-// transaction or a Lua script so a broker killed mid-way leaves no half-written job. Key
+// transaction or a Lua script so a broker killed mid-way leaves no half-written job (a
+// result fetch, which writes only a usage count, is a plain read and then HINCRBY). Key
 // layout (all under "gb:"):
 //   job:<id>       hash   the JobRecord (times as t_<STATE>); expires after the record TTL
 //   req:<id>       string the request bytes, while the job is unfinished
