@@ -1,17 +1,21 @@
-// Byte-level BPE as Hugging Face `tokenizers` runs it: special tokens are cut out of the
-// text first, the rest is split by a pre-tokenizer regex (written out by hand here, over
-// ICU character classes), each piece is mapped to GPT-2's byte alphabet and merged by rank.
-// Also the two loaders: GGUF metadata and a Hugging Face tokenizer.json.
+// Byte-level BPE as Hugging Face `tokenizers` runs it: added tokens are cut out of the raw
+// text first, the rest is normalized (NFC or not at all) and cut at the added tokens that
+// match normalized text, then split by a pre-tokenizer regex (written out by hand here,
+// over ICU character classes); each piece is mapped to GPT-2's byte alphabet and merged by
+// rank. Also the two loaders: GGUF metadata and a Hugging Face tokenizer.json.
 #include "engine/tokenizer.h"
 
 #include <algorithm>
 #include <array>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <optional>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
+#include <unicode/bytestream.h>
+#include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
 
 #include "engine/gguf.h"
@@ -157,6 +161,81 @@ CharClass Classify(char32_t cp) {
 }
 
 // ---------------------------------------------------------------------------------------
+// NFC as Hugging Face `tokenizers` 0.23 computes it. Its Unicode tables are Unicode 9's:
+// the combining marks below have combining class 0 there, so they never move and block
+// composition across them, and U+11930 does not join a preceding U+11935 into U+11938.
+// Everything else agrees with ICU 72 (checked code point by code point, with marks on each
+// side), so cutting the text before and after these characters and normalizing the pieces
+// with ICU gives Hugging Face's result.
+
+struct CodePointRange {
+  char32_t first, last;
+};
+constexpr CodePointRange kNfcBarriers[] = {
+    {0x7FD, 0x7FD},     {0x898, 0x89F},     {0x8CA, 0x8D3},     {0x9FE, 0x9FE},
+    {0xC3C, 0xC3C},     {0xD3B, 0xD3C},     {0xEBA, 0xEBA},     {0x1715, 0x1715},
+    {0x1ABF, 0x1ACE},   {0x1DF6, 0x1DFA},   {0xA82C, 0xA82C},   {0x10D24, 0x10D27},
+    {0x10EAB, 0x10EAC}, {0x10EFD, 0x10EFF}, {0x10F46, 0x10F50}, {0x10F82, 0x10F85},
+    {0x11070, 0x11070}, {0x1133B, 0x1133B}, {0x1145E, 0x1145E}, {0x11839, 0x1183A},
+    {0x11930, 0x11930}, {0x1193D, 0x1193E}, {0x11943, 0x11943}, {0x119E0, 0x119E0},
+    {0x11A34, 0x11A34}, {0x11A47, 0x11A47}, {0x11A99, 0x11A99}, {0x11D42, 0x11D42},
+    {0x11D44, 0x11D45}, {0x11D97, 0x11D97}, {0x11F41, 0x11F42}, {0x16FF0, 0x16FF1},
+    {0x1E08F, 0x1E08F}, {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE}, {0x1E2EC, 0x1E2EF},
+    {0x1E4EC, 0x1E4EF},
+};
+
+bool IsNfcBarrier(char32_t cp) {
+  if (cp < kNfcBarriers[0].first) return false;
+  for (const CodePointRange& range : kNfcBarriers) {
+    if (cp >= range.first && cp <= range.last) return true;
+  }
+  return false;
+}
+
+// ICU's NFC, or nullptr if ICU's data is missing (checked when a tokenizer is built).
+const icu::Normalizer2* IcuNfc() {
+  static const icu::Normalizer2* const nfc = [] {
+    UErrorCode error = U_ZERO_ERROR;
+    const icu::Normalizer2* instance = icu::Normalizer2::getNFCInstance(error);
+    return U_SUCCESS(error) ? instance : nullptr;
+  }();
+  return nfc;
+}
+
+// Appends the NFC form of well-formed UTF-8, on which ICU fails only when out of memory.
+void AppendIcuNfc(std::string_view text, std::string* out) {
+  if (text.empty()) return;
+  UErrorCode error = U_ZERO_ERROR;
+  icu::StringByteSink<std::string> sink(out);
+  icu::StringPiece piece(text.data(), static_cast<int32_t>(text.size()));
+  IcuNfc()->normalizeUTF8(0, piece, sink, nullptr, error);
+}
+
+// Hugging Face's NFC of `text`. Bytes of invalid UTF-8 (which Hugging Face, taking Python
+// strings, never sees) are kept as they are and, like the barriers, cut the text into
+// pieces that ICU normalizes separately.
+std::string Nfc(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  size_t piece = 0;  // where the stretch ICU may normalize as a whole starts
+  for (size_t pos = 0; pos < text.size();) {
+    char32_t cp = 0;
+    size_t len = DecodeUtf8(text, pos, &cp);
+    if (len > 0 && !IsNfcBarrier(cp)) {
+      pos += len;
+      continue;
+    }
+    size_t barrier_len = len > 0 ? len : 1;
+    AppendIcuNfc(text.substr(piece, pos - piece), &out);
+    out.append(text.substr(pos, barrier_len));
+    pos += barrier_len;
+    piece = pos;
+  }
+  AppendIcuNfc(text.substr(piece), &out);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
 // Pre-tokenization. A matcher returns where the regex match starting at byte `pos` ends,
 // exactly as Oniguruma's leftmost-first alternation would, decoding UTF-8 as it goes. A
 // byte that is not part of well-formed UTF-8 is a character of its own, of class kOther.
@@ -250,7 +329,8 @@ size_t MatchLlama3Spaces(const Stretch& s, size_t pos) {
 
 // Llama-3: `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
 //           ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
-size_t MatchLlama3(const Stretch& s, size_t pos) {
+// and Qwen2's, the same with `\p{N}` for `\p{N}{1,3}` (max_digits 3 or 1).
+size_t MatchLlama3(const Stretch& s, size_t pos, int max_digits) {
   size_t contraction = MatchContraction(s, pos, /*ignore_case=*/true);
   if (contraction > pos) return contraction;
   Char c = s.At(pos);
@@ -261,7 +341,9 @@ size_t MatchLlama3(const Stretch& s, size_t pos) {
   }
   if (c.cls == CharClass::kNumber) {
     size_t end = pos;
-    for (int n = 0; n < 3 && s.Is(end, CharClass::kNumber); ++n) end += s.At(end).len;
+    for (int n = 0; n < max_digits && s.Is(end, CharClass::kNumber); ++n) {
+      end += s.At(end).len;
+    }
     return end;
   }
   size_t start = (s.IsAscii(pos, ' ') && s.Is(pos + 1, CharClass::kOther)) ? pos + 1 : pos;
@@ -271,14 +353,26 @@ size_t MatchLlama3(const Stretch& s, size_t pos) {
   return end;
 }
 
+size_t MatchRegex(const Stretch& s, size_t pos, PreTokenizer pre) {
+  switch (pre) {
+    case PreTokenizer::kLlama3:
+      return MatchLlama3(s, pos, /*max_digits=*/3);
+    case PreTokenizer::kQwen2:
+      return MatchLlama3(s, pos, /*max_digits=*/1);
+    case PreTokenizer::kGpt2:
+    case PreTokenizer::kSmolLm:
+      break;
+  }
+  return MatchGpt2(s, pos);
+}
+
 // Calls emit(begin, end) with the byte range of each regex match in text[begin, end of
 // text).
 template <typename Emit>
 void SplitWithRegex(std::string_view text, size_t begin, PreTokenizer pre, Emit&& emit) {
   Stretch stretch(text);
   for (size_t pos = begin; pos < text.size();) {
-    size_t next = pre == PreTokenizer::kLlama3 ? MatchLlama3(stretch, pos)
-                                               : MatchGpt2(stretch, pos);
+    size_t next = MatchRegex(stretch, pos, pre);
     emit(pos, next);
     pos = next;
   }
@@ -337,8 +431,62 @@ struct Candidate {
 struct Scratch {
   std::vector<Symbol> symbols;
   std::vector<Candidate> heap;
-  std::string word;  // byte-level form, for ignore_merges
+  std::string word;        // byte-level form, for ignore_merges
+  std::string normalized;  // the NFC form of the stretch being encoded
 };
+
+// ---------------------------------------------------------------------------------------
+// Added tokens, kept by first byte and longest first, so that the first match at a position
+// is the longest, as in Hugging Face's leftmost-longest matcher.
+
+class AddedTokenTable {
+ public:
+  struct Entry {
+    std::string text;
+    int32_t id;
+  };
+
+  void Add(const std::string& text, int32_t id) {
+    by_first_byte_[static_cast<unsigned char>(text[0])].push_back({text, id});
+  }
+  void SortLongestFirst() {
+    for (auto& list : by_first_byte_) {
+      std::stable_sort(list.begin(), list.end(), [](const Entry& a, const Entry& b) {
+        return a.text.size() > b.text.size();
+      });
+    }
+  }
+  // The longest token starting at text[pos], or nullptr.
+  const Entry* Match(std::string_view text, size_t pos) const {
+    for (const Entry& entry : by_first_byte_[static_cast<unsigned char>(text[pos])]) {
+      if (text.compare(pos, entry.text.size(), entry.text) == 0) return &entry;
+    }
+    return nullptr;
+  }
+
+ private:
+  std::array<std::vector<Entry>, 256> by_first_byte_;
+};
+
+// Calls on_text(stretch) for each stretch of text between added tokens (possibly empty)
+// and on_token(id) for each added token, in order.
+template <typename OnText, typename OnToken>
+void SplitAtAddedTokens(std::string_view text, const AddedTokenTable& table, OnText&& on_text,
+                        OnToken&& on_token) {
+  size_t stretch_start = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    const AddedTokenTable::Entry* token = table.Match(text, pos);
+    if (token == nullptr) {
+      ++pos;
+      continue;
+    }
+    on_text(text.substr(stretch_start, pos - stretch_start));
+    on_token(token->id);
+    pos += token->text.size();
+    stretch_start = pos;
+  }
+  on_text(text.substr(stretch_start));
+}
 
 uint64_t PairKey(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
@@ -359,31 +507,28 @@ struct Tokenizer::Impl {
     int32_t rank;
     int32_t id;
   };
-  struct Special {
-    std::string text;
-    int32_t id;
-  };
-
   TokenizerSpec spec;
   std::unordered_map<std::string, int32_t> token_ids;  // first id of each token text
   std::unordered_map<uint64_t, Merge> merges;          // (left id, right id) -> merge
   std::array<int32_t, 256> byte_ids{};                 // -1: byte missing from the vocab
-  std::array<std::vector<Special>, 256> specials;      // by first byte, longest first
-  std::vector<std::string> decoded;                    // id -> the bytes it stands for
+  AddedTokenTable raw_added;         // spec.special_ids, matched before normalizing
+  AddedTokenTable normalized_added;  // spec.normalized_ids, matched after
+  std::vector<int64_t> added_ids;    // both, in that order
+  std::vector<std::string> decoded;  // id -> the bytes it stands for
 
   Status Build();
   Status BuildMerges();
-  Status BuildSpecials();
+  Status BuildAddedTokens();
+  Status AddTokens(const std::vector<int64_t>& ids, AddedTokenTable* table);
   void BuildDecoded();
 
+  void EncodeRaw(std::string_view text, Scratch* scratch, std::vector<int64_t>* ids) const;
   void EncodeSegment(std::string_view text, Scratch* scratch, std::vector<int64_t>* ids) const;
   void EncodeWord(std::string_view word, Scratch* scratch, std::vector<int64_t>* ids) const;
   bool EncodeWholeWord(std::string_view word, Scratch* scratch,
                        std::vector<int64_t>* ids) const;
   void QueuePair(Scratch* scratch, int32_t left) const;
   void MergeAll(Scratch* scratch) const;
-  // The special token starting at text[pos] (longest first), or nullptr.
-  const Special* MatchSpecial(std::string_view text, size_t pos) const;
 };
 
 namespace {
@@ -424,6 +569,9 @@ Status Tokenizer::Impl::Build() {
   GLASSBOX_RETURN_IF_ERROR(CheckId(spec.bos_id, n, "bos id"));
   GLASSBOX_RETURN_IF_ERROR(CheckId(spec.eos_id, n, "eos id"));
   if (spec.add_bos && spec.bos_id < 0) return InvalidArgument("add_bos is set without a bos id");
+  if (spec.normalizer == Normalizer::kNfc && IcuNfc() == nullptr) {
+    return Internal("ICU's NFC data is missing");
+  }
   token_ids.reserve(n);
   for (size_t id = 0; id < n; ++id) token_ids.emplace(spec.tokens[id], static_cast<int32_t>(id));
   for (int b = 0; b < 256; ++b) {
@@ -431,7 +579,7 @@ Status Tokenizer::Impl::Build() {
     byte_ids[b] = it == token_ids.end() ? -1 : it->second;
   }
   GLASSBOX_RETURN_IF_ERROR(BuildMerges());
-  GLASSBOX_RETURN_IF_ERROR(BuildSpecials());
+  GLASSBOX_RETURN_IF_ERROR(BuildAddedTokens());
   BuildDecoded();
   return Status::Ok();
 }
@@ -453,38 +601,48 @@ Status Tokenizer::Impl::BuildMerges() {
   return Status::Ok();
 }
 
-Status Tokenizer::Impl::BuildSpecials() {
-  for (int64_t id : spec.special_ids) {
+Status Tokenizer::Impl::BuildAddedTokens() {
+  GLASSBOX_RETURN_IF_ERROR(AddTokens(spec.special_ids, &raw_added));
+  GLASSBOX_RETURN_IF_ERROR(AddTokens(spec.normalized_ids, &normalized_added));
+  raw_added.SortLongestFirst();
+  normalized_added.SortLongestFirst();
+  return Status::Ok();
+}
+
+Status Tokenizer::Impl::AddTokens(const std::vector<int64_t>& ids, AddedTokenTable* table) {
+  for (int64_t id : ids) {
     if (id < 0 || id >= static_cast<int64_t>(spec.tokens.size())) {
-      return InvalidArgument("special token id " + std::to_string(id) +
+      return InvalidArgument("added token id " + std::to_string(id) +
                              " is outside the vocabulary of " +
                              std::to_string(spec.tokens.size()));
     }
     const std::string& text = spec.tokens[id];
-    if (text.empty()) return InvalidArgument("special token " + std::to_string(id) + " is empty");
-    specials[static_cast<unsigned char>(text[0])].push_back({text, static_cast<int32_t>(id)});
-  }
-  for (auto& list : specials) {
-    std::stable_sort(list.begin(), list.end(), [](const Special& a, const Special& b) {
-      return a.text.size() > b.text.size();
-    });
+    if (text.empty()) return InvalidArgument("added token " + std::to_string(id) + " is empty");
+    table->Add(text, static_cast<int32_t>(id));
+    added_ids.push_back(id);
   }
   return Status::Ok();
 }
 
+// Added tokens go through the byte-level mapping too, as in Hugging Face: "<|im_end|>" is
+// made of characters that stand for themselves, and one holding any character outside the
+// byte alphabet (a newline, a space) is taken as its text.
 void Tokenizer::Impl::BuildDecoded() {
   decoded.resize(spec.tokens.size());
   for (size_t id = 0; id < spec.tokens.size(); ++id) decoded[id] = FromByteLevel(spec.tokens[id]);
-  // Special tokens stand for their literal text, so Decode(Encode(s)) == s holds for them.
-  for (int64_t id : spec.special_ids) decoded[id] = spec.tokens[id];
 }
 
-const Tokenizer::Impl::Special* Tokenizer::Impl::MatchSpecial(std::string_view text,
-                                                              size_t pos) const {
-  for (const Special& special : specials[static_cast<unsigned char>(text[pos])]) {
-    if (text.compare(pos, special.text.size(), special.text) == 0) return &special;
+// A stretch of raw text between the added tokens matched before normalizing.
+void Tokenizer::Impl::EncodeRaw(std::string_view text, Scratch* scratch,
+                                std::vector<int64_t>* ids) const {
+  if (spec.normalizer == Normalizer::kNfc) {
+    scratch->normalized = Nfc(text);
+    text = scratch->normalized;
   }
-  return nullptr;
+  SplitAtAddedTokens(
+      text, normalized_added,
+      [&](std::string_view stretch) { EncodeSegment(stretch, scratch, ids); },
+      [&](int32_t id) { ids->push_back(id); });
 }
 
 void Tokenizer::Impl::EncodeSegment(std::string_view text, Scratch* scratch,
@@ -571,20 +729,10 @@ std::vector<int64_t> Tokenizer::Encode(const std::string& text, bool add_special
   ids.reserve(text.size() / 3 + 2);
   if (add_special_tokens && impl_->spec.add_bos) ids.push_back(impl_->spec.bos_id);
   Scratch scratch;
-  std::string_view view(text);
-  size_t segment_start = 0;
-  for (size_t pos = 0; pos < view.size();) {
-    const Impl::Special* special = impl_->MatchSpecial(view, pos);
-    if (special == nullptr) {
-      ++pos;
-      continue;
-    }
-    impl_->EncodeSegment(view.substr(segment_start, pos - segment_start), &scratch, &ids);
-    ids.push_back(special->id);
-    pos += special->text.size();
-    segment_start = pos;
-  }
-  impl_->EncodeSegment(view.substr(segment_start), &scratch, &ids);
+  SplitAtAddedTokens(
+      text, impl_->raw_added,
+      [&](std::string_view stretch) { impl_->EncodeRaw(stretch, &scratch, &ids); },
+      [&](int32_t id) { ids.push_back(id); });
   return ids;
 }
 
@@ -605,7 +753,7 @@ const std::string& Tokenizer::TokenText(int64_t id) const {
   return impl_->spec.tokens[id];
 }
 
-const std::vector<int64_t>& Tokenizer::special_ids() const { return impl_->spec.special_ids; }
+const std::vector<int64_t>& Tokenizer::special_ids() const { return impl_->added_ids; }
 
 int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->spec.tokens.size()); }
 int64_t Tokenizer::bos_id() const { return impl_->spec.bos_id; }
@@ -622,9 +770,11 @@ StatusOr<PreTokenizer> GgufPreTokenizer(const GgufFile& gguf) {
   if (!pre.ok()) return pre.status();
   if (*pre == "smollm") return PreTokenizer::kSmolLm;
   if (*pre == "llama-bpe" || *pre == "llama3") return PreTokenizer::kLlama3;
+  if (*pre == "qwen2") return PreTokenizer::kQwen2;
   if (*pre == "gpt-2" || *pre == "default") return PreTokenizer::kGpt2;
   return Unimplemented("tokenizer.ggml.pre \"" + *pre +
-                       "\" is not supported (known: smollm, llama-bpe, llama3, gpt-2, default)");
+                       "\" is not supported (known: smollm, llama-bpe, llama3, qwen2, gpt-2, "
+                       "default)");
 }
 
 StatusOr<std::vector<std::pair<std::string, std::string>>> GgufMerges(const GgufFile& gguf) {
@@ -684,6 +834,8 @@ StatusOr<TokenizerSpec> GgufSpec(const GgufFile& gguf) {
   GLASSBOX_ASSIGN_OR_RETURN(spec.pre_tokenizer, GgufPreTokenizer(gguf));
   // llama.cpp and Llama-3's tokenizer.json both skip the merges for in-vocabulary words.
   spec.ignore_merges = spec.pre_tokenizer == PreTokenizer::kLlama3;
+  // Qwen2's tokenizer.json normalizes to NFC; its GGUF does not say so.
+  if (spec.pre_tokenizer == PreTokenizer::kQwen2) spec.normalizer = Normalizer::kNfc;
   GLASSBOX_ASSIGN_OR_RETURN(spec.tokens, gguf.GetStringArray("tokenizer.ggml.tokens"));
   GLASSBOX_ASSIGN_OR_RETURN(spec.merges, GgufMerges(gguf));
   GLASSBOX_ASSIGN_OR_RETURN(spec.special_ids, GgufSpecialIds(gguf, spec.tokens.size()));
@@ -721,6 +873,10 @@ constexpr const char* kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 constexpr const char* kLlama3Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|)"
+    R"( ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+// transformers' Qwen2Tokenizer PRETOKENIZE_REGEX (Qwen2, Qwen2.5, Qwen3).
+constexpr const char* kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|)"
     R"( ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 // node[key], or null when node is not an object or lacks the key.
@@ -786,6 +942,7 @@ std::optional<PreTokenizer> MatchPreTokenizer(const Json& node) {
   if (!IsByteLevel(list[1], /*use_regex=*/false)) return std::nullopt;
   std::string regex = SplitRegex(list[0]);
   if (regex == kLlama3Pattern) return PreTokenizer::kLlama3;
+  if (regex == kQwen2Pattern) return PreTokenizer::kQwen2;
   if (regex == kGpt2Pattern) return PreTokenizer::kGpt2;
   return std::nullopt;
 }
@@ -796,10 +953,39 @@ Status ReadPreTokenizer(const Json& root, TokenizerSpec* spec) {
   if (!pre) {
     return Unimplemented("pre_tokenizer " + Describe(node) +
                          " is not supported; expected ByteLevel, Sequence[Digits(individual_"
-                         "digits=true), ByteLevel] or Sequence[Split(Llama-3 regex), "
-                         "ByteLevel(use_regex=false)]");
+                         "digits=true), ByteLevel] or Sequence[Split(GPT-2, Llama-3 or Qwen2 "
+                         "regex), ByteLevel(use_regex=false)]");
   }
   spec->pre_tokenizer = *pre;
+  return Status::Ok();
+}
+
+// A key this loader does not know might change the ids (a newer `tokenizers` adding an
+// option), so it is refused rather than ignored.
+Status CheckKnownKeys(const Json& node, std::initializer_list<const char*> known,
+                      const std::string& where) {
+  for (const auto& item : node.items()) {
+    auto is_key = [&](const char* key) { return item.key() == key; };
+    if (std::none_of(known.begin(), known.end(), is_key)) {
+      return Unimplemented("unknown key \"" + item.key() + "\" in " + where);
+    }
+  }
+  return Status::Ok();
+}
+
+// Truncation and padding would cut or extend every encoding.
+Status CheckTopLevel(const Json& root) {
+  GLASSBOX_RETURN_IF_ERROR(
+      CheckKnownKeys(root,
+                     {"version", "truncation", "padding", "added_tokens", "normalizer",
+                      "pre_tokenizer", "model", "post_processor", "decoder"},
+                     "the top level"));
+  for (const char* key : {"truncation", "padding"}) {
+    const Json& value = Field(root, key);
+    if (!value.is_null()) {
+      return Unimplemented(std::string(key) + " " + value.dump() + " is not supported");
+    }
+  }
   return Status::Ok();
 }
 
@@ -807,6 +993,11 @@ Status ReadPreTokenizer(const Json& root, TokenizerSpec* spec) {
 Status CheckBpeOptions(const Json& model) {
   std::string type = model.value("type", std::string("BPE"));
   if (type != "BPE") return Unimplemented("model type \"" + type + "\"; only BPE is supported");
+  GLASSBOX_RETURN_IF_ERROR(CheckKnownKeys(
+      model,
+      {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
+       "fuse_unk", "byte_fallback", "ignore_merges", "vocab", "merges"},
+      "model"));
   auto set = [&](const char* key) { return model.contains(key) && !model[key].is_null(); };
   if (set("dropout") && model["dropout"].get<double>() != 0.0) {
     return Unimplemented("model.dropout (BPE dropout) is not supported");
@@ -866,7 +1057,9 @@ Status ReadVocab(const Json& root, TokenizerSpec* spec) {
   return Status::Ok();
 }
 
-// Added tokens are matched verbatim; the flags that would strip or bound them are not.
+// Added tokens are matched whole; the flags that would strip or bound them are not
+// supported. A `normalized` one is matched in the normalized text, and Hugging Face keeps
+// (and decodes) it in its normalized form. Needs the vocabulary and the normalizer read.
 Status ReadAddedTokens(const Json& root, TokenizerSpec* spec) {
   for (const Json& token : Field(root, "added_tokens")) {
     std::string text = token.at("content").get<std::string>();
@@ -875,7 +1068,13 @@ Status ReadAddedTokens(const Json& root, TokenizerSpec* spec) {
         return Unimplemented("added token \"" + text + "\" sets " + flag);
       }
     }
-    spec->special_ids.push_back(token.at("id").get<int64_t>());
+    int64_t id = token.at("id").get<int64_t>();
+    if (!token.at("normalized").get<bool>()) {
+      spec->special_ids.push_back(id);
+      continue;
+    }
+    if (spec->normalizer == Normalizer::kNfc) spec->tokens[id] = Nfc(text);
+    spec->normalized_ids.push_back(id);
   }
   return Status::Ok();
 }
@@ -902,18 +1101,27 @@ Status ReadMerges(const Json& model, TokenizerSpec* spec) {
   return Status::Ok();
 }
 
-Status CheckNormalizerAndDecoder(const Json& root) {
+// None, NFC, or a Sequence of NFCs (possibly empty).
+Status ReadNormalizer(const Json& root, TokenizerSpec* spec) {
   const Json& normalizer = Field(root, "normalizer");
-  bool empty_sequence = TypeOf(normalizer) == "Sequence" &&
-                        normalizer.value("normalizers", Json::array()).empty();
-  if (!normalizer.is_null() && !empty_sequence) {
-    return Unimplemented("normalizer " + TypeOf(normalizer) + " is not supported");
-  }
-  const Json& decoder = Field(root, "decoder");
-  if (!decoder.is_null() && TypeOf(decoder) != "ByteLevel") {
-    return Unimplemented("decoder " + TypeOf(decoder) + " is not supported; expected ByteLevel");
+  if (normalizer.is_null()) return Status::Ok();
+  bool sequence = TypeOf(normalizer) == "Sequence";
+  const Json& list = sequence ? normalizer.at("normalizers") : Json::array({normalizer});
+  for (const Json& child : list) {
+    if (TypeOf(child) != "NFC") {
+      return Unimplemented("normalizer " + TypeOf(child) + " is not supported; only NFC is");
+    }
+    spec->normalizer = Normalizer::kNfc;
   }
   return Status::Ok();
+}
+
+// Without a decoder Hugging Face would join the token texts with spaces.
+Status CheckDecoder(const Json& root) {
+  const Json& decoder = Field(root, "decoder");
+  if (TypeOf(decoder) == "ByteLevel") return Status::Ok();
+  std::string name = decoder.is_null() ? "null" : TypeOf(decoder);
+  return Unimplemented("decoder " + name + " is not supported; expected ByteLevel");
 }
 
 // TemplateProcessing `single` as [SpecialToken X, Sequence A] means "prepend X".
@@ -966,8 +1174,10 @@ StatusOr<TokenizerSpec> SpecFromJson(const Json& root) {
   TokenizerSpec spec;
   const Json& model = Field(root, "model");
   if (!model.is_object()) return InvalidArgument("no \"model\" object");
+  GLASSBOX_RETURN_IF_ERROR(CheckTopLevel(root));
   GLASSBOX_RETURN_IF_ERROR(CheckBpeOptions(model));
-  GLASSBOX_RETURN_IF_ERROR(CheckNormalizerAndDecoder(root));
+  GLASSBOX_RETURN_IF_ERROR(ReadNormalizer(root, &spec));
+  GLASSBOX_RETURN_IF_ERROR(CheckDecoder(root));
   GLASSBOX_RETURN_IF_ERROR(ReadPreTokenizer(root, &spec));
   GLASSBOX_RETURN_IF_ERROR(ReadVocab(root, &spec));
   GLASSBOX_RETURN_IF_ERROR(CheckUnkToken(model, spec));

@@ -1,6 +1,7 @@
-// Byte-level BPE tokenizer (GPT-2 / Llama-3 / SmolLM2 style), read from GGUF metadata or a
-// Hugging Face tokenizer.json. Token ids equal those of Hugging Face `tokenizers` for the
-// same vocabulary, merges and pre-tokenizer. Immutable after construction; thread-safe.
+// Byte-level BPE tokenizer (GPT-2, GPT-NeoX, Llama-3, Qwen2, SmolLM2 style), read from GGUF
+// metadata or a Hugging Face tokenizer.json. Token ids equal those of Hugging Face
+// `tokenizers` for the same vocabulary, merges, normalizer and pre-tokenizer. Immutable
+// after construction; thread-safe.
 #ifndef GLASSBOX_ENGINE_TOKENIZER_H_
 #define GLASSBOX_ENGINE_TOKENIZER_H_
 
@@ -19,13 +20,23 @@ class GgufFile;
 
 // How text is split before BPE. kGpt2 is the GPT-2 regex; kSmolLm splits every digit on
 // its own first (HF `Digits(individual_digits=True)`) and then applies the GPT-2 regex;
-// kLlama3 is the Llama-3 regex (numbers in runs of up to three digits).
-enum class PreTokenizer { kGpt2, kSmolLm, kLlama3 };
+// kLlama3 is the Llama-3 regex (numbers in runs of up to three digits); kQwen2 is the same
+// regex with every digit on its own.
+enum class PreTokenizer { kGpt2, kSmolLm, kLlama3, kQwen2 };
+
+// What happens to text before it is split. kNfc is Unicode NFC as Hugging Face computes it
+// (GPT-NeoX, Qwen2).
+enum class Normalizer { kNone, kNfc };
 
 struct TokenizerSpec {
   std::vector<std::string> tokens;                         // id -> token (byte-level form)
   std::vector<std::pair<std::string, std::string>> merges; // in priority order
-  std::vector<int64_t> special_ids;  // ids matched verbatim in text (e.g. <|im_start|>)
+  // Added tokens, which are matched whole in the text and never split. special_ids are
+  // matched in the raw text first (e.g. <|im_start|>); normalized_ids then in the normalized
+  // text between them (Hugging Face's `normalized: true`, e.g. GPT-NeoX's runs of spaces).
+  std::vector<int64_t> special_ids;
+  std::vector<int64_t> normalized_ids;
+  Normalizer normalizer = Normalizer::kNone;
   PreTokenizer pre_tokenizer = PreTokenizer::kGpt2;
   int64_t bos_id = -1;  // -1: none
   int64_t eos_id = -1;
@@ -42,23 +53,28 @@ class Tokenizer {
   // add_bos_token}. kUnimplemented for tokenizer models other than "gpt2", naming it.
   static StatusOr<Tokenizer> FromGguf(const GgufFile& gguf);
   // Reads a Hugging Face tokenizer.json whose model is BPE with a ByteLevel pre-tokenizer
-  // (optionally preceded by Digits, or a Split with the Llama-3 regex); every added token
-  // is special. A TemplateProcessing post-processor may prepend a BOS. bos/eos names come
-  // from a tokenizer_config.json in the same directory, if there is one. Errors name the
-  // file and the unsupported part (kUnimplemented) or the malformed one (kInvalidArgument).
+  // (optionally preceded by Digits, or a Split with the Llama-3 or Qwen2 regex), no
+  // normalizer or NFC, and a ByteLevel decoder. A TemplateProcessing post-processor may
+  // prepend a BOS. bos/eos names come from a tokenizer_config.json in the same directory, if
+  // there is one. Anything else that would change ids or text (another normalizer, model,
+  // decoder or post-processor, truncation, padding, unknown keys) is refused: errors name
+  // the file and the unsupported part (kUnimplemented) or the malformed one
+  // (kInvalidArgument).
   static StatusOr<Tokenizer> FromTokenizerJson(const std::string& path);
 
-  // Encodes any UTF-8 (invalid bytes are encoded byte by byte, so Decode(Encode(s)) == s).
-  // Special tokens written in the text become their ids. As in Hugging Face, a byte whose
-  // byte-level token is missing from the vocabulary is dropped (SmolLM2 lacks e.g. 0xF1),
-  // so the round trip holds only for bytes the vocabulary covers.
+  // Encodes any UTF-8 (invalid bytes are encoded byte by byte, so Decode(Encode(s)) == s,
+  // or NFC(s) under kNfc). Added tokens written in the text become their ids. As in Hugging
+  // Face, a byte whose byte-level token is missing from the vocabulary is dropped (SmolLM2
+  // lacks e.g. 0xF1), so the round trip holds only for bytes the vocabulary covers.
   std::vector<int64_t> Encode(const std::string& text, bool add_special_tokens = true) const;
-  // Concatenates tokens and undoes the byte-level mapping. Unknown ids give kInvalidArgument.
+  // Concatenates tokens (added tokens too) and undoes the byte-level mapping, as Hugging
+  // Face's ByteLevel decoder does, but returns the bytes as they are where Hugging Face
+  // would replace invalid UTF-8 by U+FFFD. Unknown ids give kInvalidArgument.
   StatusOr<std::string> Decode(const std::vector<int64_t>& ids) const;
   // The token's text in byte-level form ("Ġthe"); "" for an id out of range.
   const std::string& TokenText(int64_t id) const;
 
-  // Ids of the special tokens (matched verbatim in text; TokenText is their literal text).
+  // Ids of the added tokens: the spec's special_ids, then its normalized_ids.
   const std::vector<int64_t>& special_ids() const;
 
   int64_t vocab_size() const;

@@ -116,6 +116,23 @@ void CheckGoldenCases(const Tokenizer& tokenizer, const Json& cases) {
   }
 }
 
+// Checks each case of a tiny_<family>_golden.json: the ids with and without special tokens,
+// and that decoding gives Hugging Face's text (the input, or its NFC form).
+void CheckFamilyCases(const Tokenizer& tokenizer, const Json& cases) {
+  for (const Json& c : cases) {
+    std::string name = c["name"], text = c["text"];
+    std::vector<int64_t> expected = c["ids"].get<std::vector<int64_t>>();
+    CheckIds(tokenizer, name, text, tokenizer.Encode(text, false), expected);
+    std::vector<int64_t> expected_special = c.value("ids_special", expected);
+    CheckIds(tokenizer, name + " with special tokens", text, tokenizer.Encode(text, true),
+             expected_special);
+    StatusOr<std::string> decoded = tokenizer.Decode(expected);
+    REQUIRE(decoded.ok());
+    INFO("case " << name);
+    CHECK(*decoded == c.value("decoded", text));
+  }
+}
+
 // A vocabulary of the 256 byte tokens, then the given extra tokens.
 TokenizerSpec ByteSpec(const std::vector<std::string>& extra) {
   TokenizerSpec spec;
@@ -279,19 +296,44 @@ TEST_CASE("Pre-tokenizers split where their regexes do", "[engine][tokenizer]") 
   spec.merges = {{"Ġ", "x"}, {"x", "1"}, {"1", "2"}};
   const int64_t space_x = IdOf(spec, "Ġx"), d12 = IdOf(spec, "12");
   const int64_t x = 'x', one = '1', two = '2';
-  for (PreTokenizer pre : {PreTokenizer::kGpt2, PreTokenizer::kSmolLm, PreTokenizer::kLlama3}) {
+  for (PreTokenizer pre : {PreTokenizer::kGpt2, PreTokenizer::kSmolLm, PreTokenizer::kLlama3,
+                           PreTokenizer::kQwen2}) {
     spec.pre_tokenizer = pre;
     StatusOr<Tokenizer> tokenizer = Tokenizer::FromSpec(spec);
     REQUIRE(tokenizer.ok());
     CHECK(tokenizer->Encode(" x", false) == std::vector<int64_t>{space_x});
     CHECK(tokenizer->Encode("x1", false) == std::vector<int64_t>{x, one});
     std::vector<int64_t> digits = tokenizer->Encode("12", false);
-    if (pre == PreTokenizer::kSmolLm) {
+    if (pre == PreTokenizer::kSmolLm || pre == PreTokenizer::kQwen2) {
       CHECK(digits == std::vector<int64_t>{one, two});
     } else {
       CHECK(digits == std::vector<int64_t>{d12});
     }
   }
+}
+
+TEST_CASE("NFC runs between raw added tokens, before the normalized ones",
+          "[engine][tokenizer]") {
+  TokenizerSpec spec = ByteSpec({"<s>", "  "});
+  const int64_t s = IdOf(spec, "<s>"), two_spaces = IdOf(spec, "  ");
+  spec.normalizer = Normalizer::kNfc;
+  spec.special_ids = {s};
+  spec.normalized_ids = {two_spaces};
+  StatusOr<Tokenizer> tokenizer = Tokenizer::FromSpec(spec);
+  REQUIRE(tokenizer.ok());
+  CHECK(tokenizer->special_ids() == std::vector<int64_t>{s, two_spaces});
+  // Byte tokens have the byte's value as id here.
+  CHECK(tokenizer->Encode("e\u0301", false) == std::vector<int64_t>{0xC3, 0xA9});
+  // ">" + U+0338 would compose to U+226F, but "<s>" is cut out first.
+  CHECK(tokenizer->Encode("<s>\u0338", false) == std::vector<int64_t>{s, 0xCC, 0xB8});
+  CHECK(tokenizer->Encode("a  b", false) == std::vector<int64_t>{'a', two_spaces, 'b'});
+  // Hugging Face's Unicode 9 tables give U+1ABF (Unicode 13) combining class 0: no reordering.
+  CHECK(tokenizer->Decode(tokenizer->Encode("a\u0345\u1abf", false)).value() ==
+        "a\u0345\u1abf");
+  CHECK(tokenizer->Decode(tokenizer->Encode("a\u0345\u0316", false)).value() ==
+        "a\u0316\u0345");
+  CHECK(tokenizer->Decode(tokenizer->Encode("x\xff e\u0301", false)).value() ==
+        "x\xff \u00e9");
 }
 
 TEST_CASE("ignore_merges takes in-vocabulary words whole", "[engine][tokenizer]") {
@@ -395,8 +437,8 @@ TEST_CASE("FromTokenizerJson errors name the file and the part", "[engine][token
          StatusCode::kUnimplemented, {"prefix.json", "add_prefix_space=true"});
   expect(load_modified("wordpiece.json", [](Json& j) { j["model"]["type"] = "WordPiece"; }),
          StatusCode::kUnimplemented, {"wordpiece.json", "WordPiece"});
-  expect(load_modified("nfc.json", [](Json& j) { j["normalizer"] = {{"type", "NFC"}}; }),
-         StatusCode::kUnimplemented, {"nfc.json", "NFC"});
+  expect(load_modified("nfkc.json", [](Json& j) { j["normalizer"] = {{"type", "NFKC"}}; }),
+         StatusCode::kUnimplemented, {"nfkc.json", "NFKC"});
   expect(load_modified("lstrip.json", [](Json& j) { j["added_tokens"][0]["lstrip"] = true; }),
          StatusCode::kUnimplemented, {"lstrip.json", "lstrip"});
   expect(load_modified("vocab_type.json", [](Json& j) { j["model"]["vocab"] = 3; }),
@@ -417,6 +459,104 @@ TEST_CASE("FromTokenizerJson errors name the file and the part", "[engine][token
   expect(load_modified("bad_merge.json",
                        [](Json& j) { j["model"]["merges"][0] = "no_space_here"; }),
          StatusCode::kInvalidArgument, {"bad_merge.json", "merges[0]"});
+}
+
+TEST_CASE("GPT-2, GPT-NeoX and Qwen2 tokenizer.json files encode like Hugging Face",
+          "[engine][tokenizer]") {
+  const std::pair<const char*, size_t> families[] = {{"gpt2", 1}, {"neox", 25}, {"qwen2", 7}};
+  for (const auto& [family, added_tokens] : families) {
+    const Json golden = ReadJson(std::string(kFixtureDir) + "tiny_" + family + "_golden.json");
+    const std::string file = golden["file"];
+    INFO("fixture " << file);
+    StatusOr<Tokenizer> tokenizer = Tokenizer::FromTokenizerJson(file);
+    INFO(tokenizer.status().ToString());
+    REQUIRE(tokenizer.ok());
+    CHECK(tokenizer->special_ids().size() == added_tokens);
+    REQUIRE(golden["cases"].size() >= 200);
+    CheckFamilyCases(*tokenizer, golden["cases"]);
+  }
+}
+
+TEST_CASE("tokenizer.json features that are not implemented are refused by name",
+          "[engine][tokenizer]") {
+  const std::string dir = TempDir("refused");
+  const Json original = ReadJson(std::string(kFixtureDir) + "tiny_qwen2_tokenizer.json");
+  auto expect_refused = [&](const std::function<void(Json&)>& edit,
+                            const std::vector<std::string>& words,
+                            StatusCode code = StatusCode::kUnimplemented) {
+    Json json = original;
+    edit(json);
+    WriteFile(dir + "tokenizer.json", json.dump());
+    StatusOr<Tokenizer> result = Tokenizer::FromTokenizerJson(dir + "tokenizer.json");
+    INFO(result.status().ToString());
+    CHECK(result.status().code() == code);
+    for (const std::string& word : words) {
+      CHECK(result.status().message().find(word) != std::string::npos);
+    }
+  };
+  auto pretokenizers = [](Json& j) -> Json& { return j["pre_tokenizer"]["pretokenizers"]; };
+
+  SECTION("normalizers other than NFC") {
+    expect_refused([](Json& j) { j["normalizer"] = {{"type", "Lowercase"}}; },
+                   {"normalizer", "Lowercase"});
+    expect_refused(
+        [](Json& j) {
+          j["normalizer"] = {{"type", "Sequence"},
+                             {"normalizers", {{{"type", "NFC"}}, {{"type", "Prepend"}}}}};
+        },
+        {"normalizer", "Prepend"});
+  }
+  SECTION("pre-tokenizers") {
+    expect_refused(
+        [&](Json& j) {
+          std::string& regex = pretokenizers(j)[0]["pattern"]["Regex"].get_ref<std::string&>();
+          regex.replace(regex.find("\\p{N}|"), 5, "\\p{N}{1,2}");
+        },
+        {"pre_tokenizer", "Split", "{1,2}"});
+    expect_refused([&](Json& j) { pretokenizers(j)[1]["use_regex"] = true; },
+                   {"pre_tokenizer", "use_regex=true"});
+    expect_refused([&](Json& j) { pretokenizers(j)[0]["behavior"] = "Removed"; },
+                   {"pre_tokenizer", "Split"});
+  }
+  SECTION("models and their options") {
+    expect_refused([](Json& j) { j["model"]["type"] = "Unigram"; }, {"model", "Unigram"});
+    expect_refused([](Json& j) { j["model"]["dropout"] = 0.1; }, {"model.dropout"});
+    expect_refused([](Json& j) { j["model"]["end_of_word_suffix"] = "</w>"; },
+                   {"model.end_of_word_suffix"});
+    expect_refused([](Json& j) { j["model"]["byte_fallback"] = true; }, {"model.byte_fallback"});
+    expect_refused([](Json& j) { j["model"]["new_option"] = 1; }, {"new_option", "model"});
+  }
+  SECTION("decoders other than ByteLevel") {
+    expect_refused([](Json& j) { j["decoder"] = nullptr; }, {"decoder null"});
+    expect_refused([](Json& j) { j["decoder"] = {{"type", "WordPiece"}}; },
+                   {"decoder WordPiece"});
+  }
+  SECTION("post-processors that add tokens") {
+    expect_refused([](Json& j) { j["post_processor"] = {{"type", "RobertaProcessing"}}; },
+                   {"post_processor RobertaProcessing"});
+    expect_refused(
+        [](Json& j) {
+          j["post_processor"] = {
+              {"type", "TemplateProcessing"},
+              {"single", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+                          {{"SpecialToken", {{"id", "<|im_end|>"}, {"type_id", 0}}}}}},
+              {"special_tokens", Json::object()}};
+        },
+        {"post_processor TemplateProcessing", "<|im_end|>"});
+  }
+  SECTION("truncation, padding, unknown keys") {
+    expect_refused([](Json& j) { j["truncation"] = {{"max_length", 8}}; }, {"truncation"});
+    expect_refused([](Json& j) { j["padding"] = {{"strategy", "BatchLongest"}}; }, {"padding"});
+    expect_refused([](Json& j) { j["chat_template"] = "x"; }, {"unknown key", "chat_template"});
+  }
+  SECTION("added token flags") {
+    expect_refused([](Json& j) { j["added_tokens"][3]["rstrip"] = true; },
+                   {"<tool_call>", "rstrip"});
+    expect_refused([](Json& j) { j["added_tokens"][0]["single_word"] = true; },
+                   {"<|endoftext|>", "single_word"});
+    expect_refused([](Json& j) { j["added_tokens"][0].erase("normalized"); }, {"normalized"},
+                   StatusCode::kInvalidArgument);
+  }
 }
 
 TEST_CASE("tokenizer_config.json beside tokenizer.json names bos and eos",
@@ -452,6 +592,13 @@ TEST_CASE("FromGguf reads a gpt2 tokenizer", "[engine][tokenizer]") {
     SmallGguf("gpt2", "smollm").Save(dir + "smollm.gguf");
     CHECK(LoadGguf(dir + "smollm.gguf")->Encode("12", false) == std::vector<int64_t>{'1', '2'});
   }
+  SECTION("qwen2 splits digits and normalizes to NFC, as its tokenizer.json does") {
+    SmallGguf("gpt2", "qwen2").Save(dir + "qwen2.gguf");
+    StatusOr<Tokenizer> tokenizer = LoadGguf(dir + "qwen2.gguf");
+    REQUIRE(tokenizer.ok());
+    CHECK(tokenizer->Encode("12", false) == std::vector<int64_t>{'1', '2'});
+    CHECK(tokenizer->Encode("e\u0301", false) == tokenizer->Encode("\u00e9", false));
+  }
   SECTION("llama-bpe takes in-vocabulary words whole") {
     SmallGguf("gpt2", "llama-bpe").Save(dir + "llama.gguf");
     CHECK(LoadGguf(dir + "llama.gguf")->Encode("abc 12", false) ==
@@ -471,8 +618,9 @@ TEST_CASE("FromGguf errors name the file and the cause", "[engine][tokenizer]") 
   };
   SmallGguf("llama", "").Save(dir + "spm.gguf");
   expect(LoadGguf(dir + "spm.gguf"), StatusCode::kUnimplemented, {"spm.gguf", "llama", "gpt2"});
-  SmallGguf("gpt2", "qwen2").Save(dir + "qwen.gguf");
-  expect(LoadGguf(dir + "qwen.gguf"), StatusCode::kUnimplemented, {"qwen.gguf", "qwen2"});
+  SmallGguf("gpt2", "deepseek-llm").Save(dir + "deepseek.gguf");
+  expect(LoadGguf(dir + "deepseek.gguf"), StatusCode::kUnimplemented,
+         {"deepseek.gguf", "deepseek-llm"});
   SmallGguf("gpt2", "", {"ab"}).Save(dir + "merge.gguf");
   expect(LoadGguf(dir + "merge.gguf"), StatusCode::kInvalidArgument,
          {"merge.gguf", "tokenizer.ggml.merges[0]"});
