@@ -96,6 +96,7 @@ class StatusOr {
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
+  T value_or(T fallback) const& { return ok() ? *value_ : std::move(fallback); }
 
  private:
   Status status_;

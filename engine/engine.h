@@ -40,8 +40,10 @@ struct EngineParams {
   size_t malloc_mmap_threshold = size_t{4} << 20;
 };
 
+// The sizes every family has (what clients, validation and the benchmarks read); a family
+// keeps its own further settings (norms, biases, rotary variant) to itself.
 struct ModelConfig {
-  std::string architecture = "llama";
+  std::string architecture;  // the config's model_type or the GGUF architecture
   int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
   int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0, max_position_embeddings = 0;
   double rope_theta = 10000.0, rms_norm_eps = 1e-5;
@@ -75,12 +77,14 @@ struct GenerateResult {
   std::vector<std::string> stop_reasons;         // "stop_token" or "max_new_tokens"
 };
 
-class LlamaModel;
+class Transformer;
 
 class Model {
  public:
-  // Loads a GGUF file or a Hugging Face directory (config.json + safetensors). Errors name
-  // the file and the problem; unsupported architectures list the supported ones.
+  // Loads a GGUF file or a Hugging Face directory (config.json + safetensors) of any family
+  // in engine/families/. Errors name the file and the problem; unsupported architectures
+  // list the supported ones; config keys and tensors the family does not implement are
+  // refused by name.
   static StatusOr<std::unique_ptr<Model>> Load(const std::string& path,
                                                const EngineParams& params = EngineParams());
   ~Model();
@@ -94,8 +98,8 @@ class Model {
 
   StatusOr<ForwardResult> Forward(const ForwardRequest& request,
                                   const HookSet* hooks = nullptr) const;
-  // Runs a module (Hugging Face path: "lm_head", "model.norm", "model.layers.3.mlp", ...) on
-  // any tensor: the logit lens is ApplyModule("lm_head", ApplyModule("model.norm", h)).
+  // Runs a module (the family's Hugging Face path: "lm_head", "model.norm",
+  // "model.layers.3.mlp", "transformer.h.3.mlp", ...) on any tensor: the logit lens is ApplyModule("lm_head", ApplyModule("model.norm", h)).
   // Shape mismatches and unknown modules come back as errors naming the module.
   StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& input) const;
   // Names ApplyModule accepts.
@@ -108,10 +112,8 @@ class Model {
 
  private:
   Model();
-  std::unique_ptr<LlamaModel> llama_;
+  std::unique_ptr<Transformer> transformer_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<HookCatalogue> catalogue_;
-  ModelConfig config_;
   friend class ModelLoader;
 };
 

@@ -40,14 +40,13 @@ Status HookSet::AddSkip(const std::string& name) {
   std::optional<int> id = catalogue_.Find(name);
   if (!id) return NotFound("unknown hook point '" + name + "'; did you mean: " + JoinNames(catalogue_.Suggest(name)) + "?");
   const HookPointInfo& info = catalogue_.point(*id);
-  const int layer = info.layer;
-  const bool skippable =
-      layer >= 0 && (*id == HookCatalogue::LayerId(layer, LayerPoint::kOutput) ||
-                     *id == HookCatalogue::LayerId(layer, LayerPoint::kAttnOutput) ||
-                     *id == HookCatalogue::LayerId(layer, LayerPoint::kMlpOutput));
-  if (!skippable) {
-    return InvalidArgument("cannot skip at " + info.name + ": only a layer, its self_attn or its "
-                           "mlp can be skipped (model.layers.N[.self_attn|.mlp].output)");
+  if (info.skip_from < 0) {
+    std::string skippable;
+    for (const HookPointInfo& p : catalogue_.points()) {
+      if (p.skip_from >= 0 && p.layer <= 0) skippable += (skippable.empty() ? "" : ", ") + p.name;
+    }
+    return InvalidArgument("cannot skip at " + info.name + ": only a layer, its attention or its "
+                           "MLP can be skipped (in layer 0: " + skippable + ")");
   }
   if (skips_.empty()) skips_.assign(catalogue_.size(), false);
   skips_[*id] = true;

@@ -41,9 +41,9 @@ class HookSet {
   // ("" = every point); returns how many points matched.
   int AddMatching(const std::string& filter, const HookCallback& callback);
 
-  // Marks a module as skipped: `name` is a layer's, its attention's or its MLP's output
-  // ("model.layers.3.output", "model.layers.3.self_attn.output", "model.layers.3.mlp.output"
-  // or a TransformerLens alias). The module does not run; its output is zeros unless a
+  // Marks a module as skipped: `name` is a point the catalogue marks skippable (a layer's,
+  // its attention's or its MLP's output: "model.layers.3.output", "model.layers.3.mlp.output",
+  // "transformer.h.3.attn.output" or a TransformerLens alias). The module does not run; its output is zeros unless a
   // callback at that point replaces it. Other names give kInvalidArgument.
   Status AddSkip(const std::string& name);
   bool Skips(int point_id) const { return !skips_.empty() && skips_[point_id]; }

@@ -21,7 +21,7 @@
 #include <random>
 
 #include "engine/engine.h"
-#include "engine/llama.h"
+#include "engine/family.h"
 #include "engine/weights.h"
 
 namespace glassbox {
@@ -67,24 +67,6 @@ Status CheckDtypeSupported(at::Device device, at::ScalarType dtype, const std::s
     return InvalidArgument("dtype " + name + " is not supported on " + device.str() +
                            " by this LibTorch (" + FirstLine(e.what()) +
                            "); use float32 or bfloat16");
-  }
-}
-
-at::Tensor MoveTensor(const at::Tensor& t, at::Device device, at::ScalarType dtype) {
-  if (t.device() == device && t.scalar_type() == dtype) return t;
-  return t.to(device, dtype);
-}
-
-void MoveWeights(LlamaWeights& w, at::Device device, at::ScalarType dtype) {
-  const bool tied = w.lm_head.unsafeGetTensorImpl() == w.embed_tokens.unsafeGetTensorImpl();
-  w.embed_tokens = MoveTensor(w.embed_tokens, device, dtype);
-  w.norm = MoveTensor(w.norm, device, dtype);
-  w.lm_head = tied ? w.embed_tokens : MoveTensor(w.lm_head, device, dtype);
-  for (LayerWeights& l : w.layers) {
-    for (at::Tensor* t : {&l.input_layernorm, &l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj,
-                          &l.post_attention_layernorm, &l.gate_proj, &l.up_proj, &l.down_proj}) {
-      *t = MoveTensor(*t, device, dtype);
-    }
   }
 }
 
@@ -179,16 +161,10 @@ StatusOr<std::unique_ptr<Model>> ModelLoader::Load(const std::string& path, cons
     mallopt(M_TRIM_THRESHOLD, static_cast<int>(2 * threshold));
   }
 #endif
-  GLASSBOX_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModelFiles(path));
+  GLASSBOX_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModelFiles(path, device, dtype));
   std::unique_ptr<Model> model(new Model());
-  model->config_ = loaded.config;
+  model->transformer_ = std::move(loaded.transformer);
   model->tokenizer_ = std::move(loaded.tokenizer);
-  const ModelConfig& c = loaded.config;
-  CatalogueDims dims{c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads,
-                     c.num_kv_heads, c.head_dim, c.vocab_size, params.dtype};
-  model->catalogue_ = std::make_unique<HookCatalogue>(dims);
-  MoveWeights(loaded.weights, device, dtype);
-  model->llama_ = std::make_unique<LlamaModel>(c, std::move(loaded.weights), device, dtype);
 #if defined(__GLIBC__)
   malloc_trim(0);  // hand loading's temporaries back to the OS: a resident model stays lean
 #endif
@@ -203,30 +179,30 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path, const Engi
   }
 }
 
-const ModelConfig& Model::config() const { return config_; }
-const HookCatalogue& Model::catalogue() const { return *catalogue_; }
+const ModelConfig& Model::config() const { return transformer_->config(); }
+const HookCatalogue& Model::catalogue() const { return transformer_->catalogue(); }
 const Tokenizer* Model::tokenizer() const { return tokenizer_.get(); }
-std::string Model::device() const { return llama_->device().str(); }
-std::string Model::dtype() const { return std::string(c10::toString(llama_->dtype())); }
+std::string Model::device() const { return transformer_->device().str(); }
+std::string Model::dtype() const { return std::string(c10::toString(transformer_->dtype())); }
 
 StatusOr<at::Tensor> Model::ApplyModule(const std::string& name, const at::Tensor& input) const {
   try {
-    return llama_->ApplyModule(name, input.to(llama_->device()));
+    return transformer_->ApplyModule(name, input.to(transformer_->device()));
   } catch (const c10::Error& e) {
     return InvalidArgument("module " + name + " cannot take a tensor of shape " +
                            c10::str(input.sizes()) + ": " + FirstLine(e.what()));
   }
 }
 
-std::vector<std::string> Model::ModuleNames() const { return llama_->ModuleNames(); }
+std::vector<std::string> Model::ModuleNames() const { return transformer_->ModuleNames(); }
 
 StatusOr<ForwardResult> Model::Forward(const ForwardRequest& request, const HookSet* hooks) const {
-  GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(request.prompts, config_, 0));
+  GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(request.prompts, config(), 0));
   try {
-    PaddedBatch batch = PadLeft(request.prompts, std::max<int64_t>(config_.eos_id, 0), llama_->device());
+    PaddedBatch batch = PadLeft(request.prompts, std::max<int64_t>(config().eos_id, 0), transformer_->device());
     PassInputs in{batch.ids, batch.positions, batch.mask, nullptr, hooks, 0, request.all_logits};
     ForwardResult result;
-    result.logits = llama_->Forward(in).to(at::kCPU, at::kFloat);
+    result.logits = transformer_->Forward(in).to(at::kCPU, at::kFloat);
     result.attention_mask = batch.mask.to(at::kCPU);
     return result;
   } catch (const HookFailure& failure) {
@@ -239,29 +215,29 @@ StatusOr<ForwardResult> Model::Forward(const ForwardRequest& request, const Hook
 StatusOr<GenerateResult> Model::Generate(const std::vector<std::vector<int64_t>>& prompts,
                                          const SamplingParams& sampling, const HookSet* hooks) const {
   if (sampling.max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
-  GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(prompts, config_, sampling.max_new_tokens));
+  GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(prompts, config(), sampling.max_new_tokens));
   std::vector<int64_t> stop_ids = sampling.stop_ids;
-  if (stop_ids.empty() && config_.eos_id >= 0) stop_ids.push_back(config_.eos_id);
+  if (stop_ids.empty() && config().eos_id >= 0) stop_ids.push_back(config().eos_id);
   const int64_t batch_size = static_cast<int64_t>(prompts.size());
   GenerateResult result;
   result.new_tokens.resize(batch_size);
   result.stop_reasons.assign(batch_size, "max_new_tokens");
   if (sampling.max_new_tokens == 0) return result;
   try {
-    const at::Device device = llama_->device();
-    PaddedBatch batch = PadLeft(prompts, std::max<int64_t>(config_.eos_id, 0), device);
-    KvCache cache = llama_->NewCache(batch_size, batch.ids.size(1) + sampling.max_new_tokens);
+    const at::Device device = transformer_->device();
+    PaddedBatch batch = PadLeft(prompts, std::max<int64_t>(config().eos_id, 0), device);
+    KvCache cache = transformer_->NewCache(batch_size, batch.ids.size(1) + sampling.max_new_tokens);
     std::mt19937_64 rng(sampling.seed);
     std::vector<bool> done(batch_size, false);
     at::Tensor ids = batch.ids, mask = batch.mask, positions = batch.positions;
     for (int step = 0; step < sampling.max_new_tokens; ++step) {
       PassInputs in{ids, positions, mask, &cache, hooks, step, /*all_logits=*/false};
-      at::Tensor logits = llama_->Forward(in).to(at::kCPU, at::kFloat).contiguous();
+      at::Tensor logits = transformer_->Forward(in).to(at::kCPU, at::kFloat).contiguous();
       cache.length += ids.size(1);
       std::vector<int64_t> next(batch_size);
       for (int64_t row = 0; row < batch_size; ++row) {
-        next[row] = SampleToken(logits.data_ptr<float>() + row * config_.vocab_size,
-                                config_.vocab_size, sampling, rng);
+        next[row] = SampleToken(logits.data_ptr<float>() + row * config().vocab_size,
+                                config().vocab_size, sampling, rng);
         if (done[row]) continue;
         result.new_tokens[row].push_back(next[row]);
         if (std::find(stop_ids.begin(), stop_ids.end(), next[row]) != stop_ids.end()) {

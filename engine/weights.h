@@ -1,5 +1,5 @@
-// Reading a model's configuration and weights from GGUF files and Hugging Face
-// directories into LibTorch tensors. Internal to engine/.
+// Opening a model's files (a GGUF file or a Hugging Face directory), choosing its family
+// from the config, and loading it onto a device. Internal to engine/.
 #ifndef GLASSBOX_ENGINE_WEIGHTS_H_
 #define GLASSBOX_ENGINE_WEIGHTS_H_
 
@@ -7,20 +7,21 @@
 #include <string>
 
 #include "base/status.h"
-#include "engine/engine.h"
-#include "engine/llama.h"
+#include "engine/family.h"
+#include "engine/tokenizer.h"
 
 namespace glassbox {
 
 struct LoadedModel {
-  ModelConfig config;
-  LlamaWeights weights;  // CPU; mapped views for safetensors, float32 for GGUF. Model
-                         // moves them to the run's device and dtype.
+  std::unique_ptr<Transformer> transformer;
   std::unique_ptr<Tokenizer> tokenizer;  // null when the files carry none
 };
 
-// `path` is a .gguf file or a directory with config.json and safetensors weights.
-StatusOr<LoadedModel> LoadModelFiles(const std::string& path);
+// `path` is a .gguf file or a directory with config.json and safetensors weights. Errors
+// name the file and the problem: an unknown architecture lists the known ones, a config key
+// or tensor the family does not implement is named.
+StatusOr<LoadedModel> LoadModelFiles(const std::string& path, at::Device device,
+                                     at::ScalarType dtype);
 
 }  // namespace glassbox
 

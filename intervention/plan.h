@@ -55,8 +55,6 @@ TracePlan PlanTrace(const Model& model, const protocol::Trace& trace,
                     const std::map<int64_t, bool>& earlier, const InterventionLimits& limits,
                     std::vector<ValidationError>& errors);
 
-// Position of a catalogue point in forward order (embedding first, logits last).
-int64_t ForwardOrder(const HookCatalogue& catalogue, int point);
 
 // Request-level checks and a plan per trace; every problem found goes to the result.
 std::vector<ValidationError> PlanRequest(const Model& model, const protocol::Request& request,

@@ -1,5 +1,5 @@
 // The shape-only pass: meta tensors at hook points in the order and with the sizes of the
-// engine's real pass (engine/llama.cc), so validation and scans see what a run would see.
+// engine's real pass (engine/families/), so validation and scans see what a run would see.
 #include "intervention/shape_pass.h"
 
 #include <ATen/ops/empty.h>
@@ -14,30 +14,9 @@
 namespace glassbox::intervention {
 namespace {
 
-constexpr int kGlobals = static_cast<int>(GlobalPoint::kCount);
-constexpr int kPerLayer = static_cast<int>(LayerPoint::kCount);
-
-bool IsLmHead(int point) {
-  return point == HookCatalogue::GlobalId(GlobalPoint::kLmHeadInput) ||
-         point == HookCatalogue::GlobalId(GlobalPoint::kLmHeadOutput);
-}
-
-// The layer points a skip of `output` (a layer's, attention's or MLP's output) leaves out:
-// everything strictly between the module's input point and its output point.
-std::pair<LayerPoint, LayerPoint> SkippedRange(LayerPoint output) {
-  if (output == LayerPoint::kAttnOutput) return {LayerPoint::kAttnInput, output};
-  if (output == LayerPoint::kMlpOutput) return {LayerPoint::kMlpInput, output};
-  return {LayerPoint::kInput, LayerPoint::kOutput};
-}
-
-bool Reached(int point, const std::set<int>& skipped) {
-  if (point < kGlobals) return true;
-  const int layer = (point - kGlobals) / kPerLayer;
-  const int at = (point - kGlobals) % kPerLayer;
+bool Reached(const HookCatalogue& catalogue, int point, const std::set<int>& skipped) {
   for (int skip : skipped) {
-    if (skip < kGlobals || (skip - kGlobals) / kPerLayer != layer) continue;
-    auto [first, last] = SkippedRange(static_cast<LayerPoint>((skip - kGlobals) % kPerLayer));
-    if (at > static_cast<int>(first) && at < static_cast<int>(last)) return false;
+    if (catalogue.SkipCovers(skip, point)) return false;
   }
   return true;
 }
@@ -78,16 +57,14 @@ Status RunShapePass(const HookCatalogue& catalogue, const ShapePassSizes& sizes,
                     const std::set<int>& wanted, const std::set<int>& skipped,
                     const ShapePassCallback& fire) {
   std::vector<int> order(wanted.begin(), wanted.end());
-  std::sort(order.begin(), order.end(), [&catalogue](int a, int b) {
-    return ForwardOrder(catalogue, a) < ForwardOrder(catalogue, b);
-  });
+  std::sort(order.begin(), order.end());  // catalogue ids are in forward order
   for (int64_t step = 0; step < sizes.steps; ++step) {
     const int64_t seq = step == 0 ? sizes.prompt : 1;
     const int64_t k_seq = sizes.prompt + step;
     for (int point : order) {
-      if (!Reached(point, skipped)) continue;
-      const int64_t point_seq = sizes.generate && IsLmHead(point) ? 1 : seq;
+      if (!Reached(catalogue, point, skipped)) continue;
       const HookPointInfo& info = catalogue.point(point);
+      const int64_t point_seq = sizes.generate && info.last_position ? 1 : seq;
       at::Tensor value = MetaTensor(SizesAt(info, sizes.batch, point_seq, k_seq), info.dtype);
       GLASSBOX_RETURN_IF_ERROR(fire(point, static_cast<int>(step), value));
     }

@@ -10,6 +10,21 @@
 namespace glassbox::intervention {
 namespace {
 
+// The callable modules, each layer's once ("model.layers.N.mlp"), for error messages.
+std::string ModuleList(const std::vector<std::string>& modules) {
+  std::string text;
+  for (const std::string& name : modules) {
+    const size_t zero = name.find(".0.");
+    const bool other_layer = zero == std::string::npos &&
+                             name.find_first_of("0123456789") != std::string::npos &&
+                             name.find_first_of("0123456789") < name.size() - 1;
+    if (other_layer) continue;
+    const std::string shown = zero == std::string::npos ? name : name.substr(0, zero) + ".N." + name.substr(zero + 3);
+    text += (text.empty() ? "" : ", ") + shown;
+  }
+  return text;
+}
+
 using protocol::Value;
 
 std::string Join(const std::vector<std::string>& names) {
@@ -181,7 +196,7 @@ class Planner {
     p.point = *id;
     PlanInvoke(node, p);
     PlanSteps(node, p);
-    const int64_t order = ForwardOrder(catalogue, p.point);
+    const int64_t order = p.point;
     const int64_t points = catalogue.size();
     const int64_t at = p.steps.first * points + order;
     if (p.op->op_class == OpClass::kRead) {
@@ -215,7 +230,7 @@ class Planner {
     if (trace_.generate && (p.steps.first != 0 || p.steps.last != plan_.steps - 1)) {
       Fail(&node, "in a generation, a skipped module must be skipped at every step (step=\"all\"): its keys and values would be missing from the cache");
     }
-    const int64_t at = p.steps.first * model_.catalogue().size() + ForwardOrder(model_.catalogue(), p.point);
+    const int64_t at = p.steps.first * model_.catalogue().size() + p.point;
     if (p.phase > at) Fail(&node, "skips " + point + " with a value that only exists later in the pass");
   }
 
@@ -271,7 +286,7 @@ class Planner {
     p.point = *id;
     PlanInvoke(node, p);
     PlanSteps(node, p);
-    const int64_t at = p.steps.first * model_.catalogue().size() + ForwardOrder(model_.catalogue(), p.point);
+    const int64_t at = p.steps.first * model_.catalogue().size() + p.point;
     if (at > phase) Fail(&node, "asks for the gradient at " + model_.catalogue().point(p.point).name + ", which the forward pass reaches after the loss");
     p.point_step = p.steps.first;
     p.steps = after_backward;
@@ -340,7 +355,7 @@ class Planner {
     }
     const std::vector<std::string> modules = model_.ModuleNames();
     if (std::find(modules.begin(), modules.end(), name->second.string_value) == modules.end()) {
-      Fail(&node, "no callable module '" + name->second.string_value + "'; callable: model.embed_tokens, model.norm, lm_head, model.layers.N.{input_layernorm, post_attention_layernorm, mlp, self_attn.q_proj, ...}");
+      Fail(&node, "no callable module '" + name->second.string_value + "'; callable: " + ModuleList(modules));
     }
   }
 
@@ -353,14 +368,6 @@ class Planner {
 };
 
 }  // namespace
-
-int64_t ForwardOrder(const HookCatalogue& catalogue, int point) {
-  const int globals = static_cast<int>(GlobalPoint::kCount);
-  const int64_t layer_points = static_cast<int64_t>(catalogue.num_layers()) * static_cast<int>(LayerPoint::kCount);
-  if (point >= globals) return 2 + (point - globals);             // inside the layers
-  if (point < 2) return point;                                       // embedding in / out
-  return 2 + layer_points + (point - 2);                             // norm, lm_head
-}
 
 TracePlan PlanTrace(const Model& model, const protocol::Trace& trace,
                     const std::map<int64_t, bool>& earlier, const InterventionLimits& limits,

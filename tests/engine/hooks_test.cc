@@ -38,8 +38,16 @@ HookCallback Capture(at::Tensor& out) {
 TEST_CASE("catalogue lists every point with shape, dtype and meaning", "[engine][hooks]") {
   auto model = TinyModel();
   const HookCatalogue& catalogue = model->catalogue();
-  const int per_layer = static_cast<int>(LayerPoint::kCount);
-  CHECK(catalogue.size() == static_cast<int>(GlobalPoint::kCount) + 3 * per_layer);
+  // 2 embedding points, 32 per layer (no q/k norms in Llama), 4 after the layers.
+  CHECK(catalogue.size() == 2 + 3 * 32 + 4);
+  // Ids run in forward order: embedding, layer 0, 1, 2, final norm and lm_head.
+  std::vector<int> layers, expected = {-1, -1};
+  for (int layer = 0; layer < 3; ++layer) expected.insert(expected.end(), 32, layer);
+  expected.insert(expected.end(), 4, -1);
+  for (const HookPointInfo& p : catalogue.points()) layers.push_back(p.layer);
+  CHECK(layers == expected);
+  CHECK(catalogue.point(0).name == "model.embed_tokens.input");
+  CHECK(catalogue.point(catalogue.size() - 3).name == "model.norm.output");
   auto json = nlohmann::json::parse(catalogue.ToJson());
   REQUIRE(json["hook_points"].size() == static_cast<size_t>(catalogue.size()));
   for (const auto& point : json["hook_points"]) {
@@ -199,12 +207,13 @@ TEST_CASE("unsupported and corrupt model files give errors naming the file", "[e
   const std::string dir = "build/test_tmp_unsupported_model";
   mkdir("build", 0755);
   mkdir(dir.c_str(), 0755);
-  std::ofstream(dir + "/config.json") << R"({"model_type": "gpt2", "vocab_size": 10})";
+  std::ofstream(dir + "/config.json") << R"({"model_type": "mamba", "vocab_size": 10})";
   auto unsupported = Model::Load(dir);
   REQUIRE_FALSE(unsupported.ok());
   CHECK(unsupported.status().code() == StatusCode::kUnimplemented);
-  CHECK_THAT(unsupported.status().message(), Catch::Contains("gpt2"));
+  CHECK_THAT(unsupported.status().message(), Catch::Contains("'mamba'"));
   CHECK_THAT(unsupported.status().message(), Catch::Contains("supported: llama"));
+  CHECK_THAT(unsupported.status().message(), Catch::Contains("gpt2"));
 
   // A GGUF file cut short inside its tensor data.
   const std::string truncated = "build/test_tmp_truncated.gguf";

@@ -1,0 +1,379 @@
+// The GPT-2 family (GPT2LMHeadModel): learned position embeddings, LayerNorm with bias, one
+// fused c_attn projection (Conv1D: weights stored [in, out]), GELU (tanh) MLP, tied
+// unembedding. Follows transformers' modeling_gpt2 operation for operation, with hook
+// points under its module paths (transformer.h.N.attn.c_attn, ...).
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/linear.h>
+
+#include <array>
+#include <cmath>
+#include <map>
+
+#include "engine/family.h"
+#include "engine/layers.h"
+
+namespace glassbox {
+namespace {
+
+enum P : int {
+  kInput, kLn1In, kLn1Out, kAttnIn, kQkvIn, kQkvOut, kQ, kK, kV, kScores, kPattern, kZ,
+  kProjIn, kProjOut, kAttnOut, kLn2In, kLn2Out, kMlpIn, kFcIn, kFcOut, kMlpProjIn,
+  kMlpProjOut, kMlpOut, kOutput, kPointCount
+};
+
+enum Shape { kResid, kQkv, kHeads, kScoreShape, kInner };
+
+struct Row {
+  P point;
+  const char* name;
+  const char* alias;
+  Shape shape;
+  const char* meaning;
+  const char* skip_from = "";
+};
+
+const Row kLayerPoints[] = {
+    {kInput, "input", "hook_resid_pre", kResid, "residual stream entering the block"},
+    {kLn1In, "ln_1.input", "ln1.hook_input", kResid, "input of the pre-attention LayerNorm"},
+    {kLn1Out, "ln_1.output", "ln1.hook_normalized", kResid, "pre-attention LayerNorm output (with weight and bias)"},
+    {kAttnIn, "attn.input", "attn.hook_input", kResid, "hidden states given to attention"},
+    {kQkvIn, "attn.c_attn.input", "", kResid, "input of the fused q/k/v projection"},
+    {kQkvOut, "attn.c_attn.output", "", kQkv, "queries, keys and values concatenated"},
+    {kQ, "attn.q", "attn.hook_q", kHeads, "queries per head"},
+    {kK, "attn.k", "attn.hook_k", kHeads, "keys per head (what the KV cache holds)"},
+    {kV, "attn.v", "attn.hook_v", kHeads, "values per head"},
+    {kScores, "attn.attn_scores", "attn.hook_attn_scores", kScoreShape, "scaled q.k scores plus the mask (dtype minimum where masked), before softmax"},
+    {kPattern, "attn.attn_pattern", "attn.hook_pattern", kScoreShape, "attention probabilities"},
+    {kZ, "attn.z", "attn.hook_z", kHeads, "each head's output (pattern times values) before c_proj"},
+    {kProjIn, "attn.c_proj.input", "", kResid, "heads' outputs concatenated, input of c_proj"},
+    {kProjOut, "attn.c_proj.output", "", kResid, "output of c_proj"},
+    {kAttnOut, "attn.output", "hook_attn_out", kResid, "attention's contribution to the residual stream", "attn.input"},
+    {kLn2In, "ln_2.input", "hook_resid_mid", kResid, "residual stream after attention, input of the pre-MLP LayerNorm"},
+    {kLn2Out, "ln_2.output", "ln2.hook_normalized", kResid, "pre-MLP LayerNorm output"},
+    {kMlpIn, "mlp.input", "mlp.hook_input", kResid, "hidden states given to the MLP"},
+    {kFcIn, "mlp.c_fc.input", "", kResid, "input of c_fc"},
+    {kFcOut, "mlp.c_fc.output", "mlp.hook_pre", kInner, "MLP pre-activation"},
+    {kMlpProjIn, "mlp.c_proj.input", "mlp.hook_post", kInner, "act(c_fc output): the MLP's hidden activations"},
+    {kMlpProjOut, "mlp.c_proj.output", "", kResid, "output of the MLP's c_proj"},
+    {kMlpOut, "mlp.output", "hook_mlp_out", kResid, "the MLP's contribution to the residual stream", "mlp.input"},
+    {kOutput, "output", "hook_resid_post", kResid, "residual stream leaving the block", "input"},
+};
+static_assert(sizeof(kLayerPoints) / sizeof(kLayerPoints[0]) == kPointCount, "every point in enum order");
+
+struct Options {
+  ModelConfig config;
+  double eps = 1e-5;
+  std::string activation = "gelu_new";
+};
+
+CatalogueSpec Gpt2Catalogue(const Options& o) {
+  const ModelConfig& c = o.config;
+  auto n = [](int64_t v) { return std::to_string(v); };
+  const std::map<Shape, std::vector<std::string>> shapes = {
+      {kResid, {"batch", "seq", n(c.hidden_size)}},
+      {kQkv, {"batch", "seq", n(3 * c.hidden_size)}},
+      {kHeads, {"batch", "seq", n(c.num_heads), n(c.head_dim)}},
+      {kScoreShape, {"batch", n(c.num_heads), "seq", "k_seq"}},
+      {kInner, {"batch", "seq", n(c.intermediate_size)}}};
+  CatalogueSpec spec;
+  spec.num_layers = c.num_layers;
+  spec.layer_prefix = "transformer.h.";
+  const std::vector<std::string>& resid = shapes.at(kResid);
+  spec.before = {{"transformer.wte.input", "", {"batch", "seq"}, "token ids", "int64"},
+                 {"transformer.wte.output", "hook_embed", resid, "token embeddings"},
+                 {"transformer.wpe.output", "hook_pos_embed", resid, "position embeddings"}};
+  for (const Row& row : kLayerPoints) {
+    spec.layer.push_back({row.name, row.alias, shapes.at(row.shape), row.meaning, "", row.skip_from});
+  }
+  spec.after = {{"transformer.ln_f.input", "ln_final.hook_input", resid, "final residual stream, input of ln_f"},
+                {"transformer.ln_f.output", "ln_final.hook_normalized", resid, "final LayerNorm output"},
+                {"lm_head.input", "unembed.hook_input", resid, "input of the unembedding", "", "", true},
+                {"lm_head.output", "unembed.hook_logits", {"batch", "seq", n(c.vocab_size)},
+                 "logits over the vocabulary", "", "", true}};
+  return spec;
+}
+
+struct Linear {
+  at::Tensor weight, bias;  // weight [out, in] (Conv1D weights are transposed at load)
+  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+};
+struct Norm {
+  at::Tensor weight, bias;
+};
+struct Block {
+  Norm ln_1, ln_2;
+  Linear c_attn, attn_proj, c_fc, mlp_proj;
+};
+struct Weights {
+  at::Tensor wte, wpe;
+  std::vector<Block> blocks;
+  Norm ln_f;
+};
+
+class Gpt2Transformer : public Transformer {
+ public:
+  Gpt2Transformer(const Options& o, Weights w, at::Device device, at::ScalarType dtype)
+      : Transformer(o.config, Gpt2Catalogue(o), device, dtype), o_(o), w_(std::move(w)) {}
+
+  at::Tensor Forward(const PassInputs& in) const override;
+  StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const override;
+  std::vector<std::string> ModuleNames() const override;
+
+ private:
+  class Pass;
+  int Id(int layer, P point) const { return catalogue_.LayerId(layer, point); }
+  at::Tensor Ln(const Norm& n, const at::Tensor& x) const { return LayerNorm(x, n.weight, n.bias, o_.eps); }
+  at::Tensor Mlp(const Block& b, const at::Tensor& x) const {
+    return b.mlp_proj(Activate(o_.activation, b.c_fc(x)));
+  }
+
+  Options o_;
+  Weights w_;
+};
+
+class Gpt2Transformer::Pass {
+ public:
+  Pass(const Gpt2Transformer& m, const PassInputs& in)
+      : m_(m), in_(in), hooks_(in), c_(m.config_),
+        attention_(in, hooks_, c_.num_heads, c_.num_heads, c_.head_dim,
+                   1.0 / std::sqrt(static_cast<double>(c_.head_dim)), m.dtype_),
+        batch_(in.ids.size(0)), seq_(in.ids.size(1)) {}
+
+  at::Tensor Run() {
+    const HookCatalogue& cat = m_.catalogue_;
+    at::Tensor ids = in_.ids;
+    hooks_.At(cat.BeforeId(0), ids);
+    at::Tensor tokens = at::embedding(m_.w_.wte, ids);
+    hooks_.At(cat.BeforeId(1), tokens);
+    at::Tensor positions = at::embedding(m_.w_.wpe, in_.positions);
+    hooks_.At(cat.BeforeId(2), positions);
+    at::Tensor x = tokens + positions;
+    for (int layer = 0; layer < c_.num_layers; ++layer) x = Block(layer, x);
+    return Head(x);
+  }
+
+ private:
+  int Id(int layer, P point) const { return m_.Id(layer, point); }
+
+  at::Tensor Block(int layer, at::Tensor x) {
+    const struct Block& b = m_.w_.blocks[layer];
+    hooks_.CheckInterrupt();
+    hooks_.At(Id(layer, kInput), x);
+    if (hooks_.Skips(Id(layer, kOutput))) return hooks_.SkippedOutput(Id(layer, kOutput), x);
+    at::Tensor h = m_.Ln(b.ln_1, hooks_.Tap(Id(layer, kLn1In), x));
+    hooks_.At(Id(layer, kLn1Out), h);
+    at::Tensor mid = x + Attention(layer, b, h);
+    h = m_.Ln(b.ln_2, hooks_.Tap(Id(layer, kLn2In), mid));
+    hooks_.At(Id(layer, kLn2Out), h);
+    at::Tensor out = mid + Mlp(layer, b, h);
+    hooks_.At(Id(layer, kOutput), out);
+    return out;
+  }
+
+  at::Tensor Project(int layer, P in_point, const at::Tensor& x, const Linear& linear) {
+    at::Tensor y = linear(hooks_.Tap(Id(layer, in_point), x));
+    hooks_.At(Id(layer, static_cast<P>(in_point + 1)), y);
+    return y;
+  }
+
+  at::Tensor Attention(int layer, const struct Block& b, at::Tensor h) {
+    hooks_.At(Id(layer, kAttnIn), h);
+    if (hooks_.Skips(Id(layer, kAttnOut))) return hooks_.SkippedOutput(Id(layer, kAttnOut), h);
+    at::Tensor qkv = Project(layer, kQkvIn, h, b.c_attn);
+    const std::vector<int64_t> heads = {batch_, seq_, c_.num_heads, c_.head_dim};
+    at::Tensor q = qkv.narrow(-1, 0, c_.hidden_size).view(heads);
+    at::Tensor k = qkv.narrow(-1, c_.hidden_size, c_.hidden_size).view(heads);
+    at::Tensor v = qkv.narrow(-1, 2 * c_.hidden_size, c_.hidden_size).view(heads);
+    hooks_.At(Id(layer, kQ), q);
+    hooks_.At(Id(layer, kK), k);
+    hooks_.At(Id(layer, kV), v);
+    const AttentionPoints points{Id(layer, kScores), Id(layer, kPattern), Id(layer, kZ)};
+    at::Tensor z = attention_.Attend(layer, points, q, k, v);
+    at::Tensor out = Project(layer, kProjIn, z.reshape({batch_, seq_, c_.hidden_size}), b.attn_proj);
+    hooks_.At(Id(layer, kAttnOut), out);
+    return out;
+  }
+
+  at::Tensor Mlp(int layer, const struct Block& b, at::Tensor h) {
+    hooks_.At(Id(layer, kMlpIn), h);
+    if (hooks_.Skips(Id(layer, kMlpOut))) return hooks_.SkippedOutput(Id(layer, kMlpOut), h);
+    at::Tensor pre = Project(layer, kFcIn, h, b.c_fc);
+    at::Tensor out = Project(layer, kMlpProjIn, Activate(m_.o_.activation, pre), b.mlp_proj);
+    hooks_.At(Id(layer, kMlpOut), out);
+    return out;
+  }
+
+  at::Tensor Head(at::Tensor x) {
+    const HookCatalogue& cat = m_.catalogue_;
+    hooks_.At(cat.AfterId(0), x);
+    at::Tensor h = m_.Ln(m_.w_.ln_f, x);
+    hooks_.At(cat.AfterId(1), h);
+    if (!in_.all_logits) h = h.narrow(1, seq_ - 1, 1);
+    hooks_.At(cat.AfterId(2), h);
+    ReleaseFreedHeap(h.size(0) * h.size(1) * c_.vocab_size * at::elementSize(m_.dtype_));
+    at::Tensor logits = at::linear(h, m_.w_.wte);
+    hooks_.At(cat.AfterId(3), logits);
+    return logits;
+  }
+
+  const Gpt2Transformer& m_;
+  const PassInputs& in_;
+  PassHooks hooks_;
+  const ModelConfig& c_;
+  AttentionCore attention_;
+  int64_t batch_, seq_;
+};
+
+at::Tensor Gpt2Transformer::Forward(const PassInputs& in) const {
+  Pass pass(*this, in);
+  return pass.Run();
+}
+
+const char* const kBlockModules[] = {"ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp",
+                                     "mlp.c_fc", "mlp.c_proj"};
+
+std::vector<std::string> Gpt2Transformer::ModuleNames() const {
+  std::vector<std::string> names = {"transformer.wte"};
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    for (const char* m : kBlockModules) names.push_back("transformer.h." + std::to_string(i) + "." + m);
+  }
+  names.push_back("transformer.ln_f");
+  names.push_back("lm_head");
+  return names;
+}
+
+StatusOr<at::Tensor> Gpt2Transformer::ApplyModule(const std::string& name, const at::Tensor& x) const {
+  if (name == "transformer.wte") return at::embedding(w_.wte, x.to(at::kLong));
+  const at::Tensor in = x.to(dtype_);
+  if (name == "transformer.ln_f") return Ln(w_.ln_f, in);
+  if (name == "lm_head") return at::linear(in, w_.wte);
+  auto [layer, module] = SplitLayerModule(name, "transformer.h.", config_.num_layers);
+  if (layer >= 0) {
+    const Block& b = w_.blocks[layer];
+    if (module == "ln_1") return Ln(b.ln_1, in);
+    if (module == "ln_2") return Ln(b.ln_2, in);
+    if (module == "mlp") return Mlp(b, in);
+    if (module == "attn.c_attn") return b.c_attn(in);
+    if (module == "attn.c_proj") return b.attn_proj(in);
+    if (module == "mlp.c_fc") return b.c_fc(in);
+    if (module == "mlp.c_proj") return b.mlp_proj(in);
+  }
+  return NotFound("no callable module '" + name + "'; callable: transformer.wte, transformer.ln_f, "
+                  "lm_head, and per block transformer.h.N.{ln_1, attn.c_attn, attn.c_proj, ln_2, "
+                  "mlp, mlp.c_fc, mlp.c_proj}");
+}
+
+// ---- loading ----
+
+StatusOr<Options> ReadConfig(const CheckpointInfo& info) {
+  Options o;
+  ModelConfig& c = o.config;
+  HfConfig config(*info.hf_config, info.path + "/config.json", "gpt2");
+  c.architecture = "gpt2";
+  c.vocab_size = config.Int("vocab_size");
+  c.hidden_size = config.Int("n_embd");
+  c.num_layers = config.Int("n_layer");
+  c.num_heads = c.num_kv_heads = config.Int("n_head");
+  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
+  c.intermediate_size = config.Int("n_inner", 4 * c.hidden_size);
+  c.max_position_embeddings = config.Int("n_positions");
+  c.tie_word_embeddings = config.Bool("tie_word_embeddings", true);
+  if (!c.tie_word_embeddings) config.Refuse("tie_word_embeddings", "GPT-2's unembedding is the token embedding");
+  c.bos_id = config.Int("bos_token_id", -1);
+  c.eos_id = config.Int("eos_token_id", -1);
+  o.eps = config.Float("layer_norm_epsilon", 1e-5);
+  o.activation = config.String("activation_function", "gelu_new");
+  if (!KnownActivation(o.activation)) config.Refuse("activation_function", "not an activation this engine has");
+  config.Expect("scale_attn_weights", true);
+  config.Expect("scale_attn_by_inverse_layer_idx", false);
+  config.Expect("reorder_and_upcast_attn", false);
+  config.Expect("add_cross_attention", false);
+  config.Ignore({"n_ctx"});  // old configs: the same as n_positions
+  GLASSBOX_RETURN_IF_ERROR(config.Finish());
+  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.vocab_size <= 0 ||
+      c.hidden_size % c.num_heads != 0 || c.max_position_embeddings <= 0 || c.intermediate_size <= 0) {
+    return InvalidArgument(config.path() + ": non-positive sizes, or n_embd not a multiple of n_head");
+  }
+  return o;
+}
+
+// Reads tensors by their transformers name; checkpoints saved from GPT2Model (OpenAI's own
+// included) lack the "transformer." prefix and carry each block's causal-mask buffers.
+class WeightReader {
+ public:
+  explicit WeightReader(TensorSource& tensors)
+      : tensors_(tensors), bare_(!tensors.Has("transformer.wte.weight") && tensors.Has("wte.weight")) {}
+
+  Status Get(const std::string& name, const std::vector<int64_t>& shape, at::Tensor& out) {
+    GLASSBOX_ASSIGN_OR_RETURN(out, tensors_.Take(Stored(name), shape));
+    return Status::Ok();
+  }
+  // The causal-mask buffers (attn.bias, attn.masked_bias) are not weights: nothing to load.
+  void DropMaskBuffers(const std::string& block) {
+    for (const char* buffer : {"attn.bias", "attn.masked_bias"}) tensors_.Discard(Stored(block + buffer));
+  }
+  Status GetNorm(const std::string& name, int64_t d, Norm& n) {
+    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {d}, n.weight));
+    return Get(name + ".bias", {d}, n.bias);
+  }
+  // A Conv1D (weight stored [in, out]) as a Linear.
+  Status GetConv1D(const std::string& name, int64_t in, int64_t out, Linear& l) {
+    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {in, out}, l.weight));
+    l.weight = l.weight.t().contiguous();
+    return Get(name + ".bias", {out}, l.bias);
+  }
+ private:
+  std::string Stored(const std::string& name) const {
+    const std::string prefix = "transformer.";
+    return bare_ && name.compare(0, prefix.size(), prefix) == 0 ? name.substr(prefix.size()) : name;
+  }
+
+  TensorSource& tensors_;
+  bool bare_;
+};
+
+Status ReadWeights(const Options& o, TensorSource& tensors, Weights& w) {
+  const ModelConfig& c = o.config;
+  const int64_t d = c.hidden_size;
+  WeightReader r(tensors);
+  GLASSBOX_RETURN_IF_ERROR(r.Get("transformer.wte.weight", {c.vocab_size, d}, w.wte));
+  GLASSBOX_RETURN_IF_ERROR(r.Get("transformer.wpe.weight", {c.max_position_embeddings, d}, w.wpe));
+  w.blocks.resize(c.num_layers);
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = "transformer.h." + std::to_string(i) + ".";
+    Block& b = w.blocks[i];
+    r.DropMaskBuffers(p);
+    GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "ln_1", d, b.ln_1));
+    GLASSBOX_RETURN_IF_ERROR(r.GetConv1D(p + "attn.c_attn", d, 3 * d, b.c_attn));
+    GLASSBOX_RETURN_IF_ERROR(r.GetConv1D(p + "attn.c_proj", d, d, b.attn_proj));
+    GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "ln_2", d, b.ln_2));
+    GLASSBOX_RETURN_IF_ERROR(r.GetConv1D(p + "mlp.c_fc", d, c.intermediate_size, b.c_fc));
+    GLASSBOX_RETURN_IF_ERROR(r.GetConv1D(p + "mlp.c_proj", c.intermediate_size, d, b.mlp_proj));
+  }
+  GLASSBOX_RETURN_IF_ERROR(r.GetNorm("transformer.ln_f", d, w.ln_f));
+  if (tensors.Has("lm_head.weight")) {  // a tied copy some checkpoints store
+    at::Tensor head;
+    GLASSBOX_RETURN_IF_ERROR(r.Get("lm_head.weight", {c.vocab_size, d}, head));
+    if (!head.equal(w.wte)) return Unimplemented("lm_head.weight differs from transformer.wte.weight; GPT-2 ties them");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+FamilyEntry Gpt2Family() {
+  FamilyEntry entry;
+  entry.name = "gpt2";
+  entry.hf_model_types = {"gpt2"};
+  entry.load = [](const CheckpointInfo& info, TensorSource& tensors) -> StatusOr<std::unique_ptr<Transformer>> {
+    if (info.gguf != nullptr) return Unimplemented(info.path + ": GPT-2 from GGUF is not implemented yet; use a Hugging Face directory");
+    GLASSBOX_ASSIGN_OR_RETURN(Options o, ReadConfig(info));
+    Weights w;
+    GLASSBOX_RETURN_IF_ERROR(ReadWeights(o, tensors, w));
+    return std::unique_ptr<Transformer>(new Gpt2Transformer(o, std::move(w), info.device, info.dtype));
+  };
+  return entry;
+}
+
+}  // namespace glassbox

@@ -1,0 +1,392 @@
+// The GPT-NeoX family (GPTNeoXForCausalLM: Pythia, GPT-NeoX-20B): LayerNorm with bias, one
+// fused query_key_value projection laid out per head ([q|k|v] for each head), partial
+// rotary embeddings, exact-GELU MLP, parallel residual (attention and MLP both read the
+// layer input) or sequential, untied unembedding (embed_out). Follows transformers'
+// modeling_gpt_neox operation for operation, with hook points under its module paths.
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/linear.h>
+
+#include <cmath>
+#include <map>
+
+#include "engine/family.h"
+#include "engine/layers.h"
+
+namespace glassbox {
+namespace {
+
+enum P : int {
+  kInput, kLn1In, kLn1Out, kAttnIn, kQkvIn, kQkvOut, kQ, kK, kV, kQRot, kKRot, kScores,
+  kPattern, kZ, kDenseIn, kDenseOut, kAttnOut, kLn2In, kLn2Out, kMlpIn, kUpIn, kUpOut,
+  kDownIn, kDownOut, kMlpOut, kOutput, kPointCount
+};
+
+enum Shape { kResid, kQkv, kHeads, kScoreShape, kInner };
+
+struct Row {
+  P point;
+  const char* name;
+  const char* alias;
+  Shape shape;
+  const char* meaning;
+  const char* skip_from = "";
+};
+
+const Row kLayerPoints[] = {
+    {kInput, "input", "hook_resid_pre", kResid, "residual stream entering the layer"},
+    {kLn1In, "input_layernorm.input", "ln1.hook_input", kResid, "input of the attention LayerNorm"},
+    {kLn1Out, "input_layernorm.output", "ln1.hook_normalized", kResid, "attention LayerNorm output (with weight and bias)"},
+    {kAttnIn, "attention.input", "attn.hook_input", kResid, "hidden states given to attention"},
+    {kQkvIn, "attention.query_key_value.input", "", kResid, "input of the fused q/k/v projection"},
+    {kQkvOut, "attention.query_key_value.output", "", kQkv, "queries, keys and values, interleaved per head"},
+    {kQ, "attention.q", "attn.hook_q", kHeads, "queries per head, before the rotary embedding"},
+    {kK, "attention.k", "attn.hook_k", kHeads, "keys per head, before the rotary embedding"},
+    {kV, "attention.v", "attn.hook_v", kHeads, "values per head"},
+    {kQRot, "attention.q_rot", "attn.hook_rot_q", kHeads, "queries per head after the (partial) rotary embedding"},
+    {kKRot, "attention.k_rot", "attn.hook_rot_k", kHeads, "keys per head after the (partial) rotary embedding (what the KV cache holds)"},
+    {kScores, "attention.attn_scores", "attn.hook_attn_scores", kScoreShape, "scaled q.k scores plus the mask (dtype minimum where masked), before softmax"},
+    {kPattern, "attention.attn_pattern", "attn.hook_pattern", kScoreShape, "attention probabilities"},
+    {kZ, "attention.z", "attn.hook_z", kHeads, "each head's output (pattern times values) before dense"},
+    {kDenseIn, "attention.dense.input", "", kResid, "heads' outputs concatenated, input of dense"},
+    {kDenseOut, "attention.dense.output", "", kResid, "output of dense"},
+    {kAttnOut, "attention.output", "hook_attn_out", kResid, "attention's contribution to the residual stream", "attention.input"},
+    {kLn2In, "post_attention_layernorm.input", "ln2.hook_input", kResid, "input of the MLP LayerNorm (the layer input with a parallel residual)"},
+    {kLn2Out, "post_attention_layernorm.output", "ln2.hook_normalized", kResid, "MLP LayerNorm output"},
+    {kMlpIn, "mlp.input", "mlp.hook_input", kResid, "hidden states given to the MLP"},
+    {kUpIn, "mlp.dense_h_to_4h.input", "", kResid, "input of dense_h_to_4h"},
+    {kUpOut, "mlp.dense_h_to_4h.output", "mlp.hook_pre", kInner, "MLP pre-activation"},
+    {kDownIn, "mlp.dense_4h_to_h.input", "mlp.hook_post", kInner, "act(dense_h_to_4h output): the MLP's hidden activations"},
+    {kDownOut, "mlp.dense_4h_to_h.output", "", kResid, "output of dense_4h_to_h"},
+    {kMlpOut, "mlp.output", "hook_mlp_out", kResid, "the MLP's contribution to the residual stream", "mlp.input"},
+    {kOutput, "output", "hook_resid_post", kResid, "residual stream leaving the layer", "input"},
+};
+static_assert(sizeof(kLayerPoints) / sizeof(kLayerPoints[0]) == kPointCount, "every point in enum order");
+
+struct Options {
+  ModelConfig config;
+  RopeSpec rope;
+  double eps = 1e-5;
+  std::string activation = "gelu";
+  bool parallel_residual = true, attention_bias = true;
+};
+
+CatalogueSpec NeoxCatalogue(const Options& o) {
+  const ModelConfig& c = o.config;
+  auto n = [](int64_t v) { return std::to_string(v); };
+  const std::map<Shape, std::vector<std::string>> shapes = {
+      {kResid, {"batch", "seq", n(c.hidden_size)}},
+      {kQkv, {"batch", "seq", n(3 * c.hidden_size)}},
+      {kHeads, {"batch", "seq", n(c.num_heads), n(c.head_dim)}},
+      {kScoreShape, {"batch", n(c.num_heads), "seq", "k_seq"}},
+      {kInner, {"batch", "seq", n(c.intermediate_size)}}};
+  CatalogueSpec spec;
+  spec.num_layers = c.num_layers;
+  spec.layer_prefix = "gpt_neox.layers.";
+  const std::vector<std::string>& resid = shapes.at(kResid);
+  spec.before = {{"gpt_neox.embed_in.input", "", {"batch", "seq"}, "token ids", "int64"},
+                 {"gpt_neox.embed_in.output", "hook_embed", resid, "token embeddings"}};
+  for (const Row& row : kLayerPoints) {
+    // With a sequential residual the MLP norm's input is the residual after attention.
+    const bool mid = row.point == kLn2In && !o.parallel_residual;
+    spec.layer.push_back({row.name, mid ? "hook_resid_mid" : row.alias, shapes.at(row.shape),
+                          mid ? "residual stream after attention, input of the MLP LayerNorm" : row.meaning,
+                          "", row.skip_from});
+  }
+  spec.after = {{"gpt_neox.final_layer_norm.input", "ln_final.hook_input", resid, "final residual stream"},
+                {"gpt_neox.final_layer_norm.output", "ln_final.hook_normalized", resid, "final LayerNorm output"},
+                {"embed_out.input", "unembed.hook_input", resid, "input of the unembedding", "", "", true},
+                {"embed_out.output", "unembed.hook_logits", {"batch", "seq", n(c.vocab_size)},
+                 "logits over the vocabulary", "", "", true}};
+  return spec;
+}
+
+struct Linear {
+  at::Tensor weight, bias;  // bias undefined when absent
+  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+};
+struct Norm {
+  at::Tensor weight, bias;
+};
+struct Layer {
+  Norm input_layernorm, post_attention_layernorm;
+  Linear query_key_value, dense, dense_h_to_4h, dense_4h_to_h;
+};
+struct Weights {
+  at::Tensor embed_in, embed_out;
+  std::vector<Layer> layers;
+  Norm final_layer_norm;
+};
+
+class NeoxTransformer : public Transformer {
+ public:
+  NeoxTransformer(const Options& o, Weights w, at::Device device, at::ScalarType dtype)
+      : Transformer(o.config, NeoxCatalogue(o), device, dtype), o_(o), w_(std::move(w)),
+        rotary_(o.rope, device) {}
+
+  at::Tensor Forward(const PassInputs& in) const override;
+  StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const override;
+  std::vector<std::string> ModuleNames() const override;
+
+ private:
+  class Pass;
+  int Id(int layer, P point) const { return catalogue_.LayerId(layer, point); }
+  at::Tensor Ln(const Norm& n, const at::Tensor& x) const { return LayerNorm(x, n.weight, n.bias, o_.eps); }
+  at::Tensor Mlp(const Layer& l, const at::Tensor& x) const {
+    return l.dense_4h_to_h(Activate(o_.activation, l.dense_h_to_4h(x)));
+  }
+
+  Options o_;
+  Weights w_;
+  Rotary rotary_;
+};
+
+class NeoxTransformer::Pass {
+ public:
+  Pass(const NeoxTransformer& m, const PassInputs& in)
+      : m_(m), in_(in), hooks_(in), c_(m.config_),
+        attention_(in, hooks_, c_.num_heads, c_.num_heads, c_.head_dim,
+                   1.0 / std::sqrt(static_cast<double>(c_.head_dim)), m.dtype_),
+        rope_(m.rotary_.For(in.positions, m.dtype_)), batch_(in.ids.size(0)), seq_(in.ids.size(1)) {}
+
+  at::Tensor Run() {
+    const HookCatalogue& cat = m_.catalogue_;
+    at::Tensor ids = in_.ids;
+    hooks_.At(cat.BeforeId(0), ids);
+    at::Tensor x = at::embedding(m_.w_.embed_in, ids);
+    hooks_.At(cat.BeforeId(1), x);
+    for (int layer = 0; layer < c_.num_layers; ++layer) x = DecoderLayer(layer, x);
+    return Head(x);
+  }
+
+ private:
+  int Id(int layer, P point) const { return m_.Id(layer, point); }
+
+  // transformers: parallel: mlp(ln2(x)) + attn(ln1(x)) + x; sequential: mid = attn + x,
+  // out = mlp(ln2(mid)) + mid.
+  at::Tensor DecoderLayer(int layer, at::Tensor x) {
+    const Layer& l = m_.w_.layers[layer];
+    hooks_.CheckInterrupt();
+    hooks_.At(Id(layer, kInput), x);
+    if (hooks_.Skips(Id(layer, kOutput))) return hooks_.SkippedOutput(Id(layer, kOutput), x);
+    at::Tensor h = m_.Ln(l.input_layernorm, hooks_.Tap(Id(layer, kLn1In), x));
+    hooks_.At(Id(layer, kLn1Out), h);
+    at::Tensor attn = Attention(layer, l, h);
+    const at::Tensor mlp_base = m_.o_.parallel_residual ? x : attn + x;
+    h = m_.Ln(l.post_attention_layernorm, hooks_.Tap(Id(layer, kLn2In), mlp_base));
+    hooks_.At(Id(layer, kLn2Out), h);
+    at::Tensor mlp = Mlp(layer, l, h);
+    at::Tensor out = m_.o_.parallel_residual ? mlp + attn + x : mlp + mlp_base;
+    hooks_.At(Id(layer, kOutput), out);
+    return out;
+  }
+
+  at::Tensor Project(int layer, P in_point, const at::Tensor& x, const Linear& linear) {
+    at::Tensor y = linear(hooks_.Tap(Id(layer, in_point), x));
+    hooks_.At(Id(layer, static_cast<P>(in_point + 1)), y);
+    return y;
+  }
+
+  at::Tensor Attention(int layer, const Layer& l, at::Tensor h) {
+    hooks_.At(Id(layer, kAttnIn), h);
+    if (hooks_.Skips(Id(layer, kAttnOut))) return hooks_.SkippedOutput(Id(layer, kAttnOut), h);
+    // [batch, seq, heads, 3 * head_dim]: each head's q, k and v side by side.
+    at::Tensor qkv = Project(layer, kQkvIn, h, l.query_key_value).view({batch_, seq_, c_.num_heads, 3 * c_.head_dim});
+    at::Tensor q = qkv.narrow(-1, 0, c_.head_dim);
+    at::Tensor k = qkv.narrow(-1, c_.head_dim, c_.head_dim);
+    at::Tensor v = qkv.narrow(-1, 2 * c_.head_dim, c_.head_dim);
+    hooks_.At(Id(layer, kQ), q);
+    hooks_.At(Id(layer, kK), k);
+    hooks_.At(Id(layer, kV), v);
+    at::Tensor q_rot = m_.rotary_.Apply(q, rope_);
+    at::Tensor k_rot = m_.rotary_.Apply(k, rope_);
+    hooks_.At(Id(layer, kQRot), q_rot);
+    hooks_.At(Id(layer, kKRot), k_rot);
+    const AttentionPoints points{Id(layer, kScores), Id(layer, kPattern), Id(layer, kZ)};
+    at::Tensor z = attention_.Attend(layer, points, q_rot, k_rot, v);
+    at::Tensor out = Project(layer, kDenseIn, z.reshape({batch_, seq_, c_.hidden_size}), l.dense);
+    hooks_.At(Id(layer, kAttnOut), out);
+    return out;
+  }
+
+  at::Tensor Mlp(int layer, const Layer& l, at::Tensor h) {
+    hooks_.At(Id(layer, kMlpIn), h);
+    if (hooks_.Skips(Id(layer, kMlpOut))) return hooks_.SkippedOutput(Id(layer, kMlpOut), h);
+    at::Tensor pre = Project(layer, kUpIn, h, l.dense_h_to_4h);
+    at::Tensor out = Project(layer, kDownIn, Activate(m_.o_.activation, pre), l.dense_4h_to_h);
+    hooks_.At(Id(layer, kMlpOut), out);
+    return out;
+  }
+
+  at::Tensor Head(at::Tensor x) {
+    const HookCatalogue& cat = m_.catalogue_;
+    hooks_.At(cat.AfterId(0), x);
+    at::Tensor h = m_.Ln(m_.w_.final_layer_norm, x);
+    hooks_.At(cat.AfterId(1), h);
+    if (!in_.all_logits) h = h.narrow(1, seq_ - 1, 1);
+    hooks_.At(cat.AfterId(2), h);
+    ReleaseFreedHeap(h.size(0) * h.size(1) * c_.vocab_size * at::elementSize(m_.dtype_));
+    at::Tensor logits = at::linear(h, m_.w_.embed_out);
+    hooks_.At(cat.AfterId(3), logits);
+    return logits;
+  }
+
+  const NeoxTransformer& m_;
+  const PassInputs& in_;
+  PassHooks hooks_;
+  const ModelConfig& c_;
+  AttentionCore attention_;
+  Rotary::Tables rope_;
+  int64_t batch_, seq_;
+};
+
+at::Tensor NeoxTransformer::Forward(const PassInputs& in) const {
+  Pass pass(*this, in);
+  return pass.Run();
+}
+
+const char* const kLayerModules[] = {"input_layernorm", "attention.query_key_value", "attention.dense",
+                                     "post_attention_layernorm", "mlp", "mlp.dense_h_to_4h",
+                                     "mlp.dense_4h_to_h"};
+
+std::vector<std::string> NeoxTransformer::ModuleNames() const {
+  std::vector<std::string> names = {"gpt_neox.embed_in"};
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    for (const char* m : kLayerModules) names.push_back("gpt_neox.layers." + std::to_string(i) + "." + m);
+  }
+  names.push_back("gpt_neox.final_layer_norm");
+  names.push_back("embed_out");
+  return names;
+}
+
+StatusOr<at::Tensor> NeoxTransformer::ApplyModule(const std::string& name, const at::Tensor& x) const {
+  if (name == "gpt_neox.embed_in") return at::embedding(w_.embed_in, x.to(at::kLong));
+  const at::Tensor in = x.to(dtype_);
+  if (name == "gpt_neox.final_layer_norm") return Ln(w_.final_layer_norm, in);
+  if (name == "embed_out") return at::linear(in, w_.embed_out);
+  auto [layer, module] = SplitLayerModule(name, "gpt_neox.layers.", config_.num_layers);
+  if (layer >= 0) {
+    const Layer& l = w_.layers[layer];
+    if (module == "input_layernorm") return Ln(l.input_layernorm, in);
+    if (module == "post_attention_layernorm") return Ln(l.post_attention_layernorm, in);
+    if (module == "mlp") return Mlp(l, in);
+    if (module == "attention.query_key_value") return l.query_key_value(in);
+    if (module == "attention.dense") return l.dense(in);
+    if (module == "mlp.dense_h_to_4h") return l.dense_h_to_4h(in);
+    if (module == "mlp.dense_4h_to_h") return l.dense_4h_to_h(in);
+  }
+  return NotFound("no callable module '" + name + "'; callable: gpt_neox.embed_in, "
+                  "gpt_neox.final_layer_norm, embed_out, and per layer gpt_neox.layers.N.{"
+                  "input_layernorm, attention.query_key_value, attention.dense, "
+                  "post_attention_layernorm, mlp, mlp.dense_h_to_4h, mlp.dense_4h_to_h}");
+}
+
+// ---- loading ----
+
+StatusOr<Options> ReadConfig(const CheckpointInfo& info) {
+  Options o;
+  ModelConfig& c = o.config;
+  HfConfig config(*info.hf_config, info.path + "/config.json", "gpt_neox");
+  c.architecture = "gpt_neox";
+  c.vocab_size = config.Int("vocab_size");
+  c.hidden_size = config.Int("hidden_size");
+  c.num_layers = config.Int("num_hidden_layers");
+  c.num_heads = c.num_kv_heads = config.Int("num_attention_heads");
+  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
+  c.intermediate_size = config.Int("intermediate_size");
+  c.max_position_embeddings = config.Int("max_position_embeddings", 2048);
+  c.tie_word_embeddings = config.Bool("tie_word_embeddings", false);
+  c.bos_id = config.Int("bos_token_id", -1);
+  c.eos_id = config.Int("eos_token_id", -1);
+  o.eps = config.Float("layer_norm_eps", 1e-5);
+  o.activation = config.String("hidden_act", "gelu");
+  if (!KnownActivation(o.activation)) config.Refuse("hidden_act", "not an activation this engine has");
+  o.parallel_residual = config.Bool("use_parallel_residual", true);
+  o.attention_bias = config.Bool("attention_bias", true);
+  // The rotary fraction: rotary_pct in older configs, partial_rotary_factor (possibly inside
+  // rope_parameters) in newer ones.
+  double fraction = config.Float("rotary_pct", config.Float("partial_rotary_factor", 1.0));
+  const nlohmann::json& rope = config.Json("rope_parameters");
+  if (rope.is_object() && rope.contains("partial_rotary_factor")) fraction = rope["partial_rotary_factor"].get<double>();
+  const int64_t rotary_dims = static_cast<int64_t>(c.head_dim * fraction);
+  o.rope = ReadRope(config, c.head_dim, rotary_dims, config.Float("rotary_emb_base", 10000.0));
+  config.Ignore({"classifier_dropout"});
+  GLASSBOX_RETURN_IF_ERROR(config.Finish());
+  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.vocab_size <= 0 ||
+      c.hidden_size % c.num_heads != 0 || c.intermediate_size <= 0 || rotary_dims % 2 != 0 ||
+      rotary_dims <= 0) {
+    return InvalidArgument(config.path() + ": non-positive sizes, hidden_size not a multiple of "
+                           "the heads, or an odd number of rotary dimensions");
+  }
+  return o;
+}
+
+class WeightReader {
+ public:
+  explicit WeightReader(TensorSource& tensors) : tensors_(tensors) {}
+
+  Status Get(const std::string& name, const std::vector<int64_t>& shape, at::Tensor& out) {
+    GLASSBOX_ASSIGN_OR_RETURN(out, tensors_.Take(name, shape));
+    return Status::Ok();
+  }
+  Status GetNorm(const std::string& name, int64_t d, Norm& n) {
+    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {d}, n.weight));
+    return Get(name + ".bias", {d}, n.bias);
+  }
+  Status GetLinear(const std::string& name, int64_t in, int64_t out, bool bias, Linear& l) {
+    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {out, in}, l.weight));
+    return bias ? Get(name + ".bias", {out}, l.bias) : Status::Ok();
+  }
+  // Buffers older checkpoints saved (causal mask, rotary frequencies): not weights.
+  void DropBuffers(const std::string& layer) {
+    for (const char* b : {"attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq"}) {
+      tensors_.Discard(layer + b);
+    }
+  }
+
+ private:
+  TensorSource& tensors_;
+};
+
+Status ReadWeights(const Options& o, TensorSource& tensors, Weights& w) {
+  const ModelConfig& c = o.config;
+  const int64_t d = c.hidden_size, m = c.intermediate_size;
+  WeightReader r(tensors);
+  GLASSBOX_RETURN_IF_ERROR(r.Get("gpt_neox.embed_in.weight", {c.vocab_size, d}, w.embed_in));
+  w.layers.resize(c.num_layers);
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = "gpt_neox.layers." + std::to_string(i) + ".";
+    Layer& l = w.layers[i];
+    r.DropBuffers(p);
+    GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "input_layernorm", d, l.input_layernorm));
+    GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "post_attention_layernorm", d, l.post_attention_layernorm));
+    GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "attention.query_key_value", d, 3 * d, o.attention_bias, l.query_key_value));
+    GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "attention.dense", d, d, o.attention_bias, l.dense));
+    GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "mlp.dense_h_to_4h", d, m, true, l.dense_h_to_4h));
+    GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "mlp.dense_4h_to_h", m, d, true, l.dense_4h_to_h));
+  }
+  GLASSBOX_RETURN_IF_ERROR(r.GetNorm("gpt_neox.final_layer_norm", d, w.final_layer_norm));
+  if (c.tie_word_embeddings) {
+    w.embed_out = w.embed_in;
+    return Status::Ok();
+  }
+  return r.Get("embed_out.weight", {c.vocab_size, d}, w.embed_out);
+}
+
+}  // namespace
+
+FamilyEntry NeoxFamily() {
+  FamilyEntry entry;
+  entry.name = "gpt_neox";
+  entry.hf_model_types = {"gpt_neox"};
+  entry.load = [](const CheckpointInfo& info, TensorSource& tensors) -> StatusOr<std::unique_ptr<Transformer>> {
+    if (info.gguf != nullptr) return Unimplemented(info.path + ": GPT-NeoX from GGUF is not implemented yet; use a Hugging Face directory");
+    GLASSBOX_ASSIGN_OR_RETURN(Options o, ReadConfig(info));
+    Weights w;
+    GLASSBOX_RETURN_IF_ERROR(ReadWeights(o, tensors, w));
+    return std::unique_ptr<Transformer>(new NeoxTransformer(o, std::move(w), info.device, info.dtype));
+  };
+  return entry;
+}
+
+}  // namespace glassbox

@@ -1,0 +1,155 @@
+// What a model family is to the engine: a Transformer (weights on a device, a forward pass
+// written with hook calls, callable modules, a hook catalogue) and a registry entry that
+// loads one from a checkpoint (config keys it understands, tensor names it consumes).
+//
+// Adding a family: one file under engine/families/ defining a Transformer subclass and a
+// FamilyEntry, and one line in engine/families/registry.cc. Shared pieces (norms, rotary
+// embeddings, attention with its internals) are in engine/layers.h. Internal to engine/.
+#ifndef GLASSBOX_ENGINE_FAMILY_H_
+#define GLASSBOX_ENGINE_FAMILY_H_
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "engine/engine.h"
+#include "engine/hook_catalogue.h"
+#include "engine/hooks.h"
+
+namespace glassbox {
+
+class GgufFile;
+
+// Keys and values after the position embedding for every layer, preallocated to a capacity.
+struct KvCache {
+  std::vector<at::Tensor> keys, values;  // per layer [batch, kv_heads, capacity, head_dim]
+  int64_t length = 0;                    // positions filled
+};
+
+// What one forward pass works on.
+struct PassInputs {
+  at::Tensor ids;             // [batch, seq] int64 on the model's device
+  at::Tensor positions;       // [batch, seq] int64
+  at::Tensor attention_mask;  // [batch, cache length + seq] int64, 0 at padding
+  KvCache* cache = nullptr;   // null: no cache (keys/values of this pass only)
+  const HookSet* hooks = nullptr;
+  int step = 0;
+  bool all_logits = true;
+};
+
+// Thrown inside a pass when a hook callback fails; Model turns it back into the Status.
+struct HookFailure {
+  Status status;
+};
+
+// A loaded model of one family. Immutable after construction; Forward may run on several
+// threads at once.
+class Transformer {
+ public:
+  // The catalogue's dtype is set from `dtype`.
+  Transformer(const ModelConfig& config, CatalogueSpec catalogue, at::Device device,
+              at::ScalarType dtype);
+  virtual ~Transformer() = default;
+
+  // Logits [batch, seq or 1, vocab] in the model dtype. Throws HookFailure or c10::Error;
+  // Model catches both at the engine boundary.
+  virtual at::Tensor Forward(const PassInputs& in) const = 0;
+  // Runs one module (by its Hugging Face path) on any tensor already on the model's device
+  // and in its dtype (token ids for the embedding). Throws c10::Error on shape mismatches;
+  // kNotFound for names that are not callable modules.
+  virtual StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const = 0;
+  // Names ApplyModule accepts, in forward order.
+  virtual std::vector<std::string> ModuleNames() const = 0;
+
+  KvCache NewCache(int64_t batch, int64_t capacity) const;
+  const ModelConfig& config() const { return config_; }
+  const HookCatalogue& catalogue() const { return catalogue_; }
+  at::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+
+ protected:
+  ModelConfig config_;
+  HookCatalogue catalogue_;
+  at::Device device_;
+  at::ScalarType dtype_;
+};
+
+// The checkpoint's tensors, each taken once: placed on the run's device in its dtype and
+// checked against the shape the config implies. Tensors nobody takes are an error.
+class TensorSource {
+ public:
+  // Rewrites a tensor as stored (float32, CPU) into the model's layout, e.g. llama.cpp's
+  // interleaved Q/K rows back into Hugging Face's order. Returns the same shape.
+  using Reorder = std::function<at::Tensor(const at::Tensor& stored)>;
+
+  virtual ~TensorSource() = default;
+  // kNotFound names the tensor; kInvalidArgument names it with both shapes.
+  virtual StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
+                                    const Reorder& reorder = nullptr) = 0;
+  virtual bool Has(const std::string& name) const = 0;
+  // Marks a stored buffer that is not a weight (a saved causal mask) as consumed, if present.
+  virtual void Discard(const std::string& name) = 0;
+  // Names of tensors in the checkpoint that were never taken.
+  virtual std::vector<std::string> Untaken() const = 0;
+};
+
+// Reads a Hugging Face config.json for one family. Every key the family reads is marked;
+// Finish() refuses every key that is neither read nor known to leave the computation
+// unchanged (metadata, dropout, generation defaults), naming the key and its value, so a
+// checkpoint asking for something the family does not do is refused, never run wrong.
+class HfConfig {
+ public:
+  HfConfig(const nlohmann::json& json, std::string path, std::string family);
+
+  bool Has(const std::string& key) const;  // present and not null
+  int64_t Int(const std::string& key);     // required
+  int64_t Int(const std::string& key, int64_t fallback);
+  double Float(const std::string& key, double fallback);
+  bool Bool(const std::string& key, bool fallback);
+  std::string String(const std::string& key, const std::string& fallback);
+  const nlohmann::json& Json(const std::string& key);  // null when absent
+  // The key may be absent, null or `allowed`; anything else is refused.
+  void Expect(const std::string& key, const nlohmann::json& allowed);
+  // Keys read without effect for this family (their value cannot change the computation).
+  void Ignore(std::initializer_list<const char*> keys);
+  // Records a refusal of `key` with `why`.
+  void Refuse(const std::string& key, const std::string& why);
+
+  Status Finish() const;
+  const std::string& path() const { return path_; }
+
+ private:
+  const nlohmann::json& json_;
+  std::string path_, family_;
+  std::vector<std::string> used_;
+  std::vector<std::string> errors_;
+};
+
+// Everything a family's loader is given.
+struct CheckpointInfo {
+  std::string path;
+  const nlohmann::json* hf_config = nullptr;  // config.json for a Hugging Face directory
+  const GgufFile* gguf = nullptr;             // the file, for GGUF
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;
+};
+
+struct FamilyEntry {
+  std::string name;                             // "llama"
+  std::vector<std::string> hf_model_types;      // config.json model_type values
+  std::vector<std::string> gguf_architectures;  // general.architecture values
+  std::function<StatusOr<std::unique_ptr<Transformer>>(const CheckpointInfo&, TensorSource&)> load;
+};
+
+// Every family the engine knows (engine/families/registry.cc).
+const std::vector<FamilyEntry>& Families();
+
+}  // namespace glassbox
+
+#endif  // GLASSBOX_ENGINE_FAMILY_H_
