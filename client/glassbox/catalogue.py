@@ -2,18 +2,22 @@
 
 A backend hands over the catalogue as the JSON that ``glassbox-engine info`` prints:
 ``{"hook_points": [{"name", "aliases", "dtype", "shape", "meaning", "layer"}, ...],
-"model": {config}}``. Hook point names follow the Hugging Face module paths
-(``model.layers.5.mlp.output``); attention internals hang off ``self_attn``
-(``model.layers.5.self_attn.attn_pattern``); TransformerLens aliases
-(``blocks.5.attn.hook_z``) name the same points.
+"model": {config}}``. Hook point names follow each family's Hugging Face module paths
+(``model.layers.5.mlp.output``; GPT-2: ``transformer.h.5.mlp.output``); attention internals
+hang off the attention module (``model.layers.5.self_attn.attn_pattern``,
+``transformer.h.5.attn.z``); TransformerLens aliases
+(``blocks.5.attn.hook_z``) name the same points, on every family.
 
 ``ModuleSpec`` is the tree both kinds of names spell out: each module path has children
 (numbered ones for layer lists) and points (``output`` -> ``model.layers.5.mlp.output``,
-``hook_z`` -> ``model.layers.5.self_attn.z``).
+``hook_z`` -> ``model.layers.5.self_attn.z``). A module spelled by TransformerLens names
+(``blocks.5.mlp``, ``unembed``) stands for a Hugging Face module, which
+``Catalogue.module_path`` finds from the aliases (see there).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -26,6 +30,7 @@ class HookPoint:
     shape: Tuple[str, ...]  # sizes as strings; symbolic ones are "batch", "seq", "k_seq"
     meaning: str = ""
     layer: int = -1
+    skippable: bool = False  # a module output whose module may be skipped
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Catalogue:
                 shape=tuple(str(d) for d in entry.get("shape", ())),
                 meaning=entry.get("meaning", ""),
                 layer=int(entry.get("layer", -1)),
+                skippable=bool(entry.get("skippable", False)),
             )
             self.points[point.name] = point
             for alias in point.aliases:
@@ -76,9 +82,54 @@ class Catalogue:
     def names(self) -> List[str]:
         return list(self.points)
 
+    def skippable_modules(self) -> List[str]:
+        """Module paths that ``skip()`` accepts (their ``.output`` point is skippable)."""
+        return [name[: -len(".output")] for name, p in self.points.items() if p.skippable]
+
+    def module_path(self, path: str) -> Optional[str]:
+        """The Hugging Face module that the module ``path`` of the tree is, or None.
+
+        A Hugging Face path with an ``.input`` or ``.output`` point is itself. A
+        TransformerLens name ``P`` is the module whose ``.input`` is aliased ``P.hook_input``
+        (``unembed`` -> ``lm_head``, ``blocks.3.mlp`` -> ``transformer.h.3.mlp``), else whose
+        ``.output`` is aliased ``P.hook_normalized`` (``blocks.3.ln2`` ->
+        ``model.layers.3.post_attention_layernorm``), else whose ``.input`` is aliased
+        ``P.hook_resid_pre`` (``blocks.3`` -> ``gpt_neox.layers.3``)."""
+        if f"{path}.input" in self.points or f"{path}.output" in self.points:
+            return path
+        for hook, end in _MODULE_ALIASES:
+            name = self._by_alias.get(f"{path}.{hook}", "")
+            if name.endswith(end):
+                return name[: -len(end)]
+        return None
+
+    def aliased_modules(self, hooks: Iterable[str] = ("hook_input", "hook_normalized",
+                                                      "hook_resid_pre")) -> List[str]:
+        """The TransformerLens module names that module_path resolves through an alias
+        ``P.<hook>`` with a hook from ``hooks``, each layer's once (``blocks.N.mlp``), in
+        forward order."""
+        found: Dict[str, None] = {}
+        ends = dict(_MODULE_ALIASES)
+        for point in self.points.values():
+            for alias in point.aliases:
+                module, _, hook = alias.rpartition(".")
+                if module and hook in hooks and point.name.endswith(ends[hook]):
+                    found[re.sub(r"\.\d+(?=\.|$)", ".N", module)] = None
+        return list(found)
+
+    @property
+    def logits_point(self) -> str:
+        """The last point of the pass: the logits (``lm_head.output``, ``embed_out.output``)."""
+        return list(self.points)[-1]
+
     @property
     def num_layers(self) -> int:
         return int(self.config.get("num_layers", 0))
+
+
+# How a TransformerLens module name finds its Hugging Face module (see module_path).
+_MODULE_ALIASES = (("hook_input", ".input"), ("hook_normalized", ".output"),
+                   ("hook_resid_pre", ".input"))
 
 
 def _build_tree(points: Iterable[HookPoint]) -> ModuleSpec:

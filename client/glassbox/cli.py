@@ -1,16 +1,18 @@
 """The ``glassbox`` command: run a local service for a class or a lab, and look at one.
 
-    glassbox up [--model PATH] [--name smollm2-135m] [--port 5555] [--dev] [--data DIR]
+    glassbox up [--model PATH --name NAME ...] [--port 5555] [--dev] [--data DIR]
     glassbox status [--url URL] [--api-key KEY]
     glassbox models [--url URL] [--api-key KEY] [--json]
     glassbox keys create --name NAME [--max-queued N --max-running N --max-request-bytes N]
     glassbox keys list | glassbox keys revoke ID
 
 ``up`` starts redis-server (append-only files under the data directory, by default
-~/.cache/glassbox), glassbox-broker and one ``glassbox-engine serve`` worker, prints how to
-connect (with an API key, unless --dev), and stays in the foreground until Ctrl-C, which
-stops all three. ``keys`` wraps ``glassbox-broker keys`` for the service ``up`` started
-(found through ``service.json`` in the data directory) or the Redis given with --redis.
+~/.cache/glassbox), glassbox-broker and one ``glassbox-engine serve`` worker per model
+(SmolLM2 as "smollm2-135m" unless ``--model PATH --name NAME`` is given, once per model),
+prints how to connect (with an API key, unless --dev), and stays in the foreground until
+Ctrl-C, which stops them all. ``keys`` wraps ``glassbox-broker keys`` for the service ``up``
+started (found through ``service.json`` in the data directory) or the Redis given with
+--redis.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import launcher
 from .errors import GlassboxError
@@ -47,10 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="glassbox", description="Run a local Glassbox service for a class or a lab, and "
         "look at one.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    up = commands.add_parser("up", help="start a local service (Redis, broker, one worker)")
-    up.add_argument("--model", default=str(launcher.DEFAULT_MODEL), help="a .gguf file or a "
-                    "Hugging Face directory (default: %(default)s)")
-    up.add_argument("--name", default="smollm2-135m", help="the model's name for clients")
+    up = commands.add_parser("up", help="start a local service (Redis, broker, a worker per "
+                             "model)")
+    up.add_argument("--model", action="append", help="a .gguf file or a Hugging Face "
+                    f"directory; repeat it to serve several (default: {launcher.DEFAULT_MODEL})")
+    up.add_argument("--name", action="append", help="the model's name for clients, one per "
+                    "--model in the same order (default for one model: smollm2-135m)")
     up.add_argument("--port", type=int, default=5555, help="the clients' port")
     up.add_argument("--worker-port", type=int, default=0, help="the workers' port (port + 1)")
     up.add_argument("--data", default=str(launcher.DEFAULT_DATA_DIR),
@@ -98,13 +102,16 @@ def _add_keys(commands) -> None:
 
 
 def _up(args) -> int:
-    params = launcher.ServiceParams(model_path=args.model, model_name=args.name, port=args.port,
-                                    worker_port=args.worker_port, data_dir=args.data,
-                                    dev=args.dev, bind=args.bind, encrypt=args.encrypt)
+    (path, name), *more = _served_models(args.model, args.name)
+    params = launcher.ServiceParams(model_path=path, model_name=name, more_models=tuple(more),
+                                    port=args.port, worker_port=args.worker_port,
+                                    data_dir=args.data, dev=args.dev, bind=args.bind,
+                                    encrypt=args.encrypt)
     stop = _stop_on_signals()
     service = launcher.LocalService(params)
     service.check()
-    print(f"glassbox: starting Redis, the broker and a worker of {args.name} "
+    names = ", ".join(n for _, n in params.models)
+    print(f"glassbox: starting Redis, the broker and a worker of {names} "
           f"(logs in {service.log_dir}) ...", flush=True)
     try:
         service.start()
@@ -119,6 +126,19 @@ def _up(args) -> int:
         service.stop()
         (pathlib.Path(args.data) / "service.json").unlink(missing_ok=True)
         print("glassbox: stopped", flush=True)
+
+
+def _served_models(paths: Optional[List[str]],
+                   names: Optional[List[str]]) -> List[Tuple[str, str]]:
+    """(path, name) for each --model and the --name in the same place; one model may go
+    without --name (or without --model: SmolLM2) and takes the default."""
+    paths = paths or [str(launcher.DEFAULT_MODEL)]
+    if names is None and len(paths) == 1:
+        names = ["smollm2-135m"]
+    if names is None or len(names) != len(paths):
+        raise GlassboxError("INVALID_ARGUMENT", f"give one --name per --model ({len(paths)} "
+                            f"model(s), {len(names or [])} name(s)), in the same order")
+    return list(zip(paths, names))
 
 
 def _stop_on_signals() -> List[int]:
@@ -171,12 +191,13 @@ def _wait_for_worker(service: launcher.LocalService, key: str, server_key: str,
             if dead:
                 raise GlassboxError("UNAVAILABLE", f"a process exited; see {dead}:\n"
                                     + launcher.tail(dead))
-            if any(m.name == service.params.model_name and m.workers
-                   for m in backend.models()):
+            serving = {m.name for m in backend.models() if m.workers}
+            if all(name in serving for _, name in service.params.models):
                 return
             time.sleep(0.2)
         if not stop:
-            raise GlassboxError("UNAVAILABLE", f"no worker registered within {timeout:g} s")
+            raise GlassboxError("UNAVAILABLE", f"not every worker registered within "
+                                f"{timeout:g} s (logs in {service.log_dir})")
     finally:
         backend.close()
 
@@ -184,14 +205,16 @@ def _wait_for_worker(service: launcher.LocalService, key: str, server_key: str,
 def _write_service_file(service: launcher.LocalService, key: str) -> None:
     info = {"url": service.params.url, "redis": service.redis_address, "pid": os.getpid(),
             "children": [p.pid for p in service.processes],
-            "model": service.params.model_name, "dev": not key}
+            "model": service.params.model_name,
+            "models": [name for _, name in service.params.models], "dev": not key}
     (service.data_dir / "service.json").write_text(json.dumps(info) + "\n")
 
 
 def _how_to_connect(params: launcher.ServiceParams, key: str, server_key: str) -> str:
     where = params.url if params.dev else (
         f"{params.url} (from other machines: tcp://{socket.getfqdn()}:{params.port})")
-    lines = [f"glassbox: serving {params.model_name} at {where}"]
+    names = ", ".join(name for _, name in params.models)
+    lines = [f"glassbox: serving {names} at {where}"]
     exports = [f"GLASSBOX_URL={params.url}"]
     if key:
         lines.append(f"  API key: {key}   (more: glassbox keys create --name STUDENT)")

@@ -1,8 +1,9 @@
 """Starting a local Glassbox service: redis-server, glassbox-broker and engine workers.
 
 What ``glassbox up`` runs for a class or a lab, and what the tests start: real processes
-on chosen ports, each logging to a file in the service's data directory, stopped in
-reverse order (SIGTERM, then SIGKILL after a grace period).
+on chosen ports (a worker per served model, several models at once if asked), each logging
+to a file in the service's data directory, stopped in reverse order (SIGTERM, then SIGKILL
+after a grace period).
 
 Binaries: ``glassbox-broker`` and ``glassbox-engine`` from ``$GLASSBOX_BIN_DIR`` (default:
 ``build/bin`` under the repository this package sits in); ``redis-server`` from
@@ -20,7 +21,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .errors import GlassboxError
 
@@ -82,6 +83,7 @@ class ServiceParams:
 
     model_path: str = str(DEFAULT_MODEL)
     model_name: str = "smollm2-135m"
+    more_models: tuple = ()  # further (path, name) pairs served at once, one worker each
     port: int = 5555  # clients
     worker_port: int = 0  # 0: port + 1
     redis_port: int = 0  # 0: a free port
@@ -96,11 +98,17 @@ class ServiceParams:
     def url(self) -> str:
         return f"tcp://127.0.0.1:{self.port}"
 
+    @property
+    def models(self) -> List[Tuple[str, str]]:
+        """Every (path, name) served: model_path as model_name, then more_models."""
+        return [(self.model_path, self.model_name), *map(tuple, self.more_models)]
+
 
 class LocalService:
     """The processes of one local service. ``start()`` brings up Redis, the broker and one
-    worker of ``model_path`` (each waited for); ``stop()`` stops them all; a context
-    manager does both. Raises GlassboxError (naming the log) when a process fails."""
+    worker of each served model (``params.models``; each process waited for); ``stop()``
+    stops them all; a context manager does both. Raises GlassboxError (naming the log) when
+    a process fails."""
 
     def __init__(self, params: ServiceParams):
         self.params = params
@@ -134,16 +142,23 @@ class LocalService:
         try:
             self.start_redis()
             self.start_broker()
-            self.start_worker(self.params.model_path, self.params.model_name)
+            for path, name in self.params.models:
+                self.start_worker(path, name)
         except BaseException:
             self.stop()
             raise
 
     def check(self) -> None:
-        """Raises (NOT_FOUND) before anything starts when a binary or the model is missing."""
+        """Raises (NOT_FOUND) before anything starts when a binary or a model is missing,
+        (INVALID_ARGUMENT) when two models have the same name."""
         for name in ("redis-server", "glassbox-broker", "glassbox-engine"):
             find_binary(name)
-        self._check_model(self.params.model_path)
+        names = [name for _, name in self.params.models]
+        if len(set(names)) != len(names):
+            raise GlassboxError("INVALID_ARGUMENT", f"each model needs a name of its own "
+                                f"(names: {', '.join(names)})")
+        for path, _ in self.params.models:
+            self._check_model(path)
 
     @staticmethod
     def _check_model(model_path: str) -> None:

@@ -1,11 +1,14 @@
 """``glassbox.Model``: a model on the service, mirrored as a tree of modules.
 
-The tree comes from the model's hook catalogue (see catalogue.py): ``model.model.layers[5]
-.mlp.output``, ``model.lm_head.input``, ``model.model.layers[3].self_attn.attn_pattern``, and
-TransformerLens names for the same points (``model.blocks[3].attn.hook_pattern``). Inside a
+The tree comes from the model's hook catalogue (see catalogue.py) and follows the family's
+Hugging Face module paths: ``model.model.layers[5].mlp.output``, ``model.lm_head.input``,
+``model.model.layers[3].self_attn.attn_pattern`` (GPT-2: ``model.transformer.h[3].attn``),
+with TransformerLens names for the same points and modules on every family
+(``model.blocks[3].attn.hook_pattern``, ``model.unembed``, ``model.ln_final``). Inside a
 trace, reading a point gives a proxy, assigning one writes it, calling a module runs it on
-any value (``model.lm_head(model.model.norm(h))``) and ``module.skip(value)`` replaces it.
-Outside a trace these raise, saying so.
+any value (``model.unembed(model.ln_final(h))``) and ``module.skip(value)`` replaces it; a
+module named the TransformerLens way runs (or skips) the family's own module. Outside a
+trace these raise, saying so.
 
     model = glassbox.Model("smollm2-135m", backend=LocalBackend("models/SmolLM2.gguf"))
     with model.trace("The capital of France is"):
@@ -15,7 +18,6 @@ Outside a trace these raise, saying so.
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Optional, Sequence
 
 from . import _wire as wire
@@ -28,7 +30,6 @@ from .tokenizer import Tokenizer
 from .tracing import EditRecorder, Session, Tracer, WaitOptions, current_tracer
 
 _MODULE_METHODS = ("skip", "next")
-_SKIPPABLE = re.compile(r"^model\.layers\.\d+(\.self_attn|\.mlp)?$")
 
 
 class Envoy:
@@ -93,17 +94,35 @@ class Envoy:
         return (self[i] for i in range(len(self)))
 
     def __call__(self, value) -> Proxy:
-        """Runs this module on any value (``module`` op), e.g. the logit lens."""
-        return self._tracer("__call__").call_module(self._spec.path, value)
+        """Runs this module on any value (``module`` op), e.g. the logit lens. A module named
+        the TransformerLens way (``model.unembed``) runs the family's own (``lm_head``)."""
+        tracer = self._tracer("__call__")
+        module = self._model._catalogue.module_path(self._spec.path)
+        if module is None:
+            raise TracingError(self._not_callable())
+        return tracer.call_module(module, value)
+
+    def _not_callable(self) -> str:
+        catalogue = self._model._catalogue
+        aliased = ", ".join(catalogue.aliased_modules(("hook_input", "hook_normalized")))
+        example = catalogue.logits_point[: -len(".output")]
+        return (f"{self._spec.path or 'the model'} is not a module that can be called: call a "
+                f"Hugging Face module (e.g. {example}) or one of {aliased}")
 
     def skip(self, value) -> None:
         """This module does not run; ``value`` stands for its output (for the whole batch).
-        Only a layer, its self_attn or its mlp can be skipped (intervention/OPS.md)."""
+        Only a layer, its attention or its MLP can be skipped (the catalogue marks which),
+        by Hugging Face path or TransformerLens name (``model.blocks[3].attn``)."""
         tracer = self._tracer("skip()")
-        if not _SKIPPABLE.match(self._spec.path):
-            raise TracingError(f"{self._spec.path or 'the model'} cannot be skipped: only "
-                               "model.layers[N], its self_attn or its mlp can")
-        tracer.skip(self._spec.path, value)
+        catalogue = self._model._catalogue
+        skippable = catalogue.skippable_modules()
+        module = catalogue.module_path(self._spec.path)
+        if module not in skippable:
+            examples = ", ".join(m for m in skippable if ".0." in m + ".")
+            raise TracingError(f"{self._spec.path or 'the model'} cannot be skipped: only a "
+                               f"layer, its attention or its MLP can ({examples}, ...; or "
+                               "blocks.N, blocks.N.attn, blocks.N.mlp)")
+        tracer.skip(module, value)
 
     def next(self, steps: int = 1) -> "Envoy":
         """Moves hook-point access to the next generation step (nnsight's module.next())."""
@@ -121,7 +140,9 @@ class Envoy:
             children = list(self._spec.children)
             shown = children if len(children) <= 8 else children[:3] + ["...", children[-1]]
             parts.append("modules: " + ", ".join(shown))
-        return f"<glassbox module {self._spec.path or self._model.name}; {'; '.join(parts)}>"
+        module = self._model._catalogue.module_path(self._spec.path)
+        same = f" ({module})" if module and module != self._spec.path else ""
+        return f"<glassbox module {self._spec.path or self._model.name}{same}; {'; '.join(parts)}>"
 
     def _no_such(self, name: str) -> str:
         known = list(self._spec.children) + list(self._spec.points)
@@ -145,14 +166,15 @@ def _wait_options(blocking: bool, timeout: Optional[float],
 
 
 class _ModelOutput:
-    """``model.output.logits`` (as on Hugging Face models): the lm_head output."""
+    """``model.output.logits`` (as on Hugging Face models): the unembedding's output."""
 
     def __init__(self, model: "Model"):
         self._model = model
 
     @property
     def logits(self) -> Proxy:
-        return self._model.lm_head.output
+        point = self._model._catalogue.logits_point
+        return current_tracer("output.logits").read(point)
 
 
 class Model(Envoy):

@@ -1,6 +1,7 @@
 """Shared helpers for the Python client tests.
 
-- ``FakeBackend``: a catalogue shaped like the engine's (made up here, no server) that
+- ``FakeBackend``: a catalogue shaped like the engine's (made up here, no server; a
+  Llama's, GPT-2's or GPT-NeoX's module paths with the same TransformerLens aliases) that
   records every request and answers with zeros for each saved node, so graph-building tests
   can look at exactly what a trace sends.
 - ``engine`` / ``tiny_model`` / ``smollm2``: the real engine through LocalBackend, skipped
@@ -27,45 +28,68 @@ from glassbox.service import ServiceBackend  # noqa: E402
 TINY_LLAMA = ROOT / "tests" / "fixtures" / "tiny_llama"
 SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+_D = ["batch", "seq", "8"]
 _LAYER_POINTS = {
-    # point -> (aliases with {n} for the layer, shape)
-    "input": (["blocks.{n}.hook_resid_pre"], ["batch", "seq", "8"]),
-    "self_attn.input": ([], ["batch", "seq", "8"]),
-    "self_attn.q_proj.input": ([], ["batch", "seq", "8"]),
-    "self_attn.q_proj.output": ([], ["batch", "seq", "8"]),
-    "self_attn.q": (["blocks.{n}.attn.hook_q"], ["batch", "seq", "2", "4"]),
-    "self_attn.attn_pattern": (["blocks.{n}.attn.hook_pattern"], ["batch", "2", "seq", "k_seq"]),
-    "self_attn.z": (["blocks.{n}.attn.hook_z"], ["batch", "seq", "2", "4"]),
-    "self_attn.output": (["blocks.{n}.hook_attn_out"], ["batch", "seq", "8"]),
-    "mlp.input": ([], ["batch", "seq", "8"]),
-    "mlp.output": (["blocks.{n}.hook_mlp_out"], ["batch", "seq", "8"]),
-    "output": (["blocks.{n}.hook_resid_post"], ["batch", "seq", "8"]),
+    # point -> (aliases with {n} for the layer, shape, skippable), as the engine has them
+    "input": (["blocks.{n}.hook_resid_pre"], _D, False),
+    "input_layernorm.input": (["blocks.{n}.ln1.hook_input"], _D, False),
+    "input_layernorm.output": (["blocks.{n}.ln1.hook_normalized"], _D, False),
+    "self_attn.input": (["blocks.{n}.attn.hook_input"], _D, False),
+    "self_attn.q_proj.input": ([], _D, False),
+    "self_attn.q_proj.output": ([], _D, False),
+    "self_attn.q": (["blocks.{n}.attn.hook_q"], ["batch", "seq", "2", "4"], False),
+    "self_attn.attn_pattern": (["blocks.{n}.attn.hook_pattern"], ["batch", "2", "seq", "k_seq"],
+                               False),
+    "self_attn.z": (["blocks.{n}.attn.hook_z"], ["batch", "seq", "2", "4"], False),
+    "self_attn.output": (["blocks.{n}.hook_attn_out"], _D, True),
+    "post_attention_layernorm.input": (["blocks.{n}.hook_resid_mid"], _D, False),
+    "post_attention_layernorm.output": (["blocks.{n}.ln2.hook_normalized"], _D, False),
+    "mlp.input": (["blocks.{n}.mlp.hook_input"], _D, False),
+    "mlp.output": (["blocks.{n}.hook_mlp_out"], _D, True),
+    "output": (["blocks.{n}.hook_resid_post"], _D, True),
+}
+# The module paths of the other families, as (Llama's spelling, theirs) replacements.
+_FAMILY_PATHS = {
+    "llama": [],
+    "gpt2": [("model.embed_tokens", "transformer.wte"), ("model.layers", "transformer.h"),
+             ("self_attn.q_proj", "attn.c_attn"), ("self_attn", "attn"),
+             ("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"),
+             ("model.norm", "transformer.ln_f")],
+    "neox": [("model.embed_tokens", "gpt_neox.embed_in"), ("model.layers", "gpt_neox.layers"),
+             ("self_attn.q_proj", "attention.query_key_value"), ("self_attn", "attention"),
+             ("model.norm", "gpt_neox.final_layer_norm"), ("lm_head", "embed_out")],
 }
 
 
-def fake_catalogue(layers: int = 3) -> dict:
-    """A small catalogue in the shape `glassbox-engine info` prints."""
-    points = [
-        {"name": "model.embed_tokens.output", "aliases": ["hook_embed"], "dtype": "float32",
-         "shape": ["batch", "seq", "8"], "layer": -1, "meaning": "token embeddings"},
-        {"name": "model.norm.output", "aliases": ["ln_final.hook_normalized"],
-         "dtype": "float32", "shape": ["batch", "seq", "8"], "layer": -1, "meaning": ""},
-        {"name": "lm_head.output", "aliases": ["unembed.hook_logits"], "dtype": "float32",
-         "shape": ["batch", "seq", "16"], "layer": -1, "meaning": "logits"},
-    ]
+def fake_catalogue(layers: int = 3, family: str = "llama") -> dict:
+    """A small catalogue in the shape `glassbox-engine info` prints, with a Llama's module
+    paths or those of GPT-2 ("gpt2") or GPT-NeoX ("neox"); the logits come last."""
+    points = [_point("model.embed_tokens.output", ["hook_embed"], _D)]
     for n in range(layers):
-        for suffix, (aliases, shape) in _LAYER_POINTS.items():
-            points.append({"name": f"model.layers.{n}.{suffix}", "dtype": "float32",
-                           "aliases": [a.format(n=n) for a in aliases], "shape": shape,
-                           "layer": n, "meaning": ""})
+        for suffix, (aliases, shape, skippable) in _LAYER_POINTS.items():
+            points.append(_point(f"model.layers.{n}.{suffix}", [a.format(n=n) for a in aliases],
+                                 shape, n, skippable))
+    points += [_point("model.norm.input", ["ln_final.hook_input"], _D),
+               _point("model.norm.output", ["ln_final.hook_normalized"], _D),
+               _point("lm_head.input", ["unembed.hook_input"], _D),
+               _point("lm_head.output", ["unembed.hook_logits"], ["batch", "seq", "16"])]
+    for point in points:
+        for llama, theirs in _FAMILY_PATHS[family]:
+            point["name"] = point["name"].replace(llama, theirs)
     return {"hook_points": points, "model": {"num_layers": layers, "hidden_size": 8}}
+
+
+def _point(name, aliases, shape, layer=-1, skippable=False) -> dict:
+    point = {"name": name, "aliases": aliases, "dtype": "float32", "shape": shape,
+             "layer": layer, "meaning": ""}
+    return {**point, "skippable": True} if skippable else point
 
 
 class FakeBackend(glassbox.Backend):
     """Records requests; answers each save with zeros (or what `answer` returns)."""
 
-    def __init__(self, layers: int = 3, answer=None):
-        self._catalogue = fake_catalogue(layers)
+    def __init__(self, layers: int = 3, answer=None, family: str = "llama"):
+        self._catalogue = fake_catalogue(layers, family)
         self.requests = []
         self.answer = answer
 

@@ -15,6 +15,8 @@ from glassbox import wire
 from glassbox.backends import error_from_engine_stderr
 from glassbox.errors import GlassboxError, TracingError
 
+from conftest import FakeBackend
+
 Ref = wire.Ref
 ALL = slice(None)
 HERE = "test_tracing.py"
@@ -61,6 +63,59 @@ def test_transformerlens_aliases_read_the_canonical_point(model, fake):
     reads = [n.kwargs["point"] for n in fake.last.traces[0].nodes if n.op == "read"]
     assert reads == ["model.layers.1.self_attn.z", "model.embed_tokens.output"]
 
+
+# Each family's own module behind a TransformerLens name: (ln_final, unembed, blocks.1.mlp,
+# blocks.1.ln1, blocks.1.ln2), then (blocks.1.attn, blocks.1.mlp, blocks.2) for skip().
+FAMILY_MODULES = {
+    "llama": (["model.norm", "lm_head", "model.layers.1.mlp", "model.layers.1.input_layernorm",
+               "model.layers.1.post_attention_layernorm"],
+              ["model.layers.1.self_attn", "model.layers.1.mlp", "model.layers.2"]),
+    "gpt2": (["transformer.ln_f", "lm_head", "transformer.h.1.mlp", "transformer.h.1.ln_1",
+              "transformer.h.1.ln_2"],
+             ["transformer.h.1.attn", "transformer.h.1.mlp", "transformer.h.2"]),
+    "neox": (["gpt_neox.final_layer_norm", "embed_out", "gpt_neox.layers.1.mlp",
+              "gpt_neox.layers.1.input_layernorm", "gpt_neox.layers.1.post_attention_layernorm"],
+             ["gpt_neox.layers.1.attention", "gpt_neox.layers.1.mlp", "gpt_neox.layers.2"]),
+}
+
+
+@pytest.mark.parametrize("family", FAMILY_MODULES)
+def test_transformerlens_modules_call_and_skip_the_familys_own(family):
+    fake = FakeBackend(family=family)
+    model = glassbox.Model(family, backend=fake, arrays="numpy")
+    with model.trace("x"):
+        h = model.blocks[1].hook_resid_post
+        model.unembed(model.ln_final(h))
+        model.blocks[1].mlp(h), model.blocks[1].ln1(h), model.blocks[1].ln2(h)
+        model.blocks[1].attn.skip(h)
+        model.blocks[1].mlp.skip(h)
+        model.blocks[2].skip(h)
+        model.output.logits.save()
+    nodes = fake.last.traces[0].nodes
+    called, skipped = FAMILY_MODULES[family]
+    assert [n.kwargs["name"] for n in nodes if n.op == "module"] == called
+    assert [n.kwargs["module"] for n in nodes if n.op == "skip"] == skipped
+    assert node(fake.last, "read", nth=1).kwargs["point"] == f"{called[1]}.output"
+    assert f"blocks.1.mlp ({called[2]})" in repr(model.blocks[1].mlp)
+
+
+def test_a_module_that_resolves_to_nothing_names_what_can_be_called():
+    model = glassbox.Model("gpt2", backend=FakeBackend(family="gpt2"), arrays="numpy")
+    with model.trace("x"):
+        h = model.blocks[1].hook_resid_post
+        with pytest.raises(TracingError, match=r"blocks is not a module that can be called: "
+                           r"call a Hugging Face module \(e\.g\. lm_head\) or one of "
+                           r"blocks\.N\.ln1, blocks\.N\.attn, blocks\.N\.ln2, "
+                           r"blocks\.N\.mlp, ln_final, unembed$"):
+            model.blocks(h)
+        with pytest.raises(TracingError, match="transformer is not a module"):
+            model.transformer(h)
+        with pytest.raises(TracingError, match=r"blocks\.1\.ln1 cannot be skipped: only a "
+                           r"layer, its attention or its MLP can \(transformer\.h\.0\.attn, "
+                           r"transformer\.h\.0\.mlp, transformer\.h\.0, \.\.\.; or "
+                           r"blocks\.N, blocks\.N\.attn, blocks\.N\.mlp\)"):
+            model.blocks[1].ln1.skip(h)
+    assert ops(model._backend.last) == ["read"]
 
 def test_hook_points_need_a_trace(model):
     with pytest.raises(TracingError, match="only available inside `with model.trace") as e:
