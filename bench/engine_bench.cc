@@ -1,4 +1,4 @@
-// Engine benchmark on SmolLM2 (or any model given with --model): forward passes with no
+// Engine benchmark on SmolLM2 (or any model of any family given with --model): forward passes with no
 // hooks and with a callback reading every hook point, against the time of the same model's
 // matrix products alone (the lower bound); peak memory against the float32 weights;
 // generation tokens/s. Prints ratios; asserts nothing.
@@ -14,6 +14,8 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,30 +31,31 @@ using bench::StatusBytes;
 
 
 
-// The matrix products of one forward pass, alone: every projection and the lm_head on the
-// model's own weights (through ApplyModule, whose lookup costs microseconds), and each
-// layer's two attention products (queries x keys, pattern x values) on stand-in inputs.
+// The trailing size a module takes: the last dimension of its .input point.
+int64_t InputSize(const Model& model, const std::string& module) {
+  std::optional<int> id = model.catalogue().Find(module + ".input");
+  return id ? std::stoll(model.catalogue().point(*id).shape.back()) : 0;
+}
+
+// The matrix products of one forward pass, alone: every projection and the unembedding on
+// the model's own weights (through ApplyModule, whose lookup costs microseconds; the family
+// names them), and each layer's two attention products (queries x keys, pattern x values)
+// on stand-in inputs.
 std::function<void()> MatmulsOnly(const Model& model, int64_t batch, int64_t seq) {
   const ModelConfig& c = model.config();
-  const int64_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads;
+  const int64_t kv = c.num_kv_heads;
   const int64_t rows = c.num_heads / kv * seq;  // query heads grouped under their key head
-  at::Tensor x = at::randn({batch, seq, c.hidden_size});
-  at::Tensor x_q = at::randn({batch, seq, q});
-  at::Tensor x_mlp = at::randn({batch, seq, c.intermediate_size});
   at::Tensor queries = at::randn({batch * kv, rows, c.head_dim});
   at::Tensor keys = at::randn({batch * kv, c.head_dim, seq});
   at::Tensor pattern = at::randn({batch * kv, rows, seq});
   at::Tensor values = at::randn({batch * kv, seq, c.head_dim});
+  std::map<int64_t, at::Tensor> inputs;  // by size
   std::vector<std::pair<std::string, at::Tensor>> products;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}) products.emplace_back(p + m, x);
-    products.emplace_back(p + "self_attn.o_proj", x_q);
-    products.emplace_back(p + "mlp.gate_proj", x);
-    products.emplace_back(p + "mlp.up_proj", x);
-    products.emplace_back(p + "mlp.down_proj", x_mlp);
+  for (const std::string& module : model.MatmulModules()) {
+    const int64_t size = InputSize(model, module);
+    if (!inputs.count(size)) inputs[size] = at::randn({batch, seq, size});
+    products.emplace_back(module, inputs[size]);
   }
-  products.emplace_back("lm_head", x);
   return [&model, products, queries, keys, pattern, values, layers = c.num_layers]() {
     for (const auto& [name, input] : products) (void)model.ApplyModule(name, input);
     for (int64_t l = 0; l < layers; ++l) {
@@ -145,15 +148,12 @@ int main(int argc, char** argv) {
   }
   const Model& model = **loaded;
   const ModelConfig& c = model.config();
-  const double weight_params =
-      c.vocab_size * c.hidden_size * (c.tie_word_embeddings ? 1 : 2) + c.hidden_size +
-      c.num_layers * (2 * c.hidden_size + 2 * c.hidden_size * c.num_heads * c.head_dim +
-                      2 * c.hidden_size * c.num_kv_heads * c.head_dim +
-                      3 * c.hidden_size * c.intermediate_size);
+  const double weight_bytes = static_cast<double>(model.WeightBytes());
   const double peak_after_load = StatusBytes("VmHWM:") - rss_before_load;
   std::printf("resident after load %.1f MB\n", (StatusBytes("VmRSS:") - rss_before_load) / 1e6);
-  std::printf("model %s: %.1f M parameters, float32 weights %.1f MB, LibTorch threads %d\n",
-              path.c_str(), weight_params / 1e6, weight_params * 4 / 1e6, at::get_num_threads());
+  std::printf("model %s (%s): %s weights %.1f MB, %zu matrix-product modules, LibTorch threads %d\n",
+              path.c_str(), c.architecture.c_str(), model.dtype().c_str(), weight_bytes / 1e6,
+              model.MatmulModules().size(), at::get_num_threads());
   double peak_plain = 0, peak_hooked = 0;
   for (const std::string& shape : shapes) {
     long long batch = 0, seq = 0;
@@ -167,9 +167,8 @@ int main(int argc, char** argv) {
   }
   const double peak_generate =
       generate ? PeakDuring([&] { BenchGenerate(model, 32); }, rss_before_load) : 0;
-  const double weight_bytes = weight_params * 4;
   std::printf("process RSS before loading (LibTorch itself) %.1f MB\n", rss_before_load / 1e6);
-  std::printf("peak RSS above that, as a ratio to the float32 weights (target <= 1.3x):\n"
+  std::printf("peak RSS above that, as a ratio to the weights (target <= 1.3x):\n"
               "  after loading %.1f MB (%.2fx); forward passes %.1f MB (%.2fx; the 8x64 logits "
               "alone are %.1f MB); with every hook read %.1f MB (%.2fx); generation %.1f MB "
               "(%.2fx)\n",

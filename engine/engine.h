@@ -104,6 +104,11 @@ class Model {
   StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& input) const;
   // Names ApplyModule accepts.
   std::vector<std::string> ModuleNames() const;
+  // The modules that are plain matrix products (projections, the unembedding), in forward
+  // order: with each layer's two attention products, the matrix work of a pass.
+  std::vector<std::string> MatmulModules() const;
+  // Bytes of the resident weights in the run's dtype (tied tensors counted once).
+  int64_t WeightBytes() const;
 
   // Greedy or seeded sampling with a KV cache. Hooks run at every step (HookContext::step).
   StatusOr<GenerateResult> Generate(const std::vector<std::vector<int64_t>>& prompts,

@@ -66,6 +66,13 @@ class Transformer {
   virtual StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const = 0;
   // Names ApplyModule accepts, in forward order.
   virtual std::vector<std::string> ModuleNames() const = 0;
+  // The callable modules that are plain matrix products (projections and the unembedding):
+  // with the attention products, the work of a pass (benchmarks' lower bound).
+  virtual std::vector<std::string> MatmulModules() const = 0;
+
+  // Bytes of the weights as held (run dtype, on the device; tied tensors once).
+  int64_t weight_bytes() const { return weight_bytes_; }
+  void set_weight_bytes(int64_t bytes) { weight_bytes_ = bytes; }
 
   KvCache NewCache(int64_t batch, int64_t capacity) const;
   const ModelConfig& config() const { return config_; }
@@ -78,6 +85,7 @@ class Transformer {
   HookCatalogue catalogue_;
   at::Device device_;
   at::ScalarType dtype_;
+  int64_t weight_bytes_ = 0;
 };
 
 // The checkpoint's tensors, each taken once: placed on the run's device in its dtype and
@@ -97,6 +105,8 @@ class TensorSource {
   virtual void Discard(const std::string& name) = 0;
   // Names of tensors in the checkpoint that were never taken.
   virtual std::vector<std::string> Untaken() const = 0;
+  // Bytes of every tensor taken so far, as placed.
+  virtual int64_t TakenBytes() const = 0;
 };
 
 // Reads a Hugging Face config.json for one family. Every key the family reads is marked;

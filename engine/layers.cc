@@ -292,4 +292,18 @@ std::pair<int64_t, std::string> SplitLayerModule(const std::string& name, const 
   return {layer, name.substr(dot + 1)};
 }
 
+std::vector<std::string> Filtered(const std::vector<std::string>& names,
+                                  std::initializer_list<const char*> parts) {
+  std::vector<std::string> out;
+  for (const std::string& name : names) {
+    for (const char* part : parts) {
+      if (name.find(part) != std::string::npos) {
+        out.push_back(name);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
 }  // namespace glassbox

@@ -122,6 +122,10 @@ void ReleaseFreedHeap(int64_t output_bytes);
 std::pair<int64_t, std::string> SplitLayerModule(const std::string& name, const std::string& prefix,
                                                  int64_t num_layers);
 
+// The names that contain any of `parts`, in order.
+std::vector<std::string> Filtered(const std::vector<std::string>& names,
+                                  std::initializer_list<const char*> parts);
+
 }  // namespace glassbox
 
 #endif  // GLASSBOX_ENGINE_LAYERS_H_

@@ -195,6 +195,8 @@ StatusOr<at::Tensor> Model::ApplyModule(const std::string& name, const at::Tenso
 }
 
 std::vector<std::string> Model::ModuleNames() const { return transformer_->ModuleNames(); }
+std::vector<std::string> Model::MatmulModules() const { return transformer_->MatmulModules(); }
+int64_t Model::WeightBytes() const { return transformer_->weight_bytes(); }
 
 StatusOr<ForwardResult> Model::Forward(const ForwardRequest& request, const HookSet* hooks) const {
   GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(request.prompts, config(), 0));

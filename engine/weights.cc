@@ -169,8 +169,11 @@ class StoredTensors : public TensorSource {
     if (!taken_.insert(name).second) return Internal(path_ + ": tensor '" + name + "' taken twice");
     GLASSBOX_RETURN_IF_ERROR(CheckShape(path_, name, it->second->shape, shape));
     GLASSBOX_ASSIGN_OR_RETURN(at::Tensor stored, Read(*it->second, reorder));
-    return Place(stored, device_, dtype_);
+    at::Tensor placed = Place(stored, device_, dtype_);
+    taken_bytes_ += placed.numel() * static_cast<int64_t>(placed.element_size());
+    return placed;
   }
+  int64_t TakenBytes() const override { return taken_bytes_; }
 
  protected:
   // The tensor as float32 (or its stored float dtype) on the CPU, reordered if asked.
@@ -183,6 +186,7 @@ class StoredTensors : public TensorSource {
   at::ScalarType dtype_;
   std::map<std::string, const StoredTensor*> by_name_;
   std::set<std::string> taken_;
+  int64_t taken_bytes_ = 0;
 };
 
 class SafetensorsSource : public StoredTensors {
@@ -260,7 +264,25 @@ StatusOr<std::unique_ptr<Transformer>> LoadFamily(const std::string& arch, bool 
   }
   GLASSBOX_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, family->load(info, tensors));
   GLASSBOX_RETURN_IF_ERROR(CheckAllTaken(info.path, family->name, tensors));
+  model->set_weight_bytes(tensors.TakenBytes());
   return model;
+}
+
+// The file's tokenizer; none when the file has no tokenizer.ggml.* metadata at all (as a
+// Hugging Face directory may lack tokenizer.json). A tokenizer.ggml.model key, or any other
+// tokenizer.ggml.* key, means a tokenizer is meant: then it must load.
+StatusOr<std::unique_ptr<Tokenizer>> GgufTokenizer(const GgufFile& file) {
+  const std::string prefix = "tokenizer.ggml.";
+  auto next = file.metadata().lower_bound(prefix);
+  const bool any = next != file.metadata().end() && next->first.compare(0, prefix.size(), prefix) == 0;
+  if (!any) return std::unique_ptr<Tokenizer>();
+  if (file.metadata().count(prefix + "model") == 0) {
+    return InvalidArgument(file.path() + ": tokenizer: " + next->first + " is present but " +
+                           prefix + "model is not");
+  }
+  StatusOr<Tokenizer> tokenizer = Tokenizer::FromGguf(file);
+  if (!tokenizer.ok()) return tokenizer.status().WithContext(file.path() + ": tokenizer");
+  return std::make_unique<Tokenizer>(std::move(tokenizer).value());
 }
 
 StatusOr<LoadedModel> LoadGguf(const std::string& path, at::Device device, at::ScalarType dtype) {
@@ -274,9 +296,7 @@ StatusOr<LoadedModel> LoadGguf(const std::string& path, at::Device device, at::S
     CheckpointInfo info{path, nullptr, &file, device, dtype};
     GLASSBOX_ASSIGN_OR_RETURN(loaded.transformer, LoadFamily(arch, true, info, tensors));
   }
-  StatusOr<Tokenizer> tokenizer = Tokenizer::FromGguf(file);
-  if (!tokenizer.ok()) return tokenizer.status().WithContext(path + ": tokenizer");
-  loaded.tokenizer = std::make_unique<Tokenizer>(std::move(tokenizer).value());
+  GLASSBOX_ASSIGN_OR_RETURN(loaded.tokenizer, GgufTokenizer(file));
   return loaded;
 }
 

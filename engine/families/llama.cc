@@ -141,6 +141,9 @@ class LlamaTransformer : public Transformer {
   at::Tensor Forward(const PassInputs& in) const override;
   StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const override;
   std::vector<std::string> ModuleNames() const override;
+  std::vector<std::string> MatmulModules() const override {
+    return Filtered(ModuleNames(), {"_proj", "lm_head"});
+  }
 
  private:
   class Pass;
