@@ -44,7 +44,11 @@ void HookCatalogue::AddList(const std::vector<PointSpec>& list, const std::strin
   for (const PointSpec& spec : list) {
     HookPointInfo info{prefix + spec.name, {}, spec.shape, spec.dtype.empty() ? dtype : spec.dtype,
                        spec.meaning, layer};
-    if (!spec.alias.empty()) info.aliases.push_back(alias_prefix + spec.alias);
+    for (size_t start = 0; start < spec.alias.size();) {  // "a|b": several aliases
+      const size_t bar = std::min(spec.alias.find('|', start), spec.alias.size());
+      info.aliases.push_back(alias_prefix + spec.alias.substr(start, bar - start));
+      start = bar + 1;
+    }
     info.last_position = spec.last_position;
     if (!spec.skip_from.empty()) {
       std::optional<int> from = Find(prefix + spec.skip_from);

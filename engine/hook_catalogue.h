@@ -22,7 +22,7 @@ namespace glassbox {
 // One hook point as a family declares it.
 struct PointSpec {
   std::string name;                // full name; for layer points the part after the layer prefix
-  std::string alias;               // TransformerLens name (same rule), "" for none
+  std::string alias;               // TransformerLens name (same rule), "a|b" for two, "" for none
   std::vector<std::string> shape;  // "batch", "seq", "k_seq" or a number
   std::string meaning;             // one line
   std::string dtype;               // "" = the model's dtype; "int64" for token ids

@@ -278,7 +278,7 @@ std::vector<OpSpec> BuildOps() {
          "write(value, point=, invoke=None, step=0, index=None)",
          "replaces the value at a hook point (or x[index] = value when index is given)");
   interp("skip", OpClass::kSkip, 1, 1, {"module", "step"}, "skip(value, module=, step=0)",
-         "the module (model.layers.N, or its self_attn or mlp) does not run; value is its output for the whole batch");
+         "the module (a layer, its attention or its MLP: model.layers.N or its .self_attn / .mlp, transformer.h.N or its .attn / .mlp, ...; the catalogue marks them skippable) does not run; value is its output for the whole batch");
   interp("backward", OpClass::kBackward, 1, 1, {}, "backward(loss)",
          "backpropagates from a scalar; grad nodes then hold gradients");
   interp("grad", OpClass::kGrad, 1, 1, {"point", "invoke", "step"},

@@ -215,7 +215,7 @@ class Planner {
   void PlanSkipNode(const protocol::Node& node, NodePlan& p) {
     auto module = node.kwargs.find("module");
     if (module == node.kwargs.end() || module->second.kind != Value::Kind::kString) {
-      Fail(&node, "skip needs module=\"model.layers.N\" (or model.layers.N.self_attn / .mlp)");
+      Fail(&node, "skip needs module=\"<a layer, its attention or its MLP>\", e.g. \"model.layers.3\" or \"transformer.h.3.mlp\"");
       return;
     }
     const std::string point = module->second.string_value + ".output";
