@@ -1,16 +1,21 @@
 // The GPT-2 family (GPT2LMHeadModel): learned position embeddings, LayerNorm with bias, one
 // fused c_attn projection (Conv1D: weights stored [in, out]), GELU (tanh) MLP, tied
 // unembedding. Follows transformers' modeling_gpt2 operation for operation, with hook
-// points under its module paths (transformer.h.N.attn.c_attn, ...).
+// points under its module paths (transformer.h.N.attn.c_attn, ...). Loads from Hugging Face
+// directories and from `gpt2` GGUF files (llama.cpp's converter stores the Conv1D weights
+// transposed, as [out, in]).
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/linear.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <iterator>
 #include <map>
 
 #include "engine/family.h"
+#include "engine/gguf.h"
 #include "engine/layers.h"
 
 namespace glassbox {
@@ -119,6 +124,9 @@ class Gpt2Transformer : public Transformer {
   at::Tensor Forward(const PassInputs& in) const override;
   StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const override;
   std::vector<std::string> ModuleNames() const override;
+  std::vector<std::string> MatmulModules() const override {
+    return Filtered(ModuleNames(), {".c_attn", ".c_proj", ".c_fc", "lm_head"});
+  }
 
  private:
   class Pass;
@@ -291,19 +299,93 @@ StatusOr<Options> ReadConfig(const CheckpointInfo& info) {
   config.Expect("add_cross_attention", false);
   config.Ignore({"n_ctx"});  // old configs: the same as n_positions
   GLASSBOX_RETURN_IF_ERROR(config.Finish());
-  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.vocab_size <= 0 ||
-      c.hidden_size % c.num_heads != 0 || c.max_position_embeddings <= 0 || c.intermediate_size <= 0) {
-    return InvalidArgument(config.path() + ": non-positive sizes, or n_embd not a multiple of n_head");
-  }
   return o;
 }
 
+// GGUF metadata (llama.cpp's `gpt2` keys) into the same options.
+StatusOr<Options> ReadGgufConfig(const GgufFile& f) {
+  static const char* const kKnown[] = {
+      "block_count", "context_length", "embedding_length", "feed_forward_length",
+      "attention.head_count", "attention.head_count_kv", "attention.layer_norm_epsilon"};
+  const std::string a = "gpt2.";
+  for (const auto& entry : f.metadata()) {
+    const std::string& key = entry.first;
+    if (key.compare(0, a.size(), a) != 0) continue;
+    if (std::find(std::begin(kKnown), std::end(kKnown), key.substr(a.size())) == std::end(kKnown)) {
+      return Unimplemented(f.path() + ": metadata " + key + " is not implemented by the gpt2 "
+                           "family (it may change the computation)");
+    }
+  }
+  Options o;
+  ModelConfig& c = o.config;
+  c.architecture = "gpt2";
+  for (auto [key, out] : {std::pair<const char*, int64_t*>{"block_count", &c.num_layers},
+                          {"context_length", &c.max_position_embeddings},
+                          {"embedding_length", &c.hidden_size},
+                          {"feed_forward_length", &c.intermediate_size},
+                          {"attention.head_count", &c.num_heads}}) {
+    StatusOr<int64_t> v = f.GetInt(a + key);
+    if (!v.ok()) return v.status().WithContext(f.path());
+    *out = *v;
+  }
+  c.num_kv_heads = f.GetInt(a + "attention.head_count_kv").value_or(c.num_heads);
+  if (c.num_kv_heads != c.num_heads) {
+    return Unimplemented(f.path() + ": gpt2.attention.head_count_kv differs from the head count; "
+                         "GPT-2 has one key/value head per query head");
+  }
+  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
+  const StoredTensor* embed = f.FindTensor("token_embd.weight");
+  if (embed == nullptr || embed->shape.size() != 2) {
+    return InvalidArgument(f.path() + ": no 2-D tensor 'token_embd.weight'");
+  }
+  c.vocab_size = embed->shape[0];
+  c.tie_word_embeddings = true;
+  c.bos_id = f.GetInt("tokenizer.ggml.bos_token_id").value_or(-1);
+  c.eos_id = f.GetInt("tokenizer.ggml.eos_token_id").value_or(-1);
+  o.eps = f.GetFloat(a + "attention.layer_norm_epsilon").value_or(1e-5);
+  o.activation = "gelu_new";  // llama.cpp's GELU for gpt2 is the tanh approximation
+  return o;
+}
+
+Status ValidateSizes(const std::string& path, const ModelConfig& c) {
+  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.vocab_size <= 0 ||
+      c.hidden_size % c.num_heads != 0 || c.max_position_embeddings <= 0 || c.intermediate_size <= 0) {
+    return InvalidArgument(path + ": non-positive sizes, or the embedding size not a multiple of "
+                           "the heads");
+  }
+  return Status::Ok();
+}
+
+// Hugging Face name -> llama.cpp's GGUF name, e.g. transformer.h.3.mlp.c_fc.weight ->
+// blk.3.ffn_up.weight (gguf-py's TensorNameMap for MODEL_ARCH.GPT2).
+std::string GgufName(const std::string& hf) {
+  static const std::map<std::string, std::string> kGlobal = {
+      {"transformer.wte.weight", "token_embd.weight"},
+      {"transformer.wpe.weight", "position_embd.weight"},
+      {"transformer.ln_f.weight", "output_norm.weight"},
+      {"transformer.ln_f.bias", "output_norm.bias"},
+      {"lm_head.weight", "output.weight"}};
+  static const std::map<std::string, std::string> kBlock = {
+      {"ln_1", "attn_norm"}, {"attn.c_attn", "attn_qkv"}, {"attn.c_proj", "attn_output"},
+      {"ln_2", "ffn_norm"},  {"mlp.c_fc", "ffn_up"},      {"mlp.c_proj", "ffn_down"}};
+  auto global = kGlobal.find(hf);
+  if (global != kGlobal.end()) return global->second;
+  auto [block, rest] = SplitLayerModule(hf, "transformer.h.", int64_t{1} << 40);
+  const size_t dot = rest.rfind('.');  // module . weight|bias
+  if (block < 0 || dot == std::string::npos) return hf;
+  auto local = kBlock.find(rest.substr(0, dot));
+  if (local == kBlock.end()) return hf;
+  return "blk." + std::to_string(block) + "." + local->second + rest.substr(dot);
+}
+
 // Reads tensors by their transformers name; checkpoints saved from GPT2Model (OpenAI's own
-// included) lack the "transformer." prefix and carry each block's causal-mask buffers.
+// included) lack the "transformer." prefix and carry each block's causal-mask buffers. GGUF
+// files hold them under llama.cpp's names, Conv1D weights already as [out, in].
 class WeightReader {
  public:
-  explicit WeightReader(TensorSource& tensors)
-      : tensors_(tensors), bare_(!tensors.Has("transformer.wte.weight") && tensors.Has("wte.weight")) {}
+  WeightReader(TensorSource& tensors, bool gguf)
+      : tensors_(tensors), gguf_(gguf),
+        bare_(!gguf && !tensors.Has("transformer.wte.weight") && tensors.Has("wte.weight")) {}
 
   Status Get(const std::string& name, const std::vector<int64_t>& shape, at::Tensor& out) {
     GLASSBOX_ASSIGN_OR_RETURN(out, tensors_.Take(Stored(name), shape));
@@ -317,26 +399,33 @@ class WeightReader {
     GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {d}, n.weight));
     return Get(name + ".bias", {d}, n.bias);
   }
-  // A Conv1D (weight stored [in, out]) as a Linear.
+  // A Conv1D (weight stored [in, out]; [out, in] in GGUF) as a Linear.
   Status GetConv1D(const std::string& name, int64_t in, int64_t out, Linear& l) {
-    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {in, out}, l.weight));
-    l.weight = l.weight.t().contiguous();
+    if (gguf_) {
+      GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {out, in}, l.weight));
+    } else {
+      GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {in, out}, l.weight));
+      l.weight = l.weight.t().contiguous();
+    }
     return Get(name + ".bias", {out}, l.bias);
   }
+  bool Has(const std::string& name) const { return tensors_.Has(Stored(name)); }
+
  private:
   std::string Stored(const std::string& name) const {
+    if (gguf_) return GgufName(name);
     const std::string prefix = "transformer.";
     return bare_ && name.compare(0, prefix.size(), prefix) == 0 ? name.substr(prefix.size()) : name;
   }
 
   TensorSource& tensors_;
-  bool bare_;
+  bool gguf_, bare_;
 };
 
-Status ReadWeights(const Options& o, TensorSource& tensors, Weights& w) {
+Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& w) {
   const ModelConfig& c = o.config;
   const int64_t d = c.hidden_size;
-  WeightReader r(tensors);
+  WeightReader r(tensors, gguf);
   GLASSBOX_RETURN_IF_ERROR(r.Get("transformer.wte.weight", {c.vocab_size, d}, w.wte));
   GLASSBOX_RETURN_IF_ERROR(r.Get("transformer.wpe.weight", {c.max_position_embeddings, d}, w.wpe));
   w.blocks.resize(c.num_layers);
@@ -352,7 +441,7 @@ Status ReadWeights(const Options& o, TensorSource& tensors, Weights& w) {
     GLASSBOX_RETURN_IF_ERROR(r.GetConv1D(p + "mlp.c_proj", c.intermediate_size, d, b.mlp_proj));
   }
   GLASSBOX_RETURN_IF_ERROR(r.GetNorm("transformer.ln_f", d, w.ln_f));
-  if (tensors.Has("lm_head.weight")) {  // a tied copy some checkpoints store
+  if (r.Has("lm_head.weight")) {  // a tied copy some checkpoints store
     at::Tensor head;
     GLASSBOX_RETURN_IF_ERROR(r.Get("lm_head.weight", {c.vocab_size, d}, head));
     if (!head.equal(w.wte)) return Unimplemented("lm_head.weight differs from transformer.wte.weight; GPT-2 ties them");
@@ -366,11 +455,13 @@ FamilyEntry Gpt2Family() {
   FamilyEntry entry;
   entry.name = "gpt2";
   entry.hf_model_types = {"gpt2"};
+  entry.gguf_architectures = {"gpt2"};
   entry.load = [](const CheckpointInfo& info, TensorSource& tensors) -> StatusOr<std::unique_ptr<Transformer>> {
-    if (info.gguf != nullptr) return Unimplemented(info.path + ": GPT-2 from GGUF is not implemented yet; use a Hugging Face directory");
-    GLASSBOX_ASSIGN_OR_RETURN(Options o, ReadConfig(info));
+    const bool gguf = info.gguf != nullptr;
+    GLASSBOX_ASSIGN_OR_RETURN(Options o, gguf ? ReadGgufConfig(*info.gguf) : ReadConfig(info));
+    GLASSBOX_RETURN_IF_ERROR(ValidateSizes(info.path, o.config));
     Weights w;
-    GLASSBOX_RETURN_IF_ERROR(ReadWeights(o, tensors, w));
+    GLASSBOX_RETURN_IF_ERROR(ReadWeights(o, tensors, gguf, w));
     return std::unique_ptr<Transformer>(new Gpt2Transformer(o, std::move(w), info.device, info.dtype));
   };
   return entry;

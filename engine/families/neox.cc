@@ -3,14 +3,19 @@
 // rotary embeddings, exact-GELU MLP, parallel residual (attention and MLP both read the
 // layer input) or sequential, untied unembedding (embed_out). Follows transformers'
 // modeling_gpt_neox operation for operation, with hook points under its module paths.
+// Loads from Hugging Face directories and from `gptneox` GGUF files (whose fused q/k/v rows
+// llama.cpp's converter regroups as all queries, all keys, all values; undone at load).
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/linear.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <map>
 
 #include "engine/family.h"
+#include "engine/gguf.h"
 #include "engine/layers.h"
 
 namespace glassbox {
@@ -127,6 +132,9 @@ class NeoxTransformer : public Transformer {
   at::Tensor Forward(const PassInputs& in) const override;
   StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const override;
   std::vector<std::string> ModuleNames() const override;
+  std::vector<std::string> MatmulModules() const override {
+    return Filtered(ModuleNames(), {".query_key_value", ".dense", "embed_out"});
+  }
 
  private:
   class Pass;
@@ -312,30 +320,131 @@ StatusOr<Options> ReadConfig(const CheckpointInfo& info) {
   o.rope = ReadRope(config, c.head_dim, rotary_dims, config.Float("rotary_emb_base", 10000.0));
   config.Ignore({"classifier_dropout"});
   GLASSBOX_RETURN_IF_ERROR(config.Finish());
+  return o;
+}
+
+// GGUF metadata (llama.cpp's `gptneox` keys) into the same options. llama.cpp computes the MLP
+// with tanh-approximated GELU; GGUF does not record the activation, so this keeps the exact
+// GELU of GPTNeoXConfig's default (Pythia, GPT-NeoX-20B), as transformers computes it.
+StatusOr<Options> ReadGgufConfig(const GgufFile& f) {
+  static const char* const kKnown[] = {
+      "block_count", "context_length", "embedding_length", "feed_forward_length",
+      "attention.head_count", "attention.head_count_kv", "attention.layer_norm_epsilon",
+      "rope.dimension_count", "rope.freq_base", "use_parallel_residual"};
+  const std::string a = "gptneox.";
+  for (const auto& entry : f.metadata()) {
+    const std::string& key = entry.first;
+    if (key.compare(0, a.size(), a) != 0) continue;
+    if (std::find(std::begin(kKnown), std::end(kKnown), key.substr(a.size())) == std::end(kKnown)) {
+      return Unimplemented(f.path() + ": metadata " + key + " is not implemented by the gptneox "
+                           "family (it may change the computation)");
+    }
+  }
+  Options o;
+  ModelConfig& c = o.config;
+  c.architecture = "gpt_neox";
+  int64_t rotary_dims = 0;
+  for (auto [key, out] : {std::pair<const char*, int64_t*>{"block_count", &c.num_layers},
+                          {"context_length", &c.max_position_embeddings},
+                          {"embedding_length", &c.hidden_size},
+                          {"feed_forward_length", &c.intermediate_size},
+                          {"attention.head_count", &c.num_heads},
+                          {"rope.dimension_count", &rotary_dims}}) {
+    StatusOr<int64_t> v = f.GetInt(a + key);
+    if (!v.ok()) return v.status().WithContext(f.path());
+    *out = *v;
+  }
+  c.num_kv_heads = f.GetInt(a + "attention.head_count_kv").value_or(c.num_heads);
+  if (c.num_kv_heads != c.num_heads) {
+    return Unimplemented(f.path() + ": gptneox.attention.head_count_kv differs from the head "
+                         "count; GPT-NeoX has one key/value head per query head");
+  }
+  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
+  const StoredTensor* embed = f.FindTensor("token_embd.weight");
+  if (embed == nullptr || embed->shape.size() != 2) {
+    return InvalidArgument(f.path() + ": no 2-D tensor 'token_embd.weight'");
+  }
+  c.vocab_size = embed->shape[0];
+  c.tie_word_embeddings = f.FindTensor("output.weight") == nullptr;
+  c.bos_id = f.GetInt("tokenizer.ggml.bos_token_id").value_or(-1);
+  c.eos_id = f.GetInt("tokenizer.ggml.eos_token_id").value_or(-1);
+  o.eps = f.GetFloat(a + "attention.layer_norm_epsilon").value_or(1e-5);
+  o.parallel_residual = f.GetBool(a + "use_parallel_residual").value_or(true);
+  o.attention_bias = f.FindTensor("blk.0.attn_qkv.bias") != nullptr;
+  o.rope.head_dim = c.head_dim;
+  o.rope.rotary_dims = rotary_dims;
+  o.rope.theta = f.GetFloat(a + "rope.freq_base").value_or(10000.0);  // llama.cpp's default
+  return o;
+}
+
+Status ValidateSizes(const std::string& path, const Options& o) {
+  const ModelConfig& c = o.config;
+  const int64_t rotary_dims = o.rope.rotary_dims;
   if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.vocab_size <= 0 ||
       c.hidden_size % c.num_heads != 0 || c.intermediate_size <= 0 || rotary_dims % 2 != 0 ||
-      rotary_dims <= 0) {
-    return InvalidArgument(config.path() + ": non-positive sizes, hidden_size not a multiple of "
-                           "the heads, or an odd number of rotary dimensions");
+      rotary_dims <= 0 || rotary_dims > c.head_dim) {
+    return InvalidArgument(path + ": non-positive sizes, hidden size not a multiple of the "
+                           "heads, or an odd or oversized number of rotary dimensions");
   }
-  return o;
+  return Status::Ok();
+}
+
+// Hugging Face name -> llama.cpp's GGUF name, e.g. gpt_neox.layers.3.mlp.dense_h_to_4h.weight
+// -> blk.3.ffn_up.weight (gguf-py's TensorNameMap for MODEL_ARCH.GPTNEOX).
+std::string GgufName(const std::string& hf) {
+  static const std::map<std::string, std::string> kGlobal = {
+      {"gpt_neox.embed_in.weight", "token_embd.weight"},
+      {"gpt_neox.final_layer_norm.weight", "output_norm.weight"},
+      {"gpt_neox.final_layer_norm.bias", "output_norm.bias"},
+      {"embed_out.weight", "output.weight"}};
+  static const std::map<std::string, std::string> kLayer = {
+      {"input_layernorm", "attn_norm"},
+      {"post_attention_layernorm", "ffn_norm"},
+      {"attention.query_key_value", "attn_qkv"},
+      {"attention.dense", "attn_output"},
+      {"mlp.dense_h_to_4h", "ffn_up"},
+      {"mlp.dense_4h_to_h", "ffn_down"}};
+  auto global = kGlobal.find(hf);
+  if (global != kGlobal.end()) return global->second;
+  auto [layer, rest] = SplitLayerModule(hf, "gpt_neox.layers.", int64_t{1} << 40);
+  const size_t dot = rest.rfind('.');  // module . weight|bias
+  if (layer < 0 || dot == std::string::npos) return hf;
+  auto local = kLayer.find(rest.substr(0, dot));
+  if (local == kLayer.end()) return hf;
+  return "blk." + std::to_string(layer) + "." + local->second + rest.substr(dot);
+}
+
+// Undoes the converter's regrouping of query_key_value rows (weight or bias): GGUF holds
+// [q of every head | k of every head | v of every head], transformers [q|k|v] per head.
+TensorSource::Reorder PerHeadQkv(int64_t heads) {
+  return [heads](const at::Tensor& stored) {
+    std::vector<int64_t> grouped = {3, heads, stored.size(0) / 3 / heads};
+    for (int64_t i = 1; i < stored.dim(); ++i) grouped.push_back(stored.size(i));
+    return stored.reshape(grouped).transpose(0, 1).reshape(stored.sizes());
+  };
 }
 
 class WeightReader {
  public:
-  explicit WeightReader(TensorSource& tensors) : tensors_(tensors) {}
+  WeightReader(TensorSource& tensors, bool gguf) : tensors_(tensors), gguf_(gguf) {}
 
-  Status Get(const std::string& name, const std::vector<int64_t>& shape, at::Tensor& out) {
-    GLASSBOX_ASSIGN_OR_RETURN(out, tensors_.Take(name, shape));
+  Status Get(const std::string& name, const std::vector<int64_t>& shape, at::Tensor& out,
+             const TensorSource::Reorder& reorder = nullptr) {
+    GLASSBOX_ASSIGN_OR_RETURN(out, tensors_.Take(gguf_ ? GgufName(name) : name, shape, reorder));
     return Status::Ok();
   }
   Status GetNorm(const std::string& name, int64_t d, Norm& n) {
     GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {d}, n.weight));
     return Get(name + ".bias", {d}, n.bias);
   }
-  Status GetLinear(const std::string& name, int64_t in, int64_t out, bool bias, Linear& l) {
-    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {out, in}, l.weight));
-    return bias ? Get(name + ".bias", {out}, l.bias) : Status::Ok();
+  Status GetLinear(const std::string& name, int64_t in, int64_t out, bool bias, Linear& l,
+                   const TensorSource::Reorder& reorder = nullptr) {
+    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {out, in}, l.weight, reorder));
+    return bias ? Get(name + ".bias", {out}, l.bias, reorder) : Status::Ok();
+  }
+  // The fused q/k/v projection, in transformers' per-head layout.
+  Status GetQkv(const std::string& name, int64_t d, int64_t heads, bool bias, Linear& l) {
+    return GetLinear(name, d, 3 * d, bias, l, gguf_ ? PerHeadQkv(heads) : nullptr);
   }
   // Buffers older checkpoints saved (causal mask, rotary frequencies): not weights.
   void DropBuffers(const std::string& layer) {
@@ -346,12 +455,13 @@ class WeightReader {
 
  private:
   TensorSource& tensors_;
+  bool gguf_;
 };
 
-Status ReadWeights(const Options& o, TensorSource& tensors, Weights& w) {
+Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& w) {
   const ModelConfig& c = o.config;
   const int64_t d = c.hidden_size, m = c.intermediate_size;
-  WeightReader r(tensors);
+  WeightReader r(tensors, gguf);
   GLASSBOX_RETURN_IF_ERROR(r.Get("gpt_neox.embed_in.weight", {c.vocab_size, d}, w.embed_in));
   w.layers.resize(c.num_layers);
   for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -360,7 +470,7 @@ Status ReadWeights(const Options& o, TensorSource& tensors, Weights& w) {
     r.DropBuffers(p);
     GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "input_layernorm", d, l.input_layernorm));
     GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "post_attention_layernorm", d, l.post_attention_layernorm));
-    GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "attention.query_key_value", d, 3 * d, o.attention_bias, l.query_key_value));
+    GLASSBOX_RETURN_IF_ERROR(r.GetQkv(p + "attention.query_key_value", d, c.num_heads, o.attention_bias, l.query_key_value));
     GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "attention.dense", d, d, o.attention_bias, l.dense));
     GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "mlp.dense_h_to_4h", d, m, true, l.dense_h_to_4h));
     GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "mlp.dense_4h_to_h", m, d, true, l.dense_4h_to_h));
@@ -379,11 +489,13 @@ FamilyEntry NeoxFamily() {
   FamilyEntry entry;
   entry.name = "gpt_neox";
   entry.hf_model_types = {"gpt_neox"};
+  entry.gguf_architectures = {"gptneox"};
   entry.load = [](const CheckpointInfo& info, TensorSource& tensors) -> StatusOr<std::unique_ptr<Transformer>> {
-    if (info.gguf != nullptr) return Unimplemented(info.path + ": GPT-NeoX from GGUF is not implemented yet; use a Hugging Face directory");
-    GLASSBOX_ASSIGN_OR_RETURN(Options o, ReadConfig(info));
+    const bool gguf = info.gguf != nullptr;
+    GLASSBOX_ASSIGN_OR_RETURN(Options o, gguf ? ReadGgufConfig(*info.gguf) : ReadConfig(info));
+    GLASSBOX_RETURN_IF_ERROR(ValidateSizes(info.path, o));
     Weights w;
-    GLASSBOX_RETURN_IF_ERROR(ReadWeights(o, tensors, w));
+    GLASSBOX_RETURN_IF_ERROR(ReadWeights(o, tensors, gguf, w));
     return std::unique_ptr<Transformer>(new NeoxTransformer(o, std::move(w), info.device, info.dtype));
   };
   return entry;
