@@ -1,12 +1,15 @@
-// Byte-level BPE as Hugging Face `tokenizers` runs it: added tokens are cut out of the raw
-// text first, the rest is normalized (NFC or not at all) and cut at the added tokens that
-// match normalized text, then split by a pre-tokenizer regex (written out by hand here,
-// over ICU character classes); each piece is mapped to GPT-2's byte alphabet and merged by
-// rank. Also the two loaders: GGUF metadata and a Hugging Face tokenizer.json.
+// BPE as Hugging Face `tokenizers` runs it: added tokens are cut out of the raw text first,
+// the rest is normalized (NFC or not at all) and cut at the added tokens that match
+// normalized text, then split by a pre-tokenizer regex (written out by hand here, over ICU
+// character classes); each piece is mapped to GPT-2's byte alphabet and merged by rank.
+// SentencePiece-style BPE shares the added tokens and the merging: its words are the
+// "▁"-spelled text between added tokens, as characters with byte fallback
+// (engine/sentencepiece.h). Also the two loaders: GGUF metadata and a tokenizer.json.
 #include "engine/tokenizer.h"
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <initializer_list>
@@ -19,6 +22,7 @@
 #include <unicode/uchar.h>
 
 #include "engine/gguf.h"
+#include "engine/sentencepiece.h"
 
 namespace glassbox {
 namespace {
@@ -511,12 +515,15 @@ struct Tokenizer::Impl {
   std::unordered_map<std::string, int32_t> token_ids;  // first id of each token text
   std::unordered_map<uint64_t, Merge> merges;          // (left id, right id) -> merge
   std::array<int32_t, 256> byte_ids{};                 // -1: byte missing from the vocab
+  std::unordered_map<char32_t, int32_t> char_ids;      // SentencePiece: one-character tokens
   AddedTokenTable raw_added;         // spec.special_ids, matched before normalizing
   AddedTokenTable normalized_added;  // spec.normalized_ids, matched after
   std::vector<int64_t> added_ids;    // both, in that order
   std::vector<std::string> decoded;  // id -> the bytes it stands for
 
   Status Build();
+  Status CheckModel() const;
+  Status BuildByteIds();
   Status BuildMerges();
   Status BuildAddedTokens();
   Status AddTokens(const std::vector<int64_t>& ids, AddedTokenTable* table);
@@ -525,6 +532,7 @@ struct Tokenizer::Impl {
   void EncodeRaw(std::string_view text, Scratch* scratch, std::vector<int64_t>* ids) const;
   void EncodeSegment(std::string_view text, Scratch* scratch, std::vector<int64_t>* ids) const;
   void EncodeWord(std::string_view word, Scratch* scratch, std::vector<int64_t>* ids) const;
+  void EncodePieces(std::string_view text, Scratch* scratch, std::vector<int64_t>* ids) const;
   bool EncodeWholeWord(std::string_view word, Scratch* scratch,
                        std::vector<int64_t>* ids) const;
   void QueuePair(Scratch* scratch, int32_t left) const;
@@ -569,18 +577,65 @@ Status Tokenizer::Impl::Build() {
   GLASSBOX_RETURN_IF_ERROR(CheckId(spec.bos_id, n, "bos id"));
   GLASSBOX_RETURN_IF_ERROR(CheckId(spec.eos_id, n, "eos id"));
   if (spec.add_bos && spec.bos_id < 0) return InvalidArgument("add_bos is set without a bos id");
-  if (spec.normalizer == Normalizer::kNfc && IcuNfc() == nullptr) {
-    return Internal("ICU's NFC data is missing");
-  }
+  GLASSBOX_RETURN_IF_ERROR(CheckModel());
   token_ids.reserve(n);
   for (size_t id = 0; id < n; ++id) token_ids.emplace(spec.tokens[id], static_cast<int32_t>(id));
-  for (int b = 0; b < 256; ++b) {
-    auto it = token_ids.find(ToByteLevel(std::string(1, static_cast<char>(b))));
-    byte_ids[b] = it == token_ids.end() ? -1 : it->second;
-  }
+  GLASSBOX_RETURN_IF_ERROR(BuildByteIds());
   GLASSBOX_RETURN_IF_ERROR(BuildMerges());
   GLASSBOX_RETURN_IF_ERROR(BuildAddedTokens());
   BuildDecoded();
+  return Status::Ok();
+}
+
+// Normalizers and options belong to one model or the other.
+Status Tokenizer::Impl::CheckModel() const {
+  bool metaspace = spec.normalizer == Normalizer::kMetaspace ||
+                   spec.normalizer == Normalizer::kPrependMetaspace;
+  if (spec.model == TokenizerModel::kByteLevelBpe) {
+    if (metaspace || spec.strip_leading_spaces != 0) {
+      return InvalidArgument("a Metaspace normalizer or Strip decoder needs the SentencePiece model");
+    }
+    if (spec.normalizer == Normalizer::kNfc && IcuNfc() == nullptr) {
+      return Internal("ICU's NFC data is missing");
+    }
+    return Status::Ok();
+  }
+  if (!metaspace) return InvalidArgument("the SentencePiece model needs a Metaspace normalizer");
+  if (!spec.normalized_ids.empty()) {
+    return InvalidArgument("the SentencePiece model matches added tokens in the raw text only");
+  }
+  return Status::Ok();
+}
+
+// Byte-level: the byte alphabet's characters. SentencePiece: the <0xNN> tokens, all 256 of
+// them (without them Hugging Face would emit the unk token, which is not implemented), and
+// the one-character tokens.
+Status Tokenizer::Impl::BuildByteIds() {
+  byte_ids.fill(-1);
+  if (spec.model == TokenizerModel::kByteLevelBpe) {
+    for (int b = 0; b < 256; ++b) {
+      auto it = token_ids.find(ToByteLevel(std::string(1, static_cast<char>(b))));
+      byte_ids[b] = it == token_ids.end() ? -1 : it->second;
+    }
+    return Status::Ok();
+  }
+  for (size_t id = 0; id < spec.tokens.size(); ++id) {
+    const std::string& token = spec.tokens[id];
+    int byte = sentencepiece::ByteTokenValue(token);
+    if (byte >= 0 && byte_ids[byte] < 0) byte_ids[byte] = static_cast<int32_t>(id);
+    char32_t cp = 0;
+    if (!token.empty() && DecodeUtf8(token, 0, &cp) == token.size()) {
+      char_ids.emplace(cp, static_cast<int32_t>(id));
+    }
+  }
+  for (int b = 0; b < 256; ++b) {
+    if (byte_ids[b] < 0) {
+      char name[8];
+      std::snprintf(name, sizeof(name), "<0x%02X>", b);
+      return Unimplemented(std::string("byte fallback without the byte token ") + name +
+                           " in the vocabulary is not supported");
+    }
+  }
   return Status::Ok();
 }
 
@@ -598,6 +653,7 @@ Status Tokenizer::Impl::BuildMerges() {
     // A repeated pair keeps its last rank, as in Hugging Face's merge map.
     merges[PairKey(l->second, r->second)] = {static_cast<int32_t>(rank), merged->second};
   }
+  spec.merges = {};  // the map holds them now (Gemma's half a million take ~30 MB as text)
   return Status::Ok();
 }
 
@@ -627,14 +683,32 @@ Status Tokenizer::Impl::AddTokens(const std::vector<int64_t>& ids, AddedTokenTab
 // Added tokens go through the byte-level mapping too, as in Hugging Face: "<|im_end|>" is
 // made of characters that stand for themselves, and one holding any character outside the
 // byte alphabet (a newline, a space) is taken as its text.
+// SentencePiece: "▁" is a space in every token, and <0xNN> is its byte.
 void Tokenizer::Impl::BuildDecoded() {
   decoded.resize(spec.tokens.size());
-  for (size_t id = 0; id < spec.tokens.size(); ++id) decoded[id] = FromByteLevel(spec.tokens[id]);
+  for (size_t id = 0; id < spec.tokens.size(); ++id) {
+    const std::string& token = spec.tokens[id];
+    if (spec.model == TokenizerModel::kByteLevelBpe) {
+      decoded[id] = FromByteLevel(token);
+    } else if (int byte = sentencepiece::ByteTokenValue(token); byte >= 0) {
+      decoded[id] = std::string(1, static_cast<char>(byte));
+    } else {
+      decoded[id] = sentencepiece::SpacesFromMetaspace(token);
+    }
+  }
 }
 
 // A stretch of raw text between the added tokens matched before normalizing.
 void Tokenizer::Impl::EncodeRaw(std::string_view text, Scratch* scratch,
                                 std::vector<int64_t>* ids) const {
+  if (spec.model == TokenizerModel::kSentencePieceBpe) {
+    if (text.empty()) return;
+    scratch->normalized.clear();
+    sentencepiece::AppendNormalized(text, spec.normalizer == Normalizer::kPrependMetaspace,
+                                    &scratch->normalized);
+    EncodePieces(scratch->normalized, scratch, ids);
+    return;
+  }
   if (spec.normalizer == Normalizer::kNfc) {
     scratch->normalized = Nfc(text);
     text = scratch->normalized;
@@ -672,6 +746,43 @@ void Tokenizer::Impl::EncodeWord(std::string_view word, Scratch* scratch,
     int32_t index = static_cast<int32_t>(symbols.size());
     symbols.push_back({byte_ids[b], index - 1, -1});
     if (index > 0) symbols[index - 1].next = index;
+  }
+  if (symbols.size() > 1) MergeAll(scratch);
+  for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[i].next) {
+    ids->push_back(symbols[i].id);
+  }
+}
+
+// SentencePiece: one word of characters, each its own token or the tokens of its bytes (a
+// byte of invalid UTF-8, which Hugging Face never sees, is one character here).
+void Tokenizer::Impl::EncodePieces(std::string_view word, Scratch* scratch,
+                                   std::vector<int64_t>* ids) const {
+  if (spec.ignore_merges) {
+    auto it = token_ids.find(std::string(word));
+    if (it != token_ids.end()) {
+      ids->push_back(it->second);
+      return;
+    }
+  }
+  std::vector<Symbol>& symbols = scratch->symbols;
+  symbols.clear();
+  auto add = [&](int32_t id) {
+    int32_t index = static_cast<int32_t>(symbols.size());
+    symbols.push_back({id, index - 1, -1});
+    if (index > 0) symbols[index - 1].next = index;
+  };
+  for (size_t pos = 0; pos < word.size();) {
+    char32_t cp = 0;
+    size_t len = DecodeUtf8(word, pos, &cp);
+    auto it = len > 0 ? char_ids.find(cp) : char_ids.end();
+    if (it != char_ids.end()) {
+      add(it->second);
+    } else {
+      for (size_t i = 0; i < std::max<size_t>(len, 1); ++i) {
+        add(byte_ids[static_cast<unsigned char>(word[pos + i])]);
+      }
+    }
+    pos += std::max<size_t>(len, 1);
   }
   if (symbols.size() > 1) MergeAll(scratch);
   for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[i].next) {
@@ -745,7 +856,12 @@ StatusOr<std::string> Tokenizer::Decode(const std::vector<int64_t>& ids) const {
     }
     text += impl_->decoded[id];
   }
-  return text;
+  size_t strip = 0;
+  while (strip < text.size() && strip < static_cast<size_t>(impl_->spec.strip_leading_spaces) &&
+         text[strip] == ' ') {
+    ++strip;
+  }
+  return text.substr(strip);
 }
 
 const std::string& Tokenizer::TokenText(int64_t id) const {
@@ -755,6 +871,7 @@ const std::string& Tokenizer::TokenText(int64_t id) const {
 
 const std::vector<int64_t>& Tokenizer::special_ids() const { return impl_->added_ids; }
 
+TokenizerModel Tokenizer::model() const { return impl_->spec.model; }
 int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->spec.tokens.size()); }
 int64_t Tokenizer::bos_id() const { return impl_->spec.bos_id; }
 int64_t Tokenizer::eos_id() const { return impl_->spec.eos_id; }
@@ -824,25 +941,35 @@ StatusOr<bool> GgufOptionalBool(const GgufFile& gguf, const std::string& key, bo
   return value;
 }
 
+Status ReadByteLevelGguf(const GgufFile& gguf, TokenizerSpec* spec) {
+  GLASSBOX_ASSIGN_OR_RETURN(spec->pre_tokenizer, GgufPreTokenizer(gguf));
+  // llama.cpp and Llama-3's tokenizer.json both skip the merges for in-vocabulary words.
+  spec->ignore_merges = spec->pre_tokenizer == PreTokenizer::kLlama3;
+  // Qwen2's tokenizer.json normalizes to NFC; its GGUF does not say so.
+  if (spec->pre_tokenizer == PreTokenizer::kQwen2) spec->normalizer = Normalizer::kNfc;
+  GLASSBOX_ASSIGN_OR_RETURN(spec->tokens, gguf.GetStringArray("tokenizer.ggml.tokens"));
+  GLASSBOX_ASSIGN_OR_RETURN(spec->merges, GgufMerges(gguf));
+  GLASSBOX_ASSIGN_OR_RETURN(spec->special_ids, GgufSpecialIds(gguf, spec->tokens.size()));
+  return Status::Ok();
+}
+
 StatusOr<TokenizerSpec> GgufSpec(const GgufFile& gguf) {
   GLASSBOX_ASSIGN_OR_RETURN(std::string model, gguf.GetString("tokenizer.ggml.model"));
-  if (model != "gpt2") {
-    return Unimplemented("tokenizer model \"" + model +
-                         "\" is not supported; only gpt2 byte-level BPE is");
-  }
   TokenizerSpec spec;
-  GLASSBOX_ASSIGN_OR_RETURN(spec.pre_tokenizer, GgufPreTokenizer(gguf));
-  // llama.cpp and Llama-3's tokenizer.json both skip the merges for in-vocabulary words.
-  spec.ignore_merges = spec.pre_tokenizer == PreTokenizer::kLlama3;
-  // Qwen2's tokenizer.json normalizes to NFC; its GGUF does not say so.
-  if (spec.pre_tokenizer == PreTokenizer::kQwen2) spec.normalizer = Normalizer::kNfc;
-  GLASSBOX_ASSIGN_OR_RETURN(spec.tokens, gguf.GetStringArray("tokenizer.ggml.tokens"));
-  GLASSBOX_ASSIGN_OR_RETURN(spec.merges, GgufMerges(gguf));
-  GLASSBOX_ASSIGN_OR_RETURN(spec.special_ids, GgufSpecialIds(gguf, spec.tokens.size()));
+  if (model == "gpt2") {
+    GLASSBOX_RETURN_IF_ERROR(ReadByteLevelGguf(gguf, &spec));
+  } else if (model == "llama") {
+    GLASSBOX_RETURN_IF_ERROR(sentencepiece::ReadGguf(gguf, &spec));
+  } else {
+    return Unimplemented("tokenizer.ggml.model \"" + model +
+                         "\" is not supported; only gpt2 (byte-level BPE) and llama "
+                         "(SentencePiece) are");
+  }
   GLASSBOX_ASSIGN_OR_RETURN(spec.bos_id, GgufOptionalInt(gguf, "tokenizer.ggml.bos_token_id", -1));
   GLASSBOX_ASSIGN_OR_RETURN(spec.eos_id, GgufOptionalInt(gguf, "tokenizer.ggml.eos_token_id", -1));
-  GLASSBOX_ASSIGN_OR_RETURN(spec.add_bos,
-                            GgufOptionalBool(gguf, "tokenizer.ggml.add_bos_token", false));
+  // transformers, like llama.cpp, adds BOS to a SentencePiece vocabulary that does not say.
+  GLASSBOX_ASSIGN_OR_RETURN(spec.add_bos, GgufOptionalBool(gguf, "tokenizer.ggml.add_bos_token",
+                                                           model == "llama"));
   return spec;
 }
 
@@ -1007,9 +1134,6 @@ Status CheckBpeOptions(const Json& model) {
       return Unimplemented(std::string("model.") + key + " is not supported");
     }
   }
-  if (model.value("byte_fallback", false)) {
-    return Unimplemented("model.byte_fallback is not supported (byte-level BPE only)");
-  }
   return Status::Ok();
 }
 
@@ -1069,7 +1193,11 @@ Status ReadAddedTokens(const Json& root, TokenizerSpec* spec) {
       }
     }
     int64_t id = token.at("id").get<int64_t>();
-    if (!token.at("normalized").get<bool>()) {
+    bool normalized = token.at("normalized").get<bool>();
+    if (normalized && spec->model == TokenizerModel::kSentencePieceBpe) {
+      return Unimplemented("added token \"" + text + "\" sets normalized with model.byte_fallback");
+    }
+    if (!normalized) {
       spec->special_ids.push_back(id);
       continue;
     }
@@ -1176,11 +1304,19 @@ StatusOr<TokenizerSpec> SpecFromJson(const Json& root) {
   if (!model.is_object()) return InvalidArgument("no \"model\" object");
   GLASSBOX_RETURN_IF_ERROR(CheckTopLevel(root));
   GLASSBOX_RETURN_IF_ERROR(CheckBpeOptions(model));
-  GLASSBOX_RETURN_IF_ERROR(ReadNormalizer(root, &spec));
-  GLASSBOX_RETURN_IF_ERROR(CheckDecoder(root));
-  GLASSBOX_RETURN_IF_ERROR(ReadPreTokenizer(root, &spec));
+  // byte_fallback: SentencePiece-style (Gemma), whose own normalizer, pre-tokenizer and
+  // decoder are read there; its unk token would only stand for a missing byte token, which
+  // building refuses.
+  bool byte_fallback = model.value("byte_fallback", false);
+  if (byte_fallback) {
+    GLASSBOX_RETURN_IF_ERROR(sentencepiece::ReadJsonParts(root, &spec));
+  } else {
+    GLASSBOX_RETURN_IF_ERROR(ReadNormalizer(root, &spec));
+    GLASSBOX_RETURN_IF_ERROR(CheckDecoder(root));
+    GLASSBOX_RETURN_IF_ERROR(ReadPreTokenizer(root, &spec));
+  }
   GLASSBOX_RETURN_IF_ERROR(ReadVocab(root, &spec));
-  GLASSBOX_RETURN_IF_ERROR(CheckUnkToken(model, spec));
+  if (!byte_fallback) GLASSBOX_RETURN_IF_ERROR(CheckUnkToken(model, spec));
   GLASSBOX_RETURN_IF_ERROR(ReadAddedTokens(root, &spec));
   GLASSBOX_RETURN_IF_ERROR(ReadMerges(model, &spec));
   GLASSBOX_RETURN_IF_ERROR(ReadPostProcessor(Field(root, "post_processor"), &spec));

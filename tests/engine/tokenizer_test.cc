@@ -1,12 +1,15 @@
 // Tokenizer tests: hand-built vocabularies for the mechanics, golden ids from Hugging Face
-// `tokenizers` for exactness (tests/fixtures/tokenizer/, made by
-// scripts/fixtures/make_tokenizer_fixtures.py), and random bytes for the round trip.
+// `tokenizers` and transformers for exactness (tests/fixtures/tokenizer/, made by
+// scripts/fixtures/make_tokenizer_fixtures.py and make_gemma_tokenizer_fixtures.py), and
+// random bytes for the round trip.
 #include "engine/tokenizer.h"
 
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -17,6 +20,7 @@
 #include <vector>
 
 #include "engine/gguf.h"
+#include "engine/sentencepiece.h"
 
 namespace glassbox {
 namespace {
@@ -25,6 +29,7 @@ using Json = nlohmann::json;
 
 const char* const kFixtureDir = "tests/fixtures/tokenizer/";
 const char* const kModelPath = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const char* const kGemmaPath = "models/gemma-3-270m-q4_k_m.gguf";
 
 Json ReadJson(const std::string& path) {
   std::ifstream in(path);
@@ -130,6 +135,25 @@ void CheckFamilyCases(const Tokenizer& tokenizer, const Json& cases) {
     REQUIRE(decoded.ok());
     INFO("case " << name);
     CHECK(*decoded == c.value("decoded", text));
+  }
+}
+
+// Checks each case of a SentencePiece golden file: ids without and with special tokens (Gemma
+// adds BOS) and transformers' decode of the latter.
+void CheckSentencePieceCases(const Tokenizer& tokenizer, const Json& cases) {
+  const std::string bos = tokenizer.TokenText(tokenizer.bos_id());
+  for (const Json& c : cases) {
+    std::string name = c["name"], text = c["text"];
+    std::vector<int64_t> expected = c["ids"].get<std::vector<int64_t>>();
+    CheckIds(tokenizer, name, text, tokenizer.Encode(text, false), expected);
+    std::vector<int64_t> expected_bos = {tokenizer.bos_id()};
+    expected_bos.insert(expected_bos.end(), expected.begin(), expected.end());
+    expected_bos = c.value("ids_bos", expected_bos);
+    CheckIds(tokenizer, name + " with BOS", text, tokenizer.Encode(text, true), expected_bos);
+    StatusOr<std::string> decoded = tokenizer.Decode(expected_bos);
+    REQUIRE(decoded.ok());
+    INFO("case " << name);
+    CHECK(*decoded == c.value("decoded", bos + text));
   }
 }
 
@@ -616,8 +640,9 @@ TEST_CASE("FromGguf errors name the file and the cause", "[engine][tokenizer]") 
       CHECK(result.status().message().find(word) != std::string::npos);
     }
   };
-  SmallGguf("llama", "").Save(dir + "spm.gguf");
-  expect(LoadGguf(dir + "spm.gguf"), StatusCode::kUnimplemented, {"spm.gguf", "llama", "gpt2"});
+  SmallGguf("bert", "").Save(dir + "wordpiece.gguf");
+  expect(LoadGguf(dir + "wordpiece.gguf"), StatusCode::kUnimplemented,
+         {"wordpiece.gguf", "tokenizer.ggml.model", "bert", "gpt2", "llama"});
   SmallGguf("gpt2", "deepseek-llm").Save(dir + "deepseek.gguf");
   expect(LoadGguf(dir + "deepseek.gguf"), StatusCode::kUnimplemented,
          {"deepseek.gguf", "deepseek-llm"});
@@ -679,6 +704,283 @@ TEST_CASE("SmolLM2 from GGUF encodes like Hugging Face", "[engine][tokenizer][mo
     CHECK(mb_per_s > 1.0);
 #endif
   }
+}
+
+// ---- SentencePiece-style BPE (Gemma) -------------------------------------------------
+
+std::string ByteFallbackToken(int b) {
+  char name[8];
+  std::snprintf(name, sizeof(name), "<0x%02X>", b);
+  return name;
+}
+
+// <pad> <bos> <eos> <t>, the 256 byte tokens (ids 4..259), then `extra` from id 260.
+TokenizerSpec SentencePieceSpec(const std::vector<std::string>& extra) {
+  TokenizerSpec spec;
+  spec.model = TokenizerModel::kSentencePieceBpe;
+  spec.normalizer = Normalizer::kMetaspace;
+  spec.tokens = {"<pad>", "<bos>", "<eos>", "<t>"};
+  for (int b = 0; b < 256; ++b) spec.tokens.push_back(ByteFallbackToken(b));
+  spec.tokens.insert(spec.tokens.end(), extra.begin(), extra.end());
+  spec.special_ids = {3};
+  spec.bos_id = 1;
+  spec.eos_id = 2;
+  spec.add_bos = true;
+  return spec;
+}
+
+TEST_CASE("Merges recovered from a vocabulary follow its order, longer left part first",
+          "[engine][tokenizer]") {
+  using Merges = std::vector<std::pair<std::string, std::string>>;
+  CHECK(sentencepiece::MergesFromVocabularyOrder({"a", "b", "c", "ab", "abc", "bc", "x\u00e9"}) ==
+        Merges{{"a", "b"}, {"ab", "c"}, {"a", "bc"}, {"b", "c"}});
+  CHECK(sentencepiece::MergesFromVocabularyOrder({"\u00e9", "\u2581", "\u2581\u00e9"}) ==
+        Merges{{"\u2581", "\u00e9"}});
+}
+
+TEST_CASE("SentencePiece spells spaces, falls back to bytes and merges by rank",
+          "[engine][tokenizer]") {
+  const int64_t space = 260, a = 261, b = 262, space_a = 263, space_ab = 265, e_acute = 266,
+                newline = 267;
+  auto byte = [](int value) { return int64_t{4} + value; };
+  TokenizerSpec spec =
+      SentencePieceSpec({"\u2581", "a", "b", "\u2581a", "ab", "\u2581ab", "\u00e9", "\n"});
+  spec.merges = sentencepiece::MergesFromVocabularyOrder(spec.tokens);
+  spec.special_ids.push_back(newline);
+
+  SECTION("Replace(\" \", \"\u2581\")") {
+    StatusOr<Tokenizer> tokenizer = Tokenizer::FromSpec(spec);
+    INFO(tokenizer.status().ToString());
+    REQUIRE(tokenizer.ok());
+    CHECK(tokenizer->model() == TokenizerModel::kSentencePieceBpe);
+    CHECK(tokenizer->Encode("a b", false) == std::vector<int64_t>{a, space, b});
+    CHECK(tokenizer->Encode(" ab", false) == std::vector<int64_t>{space_ab});
+    CHECK(tokenizer->Encode(" a", true) == std::vector<int64_t>{1, space_a});
+    CHECK(tokenizer->Encode("\u00e9\u00fc", false) ==
+          std::vector<int64_t>{e_acute, byte(0xC3), byte(0xBC)});
+    CHECK(tokenizer->Encode("x<t>\n\xff", false) ==
+          std::vector<int64_t>{byte('x'), 3, newline, byte(0xFF)});
+    CHECK(tokenizer->Decode({1, space_ab, byte(0xC3), byte(0xBC), 3, byte(0xFF)}).value() ==
+          "<bos> ab\u00fc<t>\xff");
+  }
+  SECTION("Prepend(\"\u2581\") before each stretch, one space stripped when decoding") {
+    spec.normalizer = Normalizer::kPrependMetaspace;
+    spec.strip_leading_spaces = 1;
+    StatusOr<Tokenizer> tokenizer = Tokenizer::FromSpec(spec);
+    REQUIRE(tokenizer.ok());
+    std::vector<int64_t> ids = tokenizer->Encode("ab<t>ab", false);
+    CHECK(ids == std::vector<int64_t>{space_ab, 3, space_ab});
+    CHECK(tokenizer->Decode(ids).value() == "ab<t> ab");
+    CHECK(tokenizer->Decode({space, space_a}).value() == " a");
+  }
+  SECTION("inconsistent specs are refused") {
+    spec.normalizer = Normalizer::kNone;
+    CHECK(Tokenizer::FromSpec(spec).status().code() == StatusCode::kInvalidArgument);
+    spec = SentencePieceSpec({"a"});
+    spec.tokens[4 + 0x41] = "<0x41x>";
+    StatusOr<Tokenizer> missing = Tokenizer::FromSpec(spec);
+    CHECK(missing.status().code() == StatusCode::kUnimplemented);
+    CHECK(missing.status().message().find("<0x41>") != std::string::npos);
+  }
+}
+
+TEST_CASE("SentencePiece tokenizer.json files encode and decode like transformers",
+          "[engine][tokenizer]") {
+  const Json golden = ReadJson(std::string(kFixtureDir) + "tiny_spm_golden.json");
+  REQUIRE(golden["tokenizers"].size() == 2);
+  for (const Json& entry : golden["tokenizers"]) {
+    const std::string file = entry["file"];
+    INFO("fixture " << file);
+    StatusOr<Tokenizer> tokenizer = Tokenizer::FromTokenizerJson(file);
+    INFO(tokenizer.status().ToString());
+    REQUIRE(tokenizer.ok());
+    CHECK(tokenizer->model() == TokenizerModel::kSentencePieceBpe);
+    CHECK(tokenizer->bos_id() == entry["bos_id"].get<int64_t>());
+    CHECK(tokenizer->special_ids().size() == ReadJson(file)["added_tokens"].size());
+    REQUIRE(entry["cases"].size() >= 200);
+    CheckSentencePieceCases(*tokenizer, entry["cases"]);
+  }
+}
+
+TEST_CASE("SentencePiece tokenizer.json parts that are not implemented are refused by name",
+          "[engine][tokenizer]") {
+  const std::string dir = TempDir("spm_refused");
+  const Json original = ReadJson(std::string(kFixtureDir) + "tiny_gemma_tokenizer.json");
+  auto expect_refused = [&](const std::function<void(Json&)>& edit,
+                            const std::vector<std::string>& words) {
+    Json json = original;
+    edit(json);
+    WriteFile(dir + "tokenizer.json", json.dump());
+    StatusOr<Tokenizer> result = Tokenizer::FromTokenizerJson(dir + "tokenizer.json");
+    INFO(result.status().ToString());
+    CHECK(result.status().code() == StatusCode::kUnimplemented);
+    for (const std::string& word : words) {
+      CHECK(result.status().message().find(word) != std::string::npos);
+    }
+  };
+  expect_refused([](Json& j) { j["normalizer"] = {{"type", "NFKC"}}; },
+                 {"normalizer", "NFKC", "byte_fallback"});
+  expect_refused([](Json& j) { j["normalizer"]["content"] = "_"; }, {"normalizer", "\"_\""});
+  expect_refused(
+      [](Json& j) { j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}}; },
+      {"pre_tokenizer", "Metaspace"});
+  expect_refused([](Json& j) { j["decoder"]["decoders"].erase(1); }, {"decoder", "Fuse"});
+  expect_refused(
+      [](Json& j) {
+        j["decoder"]["decoders"].push_back(
+            {{"type", "Strip"}, {"content", " "}, {"start", 0}, {"stop", 1}});
+      },
+      {"decoder", "Strip"});
+  expect_refused(
+      [](Json& j) {
+        Json& vocab = j["model"]["vocab"];
+        vocab["<0x41x>"] = vocab["<0x41>"];
+        vocab.erase("<0x41>");
+      },
+      {"<0x41>"});
+  expect_refused(
+      [](Json& j) {
+        for (Json& token : j["added_tokens"]) {
+          if (token["content"] == "<start_of_turn>") token["normalized"] = true;
+        }
+      },
+      {"<start_of_turn>", "normalized"});
+}
+
+// A Gemma-like GGUF: five control tokens, the byte tokens, a few pieces, a run of two real
+// spaces (USER_DEFINED, as Gemma stores them) and a user-defined newline.
+GgufMetadataWriter SmallGemmaGguf(const std::string& architecture,
+                                  const std::vector<std::string>& extra = {}) {
+  GgufMetadataWriter writer;
+  writer.String("general.architecture", architecture);
+  writer.String("tokenizer.ggml.model", "llama");
+  writer.String("tokenizer.ggml.pre", "default");
+  std::vector<std::string> tokens = {"<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>"};
+  std::vector<int32_t> types(tokens.size(), 3);
+  for (int b = 0; b < 256; ++b) tokens.push_back(ByteFallbackToken(b));
+  types.resize(tokens.size(), 6);
+  for (const char* piece : {"\u2581", "a", "b", "\u2581a", "ab", "  ", "\n"}) {
+    tokens.push_back(piece);
+    types.push_back(piece[0] == ' ' || piece[0] == '\n' ? 4 : 1);
+  }
+  tokens.insert(tokens.end(), extra.begin(), extra.end());
+  types.resize(tokens.size(), 1);
+  writer.StringArray("tokenizer.ggml.tokens", tokens);
+  writer.Int32Array("tokenizer.ggml.token_type", types);
+  writer.UInt32("tokenizer.ggml.bos_token_id", 2);
+  writer.UInt32("tokenizer.ggml.eos_token_id", 1);
+  writer.Bool("tokenizer.ggml.add_space_prefix", false);
+  return writer;
+}
+
+TEST_CASE("FromGguf reads a Gemma SentencePiece tokenizer as transformers does",
+          "[engine][tokenizer]") {
+  const std::string dir = TempDir("gemma_gguf");
+  const int64_t space = 261, a = 262, b = 263, space_a = 264, spaces = 266, newline = 267;
+  SmallGemmaGguf("gemma3").Save(dir + "gemma3.gguf");
+  StatusOr<Tokenizer> tokenizer = LoadGguf(dir + "gemma3.gguf");
+  INFO(tokenizer.status().ToString());
+  REQUIRE(tokenizer.ok());
+  CHECK(tokenizer->model() == TokenizerModel::kSentencePieceBpe);
+  CHECK(tokenizer->bos_id() == 2);
+  CHECK(tokenizer->eos_id() == 1);
+  // The run of spaces is respelled and stays an ordinary token; the newline is added.
+  CHECK(tokenizer->TokenText(spaces) == "\u2581\u2581");
+  CHECK(tokenizer->special_ids() == std::vector<int64_t>{0, 1, 2, 3, 4, newline});
+  // add_bos_token is absent: BOS is added. "a▁▁ab": ▁a (rank 0) beats ab and ▁▁.
+  CHECK(tokenizer->Encode("a  ab\n<start_of_turn>", true) ==
+        std::vector<int64_t>{2, a, space, space_a, b, newline, 4});
+  CHECK(tokenizer->Decode({2, a, space, space_a, b, newline}).value() == "<bos>a  ab\n");
+}
+
+TEST_CASE("FromGguf refuses SentencePiece files it does not implement, by key and value",
+          "[engine][tokenizer]") {
+  const std::string dir = TempDir("gemma_gguf_refused");
+  auto expect = [&](GgufMetadataWriter writer, const std::vector<std::string>& words) {
+    writer.Save(dir + "t.gguf");
+    StatusOr<Tokenizer> result = LoadGguf(dir + "t.gguf");
+    INFO(result.status().ToString());
+    CHECK(result.status().code() == StatusCode::kUnimplemented);
+    for (const std::string& word : words) {
+      CHECK(result.status().message().find(word) != std::string::npos);
+    }
+  };
+  expect(SmallGemmaGguf("llama"), {"general.architecture", "\"llama\"", "gemma3"});
+  GgufMetadataWriter prefix = SmallGemmaGguf("gemma2");
+  prefix.Bool("tokenizer.ggml.add_eos_token", true);
+  expect(prefix, {"tokenizer.ggml.add_eos_token", "true"});
+  GgufMetadataWriter merges = SmallGemmaGguf("gemma3");
+  merges.StringArray("tokenizer.ggml.merges", {"a b"});
+  expect(merges, {"tokenizer.ggml.merges"});
+  GgufMetadataWriter charsmap = SmallGemmaGguf("gemma3");
+  charsmap.Int32Array("tokenizer.ggml.precompiled_charsmap", {1, 2});
+  expect(charsmap, {"tokenizer.ggml.precompiled_charsmap"});
+  expect(SmallGemmaGguf("gemma3", {"\u2581\u2581"}), {"\u2581\u2581", "twice"});
+}
+
+// ---- The Gemma 3 270M GGUF -------------------------------------------------------------
+
+void CheckGemmaGolden(const Tokenizer& tokenizer) {
+  const Json golden = ReadJson(std::string(kFixtureDir) + "gemma3_golden.json");
+  CHECK(tokenizer.model() == TokenizerModel::kSentencePieceBpe);
+  CHECK(tokenizer.vocab_size() == golden["vocab_size"].get<int64_t>());
+  CHECK(tokenizer.bos_id() == golden["bos_id"].get<int64_t>());
+  CHECK(tokenizer.eos_id() == golden["eos_id"].get<int64_t>());
+  CHECK(tokenizer.special_ids().size() == golden["added_tokens"].get<size_t>());
+  REQUIRE(golden["cases"].size() >= 200);
+  CheckSentencePieceCases(tokenizer, golden["cases"]);
+}
+
+TEST_CASE("Gemma 3 from GGUF encodes and decodes like transformers",
+          "[engine][tokenizer][model]") {
+  auto start = std::chrono::steady_clock::now();
+  StatusOr<GgufFile> gguf = GgufFile::Open(kGemmaPath);
+  INFO(gguf.status().ToString() << " (fetch it with scripts/fetch_model.sh gemma3-270m)");
+  REQUIRE(gguf.ok());
+  StatusOr<Tokenizer> tokenizer = Tokenizer::FromGguf(*gguf);
+  INFO(tokenizer.status().ToString());
+  REQUIRE(tokenizer.ok());
+  std::chrono::duration<double> load = std::chrono::steady_clock::now() - start;
+  WARN("read the 262,144-token tokenizer in " << load.count() << " s");
+  CheckGemmaGolden(*tokenizer);
+
+  SECTION("random bytes survive a round trip") {
+    std::mt19937 rng(11);
+    for (int i = 0; i < 300; ++i) {
+      std::string text = RandomBytes(rng, 80);
+      if (text.find("\u2581") != std::string::npos) continue;  // decodes as a space
+      INFO("sample " << i);
+      REQUIRE(tokenizer->Decode(tokenizer->Encode(text, false)).value() == text);
+    }
+  }
+  SECTION("encodes at least 1 MB/s") {
+    const Json golden = ReadJson(std::string(kFixtureDir) + "gemma3_golden.json");
+    std::string text;
+    while (text.size() < (1u << 20)) text += golden["cases"][0]["text"].get<std::string>();
+    auto begin = std::chrono::steady_clock::now();
+    size_t count = tokenizer->Encode(text, false).size();
+    std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - begin;
+    double mb_per_s = text.size() / 1e6 / seconds.count();
+    WARN("encoded " << text.size() << " bytes into " << count << " tokens at " << mb_per_s
+                    << " MB/s");
+#if !defined(__SANITIZE_ADDRESS__)
+    CHECK(mb_per_s > 1.0);
+#endif
+  }
+}
+
+// Gemma 3's own tokenizer.json is ~30 MB and not committed; make it with
+// scripts/fixtures/make_gemma_tokenizer_fixtures.py --save-tokenizer-json DIR and run this
+// hidden test with GLASSBOX_GEMMA_TOKENIZER_JSON=DIR/tokenizer.json.
+TEST_CASE("Gemma 3's tokenizer.json encodes and decodes like transformers",
+          "[engine][tokenizer][.gemma_json]") {
+  const char* path = std::getenv("GLASSBOX_GEMMA_TOKENIZER_JSON");
+  INFO("set GLASSBOX_GEMMA_TOKENIZER_JSON to Gemma 3's tokenizer.json");
+  REQUIRE(path != nullptr);
+  StatusOr<Tokenizer> tokenizer = Tokenizer::FromTokenizerJson(path);
+  INFO(tokenizer.status().ToString());
+  REQUIRE(tokenizer.ok());
+  CheckGemmaGolden(*tokenizer);
 }
 
 }  // namespace
