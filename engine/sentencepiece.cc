@@ -15,6 +15,8 @@ namespace glassbox::sentencepiece {
 namespace {
 
 using Json = nlohmann::json;
+using Merges = std::vector<std::pair<std::string, std::string>>;
+using Vocabulary = std::unordered_set<std::string_view>;  // views of a token list
 
 // llama.cpp's token types (llama_token_type).
 constexpr int64_t kNormal = 1, kControl = 3, kUserDefined = 4, kByte = 6;
@@ -98,14 +100,13 @@ Status CheckUnimplementedKeys(const GgufFile& gguf) {
 // transformers' add_gguf_special_tokens: CONTROL tokens, and USER_DEFINED ones whose text is
 // still in the (respelled) vocabulary, are added tokens.
 Status ReadAddedIds(const GgufFile& gguf, const std::vector<std::string>& original,
-                    TokenizerSpec* spec) {
+                    const Vocabulary& vocab, TokenizerSpec* spec) {
   StatusOr<std::vector<int64_t>> types = gguf.GetIntArray("tokenizer.ggml.token_type");
   if (!types.ok()) return types.status();
   if (types->size() != original.size()) {
     return InvalidArgument("tokenizer.ggml.token_type has " + std::to_string(types->size()) +
                            " entries for " + std::to_string(original.size()) + " tokens");
   }
-  std::unordered_set<std::string_view> vocab(spec->tokens.begin(), spec->tokens.end());
   for (size_t id = 0; id < types->size(); ++id) {
     int64_t type = (*types)[id];
     if (type < kNormal || type > kByte) {
@@ -123,16 +124,34 @@ Status ReadAddedIds(const GgufFile& gguf, const std::vector<std::string>& origin
   return Status::Ok();
 }
 
-// A token list where each text appears once, as the dictionaries transformers builds assume.
-Status CheckUnique(const std::vector<std::string>& tokens) {
-  std::unordered_set<std::string_view> seen;
+// The set of token texts, each of which must appear once, as the dictionaries transformers
+// builds assume.
+StatusOr<Vocabulary> UniqueVocabulary(const std::vector<std::string>& tokens) {
+  Vocabulary vocab;
+  vocab.reserve(tokens.size());
   for (size_t id = 0; id < tokens.size(); ++id) {
-    if (!seen.insert(tokens[id]).second) {
+    if (!vocab.insert(tokens[id]).second) {
       return Unimplemented("token \"" + tokens[id] + "\" appears twice (again at id " +
                            std::to_string(id) + ")");
     }
   }
-  return Status::Ok();
+  return vocab;
+}
+
+Merges MergesFromVocabulary(const std::vector<std::string>& tokens, const Vocabulary& vocab) {
+  Merges merges;
+  for (const std::string& token : tokens) {
+    if (token.empty()) continue;
+    std::vector<size_t> boundaries = CharBoundaries(token);
+    for (auto it = boundaries.rbegin(); it != boundaries.rend(); ++it) {
+      std::string_view view(token);
+      std::string_view left = view.substr(0, *it), right = view.substr(*it);
+      if (vocab.count(left) > 0 && vocab.count(right) > 0) {
+        merges.emplace_back(std::string(left), std::string(right));
+      }
+    }
+  }
+  return merges;
 }
 
 std::string Dump(const Json& node) { return node.dump(-1, ' ', false, Json::error_handler_t::replace); }
@@ -214,28 +233,18 @@ Status ReadGguf(const GgufFile& gguf, TokenizerSpec* spec) {
   spec->tokens.clear();
   spec->tokens.reserve(original->size());
   for (const std::string& token : *original) spec->tokens.push_back(Respell(token));
-  GLASSBOX_RETURN_IF_ERROR(CheckUnique(spec->tokens));
-  GLASSBOX_RETURN_IF_ERROR(ReadAddedIds(gguf, *original, spec));
-  spec->merges = MergesFromVocabularyOrder(spec->tokens);
+  StatusOr<Vocabulary> vocab = UniqueVocabulary(spec->tokens);
+  if (!vocab.ok()) return vocab.status();
+  GLASSBOX_RETURN_IF_ERROR(ReadAddedIds(gguf, *original, *vocab, spec));
+  spec->merges = MergesFromVocabulary(spec->tokens, *vocab);
   return Status::Ok();
 }
 
-std::vector<std::pair<std::string, std::string>> MergesFromVocabularyOrder(
-    const std::vector<std::string>& tokens) {
-  std::unordered_set<std::string_view> vocab(tokens.begin(), tokens.end());
-  std::vector<std::pair<std::string, std::string>> merges;
-  for (const std::string& token : tokens) {
-    if (token.empty()) continue;
-    std::vector<size_t> boundaries = CharBoundaries(token);
-    for (auto it = boundaries.rbegin(); it != boundaries.rend(); ++it) {
-      std::string_view view(token);
-      std::string_view left = view.substr(0, *it), right = view.substr(*it);
-      if (vocab.count(left) > 0 && vocab.count(right) > 0) {
-        merges.emplace_back(std::string(left), std::string(right));
-      }
-    }
-  }
-  return merges;
+Merges MergesFromVocabularyOrder(const std::vector<std::string>& tokens) {
+  Vocabulary vocab;
+  vocab.reserve(tokens.size());
+  vocab.insert(tokens.begin(), tokens.end());
+  return MergesFromVocabulary(tokens, vocab);
 }
 
 Status ReadJsonParts(const Json& root, TokenizerSpec* spec) {

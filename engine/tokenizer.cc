@@ -440,36 +440,48 @@ struct Scratch {
 };
 
 // ---------------------------------------------------------------------------------------
-// Added tokens, kept by first byte and longest first, so that the first match at a position
-// is the longest, as in Hugging Face's leftmost-longest matcher.
+// Added tokens, kept by first byte and then by length, longest first, so that the first
+// match at a position is the longest, as in Hugging Face's leftmost-longest matcher. One
+// lookup per length: Gemma has thousands of added tokens starting with "<".
 
 class AddedTokenTable {
  public:
   struct Entry {
-    std::string text;
+    size_t length;
     int32_t id;
   };
 
+  // A text added twice keeps its first id.
   void Add(const std::string& text, int32_t id) {
-    by_first_byte_[static_cast<unsigned char>(text[0])].push_back({text, id});
+    std::vector<SameLength>& list = by_first_byte_[static_cast<unsigned char>(text[0])];
+    auto it = std::find_if(list.begin(), list.end(),
+                           [&](const SameLength& l) { return l.length == text.size(); });
+    if (it == list.end()) it = list.insert(list.end(), {text.size(), {}});
+    it->ids.emplace(text, id);
   }
   void SortLongestFirst() {
     for (auto& list : by_first_byte_) {
-      std::stable_sort(list.begin(), list.end(), [](const Entry& a, const Entry& b) {
-        return a.text.size() > b.text.size();
+      std::sort(list.begin(), list.end(), [](const SameLength& a, const SameLength& b) {
+        return a.length > b.length;
       });
     }
   }
-  // The longest token starting at text[pos], or nullptr.
-  const Entry* Match(std::string_view text, size_t pos) const {
-    for (const Entry& entry : by_first_byte_[static_cast<unsigned char>(text[pos])]) {
-      if (text.compare(pos, entry.text.size(), entry.text) == 0) return &entry;
+  // The longest token starting at text[pos], if any.
+  std::optional<Entry> Match(std::string_view text, size_t pos) const {
+    for (const SameLength& same : by_first_byte_[static_cast<unsigned char>(text[pos])]) {
+      if (pos + same.length > text.size()) continue;
+      auto it = same.ids.find(std::string(text.substr(pos, same.length)));
+      if (it != same.ids.end()) return Entry{same.length, it->second};
     }
-    return nullptr;
+    return std::nullopt;
   }
 
  private:
-  std::array<std::vector<Entry>, 256> by_first_byte_;
+  struct SameLength {
+    size_t length;
+    std::unordered_map<std::string, int32_t> ids;
+  };
+  std::array<std::vector<SameLength>, 256> by_first_byte_;
 };
 
 // Calls on_text(stretch) for each stretch of text between added tokens (possibly empty)
@@ -479,14 +491,14 @@ void SplitAtAddedTokens(std::string_view text, const AddedTokenTable& table, OnT
                         OnToken&& on_token) {
   size_t stretch_start = 0;
   for (size_t pos = 0; pos < text.size();) {
-    const AddedTokenTable::Entry* token = table.Match(text, pos);
-    if (token == nullptr) {
+    std::optional<AddedTokenTable::Entry> token = table.Match(text, pos);
+    if (!token) {
       ++pos;
       continue;
     }
     on_text(text.substr(stretch_start, pos - stretch_start));
     on_token(token->id);
-    pos += token->text.size();
+    pos += token->length;
     stretch_start = pos;
   }
   on_text(text.substr(stretch_start));
