@@ -42,9 +42,9 @@ std::vector<size_t> CharBoundaries(std::string_view text) {
 
 // Python's str.isspace for the code point at text[pos]; sets *len to its byte length.
 bool IsPythonSpace(std::string_view text, size_t pos, size_t* len) {
-  static constexpr std::string_view kWideSpaces[] = {
-      "\xC2\x85",     "\xC2\xA0",     "\xE1\x9A\x80", "\xE2\x80\xA8", "\xE2\x80\xA9",
-      "\xE2\x80\xAF", "\xE2\x81\x9F", "\xE3\x80\x80"};
+  static constexpr std::string_view kWideSpaces[] = {"\xC2\x85",     "\xC2\xA0",     "\xE1\x9A\x80",
+                                                     "\xE2\x80\xA8", "\xE2\x80\xA9", "\xE2\x80\xAF",
+                                                     "\xE2\x81\x9F", "\xE3\x80\x80"};
   unsigned char c = static_cast<unsigned char>(text[pos]);
   *len = CharLength(c);
   if (c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F)) return true;
@@ -72,15 +72,17 @@ Status CheckArchitecture(const GgufFile& gguf) {
   StatusOr<std::string> arch = gguf.GetString("general.architecture");
   if (!arch.ok()) return arch.status();
   if (*arch == "gemma" || *arch == "gemma2" || *arch == "gemma3") return Status::Ok();
-  return Unimplemented("tokenizer.ggml.model \"llama\" (SentencePiece) is read for "
-                       "general.architecture gemma, gemma2 and gemma3 only, not \"" +
-                       *arch + "\"");
+  return Unimplemented(
+      "tokenizer.ggml.model \"llama\" (SentencePiece) is read for "
+      "general.architecture gemma, gemma2 and gemma3 only, not \"" +
+      *arch + "\"");
 }
 
 // Keys transformers or llama.cpp would act on and this reader does not implement.
 Status CheckUnimplementedKeys(const GgufFile& gguf) {
   for (const char* key : {"tokenizer.ggml.merges", "tokenizer.ggml.precompiled_charsmap"}) {
-    if (gguf.metadata().count(key) > 0) return Unimplemented(std::string(key) + " is not supported");
+    if (gguf.metadata().count(key) > 0)
+      return Unimplemented(std::string(key) + " is not supported");
   }
   for (const char* key : {"tokenizer.ggml.add_space_prefix", "tokenizer.ggml.add_eos_token",
                           "tokenizer.ggml.add_sep_token"}) {
@@ -154,7 +156,9 @@ Merges MergesFromVocabulary(const std::vector<std::string>& tokens, const Vocabu
   return merges;
 }
 
-std::string Dump(const Json& node) { return node.dump(-1, ' ', false, Json::error_handler_t::replace); }
+std::string Dump(const Json& node) {
+  return node.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
 
 const Json& Field(const Json& node, const char* key) {
   static const Json null_json;
@@ -199,22 +203,23 @@ Status CheckPreTokenizer(const Json& root) {
 Status ReadDecoder(const Json& root, TokenizerSpec* spec) {
   const Json& node = Field(root, "decoder");
   const Json& list = Field(node, "decoders");
-  const Json expected = {ReplaceNode(kMetaspace, " "), {{"type", "ByteFallback"}},
-                         {{"type", "Fuse"}}};
+  const Json expected = {
+      ReplaceNode(kMetaspace, " "), {{"type", "ByteFallback"}}, {{"type", "Fuse"}}};
   auto refuse = [&] {
     return Unimplemented("decoder " + Dump(node) +
                          " is not supported with model.byte_fallback; expected Sequence["
                          "Replace(\"▁\", \" \"), ByteFallback, Fuse] and optionally Strip(\" \", "
                          "n, 0)");
   };
-  if (Field(node, "type") != "Sequence" || !list.is_array() || list.size() < 3 ||
-      list.size() > 4 || !std::equal(expected.begin(), expected.end(), list.begin())) {
+  if (Field(node, "type") != "Sequence" || !list.is_array() || list.size() < 3 || list.size() > 4 ||
+      !std::equal(expected.begin(), expected.end(), list.begin())) {
     return refuse();
   }
   if (list.size() == 3) return Status::Ok();
   const Json& strip = list[3];
   if (Field(strip, "type") != "Strip" || Field(strip, "content") != " " ||
-      Field(strip, "stop") != 0 || !Field(strip, "start").is_number_unsigned() || strip.size() != 4) {
+      Field(strip, "stop") != 0 || !Field(strip, "start").is_number_unsigned() ||
+      strip.size() != 4) {
     return refuse();
   }
   spec->strip_leading_spaces = strip["start"].get<int>();

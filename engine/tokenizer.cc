@@ -605,7 +605,8 @@ Status Tokenizer::Impl::CheckModel() const {
                    spec.normalizer == Normalizer::kPrependMetaspace;
   if (spec.model == TokenizerModel::kByteLevelBpe) {
     if (metaspace || spec.strip_leading_spaces != 0) {
-      return InvalidArgument("a Metaspace normalizer or Strip decoder needs the SentencePiece model");
+      return InvalidArgument(
+          "a Metaspace normalizer or Strip decoder needs the SentencePiece model");
     }
     if (spec.normalizer == Normalizer::kNfc && IcuNfc() == nullptr) {
       return Internal("ICU's NFC data is missing");
@@ -980,8 +981,8 @@ StatusOr<TokenizerSpec> GgufSpec(const GgufFile& gguf) {
   GLASSBOX_ASSIGN_OR_RETURN(spec.bos_id, GgufOptionalInt(gguf, "tokenizer.ggml.bos_token_id", -1));
   GLASSBOX_ASSIGN_OR_RETURN(spec.eos_id, GgufOptionalInt(gguf, "tokenizer.ggml.eos_token_id", -1));
   // transformers, like llama.cpp, adds BOS to a SentencePiece vocabulary that does not say.
-  GLASSBOX_ASSIGN_OR_RETURN(spec.add_bos, GgufOptionalBool(gguf, "tokenizer.ggml.add_bos_token",
-                                                           model == "llama"));
+  GLASSBOX_ASSIGN_OR_RETURN(
+      spec.add_bos, GgufOptionalBool(gguf, "tokenizer.ggml.add_bos_token", model == "llama"));
   return spec;
 }
 
