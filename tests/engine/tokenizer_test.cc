@@ -850,11 +850,13 @@ TEST_CASE("SentencePiece tokenizer.json parts that are not implemented are refus
 // A Gemma-like GGUF: five control tokens, the byte tokens, a few pieces, a run of two real
 // spaces (USER_DEFINED, as Gemma stores them) and a user-defined newline.
 GgufMetadataWriter SmallGemmaGguf(const std::string& architecture,
-                                  const std::vector<std::string>& extra = {}) {
+                                  const std::vector<std::string>& extra = {},
+                                  const std::string& pre = "default",
+                                  bool add_space_prefix = false) {
   GgufMetadataWriter writer;
   writer.String("general.architecture", architecture);
   writer.String("tokenizer.ggml.model", "llama");
-  writer.String("tokenizer.ggml.pre", "default");
+  writer.String("tokenizer.ggml.pre", pre);
   std::vector<std::string> tokens = {"<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>"};
   std::vector<int32_t> types(tokens.size(), 3);
   for (int b = 0; b < 256; ++b) tokens.push_back(ByteFallbackToken(b));
@@ -869,7 +871,7 @@ GgufMetadataWriter SmallGemmaGguf(const std::string& architecture,
   writer.Int32Array("tokenizer.ggml.token_type", types);
   writer.UInt32("tokenizer.ggml.bos_token_id", 2);
   writer.UInt32("tokenizer.ggml.eos_token_id", 1);
-  writer.Bool("tokenizer.ggml.add_space_prefix", false);
+  writer.Bool("tokenizer.ggml.add_space_prefix", add_space_prefix);
   return writer;
 }
 
@@ -906,9 +908,12 @@ TEST_CASE("FromGguf refuses SentencePiece files it does not implement, by key an
     }
   };
   expect(SmallGemmaGguf("llama"), {"general.architecture", "\"llama\"", "gemma3"});
-  GgufMetadataWriter prefix = SmallGemmaGguf("gemma2");
-  prefix.Bool("tokenizer.ggml.add_eos_token", true);
-  expect(prefix, {"tokenizer.ggml.add_eos_token", "true"});
+  expect(SmallGemmaGguf("gemma2", {}, "llama-bpe"), {"tokenizer.ggml.pre", "llama-bpe"});
+  expect(SmallGemmaGguf("gemma", {}, "default", true),
+         {"tokenizer.ggml.add_space_prefix", "true"});
+  GgufMetadataWriter eos = SmallGemmaGguf("gemma2");
+  eos.Bool("tokenizer.ggml.add_eos_token", true);
+  expect(eos, {"tokenizer.ggml.add_eos_token", "true"});
   GgufMetadataWriter merges = SmallGemmaGguf("gemma3");
   merges.StringArray("tokenizer.ggml.merges", {"a b"});
   expect(merges, {"tokenizer.ggml.merges"});
