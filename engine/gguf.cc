@@ -49,7 +49,8 @@ constexpr uint64_t kMaxTensors = uint64_t{1} << 20;
 // Smallest on-disk encodings, used to cap counts against the bytes that remain.
 constexpr uint64_t kMinKeyValueBytes = 8 + 4 + 1;        // key length, type, u8
 constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 4 + 8;  // name length, n_dims, type, offset
-constexpr const char* kSupportedTypes = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, I32, I64";
+constexpr const char* kSupportedTypes =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, I32, I64";
 
 // Smallest encoding of one value of each type, indexed by type number; strings and arrays
 // count only their length fields (and element type).
@@ -76,9 +77,12 @@ const char* GgmlTypeName(uint32_t type) {
 // Maps a ggml type number to the types Glassbox reads; false for the rest.
 bool StoredTypeFromGgml(uint32_t type, StoredType* out) {
   static constexpr std::pair<uint32_t, StoredType> kReadable[] = {
-      {0, StoredType::kF32},  {1, StoredType::kF16},  {2, StoredType::kQ4_0},
-      {3, StoredType::kQ4_1}, {8, StoredType::kQ8_0}, {26, StoredType::kI32},
-      {27, StoredType::kI64}, {30, StoredType::kBF16}};
+      {0, StoredType::kF32},   {1, StoredType::kF16},   {2, StoredType::kQ4_0},
+      {3, StoredType::kQ4_1},  {6, StoredType::kQ5_0},  {7, StoredType::kQ5_1},
+      {8, StoredType::kQ8_0},  {10, StoredType::kQ2_K}, {11, StoredType::kQ3_K},
+      {12, StoredType::kQ4_K}, {13, StoredType::kQ5_K}, {14, StoredType::kQ6_K},
+      {15, StoredType::kQ8_K}, {26, StoredType::kI32},  {27, StoredType::kI64},
+      {30, StoredType::kBF16}};
   for (const auto& [ggml_type, stored] : kReadable) {
     if (ggml_type == type) {
       *out = stored;

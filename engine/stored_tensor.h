@@ -18,8 +18,28 @@
 namespace glassbox {
 
 // Element types a model file may hold. Block-quantized types (Q*) pack `BlockSize()`
-// elements into `BlockBytes()` bytes, as ggml defines them.
-enum class StoredType { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_1, kI32, kI64, kU8, kBool };
+// elements into `BlockBytes()` bytes, as ggml defines them; the K-quants (Q*_K) use
+// super-blocks of 256 elements.
+enum class StoredType {
+  kF32,
+  kF16,
+  kBF16,
+  kQ8_0,
+  kQ4_0,
+  kQ4_1,
+  kQ5_0,
+  kQ5_1,
+  kQ2_K,
+  kQ3_K,
+  kQ4_K,
+  kQ5_K,
+  kQ6_K,
+  kQ8_K,
+  kI32,
+  kI64,
+  kU8,
+  kBool
+};
 
 const char* StoredTypeName(StoredType type);
 int64_t StoredTypeBlockSize(StoredType type);   // elements per block (1 for plain types)
@@ -37,8 +57,10 @@ struct StoredTensor {
 };
 
 // Converts every element of `tensor` to float32 into `out`, which must hold
-// tensor.NumElements() floats. Supports F32, F16, BF16, Q8_0, Q4_0, Q4_1 (bit-exact with
-// ggml's reference dequantization); other types give kUnimplemented naming the tensor.
+// tensor.NumElements() floats. Supports F32, F16, BF16 and every Q* type above (bit-exact
+// with ggml's reference dequantization and gguf-py); the integer types give kUnimplemented
+// naming the tensor. A shape whose rows are not whole blocks, or data shorter than the
+// type and shape need, gives kInvalidArgument naming the tensor; nothing is read then.
 Status DequantizeToF32(const StoredTensor& tensor, float* out);
 
 }  // namespace glassbox

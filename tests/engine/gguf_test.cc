@@ -15,6 +15,8 @@
 #include <iterator>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "engine/mapped_file.h"
@@ -43,7 +45,16 @@ enum : uint32_t {
   kI64 = 11,
   kF64 = 12,
 };
-enum : uint32_t { kGgmlF32 = 0, kGgmlQ4_1 = 3, kGgmlQ8_0 = 8, kGgmlQ4_K = 12, kGgmlI32 = 26 };
+enum : uint32_t {
+  kGgmlF32 = 0,
+  kGgmlQ4_1 = 3,
+  kGgmlQ5_0 = 6,
+  kGgmlQ8_0 = 8,
+  kGgmlQ4_K = 12,
+  kGgmlQ6_K = 14,
+  kGgmlIQ2_XXS = 16,
+  kGgmlI32 = 26
+};
 
 // A per-process scratch directory, removed when the tests end.
 class ScratchDir {
@@ -464,20 +475,45 @@ TEST_CASE("GGUF: corrupt tables and data ranges", "[engine][gguf]") {
     const Bytes bytes = GgufWriter().Tensor("q", {16, 2}, kGgmlQ8_0, Bytes(34)).Build();
     CHECK_THAT(OpenStatus(bytes).message(), Contains("'q'") && Contains("block size 32"));
   }
+  SECTION("K-quant row not a multiple of the super-block") {
+    const Bytes bytes = GgufWriter().Tensor("k", {128, 2}, kGgmlQ4_K, Bytes(144)).Build();
+    CHECK_THAT(OpenStatus(bytes).message(), Contains("'k'") && Contains("Q4_K block size 256"));
+  }
+  SECTION("K-quant tensor announcing more super-blocks than the file holds") {
+    // 3 rows of 256 need 3 * 210 bytes; the file ends after 2 super-blocks.
+    const Bytes bytes = GgufWriter().Tensor("k", {256, 3}, kGgmlQ6_K, Bytes(420)).Build();
+    const Status status = OpenStatus(bytes);
+    CHECK(status.code() == StatusCode::kDataLoss);
+    CHECK_THAT(status.message(),
+               Contains("'k'") && Contains("630 bytes") && Contains("past the end"));
+  }
 }
 
 TEST_CASE("GGUF: unsupported tensor types name the tensor", "[engine][gguf]") {
   const Bytes bytes = GgufWriter()
                           .String("general.architecture", "llama")
                           .Tensor("ok", {4}, kGgmlF32, FloatBytes({1, 2, 3, 4}))
-                          .Tensor("blk.0.ffn_down.weight", {256}, kGgmlQ4_K, Bytes(144))
+                          .Tensor("blk.0.ffn_down.weight", {256}, kGgmlIQ2_XXS, Bytes(66))
                           .Tensor("odd", {4}, 200, Bytes(4))
                           .Build();
-  const Status status = OpenStatus(bytes, "kquant.gguf");
+  const Status status = OpenStatus(bytes, "iquant.gguf");
   CHECK(status.code() == StatusCode::kUnimplemented);
-  CHECK_THAT(status.message(), Contains("kquant.gguf") && Contains("'blk.0.ffn_down.weight'") &&
-                                   Contains("type 12 (Q4_K)") && Contains("1 more") &&
-                                   Contains("Q8_0, Q4_0, Q4_1"));
+  CHECK_THAT(status.message(),
+             Contains("iquant.gguf") && Contains("'blk.0.ffn_down.weight'") &&
+                 Contains("type 16 (IQ2_XXS)") && Contains("1 more") &&
+                 Contains("Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K"));
+}
+
+TEST_CASE("GGUF: an unknown tensor type id names the tensor and the id", "[engine][gguf]") {
+  const uint32_t type = GENERATE(40u, 200u, 0xffffffffu);
+  const Bytes bytes = GgufWriter()
+                          .Tensor("ok", {4}, kGgmlF32, FloatBytes({1, 2, 3, 4}))
+                          .Tensor("blk.3.mystery", {256}, type, Bytes(256))
+                          .Build();
+  const Status status = OpenStatus(bytes, "unknown.gguf");
+  CHECK(status.code() == StatusCode::kUnimplemented);
+  CHECK_THAT(status.message(), Contains("unknown.gguf") && Contains("'blk.3.mystery'") &&
+                                   Contains("ggml type " + std::to_string(type) + " (unknown)"));
 }
 
 TEST_CASE("MappedFile: missing files, directories and empty files", "[engine][gguf]") {
@@ -497,18 +533,24 @@ TEST_CASE("MappedFile: missing files, directories and empty files", "[engine][gg
   CHECK((*file)->data()[2] == 3);
 }
 
-// Dequantizes tests/fixtures/quant/<name>.bin as `type` and compares with <name>.f32 bit for bit.
-void CheckGolden(const std::string& name, StoredType type) {
+// Dequantizes tests/fixtures/quant/<type>.bin, rows of one block (of 32 elements for the
+// plain types), and compares with <type>.f32 bit for bit.
+void CheckGolden(StoredType type) {
+  const std::string name = StoredTypeName(type);
   const Bytes raw = ReadAll("tests/fixtures/quant/" + name + ".bin");
   const Bytes golden = ReadAll("tests/fixtures/quant/" + name + ".f32");
+  const int64_t n = static_cast<int64_t>(golden.size() / sizeof(float));
+  const int64_t row = std::max<int64_t>(StoredTypeBlockSize(type), 32);
   StoredTensor tensor;
   tensor.name = name;
   tensor.type = type;
-  tensor.shape = {8, 32};
+  tensor.shape = {n / row, row};
   tensor.data = raw.data();
   tensor.nbytes = raw.size();
-  REQUIRE(golden.size() == 256 * sizeof(float));
-  std::vector<float> out(256);
+  REQUIRE(n % row == 0);
+  REQUIRE(static_cast<int64_t>(raw.size()) ==
+          n / StoredTypeBlockSize(type) * StoredTypeBlockBytes(type));
+  std::vector<float> out(n);
   REQUIRE(DequantizeToF32(tensor, out.data()).ok());
   for (size_t i = 0; i < out.size(); ++i) {
     uint32_t got, want;
@@ -520,11 +562,79 @@ void CheckGolden(const std::string& name, StoredType type) {
 }
 
 TEST_CASE("Dequantization matches gguf-py bit for bit", "[engine][gguf][quant]") {
-  CheckGolden("F16", StoredType::kF16);
-  CheckGolden("BF16", StoredType::kBF16);
-  CheckGolden("Q8_0", StoredType::kQ8_0);
-  CheckGolden("Q4_0", StoredType::kQ4_0);
-  CheckGolden("Q4_1", StoredType::kQ4_1);
+  CheckGolden(StoredType::kF16);
+  CheckGolden(StoredType::kBF16);
+  CheckGolden(StoredType::kQ8_0);
+  CheckGolden(StoredType::kQ4_0);
+  CheckGolden(StoredType::kQ4_1);
+  CheckGolden(StoredType::kQ5_0);
+  CheckGolden(StoredType::kQ5_1);
+}
+
+// gguf-py has no Q8_K dequantizer: its golden is ggml's formula, computed by numpy.
+TEST_CASE("K-quant dequantization matches gguf-py bit for bit", "[engine][gguf][quant]") {
+  CheckGolden(StoredType::kQ2_K);
+  CheckGolden(StoredType::kQ3_K);
+  CheckGolden(StoredType::kQ4_K);
+  CheckGolden(StoredType::kQ5_K);
+  CheckGolden(StoredType::kQ6_K);
+  CheckGolden(StoredType::kQ8_K);
+}
+
+TEST_CASE("Block sizes of every quantized type are ggml's", "[engine][gguf][quant]") {
+  // GGML_QUANT_SIZES in gguf-py (elements, bytes per block).
+  const std::vector<std::tuple<StoredType, int64_t, int64_t>> sizes = {
+      {StoredType::kQ4_0, 32, 18},   {StoredType::kQ4_1, 32, 20},   {StoredType::kQ5_0, 32, 22},
+      {StoredType::kQ5_1, 32, 24},   {StoredType::kQ8_0, 32, 34},   {StoredType::kQ2_K, 256, 84},
+      {StoredType::kQ3_K, 256, 110}, {StoredType::kQ4_K, 256, 144}, {StoredType::kQ5_K, 256, 176},
+      {StoredType::kQ6_K, 256, 210}, {StoredType::kQ8_K, 256, 292}};
+  for (const auto& [type, elements, bytes] : sizes) {
+    INFO(StoredTypeName(type));
+    CHECK(StoredTypeBlockSize(type) == elements);
+    CHECK(StoredTypeBlockBytes(type) == bytes);
+    // One byte short of two blocks is refused, naming the bytes needed.
+    const Bytes raw(2 * bytes - 1);
+    StoredTensor tensor;
+    tensor.name = "short";
+    tensor.type = type;
+    tensor.shape = {2, elements};
+    tensor.data = raw.data();
+    tensor.nbytes = raw.size();
+    std::vector<float> out(2 * elements);
+    const Status status = DequantizeToF32(tensor, out.data());
+    CHECK(status.code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(status.message(), Contains("'short'") && Contains(std::to_string(2 * bytes)));
+  }
+}
+
+TEST_CASE("Dequantization of Gemma 3's tensor types read from a GGUF file",
+          "[engine][gguf][quant]") {
+  const std::vector<std::pair<uint32_t, StoredType>> types = {{kGgmlQ4_K, StoredType::kQ4_K},
+                                                              {kGgmlQ6_K, StoredType::kQ6_K},
+                                                              {kGgmlQ5_0, StoredType::kQ5_0},
+                                                              {kGgmlQ8_0, StoredType::kQ8_0}};
+  GgufWriter writer;
+  for (const auto& [ggml_type, type] : types) {
+    const std::string name = StoredTypeName(type);
+    const uint64_t rows = ReadAll("tests/fixtures/quant/" + name + ".f32").size() / 4 / 256;
+    writer.Tensor(name, {256, rows}, ggml_type, ReadAll("tests/fixtures/quant/" + name + ".bin"));
+  }
+  StatusOr<GgufFile> file = GgufFile::Open(Scratch().Write("gemma_types.gguf", writer.Build()));
+  REQUIRE(file.ok());
+  for (const auto& [ggml_type, type] : types) {
+    const std::string name = StoredTypeName(type);
+    const Bytes golden = ReadAll("tests/fixtures/quant/" + name + ".f32");
+    const StoredTensor* tensor = file->FindTensor(name);
+    REQUIRE(tensor != nullptr);
+    CHECK(tensor->type == type);
+    CHECK(tensor->shape ==
+          std::vector<int64_t>{static_cast<int64_t>(golden.size() / sizeof(float) / 256), 256});
+    std::vector<float> out(tensor->NumElements());
+    REQUIRE(out.size() * sizeof(float) == golden.size());
+    REQUIRE(DequantizeToF32(*tensor, out.data()).ok());
+    INFO(name);
+    CHECK(std::memcmp(out.data(), golden.data(), golden.size()) == 0);
+  }
 }
 
 TEST_CASE("Dequantization of a Q4_1 tensor read from a GGUF file", "[engine][gguf][quant]") {
