@@ -28,10 +28,10 @@ class ZmqOutbox : public internal::Outbox {
     }
   }
 
-  void ToWorker(const std::string& peer, const protocol::BrokerMessage& message) override {
-    if (!Send(*workers_, peer, protocol::EncodeBrokerMessage(message))) {
-      unreachable_.push_back(peer);
-    }
+  bool ToWorker(const std::string& peer, const protocol::BrokerMessage& message) override {
+    if (Send(*workers_, peer, protocol::EncodeBrokerMessage(message))) return true;
+    unreachable_.push_back(peer);
+    return false;
   }
 
   std::vector<std::string> TakeUnreachable() { return std::move(unreachable_); }
@@ -102,7 +102,11 @@ bool ReceiveOne(zmq::socket_t& socket, Handle handle, internal::Outbox* outbox, 
     auto error = protocol::MakeErrorMessage(
         InvalidArgument("expected exactly one frame per message (a Glassbox message), got " +
                         std::to_string(frames.size() - 1) + " or more"));
-    workers ? outbox->ToWorker(peer, error) : outbox->ToClient(peer, error);
+    if (workers) {
+      outbox->ToWorker(peer, error);
+    } else {
+      outbox->ToClient(peer, error);
+    }
     return true;
   }
   handle(peer, std::string_view(static_cast<const char*>(frames[1].data()), frames[1].size()));

@@ -421,6 +421,7 @@ void BrokerCore::OnWorkerMessage(const std::string& peer, std::string_view bytes
     return;
   }
   it->second.last_seen_ms = clock_->NowMs();
+  it->second.reachable = true;
   HandleWorker(it->second, *m);
 }
 
@@ -441,6 +442,7 @@ void BrokerCore::Ready(const std::string& peer, const BrokerMessage& m) {
   auto known = workers_.find(peer);
   if (known != workers_.end() && !m.job.empty() && known->second.job == m.job) {
     known->second.last_seen_ms = now;  // reconnected mid-job: it keeps its job
+    known->second.reachable = true;
     return;
   }
   if (known != workers_.end()) RemoveWorker(peer, /*died=*/false);
@@ -521,9 +523,13 @@ void BrokerCore::JobResult(Worker& worker, const BrokerMessage& m) {
 }
 
 void BrokerCore::OnWorkerUnreachable(const std::string& peer) {
-  if (workers_.count(peer) == 0) return;
-  LogLine("worker unreachable: presumed dead");
-  RemoveWorker(peer, /*died=*/true);
+  auto it = workers_.find(peer);
+  if (it == workers_.end()) return;
+  Worker& worker = it->second;
+  worker.reachable = false;
+  if (worker.busy && !worker.job.empty()) return;  // CheckWorkers decides by its heartbeats
+  LogLine("worker of \"" + Shorten(worker.model) + "\" unreachable, no job on it: forgotten");
+  RemoveWorker(peer, /*died=*/false);
 }
 
 void BrokerCore::RemoveWorker(const std::string& peer, bool died) {
@@ -623,14 +629,14 @@ void BrokerCore::Dispatch(const std::string& model) {
   auto q = queues_.find(model);
   if (q == queues_.end()) return;
   for (auto& [peer, worker] : workers_) {
-    if (worker.busy || worker.model != model) continue;
+    if (worker.busy || !worker.reachable || worker.model != model) continue;
     const std::string id = PickJob(q->second);
     if (id.empty()) return;
     LiveJob& job = jobs_[id];
-    if (!StartJob(worker, job)) {
-      Enqueue(job, /*front=*/true);
-      return;
-    }
+    const Start started = StartJob(worker, job);
+    if (started == Start::kRunning) continue;
+    Enqueue(job, /*front=*/true);
+    if (started == Start::kStoreDown) return;
   }
 }
 
@@ -658,14 +664,16 @@ std::string BrokerCore::PickJob(ModelQueue& queue) {
   return "";
 }
 
-// Returns false if the store could not take the change (the job goes back to the queue).
-bool BrokerCore::StartJob(Worker& worker, LiveJob& job) {
+// kStoreDown: the store could not take the change; kUnreachable: the worker's connection is
+// gone, so the job never reached it (not an attempt). Either way the caller queues the job
+// again.
+BrokerCore::Start BrokerCore::StartJob(Worker& worker, LiveJob& job) {
   const int64_t now = clock_->NowMs();
   job.record.state = JobState::kRunning;
   StatusOr<std::string> request = store_->MarkRunning(job.record, now);
   if (!request.ok() && request.status().code() == StatusCode::kUnavailable) {
     job.record.state = JobState::kQueued;
-    return false;
+    return Start::kStoreDown;
   }
   job.record.times["RUNNING"] = now;
   job.worker = worker.peer;
@@ -674,17 +682,26 @@ bool BrokerCore::StartJob(Worker& worker, LiveJob& job) {
   if (!request.ok()) {
     FinishJob(job, JobState::kError, StatusCodeName(request.status().code()),
               request.status().message());
-    return true;
+    return Start::kRunning;
   }
   BrokerMessage run = Simple(BrokerMessageType::kJob);
   run.job = job.record.id;
   run.payload = std::move(*request);
   run.time_limit_ms = params_.time_limit_ms;
+  if (!outbox_->ToWorker(worker.peer, run)) {
+    worker.reachable = false;
+    --running_by_owner_[job.record.owner];
+    job.worker.clear();
+    job.record.state = JobState::kQueued;
+    job.record.times.erase("RUNNING");
+    Status stored = store_->Requeue(job.record, now);
+    if (!stored.ok()) LogLine("requeue not stored (recovery will redo it): " + stored.ToString());
+    return Start::kUnreachable;
+  }
   worker.busy = true;
   worker.job = job.record.id;
-  outbox_->ToWorker(worker.peer, run);
   Push(job, StatusOf(job.record));
-  return true;
+  return Start::kRunning;
 }
 
 size_t BrokerCore::LiveWorkersFor(const std::string& model) const {

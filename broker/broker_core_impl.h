@@ -29,7 +29,9 @@ class Outbox {
  public:
   virtual ~Outbox() = default;
   virtual void ToClient(const std::string& peer, const BrokerMessage& message) = 0;
-  virtual void ToWorker(const std::string& peer, const BrokerMessage& message) = 0;
+  // False when the message could not be handed to the worker's connection (it is gone): the
+  // worker never gets it.
+  virtual bool ToWorker(const std::string& peer, const BrokerMessage& message) = 0;
 };
 
 // Not thread-safe: one thread calls everything. `store`, `clock` and `outbox` are not owned.
@@ -44,7 +46,9 @@ class BrokerCore {
   // One frame from a client or a worker. Garbage is answered with an error, never fatal.
   void OnClientMessage(const std::string& peer, std::string_view bytes);
   void OnWorkerMessage(const std::string& peer, std::string_view bytes);
-  // A worker the socket could not reach (gone): treated as dead.
+  // A worker the socket could not reach (gone, or between two connections). One without a
+  // job it took is forgotten; one with a job keeps it until its heartbeats resume (it
+  // reconnected) or stay silent (it died: CheckWorkers).
   void OnWorkerUnreachable(const std::string& peer);
   // Heartbeats, dead workers, time limits, store writes to retry, dispatch. Call often (the
   // broker does every 10 to 50 ms).
@@ -74,6 +78,7 @@ class BrokerCore {
     int64_t next_heartbeat_ms = 0;
     bool busy = false;
     std::string job;  // busy with this job ("" if busy with one the broker does not know)
+    bool reachable = true;  // false after a failed send, until the worker is heard again
   };
   // One model's queue: a queue per owner, served in turn (round robin).
   struct ModelQueue {
@@ -118,7 +123,8 @@ class BrokerCore {
   void DispatchAll();
   void Dispatch(const std::string& model);
   std::string PickJob(ModelQueue& queue);
-  bool StartJob(Worker& worker, LiveJob& job);
+  enum class Start { kRunning, kStoreDown, kUnreachable };
+  Start StartJob(Worker& worker, LiveJob& job);
   size_t LiveWorkersFor(const std::string& model) const;
   std::string ServedModels() const;
 

@@ -29,8 +29,9 @@ class RecordingOutbox : public Outbox {
   void ToClient(const std::string& peer, const BrokerMessage& m) override {
     sent.push_back({false, peer, m});
   }
-  void ToWorker(const std::string& peer, const BrokerMessage& m) override {
+  bool ToWorker(const std::string& peer, const BrokerMessage& m) override {
     sent.push_back({true, peer, m});
+    return true;
   }
   // Removes and returns what was sent to `peer`.
   std::vector<BrokerMessage> Take(const std::string& peer) {

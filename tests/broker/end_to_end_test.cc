@@ -3,6 +3,7 @@
 // broker/client.h. Lifecycle, API keys, owner isolation, dead workers, a killed broker, a
 // stopped Redis, garbage on the wire, fairness, chunked results, time limits, cancellation.
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -97,14 +98,13 @@ class Cluster {
   ChildProcess& broker() { return *broker_; }
   testing::RedisServer& redis() { return redis_; }
 
+  // A test worker with 100 ms heartbeats unless `flags` names --heartbeat-ms.
   ChildProcess& StartWorker(const std::string& tag, std::vector<std::string> flags = {}) {
-    std::vector<std::string> args = {testing::BinDir() + "/glassbox-test-worker",
-                                     "--broker",
-                                     WorkerEndpoint(),
-                                     "--heartbeat-ms",
-                                     "100",
-                                     "--tag",
-                                     tag};
+    std::vector<std::string> args = {testing::BinDir() + "/glassbox-test-worker", "--broker",
+                                     WorkerEndpoint(), "--tag", tag};
+    if (std::find(flags.begin(), flags.end(), "--heartbeat-ms") == flags.end()) {
+      args.insert(args.end(), {"--heartbeat-ms", "100"});
+    }
     args.insert(args.end(), flags.begin(), flags.end());
     workers_.push_back(
         std::make_unique<ChildProcess>(args, dir_.path() + "/worker-" + tag + ".log"));
@@ -149,6 +149,10 @@ class Cluster {
     }
     FAIL("workers did not register");
   }
+
+  // A path in the cluster's temporary directory (files that release or mark test jobs).
+  std::string Path(const std::string& name) const { return dir_.path() + "/" + name; }
+  int worker_port() const { return worker_port_; }
 
   std::string ClientEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(client_port_); }
   std::string WorkerEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(worker_port_); }
@@ -273,6 +277,34 @@ TEST_CASE("E2E: a worker killed mid-job: the job runs again on another worker", 
   bool requeued = false;
   for (const JobStatus& s : seen) requeued |= s.message == "its worker died; queued again";
   CHECK(requeued);
+}
+
+TEST_CASE("E2E: a job sent to workers that had just died is not an attempt: it waits, then runs",
+          "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  // Heartbeats every minute: the broker cannot notice these deaths by itself during the test.
+  std::vector<ChildProcess*> doomed;
+  for (const char* tag : {"d1", "d2", "d3"}) {
+    doomed.push_back(&cluster.StartWorker(tag, {"--heartbeat-ms", "60000"}));
+  }
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 3);
+  for (ChildProcess* worker : doomed) worker->Stop(SIGKILL);
+  // The broker's side of every worker connection is closed: a send to them now fails.
+  for (int i = 0; i < 5000 && testing::OpenConnectionsOnPort(cluster.worker_port()) > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE(testing::OpenConnectionsOnPort(cluster.worker_port()) == 0);
+  std::vector<JobStatus> seen;
+  client->OnStatus([&](const JobStatus& s) { seen.push_back(s); });
+  const std::string job = SubmitOk(*client, "after the deaths");
+  cluster.StartWorker("alive");
+  const JobStatus done = WaitDone(*client, job);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(done.message == "");
+  CHECK(Saved(*client->FetchResult(job), "worker") == "alive");
+  for (const JobStatus& s : seen) CHECK(s.message.find("died") == std::string::npos);
 }
 
 TEST_CASE("E2E: a frozen worker (SIGSTOP) is noticed by heartbeat, its job runs elsewhere",

@@ -15,6 +15,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -67,6 +69,33 @@ bool WaitForPort(int port, int timeout_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return false;
+}
+
+int OpenConnectionsOnPort(int port) {
+  int open = 0;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state;
+      fields >> slot >> local >> remote >> state;
+      const int local_port = std::stoi(local.substr(local.rfind(':') + 1), nullptr, 16);
+      // 01 ESTABLISHED, 08 CLOSE_WAIT (the peer closed, this side has not yet).
+      if (local_port == port && (state == "01" || state == "08")) ++open;
+    }
+  }
+  return open;
+}
+
+bool WaitForFile(const std::string& path, int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!std::filesystem::exists(path)) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
 }
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv, const std::string& log_path) {

@@ -32,6 +32,14 @@ int FreePort();
 // True once something accepts TCP connections on 127.0.0.1:port, within timeout_ms.
 bool WaitForPort(int port, int timeout_ms);
 
+// TCP connections on this machine whose local port is `port` and that are still open on
+// that side (ESTABLISHED or CLOSE_WAIT): how a test sees that a server has noticed its
+// peers are gone, without timing it.
+int OpenConnectionsOnPort(int port);
+// Waits until the file at `path` exists (a process under test reached a point), within
+// timeout_ms; false if it did not.
+bool WaitForFile(const std::string& path, int timeout_ms = 10000);
+
 // A child process; stdout and stderr go to `log_path`. The destructor SIGKILLs and reaps it.
 class ChildProcess {
  public:
