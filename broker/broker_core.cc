@@ -93,7 +93,12 @@ void BrokerCore::CheckWorkers(int64_t now) {
   for (auto& [peer, w] : workers_) {
     if (now - w.last_seen_ms > w.heartbeat_ms * params_.heartbeat_liveness) {
       dead.push_back(peer);
-    } else if (now >= w.next_heartbeat_ms) {
+      continue;
+    }
+    if (w.busy && w.result_chunk_ms > 0 && now - w.result_chunk_ms > params_.time_limit_grace_ms) {
+      ResultStalled(w);
+    }
+    if (now >= w.next_heartbeat_ms) {
       outbox_->ToWorker(peer, Simple(BrokerMessageType::kHeartbeat));
       w.next_heartbeat_ms = now + w.heartbeat_ms;
     }
@@ -103,6 +108,25 @@ void BrokerCore::CheckWorkers(int64_t now) {
             std::to_string(params_.heartbeat_liveness) + " heartbeats: presumed dead");
     RemoveWorker(peer, /*died=*/true);
   }
+}
+
+// The worker began sending a result, then sent no chunk for the grace period while still
+// heartbeating: chunks were lost. Its job (if still ours) fails; the worker is told to
+// register again, which resets it, and is free meanwhile.
+void BrokerCore::ResultStalled(Worker& worker) {
+  auto it = jobs_.find(worker.job);
+  LogLine("worker of \"" + Shorten(worker.model) + "\" stopped sending its result; freed");
+  BrokerMessage bye = Simple(BrokerMessageType::kDisconnect);
+  bye.reason = "your result stopped arriving; register again";
+  outbox_->ToWorker(worker.peer, bye);
+  if (it != jobs_.end() && !it->second.finishing && it->second.worker == worker.peer) {
+    const size_t received = it->second.chunks.size();
+    it->second.chunks.clear();
+    FinishJob(it->second, JobState::kError, "INTERNAL",
+              "the worker's result stopped arriving after " + std::to_string(received) +
+                  " chunks; submit it again");
+  }
+  ReleaseWorker(worker);
 }
 
 void BrokerCore::CheckTimeLimits(int64_t now) {
@@ -443,6 +467,12 @@ void BrokerCore::Ready(const std::string& peer, const BrokerMessage& m) {
   if (known != workers_.end() && !m.job.empty() && known->second.job == m.job) {
     known->second.last_seen_ms = now;  // reconnected mid-job: it keeps its job
     known->second.reachable = true;
+    known->second.result_chunk_ms = 0;
+    auto job = jobs_.find(m.job);  // and sends its result again from the first chunk
+    if (job != jobs_.end() && !job->second.finishing) {
+      job->second.chunks.clear();
+      job->second.received_bytes = 0;
+    }
     return;
   }
   if (known != workers_.end()) RemoveWorker(peer, /*died=*/false);
@@ -489,18 +519,24 @@ void BrokerCore::JobResult(Worker& worker, const BrokerMessage& m) {
   const bool ours = worker.busy && worker.job == m.job && it != jobs_.end() &&
                     it->second.worker == worker.peer && !it->second.finishing;
   if (!ours) {  // cancelled, timed out, or a job the broker gave up on: drop the data
-    if (last && worker.busy && (worker.job == m.job || worker.job.empty())) {
-      worker.busy = false;
-      worker.job.clear();
-      Dispatch(worker.model);
+    if (worker.busy && (worker.job == m.job || worker.job.empty())) {
+      worker.result_chunk_ms = clock_->NowMs();
+      if (last) ReleaseWorker(worker);
     }
     return;
   }
   LiveJob& job = it->second;
+  worker.result_chunk_ms = clock_->NowMs();
   if (m.index != static_cast<int64_t>(job.chunks.size()) || m.count < 1 || m.index >= m.count) {
-    outbox_->ToWorker(worker.peer, protocol::MakeErrorMessage(InvalidArgument(
-                                       "result chunk " + std::to_string(m.index) + " of " +
-                                       std::to_string(m.count) + " out of order")));
+    // Chunks were lost on the way: the result cannot be whole. The worker stays busy until
+    // its last chunk (dropped) or until its result stalls (CheckWorkers).
+    const std::string why = "the worker's result arrived incomplete (chunk " +
+                            std::to_string(m.index) + " of " + std::to_string(m.count) +
+                            " after " + std::to_string(job.chunks.size()) + " chunks)";
+    outbox_->ToWorker(worker.peer, protocol::MakeErrorMessage(InvalidArgument(why)));
+    job.chunks.clear();
+    FinishJob(job, JobState::kError, "INTERNAL", why + "; submit it again");
+    if (last) ReleaseWorker(worker);
     return;
   }
   job.received_bytes += static_cast<int64_t>(m.payload.size());
@@ -515,10 +551,19 @@ void BrokerCore::JobResult(Worker& worker, const BrokerMessage& m) {
   if (!last) return;
   worker.busy = false;
   worker.job.clear();
+  worker.result_chunk_ms = 0;
   job.compute_ms = clock_->NowMs() - job.started_ms;
   job.record.result_bytes = job.received_bytes;
   job.record.result_chunks = static_cast<int64_t>(job.chunks.size());
   FinishJob(job, m.code.empty() ? JobState::kCompleted : JobState::kError, m.code, m.message);
+  Dispatch(worker.model);
+}
+
+// The worker is done with whatever it ran: it takes the next job.
+void BrokerCore::ReleaseWorker(Worker& worker) {
+  worker.busy = false;
+  worker.job.clear();
+  worker.result_chunk_ms = 0;
   Dispatch(worker.model);
 }
 

@@ -79,6 +79,7 @@ class BrokerCore {
     bool busy = false;
     std::string job;  // busy with this job ("" if busy with one the broker does not know)
     bool reachable = true;  // false after a failed send, until the worker is heard again
+    int64_t result_chunk_ms = 0;  // when its current result's last chunk came (0: none yet)
   };
   // One model's queue: a queue per owner, served in turn (round robin).
   struct ModelQueue {
@@ -113,6 +114,8 @@ class BrokerCore {
   void Ready(const std::string& peer, const BrokerMessage& m);
   void AdoptBusyJob(Worker& worker, const std::string& job_id);
   void JobResult(Worker& worker, const BrokerMessage& m);
+  void ReleaseWorker(Worker& worker);
+  void ResultStalled(Worker& worker);
   void RemoveWorker(const std::string& peer, bool died);
   void WorkerLost(const std::string& job_id, bool died);
 

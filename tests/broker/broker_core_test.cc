@@ -387,6 +387,39 @@ TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails nami
   CHECK(h.JobFor("w1") == next);
 }
 
+TEST_CASE("Core: a result that stops arriving fails its job and frees the worker", "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  params.time_limit_grace_ms = 500;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string job = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == job);
+  BrokerMessage chunk;
+  chunk.type = BrokerMessageType::kJobResult;
+  chunk.job = job;
+  chunk.index = 0;
+  chunk.count = 3;
+  chunk.payload = "part";
+  h.Worker("w1", chunk);  // then chunks 1 and 2 never come; heartbeats do
+  BrokerMessage beat;
+  beat.type = BrokerMessageType::kHeartbeat;
+  for (int i = 0; i < 6; ++i) {
+    h.clock.now += 100;
+    h.Worker("w1", beat);
+    h.core->Tick();
+  }
+  BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
+  CHECK(status.state == JobState::kError);
+  CHECK(status.code == "INTERNAL");
+  CHECK(status.message == "the worker's result stopped arriving after 1 chunks; submit it again");
+  bool told = false;
+  for (const BrokerMessage& m : h.outbox.Take("w1")) told |= m.type == BrokerMessageType::kDisconnect;
+  CHECK(told);
+  const std::string next = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == next);
+}
+
 TEST_CASE("Core: cancel a queued job and a running one", "[broker]") {
   BrokerParams params;
   params.dev_no_auth = true;

@@ -480,6 +480,39 @@ TEST_CASE("E2E: a large result travels and is stored in chunks", "[broker]") {
   CHECK(pattern);
 }
 
+TEST_CASE("E2E: a result of 2,048 chunks sent while the broker does not read arrives whole",
+          "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  // A send queue of 4 chunks: the worker must wait for the broker, never drop a chunk.
+  cluster.StartWorker("a", {"--chunk-bytes", "16384", "--send-queue", "4"});
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const int64_t bytes = int64_t{32} << 20;
+  const std::string job =
+      SubmitOk(*client, "result_bytes=" + std::to_string(bytes) + ";wait_file=" +
+                            cluster.Path("release") + ";done_file=" + cluster.Path("done"));
+  WaitState(*client, job, JobState::kRunning);
+  cluster.broker().Signal(SIGSTOP);  // the broker reads nothing while the result is sent
+  testing::ChildProcess touch({"/usr/bin/touch", cluster.Path("release")}, "/dev/null");
+  REQUIRE(testing::WaitForFile(cluster.Path("done")));
+  cluster.broker().Signal(SIGCONT);
+  const JobStatus done = WaitDone(*client, job, 30000);
+  REQUIRE(done.state == JobState::kCompleted);
+  CHECK(done.result_chunks > 2048);
+  auto result = client->FetchResult(job);
+  REQUIRE(result.ok());
+  const std::string echo = Saved(*result, "echo");
+  REQUIRE(echo.size() == static_cast<size_t>(bytes));
+  bool pattern = true;
+  for (size_t i = 0; i < echo.size(); i += 4099) {
+    pattern &= echo[i] == static_cast<char>(i * 7 % 251);
+  }
+  CHECK(pattern);
+  const std::string next = SubmitOk(*client, "next");  // the worker was freed
+  CHECK(WaitDone(*client, next).state == JobState::kCompleted);
+}
+
 TEST_CASE("E2E: a job past its time limit is stopped and reported, the worker goes on",
           "[broker][slow]") {
   Cluster cluster({"--time-limit-ms", "500"});

@@ -117,6 +117,7 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat-ms", params.heartbeat_interval_ms)->capture_default_str();
   app.add_option("--heartbeat-liveness", params.heartbeat_liveness)->capture_default_str();
   app.add_option("--chunk-bytes", params.result_chunk_bytes)->capture_default_str();
+  app.add_option("--send-queue", params.send_queue_chunks)->capture_default_str();
   app.add_option("--tag", tag, "saved in every result, to tell workers apart");
   CLI11_PARSE(app, argc, argv);
   std::signal(SIGINT, OnSignal);
