@@ -34,7 +34,10 @@ struct BrokerParams {
   KeyLimits default_limits;          // for dev mode, and for `keys create` when no limit is given
   int heartbeat_interval_ms = 1000;  // broker -> worker heartbeats (a worker says its own)
   int heartbeat_liveness = 5;        // missed worker heartbeats before it is presumed dead
-  int max_attempts = 3;              // worker deaths while running a job before it fails
+  // Workers that may die while running one job: at this many the job is poison, failed
+  // with INTERNAL at once and never offered to another worker. A worker that leaves (or
+  // that the job never reached) does not count.
+  int max_attempts = 2;
   int64_t time_limit_ms = 60000;     // per job; the worker stops between hook points
   // After time_limit_ms + this, the broker fails the job itself (a worker that did not stop).
   int64_t time_limit_grace_ms = 5000;

@@ -596,10 +596,14 @@ void BrokerCore::WorkerLost(const std::string& job_id, bool died) {
   job.received_bytes = 0;
   job.record.state = JobState::kQueued;
   if (died) ++job.record.attempts;
-  if (job.record.attempts >= params_.max_attempts) {
-    FinishJob(job, JobState::kError, "UNAVAILABLE",
-              "worker died " + std::to_string(job.record.attempts) +
-                  " times while running this job; not retrying it (it may be what kills them)");
+  if (job.record.attempts >= params_.max_attempts) {  // poison: never offered again
+    LogLine("job " + job_id + " killed " + std::to_string(job.record.attempts) +
+            " workers: marked as poison");
+    FinishJob(job, JobState::kError, "INTERNAL",
+              "job " + job_id + " killed the worker running it " +
+                  std::to_string(job.record.attempts) +
+                  " times; it is marked as poison and not run again (report it: it may crash "
+                  "every worker)");
     return;
   }
   Status stored = store_->Requeue(job.record, clock_->NowMs());

@@ -45,7 +45,7 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
       ->capture_default_str();
   serve
       ->add_option("--max-attempts", p->max_attempts,
-                   "worker deaths while running a job before it fails")
+                   "worker deaths while running one job before it is failed as poison")
       ->capture_default_str();
   serve->add_option("--result-ttl-ms", p->result_ttl_ms, "how long results stay fetchable")
       ->capture_default_str();

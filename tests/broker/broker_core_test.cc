@@ -348,9 +348,9 @@ TEST_CASE("Core: a silent worker's job runs again, up to the retry limit", "[bro
   h.core->Tick();
   BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
   CHECK(status.state == JobState::kError);
-  CHECK(status.message.find("worker died 2 times while running this job") == 0);
+  CHECK(status.message.find("job " + job + " killed the worker running it 2 times") == 0);
   BrokerMessage report = h.Ask("c", BrokerMessageType::kFetch, "", job, 0);
-  CHECK(protocol::DecodeErrorReport(report.payload)->code == "UNAVAILABLE");
+  CHECK(protocol::DecodeErrorReport(report.payload)->code == "INTERNAL");
 }
 
 TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails naming it",

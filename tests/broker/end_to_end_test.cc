@@ -344,10 +344,33 @@ TEST_CASE("E2E: a job whose workers keep dying fails, saying why", "[broker][slo
   }
   JobStatus failed = WaitDone(*client, job);
   CHECK(failed.state == JobState::kError);
-  CHECK(failed.code == "UNAVAILABLE");
-  CHECK(failed.message.rfind("worker died 2 times while running this job", 0) == 0);
+  CHECK(failed.code == "INTERNAL");
+  CHECK(failed.message.rfind("job " + job + " killed the worker running it 2 times", 0) == 0);
   auto report = protocol::DecodeErrorReport(*client->FetchResult(job));
   CHECK(report->message == failed.message);
+}
+
+TEST_CASE("E2E: a job that kills two workers is poison: failed at once, a third never runs it",
+          "[broker]") {
+  Cluster cluster;  // default --max-attempts
+  ApiKey key = cluster.CreateKey("alice");
+  std::vector<ChildProcess*> workers;
+  for (const char* tag : {"w1", "w2", "w3"}) workers.push_back(&cluster.StartWorker(tag));
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 3);
+  const std::string job = SubmitOk(*client, "crash=1");
+  const JobStatus failed = WaitDone(*client, job);
+  CHECK(failed.state == JobState::kError);
+  CHECK(failed.code == "INTERNAL");
+  CHECK(failed.message == "job " + job +
+                              " killed the worker running it 2 times; it is marked as poison and "
+                              "not run again (report it: it may crash every worker)");
+  CHECK(protocol::DecodeErrorReport(*client->FetchResult(job))->message == failed.message);
+  int alive = 0;
+  for (ChildProcess* worker : workers) alive += worker->Running();
+  CHECK(alive == 1);
+  const std::string next = SubmitOk(*client, "fine");
+  CHECK(WaitDone(*client, next).state == JobState::kCompleted);
 }
 
 TEST_CASE("E2E: the broker killed and restarted: acknowledged jobs complete, results stay",
