@@ -59,6 +59,17 @@ Reply Convert(const redisReply* r) {
   return out;
 }
 
+// Error replies that say Redis cannot serve right now but will (loading its data, a script
+// or module busy, a failover, persistence failing): UNAVAILABLE, so the broker retries.
+bool IsTransientError(const std::string& error) {
+  for (const char* prefix : {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+                             "MISCONF", "NOREPLICAS", "READONLY", "NOMASTERLINK"}) {
+    const size_t n = std::char_traits<char>::length(prefix);
+    if (error.compare(0, n, prefix) == 0 && (error.size() == n || error[n] == ' ')) return true;
+  }
+  return false;
+}
+
 // One connection, re-opened on demand after a failure.
 class RedisConnection {
  public:
@@ -69,8 +80,9 @@ class RedisConnection {
   }
   ~RedisConnection() { Drop(); }
 
-  // Sends the commands pipelined; returns their replies in order. A Redis error reply to
-  // any of them is INTERNAL; an unreachable Redis is UNAVAILABLE.
+  // Sends the commands pipelined; returns their replies in order. An unreachable Redis, or
+  // an error reply saying it cannot serve for now (IsTransientError), is UNAVAILABLE; any
+  // other error reply is INTERNAL.
   StatusOr<std::vector<Reply>> Run(const std::vector<Command>& commands) {
     GLASSBOX_RETURN_IF_ERROR(Connect());
     for (const Command& c : commands) Append(c);
@@ -82,10 +94,7 @@ class RedisConnection {
       replies.push_back(Convert(reply));
       freeReplyObject(reply);
     }
-    for (const Reply& r : replies) {
-      if (r.kind == Reply::Kind::kError) return Internal("redis refused a command: " + r.str);
-    }
-    return replies;
+    return CheckReplies(std::move(replies));
   }
 
   // MULTI, the commands, EXEC: the commands' replies.
@@ -95,13 +104,20 @@ class RedisConnection {
     GLASSBOX_ASSIGN_OR_RETURN(std::vector<Reply> replies, Run(commands));
     Reply& exec = replies.back();
     if (exec.kind != Reply::Kind::kArray) return Internal("redis transaction was aborted");
-    for (const Reply& r : exec.elements) {
-      if (r.kind == Reply::Kind::kError) return Internal("redis refused a command: " + r.str);
-    }
-    return std::move(exec.elements);
+    return CheckReplies(std::move(exec.elements));
   }
 
  private:
+  StatusOr<std::vector<Reply>> CheckReplies(std::vector<Reply> replies) const {
+    for (const Reply& r : replies) {
+      if (r.kind == Reply::Kind::kError && IsTransientError(r.str)) return Unavailable(Describe(r.str));
+    }
+    for (const Reply& r : replies) {
+      if (r.kind == Reply::Kind::kError) return Internal("redis refused a command: " + r.str);
+    }
+    return replies;
+  }
+
   Status Connect() {
     if (ctx_ != nullptr) return Status::Ok();
     const auto now = std::chrono::steady_clock::now();

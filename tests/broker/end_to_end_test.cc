@@ -2,10 +2,14 @@
 // glassbox-broker binary and glassbox-test-worker children (SIGKILL is real), driven through
 // broker/client.h. Lifecycle, API keys, owner isolation, dead workers, a killed broker, a
 // stopped Redis, garbage on the wire, fairness, chunked results, time limits, cancellation.
+#include <hiredis/hiredis.h>
+
 #include <catch2/catch.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <thread>
 #include <zmq.hpp>
 
@@ -56,6 +60,40 @@ std::string Field(const std::string& text, const std::string& label) {
   if (at == std::string::npos) return "";
   const size_t start = text.find_first_not_of(' ', at + label.size());
   return text.substr(start, text.find('\n', start) - start);
+}
+
+// One Redis command from the test itself; the reply as text (errors too), or "" for nil.
+std::string RedisCall(const std::string& address, const std::vector<std::string>& args) {
+  const size_t colon = address.rfind(':');
+  redisContext* ctx = redisConnect(address.substr(0, colon).c_str(),
+                                   std::stoi(address.substr(colon + 1)));
+  REQUIRE(ctx != nullptr);
+  REQUIRE(ctx->err == 0);
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  for (const std::string& a : args) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  auto* reply = static_cast<redisReply*>(
+      redisCommandArgv(ctx, static_cast<int>(args.size()), argv.data(), lens.data()));
+  REQUIRE(reply != nullptr);
+  std::string out = reply->type == REDIS_REPLY_INTEGER ? std::to_string(reply->integer)
+                    : reply->str != nullptr            ? std::string(reply->str, reply->len)
+                                                       : "";
+  freeReplyObject(reply);
+  redisFree(ctx);
+  return out;
+}
+
+// Whether `text` holds the line `line` (INFO fields, log lines).
+bool HasLine(const std::string& text, const std::string& line) {
+  return ("\n" + text).find("\n" + line) != std::string::npos;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 struct ApiKey {
@@ -418,6 +456,62 @@ TEST_CASE("E2E: Redis stopped: submissions refused as unavailable, nothing ackno
   CHECK(client->FetchResult(running).ok());
   const std::string later = SubmitOk(*client, "after");
   CHECK(WaitDone(*client, later).state == JobState::kCompleted);
+}
+
+TEST_CASE("E2E: Redis loading its data (LOADING) delays queued jobs, never fails them",
+          "[broker][slow]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  const std::string redis = cluster.redis().address();
+  {  // 20,000 keys of 1 kB in Redis's base file, so that loading it can be slowed down
+    const size_t colon = redis.rfind(':');
+    redisContext* ctx =
+        redisConnect(redis.substr(0, colon).c_str(), std::stoi(redis.substr(colon + 1)));
+    REQUIRE((ctx != nullptr && ctx->err == 0));
+    const std::string value(1000, 'v');
+    for (int i = 0; i < 20000; ++i) {
+      const std::string k = "pad:" + std::to_string(i);
+      redisAppendCommand(ctx, "SET %b %b", k.data(), k.size(), value.data(), value.size());
+    }
+    for (int i = 0; i < 20000; ++i) {
+      void* reply = nullptr;
+      REQUIRE(redisGetReply(ctx, &reply) == REDIS_OK);
+      freeReplyObject(reply);
+    }
+    redisFree(ctx);
+  }
+  RedisCall(redis, {"BGREWRITEAOF"});
+  for (int i = 0; i < 5000; ++i) {
+    const std::string info = RedisCall(redis, {"INFO", "persistence"});
+    if (HasLine(info, "aof_rewrite_in_progress:0") && HasLine(info, "aof_rewrite_scheduled:0")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret, 30000);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string first = SubmitOk(*client, "wait_file=" + cluster.Path("release"));
+  WaitState(*client, first, JobState::kRunning);
+  const std::string second = SubmitOk(*client, "queued behind");
+  // Restarted with a loading delay of 1 ms per key: it answers LOADING until told otherwise.
+  cluster.redis().Stop(SIGTERM);
+  cluster.redis().Start(
+      {"--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024"});
+  REQUIRE(HasLine(RedisCall(redis, {"INFO", "persistence"}), "loading:1"));
+  testing::ChildProcess touch({"/usr/bin/touch", cluster.Path("release")}, "/dev/null");
+  // The first job's end meets LOADING; the broker then tried to start the second one.
+  const std::string log = cluster.Path("broker.log");
+  for (int i = 0; i < 5000 && ReadFile(log).find("LOADING") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE(ReadFile(log).find("LOADING") != std::string::npos);
+  REQUIRE(client->ListModels().ok());  // answered after the loop that handled the result
+  REQUIRE(HasLine(RedisCall(redis, {"INFO", "persistence"}), "loading:1"));
+  RedisCall(redis, {"CONFIG", "SET", "key-load-delay", "0"});
+  CHECK(WaitDone(*client, first, 30000).state == JobState::kCompleted);
+  const JobStatus done = WaitDone(*client, second, 30000);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(done.message == "");
+  CHECK(Saved(*client->FetchResult(second), "prompt") == "queued behind");
 }
 
 TEST_CASE("E2E: malformed, unknown and oversized messages get errors, others still served",

@@ -154,13 +154,14 @@ RedisServer::RedisServer(const std::string& dir, const std::string& appendfsync)
   Start();
 }
 
-void RedisServer::Start() {
-  process_ = std::make_unique<ChildProcess>(
-      std::vector<std::string>{"/usr/bin/redis-server", "--port", std::to_string(port_), "--bind",
-                               "127.0.0.1", "--dir", dir_, "--appendonly", "yes", "--appendfsync",
-                               appendfsync_, "--save", "", "--auto-aof-rewrite-min-size", "1gb",
-                               "--daemonize", "no", "--protected-mode", "no"},
-      dir_ + "/redis.log");
+void RedisServer::Start(const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {"/usr/bin/redis-server", "--port", std::to_string(port_),
+                                   "--bind", "127.0.0.1", "--dir", dir_, "--appendonly", "yes",
+                                   "--appendfsync", appendfsync_, "--save", "",
+                                   "--auto-aof-rewrite-min-size", "1gb", "--daemonize", "no",
+                                   "--protected-mode", "no"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  process_ = std::make_unique<ChildProcess>(args, dir_ + "/redis.log");
   if (!WaitForPort(port_, 10000)) throw std::runtime_error("redis-server did not start");
 }
 

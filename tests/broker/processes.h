@@ -66,7 +66,9 @@ class ChildProcess {
 class RedisServer {
  public:
   explicit RedisServer(const std::string& dir, const std::string& appendfsync = "always");
-  void Start();                  // (re)starts on the same port and files; waits until it serves
+  // (Re)starts on the same port and files, with `extra` redis-server arguments; waits until
+  // it accepts connections (it may still be loading its data).
+  void Start(const std::vector<std::string>& extra = {});
   void Stop(int sig = SIGTERM);  // SIGTERM: a clean shutdown; SIGKILL: a crash
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
 
