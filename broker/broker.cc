@@ -140,7 +140,8 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t workers, BindRouter(ctx, params.worker_endpoint, -1));
   workers.set(zmq::sockopt::router_handover, 1);  // a worker reconnecting keeps its identity
   std::unique_ptr<internal::JobStore> store =
-      internal::NewRedisJobStore(params.redis_address, TtlsOf(params));
+      internal::NewRedisJobStore(params.redis_address, TtlsOf(params),
+                                 {params.redis_timeout_ms, params.redis_retry_ms});
   internal::SystemClock clock;
   ZmqOutbox outbox(&clients, &workers);
   internal::BrokerCore core(params, store.get(), &clock, &outbox);
@@ -157,6 +158,7 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
     core.OnWorkerMessage(peer, b);
   };
   int64_t last_tick = 0;
+  int64_t workers_heard_until = clock.NowMs();
   while (!stop.load()) {
     zmq::pollitem_t items[] = {{clients.handle(), 0, ZMQ_POLLIN, 0},
                                {workers.handle(), 0, ZMQ_POLLIN, 0}};
@@ -165,13 +167,18 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) return Internal(std::string("zmq_poll failed: ") + e.what());
     }
-    for (int i = 0; i < 256 && ReceiveOne(workers, on_worker, &outbox, true); ++i) {
+    for (int i = 0; i < 256; ++i) {
+      const int64_t before = clock.NowMs();
+      if (!ReceiveOne(workers, on_worker, &outbox, true)) {
+        workers_heard_until = before;  // everything workers sent until then has been read
+        break;
+      }
     }
     for (int i = 0; i < 256 && ReceiveOne(clients, on_client, &outbox, false); ++i) {
     }
     for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);
     if (SteadyMs() - last_tick >= 10) {
-      core.Tick();
+      core.Tick(workers_heard_until);
       last_tick = SteadyMs();
       for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);
     }

@@ -41,6 +41,12 @@ struct BrokerParams {
   int64_t time_limit_ms = 60000;     // per job; the worker stops between hook points
   // After time_limit_ms + this, the broker fails the job itself (a worker that did not stop).
   int64_t time_limit_grace_ms = 5000;
+  // Redis: one call blocks the broker at most about this long before it counts as
+  // unavailable; after a failure the broker waits redis_retry_ms before reconnecting.
+  int64_t redis_timeout_ms = 2000;
+  int64_t redis_retry_ms = 200;
+  // An API key is read again from Redis after this long (how soon a revocation bites).
+  int64_t key_cache_ms = 1000;
   int64_t result_ttl_ms = int64_t{3600} * 1000;           // results stay fetchable this long
   int64_t record_ttl_ms = int64_t{7} * 24 * 3600 * 1000;  // job records (status by id)
   int64_t max_client_message_bytes = int64_t{80} << 20;   // ZMQ_MAXMSGSIZE on the client socket

@@ -16,7 +16,6 @@ using protocol::JobStateName;
 
 namespace {
 
-constexpr int64_t kKeyCacheMs = 1000;  // a revoked key stops working within this long
 constexpr size_t kRecentJobs = 10000;
 
 bool IsJobId(const std::string& id) {
@@ -76,26 +75,29 @@ Status BrokerCore::Recover() {
   return Status::Ok();
 }
 
-void BrokerCore::Tick() {
+void BrokerCore::Tick(int64_t workers_heard_until_ms) {
   const int64_t now = clock_->NowMs();
   if (!recovered_) {
     Status status = Recover();
     if (!status.ok()) return;
   }
-  CheckWorkers(now);
+  CheckWorkers(now, std::min(now, workers_heard_until_ms));
   CheckTimeLimits(now);
   FlushFinishing();
   DispatchAll();
 }
 
-void BrokerCore::CheckWorkers(int64_t now) {
+// Silence is measured up to `heard_until`, not `now`: what a worker sent while the broker
+// was not reading (stalled on the store) counts as heard.
+void BrokerCore::CheckWorkers(int64_t now, int64_t heard_until) {
   std::vector<std::string> dead;
   for (auto& [peer, w] : workers_) {
-    if (now - w.last_seen_ms > w.heartbeat_ms * params_.heartbeat_liveness) {
+    if (heard_until - w.last_seen_ms > w.heartbeat_ms * params_.heartbeat_liveness) {
       dead.push_back(peer);
       continue;
     }
-    if (w.busy && w.result_chunk_ms > 0 && now - w.result_chunk_ms > params_.time_limit_grace_ms) {
+    if (w.busy && w.result_chunk_ms > 0 &&
+        heard_until - w.result_chunk_ms > params_.time_limit_grace_ms) {
       ResultStalled(w);
     }
     if (now >= w.next_heartbeat_ms) {
@@ -210,7 +212,7 @@ StatusOr<BrokerCore::Caller> BrokerCore::Authenticate(const std::string& api_key
   const std::string hash = Sha256Hex(api_key);
   const int64_t now = clock_->NowMs();
   auto cached = key_cache_.find(hash);
-  if (cached == key_cache_.end() || now - cached->second.fetched_ms > kKeyCacheMs) {
+  if (cached == key_cache_.end() || now - cached->second.fetched_ms >= params_.key_cache_ms) {
     GLASSBOX_ASSIGN_OR_RETURN(std::optional<ApiKeyRecord> record, store_->FindApiKey(hash));
     if (key_cache_.size() > 10000) key_cache_.clear();
     cached = key_cache_.insert_or_assign(hash, CachedKey{std::move(record), now}).first;

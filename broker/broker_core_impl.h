@@ -51,8 +51,11 @@ class BrokerCore {
   // reconnected) or stay silent (it died: CheckWorkers).
   void OnWorkerUnreachable(const std::string& peer);
   // Heartbeats, dead workers, time limits, store writes to retry, dispatch. Call often (the
-  // broker does every 10 to 50 ms).
-  void Tick();
+  // broker does every 10 to 50 ms). `workers_heard_until_ms`: a time by which every message
+  // the workers had sent was read. A worker is judged by its silence up to then, so the
+  // broker's own stalls (a frozen Redis) never make a worker look dead.
+  void Tick(int64_t workers_heard_until_ms);
+  void Tick() { Tick(clock_->NowMs()); }
 
   // For tests and logs.
   size_t LiveJobs() const { return jobs_.size(); }
@@ -139,7 +142,7 @@ class BrokerCore {
   void FlushFinishing();
   void Push(LiveJob& job, BrokerMessage status);
   void CheckTimeLimits(int64_t now);
-  void CheckWorkers(int64_t now);
+  void CheckWorkers(int64_t now, int64_t heard_until);
   void Remember(const JobRecord& record);
   void CacheResult(const JobRecord& record, std::vector<std::string> chunks, int64_t end_ms);
   // Chunk `index` of a job's result from the memory cache, counted in its owner's usage;

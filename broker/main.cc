@@ -47,6 +47,18 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
       ->add_option("--max-attempts", p->max_attempts,
                    "worker deaths while running one job before it is failed as poison")
       ->capture_default_str();
+  serve
+      ->add_option("--redis-timeout-ms", p->redis_timeout_ms,
+                   "longest wait for one Redis call before it counts as unavailable")
+      ->capture_default_str();
+  serve
+      ->add_option("--redis-retry-ms", p->redis_retry_ms,
+                   "pause after a failed Redis call before reconnecting")
+      ->capture_default_str();
+  serve
+      ->add_option("--key-cache-ms", p->key_cache_ms,
+                   "API keys are re-read from Redis after this long (revocation delay)")
+      ->capture_default_str();
   serve->add_option("--result-ttl-ms", p->result_ttl_ms, "how long results stay fetchable")
       ->capture_default_str();
   serve->add_option("--max-result-bytes", p->max_result_bytes, "larger results fail their job")

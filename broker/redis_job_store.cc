@@ -73,7 +73,8 @@ bool IsTransientError(const std::string& error) {
 // One connection, re-opened on demand after a failure.
 class RedisConnection {
  public:
-  explicit RedisConnection(std::string address) : address_(std::move(address)) {
+  RedisConnection(std::string address, const RedisTimeouts& timeouts)
+      : address_(std::move(address)), timeouts_(timeouts) {
     const size_t colon = address_.rfind(':');
     host_ = colon == std::string::npos ? address_ : address_.substr(0, colon);
     port_ = colon == std::string::npos ? 6379 : std::atoi(address_.c_str() + colon + 1);
@@ -120,18 +121,17 @@ class RedisConnection {
 
   Status Connect() {
     if (ctx_ != nullptr) return Status::Ok();
-    const auto now = std::chrono::steady_clock::now();
-    if (now < next_attempt_) return Unavailable(Describe(last_error_));
-    next_attempt_ = now + std::chrono::milliseconds(200);
-    const timeval connect_timeout{0, 500000};
-    ctx_ = redisConnectWithTimeout(host_.c_str(), port_, connect_timeout);
+    if (std::chrono::steady_clock::now() < next_attempt_) {
+      return Unavailable(Describe(last_error_));
+    }
+    ctx_ = redisConnectWithTimeout(host_.c_str(), port_,
+                                   Timeval(std::min<int64_t>(timeouts_.timeout_ms, 500)));
     if (ctx_ == nullptr || ctx_->err) {
       last_error_ = ctx_ ? ctx_->errstr : "cannot allocate a connection";
       Drop();
       return Unavailable(Describe(last_error_));
     }
-    const timeval io_timeout{2, 0};
-    redisSetTimeout(ctx_, io_timeout);
+    redisSetTimeout(ctx_, Timeval(timeouts_.timeout_ms));
     ctx_->reader->maxbuf = 0;  // keep the read buffer between replies (result chunks: 1 MiB)
     return Status::Ok();
   }
@@ -156,12 +156,20 @@ class RedisConnection {
     return "job store unavailable: redis at " + address_ + ": " + error;
   }
 
+  // Closes the connection; the next attempt waits retry_ms from now (not from the last
+  // attempt, which a blocked call may have left long behind).
   void Drop() {
     if (ctx_ != nullptr) redisFree(ctx_);
     ctx_ = nullptr;
+    next_attempt_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeouts_.retry_ms);
+  }
+
+  static timeval Timeval(int64_t ms) {
+    return timeval{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>(ms % 1000 * 1000)};
   }
 
   std::string address_;
+  RedisTimeouts timeouts_;
   std::string host_;
   int port_ = 6379;
   redisContext* ctx_ = nullptr;
@@ -253,7 +261,8 @@ Command Cat(Command head, const std::vector<std::string>& tail) {
 
 class RedisJobStore : public JobStore {
  public:
-  RedisJobStore(const std::string& address, const StoreTtls& ttls) : redis_(address), ttls_(ttls) {}
+  RedisJobStore(const std::string& address, const StoreTtls& ttls, const RedisTimeouts& timeouts)
+      : redis_(address, timeouts), ttls_(ttls) {}
 
   Status PutApiKey(const std::string& key_hash, const ApiKeyRecord& k) override {
     return redis_
@@ -442,8 +451,9 @@ class RedisJobStore : public JobStore {
 
 }  // namespace
 
-std::unique_ptr<JobStore> NewRedisJobStore(const std::string& address, const StoreTtls& ttls) {
-  return std::make_unique<RedisJobStore>(address, ttls);
+std::unique_ptr<JobStore> NewRedisJobStore(const std::string& address, const StoreTtls& ttls,
+                                           const RedisTimeouts& timeouts) {
+  return std::make_unique<RedisJobStore>(address, ttls, timeouts);
 }
 
 }  // namespace glassbox::broker::internal

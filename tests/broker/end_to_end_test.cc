@@ -260,7 +260,7 @@ TEST_CASE("E2E: a job's lifecycle, pushed statuses, result, models and usage", "
 }
 
 TEST_CASE("E2E: requests without a valid API key are refused", "[broker]") {
-  Cluster cluster;
+  Cluster cluster({"--key-cache-ms", "0"});  // a revocation bites at once
   ApiKey key = cluster.CreateKey("alice");
   cluster.StartWorker("a");
   auto good = cluster.NewClient(key.secret);
@@ -273,7 +273,6 @@ TEST_CASE("E2E: requests without a valid API key are refused", "[broker]") {
         "UNAUTHENTICATED: API key not recognised (unknown or revoked)");
   CHECK(wrong->ListModels().status().code() == StatusCode::kUnauthenticated);
   CHECK(cluster.Keys("revoke " + key.id).find("revoked " + key.id) != std::string::npos);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // the broker's key cache
   CHECK(good->Submit(Request("x")).status().code() == StatusCode::kUnauthenticated);
   CHECK(cluster.Keys("revoke nosuchkey").find("NOT_FOUND") != std::string::npos);
 }
@@ -437,7 +436,7 @@ TEST_CASE("E2E: the broker killed and restarted: acknowledged jobs complete, res
 
 TEST_CASE("E2E: Redis stopped: submissions refused as unavailable, nothing acknowledged lost",
           "[broker][slow]") {
-  Cluster cluster;
+  Cluster cluster({"--key-cache-ms", "0"});
   ApiKey key = cluster.CreateKey("alice");
   cluster.StartWorker("a");
   auto client = cluster.NewClient(key.secret);
@@ -446,7 +445,6 @@ TEST_CASE("E2E: Redis stopped: submissions refused as unavailable, nothing ackno
   const std::string queued = SubmitOk(*client, "sleep_ms=10");
   WaitState(*client, running, JobState::kRunning);
   cluster.redis().Stop(SIGKILL);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the key cache
   auto refused = client->Submit(Request("x"));
   CHECK(refused.status().code() == StatusCode::kUnavailable);
   CHECK(refused.status().message().find("job store unavailable") != std::string::npos);
@@ -512,6 +510,34 @@ TEST_CASE("E2E: Redis loading its data (LOADING) delays queued jobs, never fails
   CHECK(done.state == JobState::kCompleted);
   CHECK(done.message == "");
   CHECK(Saved(*client->FetchResult(second), "prompt") == "queued behind");
+}
+
+TEST_CASE("E2E: Redis frozen (SIGSTOP) stalls the broker: its workers are not presumed dead",
+          "[broker][slow]") {
+  // One store call may block the broker 1 s, four times a worker's heartbeat window here;
+  // a single presumed death would fail the job (--max-attempts 1).
+  Cluster cluster({"--redis-timeout-ms", "1000", "--key-cache-ms", "0", "--max-attempts", "1"});
+  ApiKey key = cluster.CreateKey("alice");
+  // Heartbeats every 50 ms (the broker gives up after 5 silent ones); the worker itself waits
+  // 100 silent broker heartbeats before it reconnects.
+  cluster.StartWorker("a", {"--heartbeat-ms", "50", "--heartbeat-liveness", "100"});
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  std::vector<JobStatus> seen;
+  client->OnStatus([&](const JobStatus& s) { seen.push_back(s); });
+  const std::string job = SubmitOk(*client, "wait_file=" + cluster.Path("release"));
+  WaitState(*client, job, JobState::kRunning);
+  cluster.redis().Signal(SIGSTOP);
+  // Each submission now blocks the broker on Redis (the API key lookup) until the timeout.
+  for (int i = 0; i < 2; ++i) {
+    CHECK(client->Submit(Request("refused")).status().code() == StatusCode::kUnavailable);
+  }
+  cluster.redis().Signal(SIGCONT);
+  testing::ChildProcess touch({"/usr/bin/touch", cluster.Path("release")}, "/dev/null");
+  const JobStatus done = WaitDone(*client, job, 20000);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(done.message == "");
+  for (const JobStatus& s : seen) CHECK(s.message.find("died") == std::string::npos);
 }
 
 TEST_CASE("E2E: malformed, unknown and oversized messages get errors, others still served",

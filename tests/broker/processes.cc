@@ -165,6 +165,10 @@ void RedisServer::Start(const std::vector<std::string>& extra) {
   if (!WaitForPort(port_, 10000)) throw std::runtime_error("redis-server did not start");
 }
 
+void RedisServer::Signal(int sig) {
+  if (process_) process_->Signal(sig);
+}
+
 void RedisServer::Stop(int sig) {
   if (process_) process_->Stop(sig);
   process_.reset();

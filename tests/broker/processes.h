@@ -70,6 +70,7 @@ class RedisServer {
   // it accepts connections (it may still be loading its data).
   void Start(const std::vector<std::string>& extra = {});
   void Stop(int sig = SIGTERM);  // SIGTERM: a clean shutdown; SIGKILL: a crash
+  void Signal(int sig);          // SIGSTOP / SIGCONT: a frozen Redis
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
 
  private:
