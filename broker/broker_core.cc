@@ -84,6 +84,7 @@ void BrokerCore::Tick(int64_t workers_heard_until_ms) {
   CheckWorkers(now, std::min(now, workers_heard_until_ms));
   CheckTimeLimits(now);
   FlushFinishing();
+  FlushBytesReturned();
   DispatchAll();
 }
 
@@ -213,9 +214,17 @@ StatusOr<BrokerCore::Caller> BrokerCore::Authenticate(const std::string& api_key
   const int64_t now = clock_->NowMs();
   auto cached = key_cache_.find(hash);
   if (cached == key_cache_.end() || now - cached->second.fetched_ms >= params_.key_cache_ms) {
-    GLASSBOX_ASSIGN_OR_RETURN(std::optional<ApiKeyRecord> record, store_->FindApiKey(hash));
-    if (key_cache_.size() > 10000) key_cache_.clear();
-    cached = key_cache_.insert_or_assign(hash, CachedKey{std::move(record), now}).first;
+    StatusOr<std::optional<ApiKeyRecord>> record = store_->FindApiKey(hash);
+    // Redis down: a key read before stays good (it cannot be revoked meanwhile either), so
+    // what the broker holds in memory is still served.
+    if (!record.ok() && (cached == key_cache_.end() ||
+                         record.status().code() != StatusCode::kUnavailable)) {
+      return record.status();
+    }
+    if (record.ok()) {
+      if (key_cache_.size() > 10000) key_cache_.clear();
+      cached = key_cache_.insert_or_assign(hash, CachedKey{std::move(*record), now}).first;
+    }
   }
   const std::optional<ApiKeyRecord>& record = cached->second.record;
   if (!record || record->revoked) {
@@ -852,8 +861,22 @@ StatusOr<std::optional<std::string>> BrokerCore::CachedChunk(const JobRecord& jo
     return std::optional<std::string>();
   }
   const std::string& chunk = it->second.chunks[index];
-  GLASSBOX_RETURN_IF_ERROR(store_->AddBytesReturned(job.owner, static_cast<int64_t>(chunk.size())));
+  CountBytesReturned(job.owner, static_cast<int64_t>(chunk.size()));
   return std::optional<std::string>(chunk);
+}
+
+// Adds to the owner's usage now, or (Redis down) when FlushBytesReturned next succeeds.
+void BrokerCore::CountBytesReturned(const std::string& owner, int64_t bytes) {
+  if (unsaved_bytes_returned_.empty() && store_->AddBytesReturned(owner, bytes).ok()) return;
+  unsaved_bytes_returned_[owner] += bytes;
+}
+
+void BrokerCore::FlushBytesReturned() {
+  while (!unsaved_bytes_returned_.empty()) {
+    auto it = unsaved_bytes_returned_.begin();
+    if (!store_->AddBytesReturned(it->first, it->second).ok()) return;
+    unsaved_bytes_returned_.erase(it);
+  }
 }
 
 void BrokerCore::Remember(const JobRecord& record) {

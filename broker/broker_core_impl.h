@@ -148,6 +148,8 @@ class BrokerCore {
   // Chunk `index` of a job's result from the memory cache, counted in its owner's usage;
   // nullopt when the cache does not hold it.
   StatusOr<std::optional<std::string>> CachedChunk(const JobRecord& job, int64_t index);
+  void CountBytesReturned(const std::string& owner, int64_t bytes);
+  void FlushBytesReturned();
 
   BrokerParams params_;
   JobStore* store_;
@@ -178,6 +180,8 @@ class BrokerCore {
   std::unordered_map<std::string, CachedResult> result_cache_;
   std::deque<std::string> result_cache_order_;
   int64_t result_cache_bytes_ = 0;
+  // Bytes served from memory while the store was down, by owner: added to usage later.
+  std::map<std::string, int64_t> unsaved_bytes_returned_;
 };
 
 std::string FormatSeconds(int64_t ms);  // "60 s", "1.5 s"

@@ -456,6 +456,33 @@ TEST_CASE("E2E: Redis stopped: submissions refused as unavailable, nothing ackno
   CHECK(WaitDone(*client, later).state == JobState::kCompleted);
 }
 
+TEST_CASE("E2E: during a Redis outage, results the broker holds in memory are still fetchable",
+          "[broker]") {
+  Cluster cluster({"--key-cache-ms", "0"});  // every request would read its key from Redis
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job = SubmitOk(*client, "result_bytes=3000000");
+  const JobStatus done = WaitDone(*client, job);
+  REQUIRE(done.state == JobState::kCompleted);
+  cluster.redis().Stop(SIGKILL);
+  CHECK(client->QueryStatus(job)->state == JobState::kCompleted);
+  auto result = client->FetchResult(job);
+  REQUIRE(result.ok());
+  CHECK(Saved(*result, "echo").size() == 3000000);
+  CHECK(client->Submit(Request("x")).status().code() == StatusCode::kUnavailable);
+  // Once Redis is back, the bytes served meanwhile are counted against the key.
+  cluster.redis().Start();
+  int64_t counted = -1;
+  for (int i = 0; i < 2000 && counted != done.result_bytes; ++i) {
+    auto keys = ListApiKeys(cluster.redis().address());
+    if (keys.ok() && keys->size() == 1) counted = (*keys)[0].usage.bytes_returned;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK(counted == done.result_bytes);
+}
+
 TEST_CASE("E2E: Redis loading its data (LOADING) delays queued jobs, never fails them",
           "[broker][slow]") {
   Cluster cluster;
