@@ -6,6 +6,10 @@
 
 #include <chrono>
 #include <fstream>
+#include <iterator>
+#include <memory>
+#include <set>
+#include <unordered_map>
 #include <zmq.hpp>
 
 #include "broker/broker_core_impl.h"
@@ -15,39 +19,87 @@ namespace {
 
 using internal::LogLine;
 
-// Sends [routing id, message]; remembers workers it could not reach for the core.
+// Sends [routing id, message]; remembers workers it could not reach for the core, and counts
+// the bytes each client connection has not taken yet (ZeroMQ frees a message once it is
+// written to the connection, or dropped) so a client that never reads costs bounded memory.
 class ZmqOutbox : public internal::Outbox {
  public:
-  ZmqOutbox(zmq::socket_t* clients, zmq::socket_t* workers)
-      : clients_(clients), workers_(workers) {}
+  using Counter = std::shared_ptr<std::atomic<int64_t>>;
+
+  ZmqOutbox(zmq::socket_t* clients, zmq::socket_t* workers, int64_t client_unread_bytes,
+            int64_t client_unread_total_bytes)
+      : clients_(clients),
+        workers_(workers),
+        client_unread_bytes_(client_unread_bytes),
+        client_unread_total_bytes_(client_unread_total_bytes) {}
 
   void ToClient(const std::string& peer, const protocol::BrokerMessage& message) override {
-    if (!Send(*clients_, peer, protocol::EncodeBrokerMessage(message))) {
-      LogLine("dropped a " + std::string(protocol::BrokerMessageTypeName(message.type)) +
-              " message to a client that is gone or not reading");
+    Counter& unread = unread_[peer];
+    if (!unread) unread = std::make_shared<std::atomic<int64_t>>(0);
+    const char* dropped = nullptr;
+    if (unread->load() >= client_unread_bytes_ || total_unread_->load() >= client_unread_total_bytes_) {
+      dropped = "that has too many bytes unread";
+    } else if (!Send(*clients_, peer, protocol::EncodeBrokerMessage(message), unread, total_unread_)) {
+      dropped = "that is gone or not reading";
+    }
+    if (dropped != nullptr && dropping_.insert(peer).second) {
+      LogLine("dropping " + std::string(protocol::BrokerMessageTypeName(message.type)) +
+              " messages to a client " + dropped);
     }
   }
 
   bool ToWorker(const std::string& peer, const protocol::BrokerMessage& message) override {
-    if (Send(*workers_, peer, protocol::EncodeBrokerMessage(message))) return true;
+    if (Send(*workers_, peer, protocol::EncodeBrokerMessage(message), nullptr, nullptr)) {
+      return true;
+    }
     unreachable_.push_back(peer);
     return false;
   }
 
+  int64_t ClientUnreadBytes(const std::string& peer) const override {
+    auto it = unread_.find(peer);
+    return it == unread_.end() ? 0 : it->second->load();
+  }
+  int64_t AllClientsUnreadBytes() const override { return total_unread_->load(); }
+
   std::vector<std::string> TakeUnreachable() { return std::move(unreachable_); }
 
+  // Forgets connections with nothing unread (they are counted afresh if they come back).
+  void ForgetIdleClients() {
+    for (auto it = unread_.begin(); it != unread_.end();) {
+      it = it->second->load() == 0 ? unread_.erase(it) : std::next(it);
+    }
+    dropping_.clear();
+  }
+
  private:
-  static bool Send(zmq::socket_t& socket, const std::string& peer, std::string bytes) {
+  // A message body handed to ZeroMQ without a copy (result chunks are 1 MiB); ZeroMQ frees
+  // it once sent or dropped, which uncounts it.
+  struct Owned {
+    std::string bytes;
+    Counter peer_unread;
+    Counter total_unread;
+  };
+
+  static void Free(void*, void* hint) {
+    auto* owned = static_cast<Owned*>(hint);
+    const auto size = static_cast<int64_t>(owned->bytes.size());
+    if (owned->peer_unread) owned->peer_unread->fetch_sub(size);
+    if (owned->total_unread) owned->total_unread->fetch_sub(size);
+    delete owned;
+  }
+
+  static bool Send(zmq::socket_t& socket, const std::string& peer, std::string bytes,
+                   const Counter& peer_unread, const Counter& total_unread) {
     try {
       if (!socket.send(zmq::buffer(peer), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
         return false;  // high-water mark: the peer is not reading
       }
-      // The encoded message is handed to ZeroMQ without a copy (result chunks are 1 MiB);
-      // ZeroMQ frees it once sent.
-      auto* owned = new std::string(std::move(bytes));
-      zmq::message_t frame(
-          owned->data(), owned->size(),
-          [](void*, void* hint) { delete static_cast<std::string*>(hint); }, owned);
+      const auto size = static_cast<int64_t>(bytes.size());
+      auto* owned = new Owned{std::move(bytes), peer_unread, total_unread};
+      if (peer_unread) peer_unread->fetch_add(size);
+      if (total_unread) total_unread->fetch_add(size);
+      zmq::message_t frame(owned->bytes.data(), owned->bytes.size(), &ZmqOutbox::Free, owned);
       return socket.send(frame, zmq::send_flags::dontwait).has_value();
     } catch (const zmq::error_t& e) {
       if (e.num() != EHOSTUNREACH) LogLine(std::string("send failed: ") + e.what());
@@ -57,6 +109,11 @@ class ZmqOutbox : public internal::Outbox {
 
   zmq::socket_t* clients_;
   zmq::socket_t* workers_;
+  const int64_t client_unread_bytes_;
+  const int64_t client_unread_total_bytes_;
+  std::unordered_map<std::string, Counter> unread_;  // by client connection
+  Counter total_unread_ = std::make_shared<std::atomic<int64_t>>(0);
+  std::set<std::string> dropping_;  // connections whose dropped messages were logged
   std::vector<std::string> unreachable_;
 };
 
@@ -143,7 +200,8 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
       internal::NewRedisJobStore(params.redis_address, TtlsOf(params),
                                  {params.redis_timeout_ms, params.redis_retry_ms});
   internal::SystemClock clock;
-  ZmqOutbox outbox(&clients, &workers);
+  ZmqOutbox outbox(&clients, &workers, params.client_unread_bytes,
+                   params.client_unread_total_bytes);
   internal::BrokerCore core(params, store.get(), &clock, &outbox);
   Status recovered = core.Recover();
   if (!recovered.ok()) LogLine("cannot reload queues yet (will retry): " + recovered.ToString());
@@ -158,6 +216,7 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
     core.OnWorkerMessage(peer, b);
   };
   int64_t last_tick = 0;
+  int64_t ticks = 0;
   int64_t workers_heard_until = clock.NowMs();
   while (!stop.load()) {
     zmq::pollitem_t items[] = {{clients.handle(), 0, ZMQ_POLLIN, 0},
@@ -179,6 +238,7 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
     for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);
     if (SteadyMs() - last_tick >= 10) {
       core.Tick(workers_heard_until);
+      if (++ticks % 100 == 0) outbox.ForgetIdleClients();
       last_tick = SteadyMs();
       for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);
     }

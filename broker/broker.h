@@ -50,6 +50,13 @@ struct BrokerParams {
   int64_t result_ttl_ms = int64_t{3600} * 1000;           // results stay fetchable this long
   int64_t record_ttl_ms = int64_t{7} * 24 * 3600 * 1000;  // job records (status by id)
   int64_t max_client_message_bytes = int64_t{80} << 20;   // ZMQ_MAXMSGSIZE on the client socket
+  // Bytes the broker holds for one client connection that has not read them yet (fetched
+  // chunks, statuses); past it, fetches on that connection are refused (RESOURCE_EXHAUSTED)
+  // and other messages to it dropped. All connections together: client_unread_total_bytes.
+  int64_t client_unread_bytes = int64_t{64} << 20;
+  int64_t client_unread_total_bytes = int64_t{1} << 30;
+  // Longest `ref` a client may give (it is stored in Redis with a submitted job).
+  int64_t max_ref_bytes = 256;
   int64_t max_result_bytes = int64_t{1} << 30;            // larger results fail their job
   // Results of recently finished jobs also kept in the broker's memory, up to this many bytes
   // (oldest dropped first), so fetching right after completion does not read them back from

@@ -187,6 +187,13 @@ void BrokerCore::HandleClient(const std::string& peer, const BrokerMessage& m) {
                  m);
       return;
   }
+  if (static_cast<int64_t>(m.ref.size()) > params_.max_ref_bytes) {
+    return ReplyError(peer,
+                      InvalidArgument("ref of " + std::to_string(m.ref.size()) +
+                                      " bytes is over the limit of " +
+                                      std::to_string(params_.max_ref_bytes) + " bytes"),
+                      m);
+  }
   StatusOr<Caller> caller = Authenticate(m.api_key);
   if (!caller.ok()) return ReplyError(peer, caller.status(), m);
   switch (m.type) {
@@ -329,6 +336,8 @@ void BrokerCore::Fetch(const std::string& peer, const Caller& caller, const Brok
                         " result chunks; there is no chunk " + std::to_string(m.index)),
         m);
   }
+  Status room = CheckUnread(peer, (job.result_bytes + job.result_chunks - 1) / job.result_chunks);
+  if (!room.ok()) return ReplyError(peer, room, m);
   StatusOr<std::optional<std::string>> chunk = CachedChunk(job, m.index);
   if (chunk.ok() && !*chunk) chunk = store_->FetchResultChunk(job, m.index);
   if (!chunk.ok()) return ReplyError(peer, chunk.status(), m);
@@ -346,6 +355,23 @@ void BrokerCore::Fetch(const std::string& peer, const Caller& caller, const Brok
   reply.total_bytes = job.result_bytes;
   reply.payload = std::move(**chunk);
   outbox_->ToClient(peer, reply);
+}
+
+Status BrokerCore::CheckUnread(const std::string& peer, int64_t chunk_bytes) const {
+  const int64_t unread = outbox_->ClientUnreadBytes(peer);
+  if (unread > 0 && unread + chunk_bytes > params_.client_unread_bytes) {
+    return ResourceExhausted(std::to_string(unread) +
+                             " bytes sent are still unread by this connection (the broker holds "
+                             "at most " +
+                             std::to_string(params_.client_unread_bytes) +
+                             "); read them before fetching more");
+  }
+  const int64_t all = outbox_->AllClientsUnreadBytes();
+  if (all > 0 && all + chunk_bytes > params_.client_unread_total_bytes) {
+    return ResourceExhausted("the broker holds " + std::to_string(all) +
+                             " bytes unread by its clients, its limit; fetch again shortly");
+  }
+  return Status::Ok();
 }
 
 void BrokerCore::Cancel(const std::string& peer, const Caller& caller, const BrokerMessage& m) {

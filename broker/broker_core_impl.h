@@ -32,6 +32,10 @@ class Outbox {
   // False when the message could not be handed to the worker's connection (it is gone): the
   // worker never gets it.
   virtual bool ToWorker(const std::string& peer, const BrokerMessage& message) = 0;
+  // Bytes sent to one client connection, or to all, that are still held in memory because
+  // the client has not read them.
+  virtual int64_t ClientUnreadBytes(const std::string& /*peer*/) const { return 0; }
+  virtual int64_t AllClientsUnreadBytes() const { return 0; }
 };
 
 // Not thread-safe: one thread calls everything. `store`, `clock` and `outbox` are not owned.
@@ -105,6 +109,8 @@ class BrokerCore {
   Status CheckSubmission(const Caller& caller, const BrokerMessage& m, const std::string& model);
   void Query(const std::string& peer, const Caller& caller, const BrokerMessage& m);
   void Fetch(const std::string& peer, const Caller& caller, const BrokerMessage& m);
+  // RESOURCE_EXHAUSTED when a chunk of `chunk_bytes` more would hold too many unread bytes.
+  Status CheckUnread(const std::string& peer, int64_t chunk_bytes) const;
   void Cancel(const std::string& peer, const Caller& caller, const BrokerMessage& m);
   void ListModels(const std::string& peer, const BrokerMessage& m);
   // The job as its owner may see it; NOT_FOUND for other owners and unknown ids alike.

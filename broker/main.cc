@@ -68,6 +68,19 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
                    "recent results also kept in memory for fast fetches (0: off)")
       ->capture_default_str();
   serve
+      ->add_option("--client-unread-bytes", p->client_unread_bytes,
+                   "bytes held for one client connection that does not read; then fetches are "
+                   "refused")
+      ->capture_default_str();
+  serve
+      ->add_option("--client-unread-total-bytes", p->client_unread_total_bytes,
+                   "the same for all client connections together")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-ref-bytes", p->max_ref_bytes,
+                   "longest ref (client request id) a client may give")
+      ->capture_default_str();
+  serve
       ->add_option("--max-message-bytes", p->max_client_message_bytes,
                    "largest frame a client may send (ZMQ_MAXMSGSIZE)")
       ->capture_default_str();

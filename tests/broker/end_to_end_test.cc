@@ -607,6 +607,77 @@ TEST_CASE("E2E: malformed, unknown and oversized messages get errors, others sti
   CHECK(cluster.broker().Running());
 }
 
+TEST_CASE("E2E: a client that never reads costs the broker a bounded number of bytes",
+          "[broker]") {
+  const int64_t limit = int64_t{4} << 20;
+  Cluster cluster({"--dev-no-auth", "--client-unread-bytes", std::to_string(limit)});
+  cluster.StartWorker("a", {"--chunk-bytes", "262144"});
+  auto client = cluster.NewClient("");
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job = SubmitOk(*client, "result_bytes=200000");
+  const JobStatus done = WaitDone(*client, job);
+  REQUIRE(done.result_chunks == 1);
+  zmq::context_t ctx;
+  zmq::socket_t greedy(ctx, zmq::socket_type::dealer);  // asks for much, reads nothing yet
+  greedy.set(zmq::sockopt::linger, 0);
+  greedy.set(zmq::sockopt::rcvhwm, 1);
+  greedy.set(zmq::sockopt::rcvbuf, 65536);
+  greedy.connect(cluster.ClientEndpoint());
+  const int fetches = 400;
+  for (int i = 0; i < fetches; ++i) {
+    protocol::BrokerMessage fetch;
+    fetch.type = protocol::BrokerMessageType::kFetch;
+    fetch.ref = "f" + std::to_string(i);
+    fetch.job = job;
+    fetch.index = 0;
+    greedy.send(zmq::buffer(protocol::EncodeBrokerMessage(fetch)), zmq::send_flags::none);
+  }
+  protocol::BrokerMessage marker;  // handled after every fetch above: its job touches a file
+  marker.type = protocol::BrokerMessageType::kSubmit;
+  marker.payload = Request("touch=" + cluster.Path("marker"));
+  greedy.send(zmq::buffer(protocol::EncodeBrokerMessage(marker)), zmq::send_flags::none);
+  REQUIRE(testing::WaitForFile(cluster.Path("marker")));
+  int chunks = 0;
+  int refused = 0;
+  greedy.set(zmq::sockopt::rcvtimeo, 10000);
+  while (chunks + refused < fetches) {
+    zmq::message_t frame;
+    REQUIRE(greedy.recv(frame));
+    auto reply = protocol::DecodeBrokerMessage(frame.to_string_view());
+    REQUIRE(reply.ok());
+    if (reply->ref.rfind("f", 0) != 0) continue;  // the marker's ack and statuses
+    if (reply->type == protocol::BrokerMessageType::kResultChunk) {
+      ++chunks;
+    } else {
+      CHECK(reply->code == "RESOURCE_EXHAUSTED");
+      CHECK(reply->message.find("unread by this connection") != std::string::npos);
+      ++refused;
+    }
+  }
+  // At most the limit held by the broker, plus what the kernel's socket buffers took
+  // (4 MiB here, net.ipv4.tcp_wmem) and the client's own buffer.
+  CHECK(chunks <= (limit + (int64_t{5} << 20)) / 200000 + 1);
+  CHECK(refused >= fetches - 60);
+  CHECK(client->FetchResult(job).ok());  // other connections are served as usual
+}
+
+TEST_CASE("E2E: a client's ref is capped in size and never stored beyond it", "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string huge(1 << 20, 'r');
+  auto refused = client->Submit(Request("x"), huge);
+  CHECK(refused.status().ToString() ==
+        "INVALID_ARGUMENT: ref of 1048576 bytes is over the limit of 256 bytes");
+  CHECK(RedisCall(cluster.redis().address(), {"EXISTS", "gb:ref:" + key.id + ":" + huge}) == "0");
+  const std::string fine(256, 'r');
+  auto job = client->Submit(Request("x"), fine);
+  REQUIRE(job.ok());
+  CHECK(WaitDone(*client, *job).state == JobState::kCompleted);
+}
+
 TEST_CASE("E2E: users take turns: one user's many jobs do not starve another's one",
           "[broker][slow]") {
   Cluster cluster;
