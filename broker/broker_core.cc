@@ -147,7 +147,7 @@ void BrokerCore::CheckTimeLimits(int64_t now) {
     cancel.job = id;
     cancel.reason = limit;
     outbox_->ToWorker(job.worker, cancel);
-    FinishJob(job, JobState::kError, "RESOURCE_EXHAUSTED",
+    FinishJob(job, JobState::kError, "CANCELLED",  // protocol/SPEC.md §7: past its limit
               limit + " (the worker did not stop within " +
                   FormatSeconds(params_.time_limit_grace_ms) + " of it)");
   }

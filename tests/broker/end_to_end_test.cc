@@ -769,6 +769,22 @@ TEST_CASE("E2E: a job past its time limit is stopped and reported, the worker go
   CHECK(WaitDone(*client, next).state == JobState::kCompleted);
 }
 
+TEST_CASE("E2E: a worker that does not stop at the time limit: the broker fails the job, CANCELLED",
+          "[broker]") {
+  Cluster cluster({"--time-limit-ms", "300", "--time-limit-grace-ms", "200"});
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job =
+      SubmitOk(*client, "ignore_stop=1;wait_file=" + cluster.Path("never-created"));
+  const JobStatus failed = WaitDone(*client, job);
+  CHECK(failed.state == JobState::kError);
+  CHECK(failed.code == "CANCELLED");  // protocol/SPEC.md section 7: past its time limit
+  CHECK(failed.message == "time limit of 0.3 s exceeded (the worker did not stop within 0.2 s of it)");
+  CHECK(protocol::DecodeErrorReport(*client->FetchResult(job))->code == "CANCELLED");
+}
+
 TEST_CASE("E2E: cancelling a running job stops it, the worker takes the next", "[broker]") {
   Cluster cluster;
   ApiKey key = cluster.CreateKey("alice");
