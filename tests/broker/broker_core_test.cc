@@ -58,6 +58,18 @@ std::string Request(const std::string& model, const std::string& prompt = "x") {
   return protocol::EncodeRequest(r);
 }
 
+// Chunk `index` of a `count`-chunk result of `job`, as a worker sends it.
+BrokerMessage ResultChunk(const std::string& job, int64_t index, int64_t count,
+                          std::string payload) {
+  BrokerMessage m;
+  m.type = BrokerMessageType::kJobResult;
+  m.job = job;
+  m.index = index;
+  m.count = count;
+  m.payload = std::move(payload);
+  return m;
+}
+
 std::string ResultBytes() {
   protocol::Result result;
   result.saved.push_back({"n", 1, protocol::Value::Int(7)});
@@ -395,13 +407,7 @@ TEST_CASE("Core: a result that stops arriving fails its job and frees the worker
   h.Ready("w1");
   const std::string job = h.Submit("c", "").job;
   CHECK(h.JobFor("w1") == job);
-  BrokerMessage chunk;
-  chunk.type = BrokerMessageType::kJobResult;
-  chunk.job = job;
-  chunk.index = 0;
-  chunk.count = 3;
-  chunk.payload = "part";
-  h.Worker("w1", chunk);  // then chunks 1 and 2 never come; heartbeats do
+  h.Worker("w1", ResultChunk(job, 0, 3, "part"));  // chunks 1 and 2 never come; heartbeats do
   BrokerMessage beat;
   beat.type = BrokerMessageType::kHeartbeat;
   for (int i = 0; i < 6; ++i) {
@@ -541,15 +547,7 @@ TEST_CASE("Core: a result over the size limit fails the job, the worker goes on"
   h.Ready("w1");
   const std::string job = h.Submit("c", "").job;
   CHECK(h.JobFor("w1") == job);
-  BrokerMessage chunk;
-  chunk.type = BrokerMessageType::kJobResult;
-  chunk.job = job;
-  chunk.count = 3;
-  chunk.payload = std::string(600, 'x');
-  for (int64_t i = 0; i < 3; ++i) {
-    chunk.index = i;
-    h.Worker("w1", chunk);
-  }
+  for (int64_t i = 0; i < 3; ++i) h.Worker("w1", ResultChunk(job, i, 3, std::string(600, 'x')));
   BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
   CHECK(status.state == JobState::kError);
   CHECK(status.message == "the result is over the service's limit of 1000 bytes; save less");
