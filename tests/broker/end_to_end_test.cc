@@ -688,10 +688,13 @@ TEST_CASE("E2E: users take turns: one user's many jobs do not starve another's o
   auto b = cluster.NewClient(bob.secret);
   cluster.WaitForWorkers(*a, 1);
   std::vector<std::string> alice_jobs;
-  for (int i = 0; i < 20; ++i) alice_jobs.push_back(SubmitOk(*a, "sleep_ms=30"));
-  const std::string bob_job = SubmitOk(*b, "sleep_ms=30");
+  // No job finishes before bob's is queued: they all wait for the release file.
+  const std::string jobs = "sleep_ms=30;wait_file=" + cluster.Path("release");
+  for (int i = 0; i < 20; ++i) alice_jobs.push_back(SubmitOk(*a, jobs));
+  const std::string bob_job = SubmitOk(*b, jobs);
   auto queued = b->QueryStatus(bob_job);
   CHECK(queued->position <= 2);
+  testing::ChildProcess touch({"/usr/bin/touch", cluster.Path("release")}, "/dev/null");
   const JobStatus bob_done = WaitDone(*b, bob_job);
   int alice_before = 0;
   for (const std::string& job : alice_jobs) {
