@@ -4,6 +4,7 @@
 // API-key management behind `glassbox-broker keys`.
 #include "broker/broker.h"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <iterator>
@@ -217,7 +218,6 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   };
   int64_t last_tick = 0;
   int64_t ticks = 0;
-  int64_t workers_heard_until = clock.NowMs();
   while (!stop.load()) {
     zmq::pollitem_t items[] = {{clients.handle(), 0, ZMQ_POLLIN, 0},
                                {workers.handle(), 0, ZMQ_POLLIN, 0}};
@@ -226,18 +226,18 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) return Internal(std::string("zmq_poll failed: ") + e.what());
     }
-    for (int i = 0; i < 256; ++i) {
-      const int64_t before = clock.NowMs();
-      if (!ReceiveOne(workers, on_worker, &outbox, true)) {
-        workers_heard_until = before;  // everything workers sent until then has been read
-        break;
-      }
+    // Every worker with a message waiting at `read_from` is read from below (the ROUTER reads
+    // its connections in turn, and the cap leaves room for two messages each), so each
+    // one's silence can be judged up to then, however long the broker stalls afterwards.
+    const int64_t read_from = clock.NowMs();
+    const size_t cap = std::max<size_t>(256, 2 * core.Workers());
+    for (size_t i = 0; i < cap && ReceiveOne(workers, on_worker, &outbox, true); ++i) {
     }
     for (int i = 0; i < 256 && ReceiveOne(clients, on_client, &outbox, false); ++i) {
     }
     for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);
     if (SteadyMs() - last_tick >= 10) {
-      core.Tick(workers_heard_until);
+      core.Tick(read_from);
       if (++ticks % 100 == 0) outbox.ForgetIdleClients();
       last_tick = SteadyMs();
       for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);

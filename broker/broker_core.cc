@@ -92,6 +92,7 @@ void BrokerCore::Tick(int64_t workers_heard_until_ms) {
 // was not reading (stalled on the store) counts as heard.
 void BrokerCore::CheckWorkers(int64_t now, int64_t heard_until) {
   std::vector<std::string> dead;
+  std::vector<std::string> stalled;
   for (auto& [peer, w] : workers_) {
     if (heard_until - w.last_seen_ms > w.heartbeat_ms * params_.heartbeat_liveness) {
       dead.push_back(peer);
@@ -99,13 +100,15 @@ void BrokerCore::CheckWorkers(int64_t now, int64_t heard_until) {
     }
     if (w.busy && w.result_chunk_ms > 0 &&
         heard_until - w.result_chunk_ms > params_.time_limit_grace_ms) {
-      ResultStalled(w);
+      stalled.push_back(peer);
+      continue;
     }
     if (now >= w.next_heartbeat_ms) {
       outbox_->ToWorker(peer, Simple(BrokerMessageType::kHeartbeat));
       w.next_heartbeat_ms = now + w.heartbeat_ms;
     }
   }
+  for (const std::string& peer : stalled) ResultStalled(peer);
   for (const std::string& peer : dead) {
     LogLine("worker " + workers_[peer].model + " silent for " +
             std::to_string(params_.heartbeat_liveness) + " heartbeats: presumed dead");
@@ -114,22 +117,23 @@ void BrokerCore::CheckWorkers(int64_t now, int64_t heard_until) {
 }
 
 // The worker began sending a result, then sent no chunk for the grace period while still
-// heartbeating: chunks were lost. Its job (if still ours) fails; the worker is told to
-// register again, which resets it, and is free meanwhile.
-void BrokerCore::ResultStalled(Worker& worker) {
-  auto it = jobs_.find(worker.job);
-  LogLine("worker of \"" + Shorten(worker.model) + "\" stopped sending its result; freed");
+// heartbeating: chunks were lost. Its job (if still ours) fails, and the worker is forgotten
+// and told to register again, which resets it.
+void BrokerCore::ResultStalled(const std::string& peer) {
+  Worker& worker = workers_.at(peer);
+  LogLine("worker of \"" + Shorten(worker.model) + "\" stopped sending its result");
   BrokerMessage bye = Simple(BrokerMessageType::kDisconnect);
   bye.reason = "your result stopped arriving; register again";
-  outbox_->ToWorker(worker.peer, bye);
-  if (it != jobs_.end() && !it->second.finishing && it->second.worker == worker.peer) {
+  outbox_->ToWorker(peer, bye);
+  auto it = jobs_.find(worker.job);
+  if (it != jobs_.end() && !it->second.finishing && it->second.worker == peer) {
     const size_t received = it->second.chunks.size();
     it->second.chunks.clear();
     FinishJob(it->second, JobState::kError, "INTERNAL",
               "the worker's result stopped arriving after " + std::to_string(received) +
                   " chunks; submit it again");
   }
-  ReleaseWorker(worker);
+  workers_.erase(peer);
 }
 
 void BrokerCore::CheckTimeLimits(int64_t now) {
@@ -761,6 +765,7 @@ BrokerCore::Start BrokerCore::StartJob(Worker& worker, LiveJob& job) {
     job.record.state = JobState::kQueued;
     return Start::kStoreDown;
   }
+  const std::map<std::string, int64_t> times_before = job.record.times;
   job.record.times["RUNNING"] = now;
   job.worker = worker.peer;
   job.started_ms = now;
@@ -779,7 +784,7 @@ BrokerCore::Start BrokerCore::StartJob(Worker& worker, LiveJob& job) {
     --running_by_owner_[job.record.owner];
     job.worker.clear();
     job.record.state = JobState::kQueued;
-    job.record.times.erase("RUNNING");
+    job.record.times = times_before;
     Status stored = store_->Requeue(job.record, now);
     if (!stored.ok()) LogLine("requeue not stored (recovery will redo it): " + stored.ToString());
     return Start::kUnreachable;

@@ -55,9 +55,9 @@ class BrokerCore {
   // reconnected) or stay silent (it died: CheckWorkers).
   void OnWorkerUnreachable(const std::string& peer);
   // Heartbeats, dead workers, time limits, store writes to retry, dispatch. Call often (the
-  // broker does every 10 to 50 ms). `workers_heard_until_ms`: a time by which every message
-  // the workers had sent was read. A worker is judged by its silence up to then, so the
-  // broker's own stalls (a frozen Redis) never make a worker look dead.
+  // broker does every 10 to 50 ms). `workers_heard_until_ms`: a time such that every worker
+  // that had sent anything by then has been read from since. A worker is judged by its
+  // silence up to then, so the broker's own stalls (a frozen Redis) never make it look dead.
   void Tick(int64_t workers_heard_until_ms);
   void Tick() { Tick(clock_->NowMs()); }
 
@@ -124,7 +124,7 @@ class BrokerCore {
   void AdoptBusyJob(Worker& worker, const std::string& job_id);
   void JobResult(Worker& worker, const BrokerMessage& m);
   void ReleaseWorker(Worker& worker);
-  void ResultStalled(Worker& worker);
+  void ResultStalled(const std::string& peer);
   void RemoveWorker(const std::string& peer, bool died);
   void WorkerLost(const std::string& job_id, bool died);
 

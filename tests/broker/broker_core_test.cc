@@ -422,6 +422,8 @@ TEST_CASE("Core: a result that stops arriving fails its job and frees the worker
   bool told = false;
   for (const BrokerMessage& m : h.outbox.Take("w1")) told |= m.type == BrokerMessageType::kDisconnect;
   CHECK(told);
+  CHECK(h.core->Workers() == 0);
+  h.Ready("w1");  // registered afresh, as told
   const std::string next = h.Submit("c", "").job;
   CHECK(h.JobFor("w1") == next);
 }
