@@ -517,10 +517,11 @@ TEST_CASE("E2E: Redis loading its data (LOADING) delays queued jobs, never fails
   const std::string first = SubmitOk(*client, "wait_file=" + cluster.Path("release"));
   WaitState(*client, first, JobState::kRunning);
   const std::string second = SubmitOk(*client, "queued behind");
-  // Restarted with a loading delay of 1 ms per key: it answers LOADING until told otherwise.
+  // Restarted with a loading delay of 5 ms per key (100 s for all): it answers LOADING
+  // until the test lifts the delay.
   cluster.redis().Stop(SIGTERM);
   cluster.redis().Start(
-      {"--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024"});
+      {"--key-load-delay", "5000", "--loading-process-events-interval-bytes", "1024"});
   REQUIRE(HasLine(RedisCall(redis, {"INFO", "persistence"}), "loading:1"));
   testing::ChildProcess touch({"/usr/bin/touch", cluster.Path("release")}, "/dev/null");
   // The first job's end meets LOADING; the broker then tried to start the second one.
@@ -728,8 +729,10 @@ TEST_CASE("E2E: a result of 2,048 chunks sent while the broker does not read arr
           "[broker]") {
   Cluster cluster;
   ApiKey key = cluster.CreateKey("alice");
-  // A send queue of 4 chunks: the worker must wait for the broker, never drop a chunk.
-  cluster.StartWorker("a", {"--chunk-bytes", "16384", "--send-queue", "4"});
+  // A send queue of 4 chunks: the worker must wait for the broker, never drop a chunk. (It
+  // waits 100 silent heartbeats before it reconnects to a broker it thinks dead.)
+  cluster.StartWorker("a", {"--chunk-bytes", "16384", "--send-queue", "4",
+                            "--heartbeat-liveness", "100"});
   auto client = cluster.NewClient(key.secret);
   cluster.WaitForWorkers(*client, 1);
   const int64_t bytes = int64_t{32} << 20;
