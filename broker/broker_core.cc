@@ -296,12 +296,35 @@ void BrokerCore::Submit(const std::string& peer, const Caller& caller, const Bro
   outbox_->ToClient(peer, ack);
   if (*stored != record.id) {  // a retry of a submission already stored
     auto live = jobs_.find(*stored);
-    if (live != jobs_.end()) live->second.client = peer;
+    if (live != jobs_.end()) {
+      live->second.client = peer;
+    } else {
+      AdoptStoredJob(*stored, peer);
+    }
     return;
   }
   LiveJob& job = jobs_[record.id];
   job.record = std::move(record);
   job.client = peer;
+  Enqueue(job, /*front=*/false);
+  Push(job, StatusOf(job.record));
+  Dispatch(job.record.model);
+}
+
+// A job in the store the broker does not hold: stored by a call whose answer never came (a
+// store timeout), so its client was told UNAVAILABLE and retried. Queued here, it runs.
+void BrokerCore::AdoptStoredJob(const std::string& id, const std::string& peer) {
+  if (recent_.count(id) > 0) return;  // finished already
+  StatusOr<std::optional<JobRecord>> stored = store_->GetJob(id);
+  if (!stored.ok() || !stored->has_value() || protocol::IsTerminal((*stored)->state)) return;
+  LiveJob& job = jobs_[id];
+  job.record = std::move(**stored);
+  job.client = peer;
+  if (job.record.state == JobState::kRunning) {
+    job.record.state = JobState::kQueued;
+    Status requeued = store_->Requeue(job.record, clock_->NowMs());
+    if (!requeued.ok()) LogLine("requeue not stored (recovery will redo it): " + requeued.ToString());
+  }
   Enqueue(job, /*front=*/false);
   Push(job, StatusOf(job.record));
   Dispatch(job.record.model);

@@ -106,6 +106,7 @@ class BrokerCore {
   void HandleClient(const std::string& peer, const BrokerMessage& m);
   StatusOr<Caller> Authenticate(const std::string& api_key);
   void Submit(const std::string& peer, const Caller& caller, const BrokerMessage& m);
+  void AdoptStoredJob(const std::string& id, const std::string& peer);
   Status CheckSubmission(const Caller& caller, const BrokerMessage& m, const std::string& model);
   void Query(const std::string& peer, const Caller& caller, const BrokerMessage& m);
   void Fetch(const std::string& peer, const Caller& caller, const BrokerMessage& m);

@@ -240,6 +240,29 @@ TEST_CASE("Core: a retried submission with the same ref is the same job", "[brok
   CHECK(h.core->LiveJobs() == 1);
 }
 
+TEST_CASE("Core: a retried submission of a job stored unbeknown to the broker runs it",
+          "[broker]") {
+  Harness h;
+  const std::string key = h.AddKey("alice");
+  h.Ready("w1");
+  // What a store call that timed out after Redis ran it leaves: the job stored and queued,
+  // the client told UNAVAILABLE, the broker unaware of it.
+  JobRecord stored;
+  stored.id = RandomHex(16);
+  stored.owner = "id_alice";
+  stored.model = "m";
+  stored.ref = "retried";
+  stored.state = JobState::kQueued;
+  stored.times = {{"RECEIVED", h.clock.now}, {"QUEUED", h.clock.now}};
+  stored.seq = 1;
+  REQUIRE(h.store->CreateJob(stored, Request("m")).ok());
+  BrokerMessage ack = h.Submit("c1", key, "m", "retried");
+  CHECK(ack.job == stored.id);
+  CHECK(h.JobFor("w1") == stored.id);
+  h.Finish("w1", stored.id);
+  CHECK(h.Ask("c1", BrokerMessageType::kQuery, key, stored.id).state == JobState::kCompleted);
+}
+
 TEST_CASE("Core: API keys are required and checked", "[broker]") {
   Harness h;
   h.AddKey("alice");
