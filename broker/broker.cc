@@ -4,8 +4,13 @@
 // API-key management behind `glassbox-broker keys`.
 #include "broker/broker.h"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <iterator>
+#include <memory>
+#include <set>
+#include <unordered_map>
 #include <zmq.hpp>
 
 #include "broker/broker_core_impl.h"
@@ -15,39 +20,87 @@ namespace {
 
 using internal::LogLine;
 
-// Sends [routing id, message]; remembers workers it could not reach for the core.
+// Sends [routing id, message]; remembers workers it could not reach for the core, and counts
+// the bytes each client connection has not taken yet (ZeroMQ frees a message once it is
+// written to the connection, or dropped) so a client that never reads costs bounded memory.
 class ZmqOutbox : public internal::Outbox {
  public:
-  ZmqOutbox(zmq::socket_t* clients, zmq::socket_t* workers)
-      : clients_(clients), workers_(workers) {}
+  using Counter = std::shared_ptr<std::atomic<int64_t>>;
+
+  ZmqOutbox(zmq::socket_t* clients, zmq::socket_t* workers, int64_t client_unread_bytes,
+            int64_t client_unread_total_bytes)
+      : clients_(clients),
+        workers_(workers),
+        client_unread_bytes_(client_unread_bytes),
+        client_unread_total_bytes_(client_unread_total_bytes) {}
 
   void ToClient(const std::string& peer, const protocol::BrokerMessage& message) override {
-    if (!Send(*clients_, peer, protocol::EncodeBrokerMessage(message))) {
-      LogLine("dropped a " + std::string(protocol::BrokerMessageTypeName(message.type)) +
-              " message to a client that is gone or not reading");
+    Counter& unread = unread_[peer];
+    if (!unread) unread = std::make_shared<std::atomic<int64_t>>(0);
+    const char* dropped = nullptr;
+    if (unread->load() >= client_unread_bytes_ || total_unread_->load() >= client_unread_total_bytes_) {
+      dropped = "that has too many bytes unread";
+    } else if (!Send(*clients_, peer, protocol::EncodeBrokerMessage(message), unread, total_unread_)) {
+      dropped = "that is gone or not reading";
+    }
+    if (dropped != nullptr && dropping_.insert(peer).second) {
+      LogLine("dropping " + std::string(protocol::BrokerMessageTypeName(message.type)) +
+              " messages to a client " + dropped);
     }
   }
 
-  void ToWorker(const std::string& peer, const protocol::BrokerMessage& message) override {
-    if (!Send(*workers_, peer, protocol::EncodeBrokerMessage(message))) {
-      unreachable_.push_back(peer);
+  bool ToWorker(const std::string& peer, const protocol::BrokerMessage& message) override {
+    if (Send(*workers_, peer, protocol::EncodeBrokerMessage(message), nullptr, nullptr)) {
+      return true;
     }
+    unreachable_.push_back(peer);
+    return false;
   }
+
+  int64_t ClientUnreadBytes(const std::string& peer) const override {
+    auto it = unread_.find(peer);
+    return it == unread_.end() ? 0 : it->second->load();
+  }
+  int64_t AllClientsUnreadBytes() const override { return total_unread_->load(); }
 
   std::vector<std::string> TakeUnreachable() { return std::move(unreachable_); }
 
+  // Forgets connections with nothing unread (they are counted afresh if they come back).
+  void ForgetIdleClients() {
+    for (auto it = unread_.begin(); it != unread_.end();) {
+      it = it->second->load() == 0 ? unread_.erase(it) : std::next(it);
+    }
+    dropping_.clear();
+  }
+
  private:
-  static bool Send(zmq::socket_t& socket, const std::string& peer, std::string bytes) {
+  // A message body handed to ZeroMQ without a copy (result chunks are 1 MiB); ZeroMQ frees
+  // it once sent or dropped, which uncounts it.
+  struct Owned {
+    std::string bytes;
+    Counter peer_unread;
+    Counter total_unread;
+  };
+
+  static void Free(void*, void* hint) {
+    auto* owned = static_cast<Owned*>(hint);
+    const auto size = static_cast<int64_t>(owned->bytes.size());
+    if (owned->peer_unread) owned->peer_unread->fetch_sub(size);
+    if (owned->total_unread) owned->total_unread->fetch_sub(size);
+    delete owned;
+  }
+
+  static bool Send(zmq::socket_t& socket, const std::string& peer, std::string bytes,
+                   const Counter& peer_unread, const Counter& total_unread) {
     try {
       if (!socket.send(zmq::buffer(peer), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
         return false;  // high-water mark: the peer is not reading
       }
-      // The encoded message is handed to ZeroMQ without a copy (result chunks are 1 MiB);
-      // ZeroMQ frees it once sent.
-      auto* owned = new std::string(std::move(bytes));
-      zmq::message_t frame(
-          owned->data(), owned->size(),
-          [](void*, void* hint) { delete static_cast<std::string*>(hint); }, owned);
+      const auto size = static_cast<int64_t>(bytes.size());
+      auto* owned = new Owned{std::move(bytes), peer_unread, total_unread};
+      if (peer_unread) peer_unread->fetch_add(size);
+      if (total_unread) total_unread->fetch_add(size);
+      zmq::message_t frame(owned->bytes.data(), owned->bytes.size(), &ZmqOutbox::Free, owned);
       return socket.send(frame, zmq::send_flags::dontwait).has_value();
     } catch (const zmq::error_t& e) {
       if (e.num() != EHOSTUNREACH) LogLine(std::string("send failed: ") + e.what());
@@ -57,6 +110,11 @@ class ZmqOutbox : public internal::Outbox {
 
   zmq::socket_t* clients_;
   zmq::socket_t* workers_;
+  const int64_t client_unread_bytes_;
+  const int64_t client_unread_total_bytes_;
+  std::unordered_map<std::string, Counter> unread_;  // by client connection
+  Counter total_unread_ = std::make_shared<std::atomic<int64_t>>(0);
+  std::set<std::string> dropping_;  // connections whose dropped messages were logged
   std::vector<std::string> unreachable_;
 };
 
@@ -102,7 +160,11 @@ bool ReceiveOne(zmq::socket_t& socket, Handle handle, internal::Outbox* outbox, 
     auto error = protocol::MakeErrorMessage(
         InvalidArgument("expected exactly one frame per message (a Glassbox message), got " +
                         std::to_string(frames.size() - 1) + " or more"));
-    workers ? outbox->ToWorker(peer, error) : outbox->ToClient(peer, error);
+    if (workers) {
+      outbox->ToWorker(peer, error);
+    } else {
+      outbox->ToClient(peer, error);
+    }
     return true;
   }
   handle(peer, std::string_view(static_cast<const char*>(frames[1].data()), frames[1].size()));
@@ -136,9 +198,11 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t workers, BindRouter(ctx, params.worker_endpoint, -1));
   workers.set(zmq::sockopt::router_handover, 1);  // a worker reconnecting keeps its identity
   std::unique_ptr<internal::JobStore> store =
-      internal::NewRedisJobStore(params.redis_address, TtlsOf(params));
+      internal::NewRedisJobStore(params.redis_address, TtlsOf(params),
+                                 {params.redis_timeout_ms, params.redis_retry_ms});
   internal::SystemClock clock;
-  ZmqOutbox outbox(&clients, &workers);
+  ZmqOutbox outbox(&clients, &workers, params.client_unread_bytes,
+                   params.client_unread_total_bytes);
   internal::BrokerCore core(params, store.get(), &clock, &outbox);
   Status recovered = core.Recover();
   if (!recovered.ok()) LogLine("cannot reload queues yet (will retry): " + recovered.ToString());
@@ -153,6 +217,7 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
     core.OnWorkerMessage(peer, b);
   };
   int64_t last_tick = 0;
+  int64_t ticks = 0;
   while (!stop.load()) {
     zmq::pollitem_t items[] = {{clients.handle(), 0, ZMQ_POLLIN, 0},
                                {workers.handle(), 0, ZMQ_POLLIN, 0}};
@@ -161,13 +226,19 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) return Internal(std::string("zmq_poll failed: ") + e.what());
     }
-    for (int i = 0; i < 256 && ReceiveOne(workers, on_worker, &outbox, true); ++i) {
+    // Every worker with a message waiting at `read_from` is read from below (the ROUTER reads
+    // its connections in turn, and the cap leaves room for two messages each), so each
+    // one's silence can be judged up to then, however long the broker stalls afterwards.
+    const int64_t read_from = clock.NowMs();
+    const size_t cap = std::max<size_t>(256, 2 * core.Workers());
+    for (size_t i = 0; i < cap && ReceiveOne(workers, on_worker, &outbox, true); ++i) {
     }
     for (int i = 0; i < 256 && ReceiveOne(clients, on_client, &outbox, false); ++i) {
     }
     for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);
     if (SteadyMs() - last_tick >= 10) {
-      core.Tick();
+      core.Tick(read_from);
+      if (++ticks % 100 == 0) outbox.ForgetIdleClients();
       last_tick = SteadyMs();
       for (const std::string& peer : outbox.TakeUnreachable()) core.OnWorkerUnreachable(peer);
     }

@@ -34,13 +34,29 @@ struct BrokerParams {
   KeyLimits default_limits;          // for dev mode, and for `keys create` when no limit is given
   int heartbeat_interval_ms = 1000;  // broker -> worker heartbeats (a worker says its own)
   int heartbeat_liveness = 5;        // missed worker heartbeats before it is presumed dead
-  int max_attempts = 3;              // worker deaths while running a job before it fails
+  // Workers that may die while running one job: at this many the job is poison, failed
+  // with INTERNAL at once and never offered to another worker. A worker that leaves (or
+  // that the job never reached) does not count.
+  int max_attempts = 2;
   int64_t time_limit_ms = 60000;     // per job; the worker stops between hook points
   // After time_limit_ms + this, the broker fails the job itself (a worker that did not stop).
   int64_t time_limit_grace_ms = 5000;
+  // Redis: one call blocks the broker at most about this long before it counts as
+  // unavailable; after a failure the broker waits redis_retry_ms before reconnecting.
+  int64_t redis_timeout_ms = 2000;
+  int64_t redis_retry_ms = 200;
+  // An API key is read again from Redis after this long (how soon a revocation bites).
+  int64_t key_cache_ms = 1000;
   int64_t result_ttl_ms = int64_t{3600} * 1000;           // results stay fetchable this long
   int64_t record_ttl_ms = int64_t{7} * 24 * 3600 * 1000;  // job records (status by id)
   int64_t max_client_message_bytes = int64_t{80} << 20;   // ZMQ_MAXMSGSIZE on the client socket
+  // Bytes the broker holds for one client connection that has not read them yet (fetched
+  // chunks, statuses); past it, fetches on that connection are refused (RESOURCE_EXHAUSTED)
+  // and other messages to it dropped. All connections together: client_unread_total_bytes.
+  int64_t client_unread_bytes = int64_t{64} << 20;
+  int64_t client_unread_total_bytes = int64_t{1} << 30;
+  // Longest `ref` a client may give (it is stored in Redis with a submitted job).
+  int64_t max_ref_bytes = 256;
   int64_t max_result_bytes = int64_t{1} << 30;            // larger results fail their job
   // Results of recently finished jobs also kept in the broker's memory, up to this many bytes
   // (oldest dropped first), so fetching right after completion does not read them back from

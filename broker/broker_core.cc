@@ -16,7 +16,6 @@ using protocol::JobStateName;
 
 namespace {
 
-constexpr int64_t kKeyCacheMs = 1000;  // a revoked key stops working within this long
 constexpr size_t kRecentJobs = 10000;
 
 bool IsJobId(const std::string& id) {
@@ -76,33 +75,65 @@ Status BrokerCore::Recover() {
   return Status::Ok();
 }
 
-void BrokerCore::Tick() {
+void BrokerCore::Tick(int64_t workers_heard_until_ms) {
   const int64_t now = clock_->NowMs();
   if (!recovered_) {
     Status status = Recover();
     if (!status.ok()) return;
   }
-  CheckWorkers(now);
+  CheckWorkers(now, std::min(now, workers_heard_until_ms));
   CheckTimeLimits(now);
   FlushFinishing();
+  FlushBytesReturned();
   DispatchAll();
 }
 
-void BrokerCore::CheckWorkers(int64_t now) {
+// Silence is measured up to `heard_until`, not `now`: what a worker sent while the broker
+// was not reading (stalled on the store) counts as heard.
+void BrokerCore::CheckWorkers(int64_t now, int64_t heard_until) {
   std::vector<std::string> dead;
+  std::vector<std::string> stalled;
   for (auto& [peer, w] : workers_) {
-    if (now - w.last_seen_ms > w.heartbeat_ms * params_.heartbeat_liveness) {
+    if (heard_until - w.last_seen_ms > w.heartbeat_ms * params_.heartbeat_liveness) {
       dead.push_back(peer);
-    } else if (now >= w.next_heartbeat_ms) {
+      continue;
+    }
+    if (w.busy && w.result_chunk_ms > 0 &&
+        heard_until - w.result_chunk_ms > params_.time_limit_grace_ms) {
+      stalled.push_back(peer);
+      continue;
+    }
+    if (now >= w.next_heartbeat_ms) {
       outbox_->ToWorker(peer, Simple(BrokerMessageType::kHeartbeat));
       w.next_heartbeat_ms = now + w.heartbeat_ms;
     }
   }
+  for (const std::string& peer : stalled) ResultStalled(peer);
   for (const std::string& peer : dead) {
     LogLine("worker " + workers_[peer].model + " silent for " +
             std::to_string(params_.heartbeat_liveness) + " heartbeats: presumed dead");
     RemoveWorker(peer, /*died=*/true);
   }
+}
+
+// The worker began sending a result, then sent no chunk for the grace period while still
+// heartbeating: chunks were lost. Its job (if still ours) fails, and the worker is forgotten
+// and told to register again, which resets it.
+void BrokerCore::ResultStalled(const std::string& peer) {
+  Worker& worker = workers_.at(peer);
+  LogLine("worker of \"" + Shorten(worker.model) + "\" stopped sending its result");
+  BrokerMessage bye = Simple(BrokerMessageType::kDisconnect);
+  bye.reason = "your result stopped arriving; register again";
+  outbox_->ToWorker(peer, bye);
+  auto it = jobs_.find(worker.job);
+  if (it != jobs_.end() && !it->second.finishing && it->second.worker == peer) {
+    const size_t received = it->second.chunks.size();
+    it->second.chunks.clear();
+    FinishJob(it->second, JobState::kError, "INTERNAL",
+              "the worker's result stopped arriving after " + std::to_string(received) +
+                  " chunks; submit it again");
+  }
+  workers_.erase(peer);
 }
 
 void BrokerCore::CheckTimeLimits(int64_t now) {
@@ -120,7 +151,7 @@ void BrokerCore::CheckTimeLimits(int64_t now) {
     cancel.job = id;
     cancel.reason = limit;
     outbox_->ToWorker(job.worker, cancel);
-    FinishJob(job, JobState::kError, "RESOURCE_EXHAUSTED",
+    FinishJob(job, JobState::kError, "CANCELLED",  // protocol/SPEC.md §7: past its limit
               limit + " (the worker did not stop within " +
                   FormatSeconds(params_.time_limit_grace_ms) + " of it)");
   }
@@ -160,6 +191,13 @@ void BrokerCore::HandleClient(const std::string& peer, const BrokerMessage& m) {
                  m);
       return;
   }
+  if (static_cast<int64_t>(m.ref.size()) > params_.max_ref_bytes) {
+    return ReplyError(peer,
+                      InvalidArgument("ref of " + std::to_string(m.ref.size()) +
+                                      " bytes is over the limit of " +
+                                      std::to_string(params_.max_ref_bytes) + " bytes"),
+                      m);
+  }
   StatusOr<Caller> caller = Authenticate(m.api_key);
   if (!caller.ok()) return ReplyError(peer, caller.status(), m);
   switch (m.type) {
@@ -186,10 +224,18 @@ StatusOr<BrokerCore::Caller> BrokerCore::Authenticate(const std::string& api_key
   const std::string hash = Sha256Hex(api_key);
   const int64_t now = clock_->NowMs();
   auto cached = key_cache_.find(hash);
-  if (cached == key_cache_.end() || now - cached->second.fetched_ms > kKeyCacheMs) {
-    GLASSBOX_ASSIGN_OR_RETURN(std::optional<ApiKeyRecord> record, store_->FindApiKey(hash));
-    if (key_cache_.size() > 10000) key_cache_.clear();
-    cached = key_cache_.insert_or_assign(hash, CachedKey{std::move(record), now}).first;
+  if (cached == key_cache_.end() || now - cached->second.fetched_ms >= params_.key_cache_ms) {
+    StatusOr<std::optional<ApiKeyRecord>> record = store_->FindApiKey(hash);
+    // Redis down: a key read before stays good (it cannot be revoked meanwhile either), so
+    // what the broker holds in memory is still served.
+    if (!record.ok() && (cached == key_cache_.end() ||
+                         record.status().code() != StatusCode::kUnavailable)) {
+      return record.status();
+    }
+    if (record.ok()) {
+      if (key_cache_.size() > 10000) key_cache_.clear();
+      cached = key_cache_.insert_or_assign(hash, CachedKey{std::move(*record), now}).first;
+    }
   }
   const std::optional<ApiKeyRecord>& record = cached->second.record;
   if (!record || record->revoked) {
@@ -250,12 +296,35 @@ void BrokerCore::Submit(const std::string& peer, const Caller& caller, const Bro
   outbox_->ToClient(peer, ack);
   if (*stored != record.id) {  // a retry of a submission already stored
     auto live = jobs_.find(*stored);
-    if (live != jobs_.end()) live->second.client = peer;
+    if (live != jobs_.end()) {
+      live->second.client = peer;
+    } else {
+      AdoptStoredJob(*stored, peer);
+    }
     return;
   }
   LiveJob& job = jobs_[record.id];
   job.record = std::move(record);
   job.client = peer;
+  Enqueue(job, /*front=*/false);
+  Push(job, StatusOf(job.record));
+  Dispatch(job.record.model);
+}
+
+// A job in the store the broker does not hold: stored by a call whose answer never came (a
+// store timeout), so its client was told UNAVAILABLE and retried. Queued here, it runs.
+void BrokerCore::AdoptStoredJob(const std::string& id, const std::string& peer) {
+  if (recent_.count(id) > 0) return;  // finished already
+  StatusOr<std::optional<JobRecord>> stored = store_->GetJob(id);
+  if (!stored.ok() || !stored->has_value() || protocol::IsTerminal((*stored)->state)) return;
+  LiveJob& job = jobs_[id];
+  job.record = std::move(**stored);
+  job.client = peer;
+  if (job.record.state == JobState::kRunning) {
+    job.record.state = JobState::kQueued;
+    Status requeued = store_->Requeue(job.record, clock_->NowMs());
+    if (!requeued.ok()) LogLine("requeue not stored (recovery will redo it): " + requeued.ToString());
+  }
   Enqueue(job, /*front=*/false);
   Push(job, StatusOf(job.record));
   Dispatch(job.record.model);
@@ -294,6 +363,8 @@ void BrokerCore::Fetch(const std::string& peer, const Caller& caller, const Brok
                         " result chunks; there is no chunk " + std::to_string(m.index)),
         m);
   }
+  Status room = CheckUnread(peer, (job.result_bytes + job.result_chunks - 1) / job.result_chunks);
+  if (!room.ok()) return ReplyError(peer, room, m);
   StatusOr<std::optional<std::string>> chunk = CachedChunk(job, m.index);
   if (chunk.ok() && !*chunk) chunk = store_->FetchResultChunk(job, m.index);
   if (!chunk.ok()) return ReplyError(peer, chunk.status(), m);
@@ -311,6 +382,23 @@ void BrokerCore::Fetch(const std::string& peer, const Caller& caller, const Brok
   reply.total_bytes = job.result_bytes;
   reply.payload = std::move(**chunk);
   outbox_->ToClient(peer, reply);
+}
+
+Status BrokerCore::CheckUnread(const std::string& peer, int64_t chunk_bytes) const {
+  const int64_t unread = outbox_->ClientUnreadBytes(peer);
+  if (unread > 0 && unread + chunk_bytes > params_.client_unread_bytes) {
+    return ResourceExhausted(std::to_string(unread) +
+                             " bytes sent are still unread by this connection (the broker holds "
+                             "at most " +
+                             std::to_string(params_.client_unread_bytes) +
+                             "); read them before fetching more");
+  }
+  const int64_t all = outbox_->AllClientsUnreadBytes();
+  if (all > 0 && all + chunk_bytes > params_.client_unread_total_bytes) {
+    return ResourceExhausted("the broker holds " + std::to_string(all) +
+                             " bytes unread by its clients, its limit; fetch again shortly");
+  }
+  return Status::Ok();
 }
 
 void BrokerCore::Cancel(const std::string& peer, const Caller& caller, const BrokerMessage& m) {
@@ -421,6 +509,7 @@ void BrokerCore::OnWorkerMessage(const std::string& peer, std::string_view bytes
     return;
   }
   it->second.last_seen_ms = clock_->NowMs();
+  it->second.reachable = true;
   HandleWorker(it->second, *m);
 }
 
@@ -441,6 +530,13 @@ void BrokerCore::Ready(const std::string& peer, const BrokerMessage& m) {
   auto known = workers_.find(peer);
   if (known != workers_.end() && !m.job.empty() && known->second.job == m.job) {
     known->second.last_seen_ms = now;  // reconnected mid-job: it keeps its job
+    known->second.reachable = true;
+    known->second.result_chunk_ms = 0;
+    auto job = jobs_.find(m.job);  // and sends its result again from the first chunk
+    if (job != jobs_.end() && !job->second.finishing) {
+      job->second.chunks.clear();
+      job->second.received_bytes = 0;
+    }
     return;
   }
   if (known != workers_.end()) RemoveWorker(peer, /*died=*/false);
@@ -487,18 +583,24 @@ void BrokerCore::JobResult(Worker& worker, const BrokerMessage& m) {
   const bool ours = worker.busy && worker.job == m.job && it != jobs_.end() &&
                     it->second.worker == worker.peer && !it->second.finishing;
   if (!ours) {  // cancelled, timed out, or a job the broker gave up on: drop the data
-    if (last && worker.busy && (worker.job == m.job || worker.job.empty())) {
-      worker.busy = false;
-      worker.job.clear();
-      Dispatch(worker.model);
+    if (worker.busy && (worker.job == m.job || worker.job.empty())) {
+      worker.result_chunk_ms = clock_->NowMs();
+      if (last) ReleaseWorker(worker);
     }
     return;
   }
   LiveJob& job = it->second;
+  worker.result_chunk_ms = clock_->NowMs();
   if (m.index != static_cast<int64_t>(job.chunks.size()) || m.count < 1 || m.index >= m.count) {
-    outbox_->ToWorker(worker.peer, protocol::MakeErrorMessage(InvalidArgument(
-                                       "result chunk " + std::to_string(m.index) + " of " +
-                                       std::to_string(m.count) + " out of order")));
+    // Chunks were lost on the way: the result cannot be whole. The worker stays busy until
+    // its last chunk (dropped) or until its result stalls (CheckWorkers).
+    const std::string why = "the worker's result arrived incomplete (chunk " +
+                            std::to_string(m.index) + " of " + std::to_string(m.count) +
+                            " after " + std::to_string(job.chunks.size()) + " chunks)";
+    outbox_->ToWorker(worker.peer, protocol::MakeErrorMessage(InvalidArgument(why)));
+    job.chunks.clear();
+    FinishJob(job, JobState::kError, "INTERNAL", why + "; submit it again");
+    if (last) ReleaseWorker(worker);
     return;
   }
   job.received_bytes += static_cast<int64_t>(m.payload.size());
@@ -513,6 +615,7 @@ void BrokerCore::JobResult(Worker& worker, const BrokerMessage& m) {
   if (!last) return;
   worker.busy = false;
   worker.job.clear();
+  worker.result_chunk_ms = 0;
   job.compute_ms = clock_->NowMs() - job.started_ms;
   job.record.result_bytes = job.received_bytes;
   job.record.result_chunks = static_cast<int64_t>(job.chunks.size());
@@ -520,10 +623,22 @@ void BrokerCore::JobResult(Worker& worker, const BrokerMessage& m) {
   Dispatch(worker.model);
 }
 
+// The worker is done with whatever it ran: it takes the next job.
+void BrokerCore::ReleaseWorker(Worker& worker) {
+  worker.busy = false;
+  worker.job.clear();
+  worker.result_chunk_ms = 0;
+  Dispatch(worker.model);
+}
+
 void BrokerCore::OnWorkerUnreachable(const std::string& peer) {
-  if (workers_.count(peer) == 0) return;
-  LogLine("worker unreachable: presumed dead");
-  RemoveWorker(peer, /*died=*/true);
+  auto it = workers_.find(peer);
+  if (it == workers_.end()) return;
+  Worker& worker = it->second;
+  worker.reachable = false;
+  if (worker.busy && !worker.job.empty()) return;  // CheckWorkers decides by its heartbeats
+  LogLine("worker of \"" + Shorten(worker.model) + "\" unreachable, no job on it: forgotten");
+  RemoveWorker(peer, /*died=*/false);
 }
 
 void BrokerCore::RemoveWorker(const std::string& peer, bool died) {
@@ -545,10 +660,14 @@ void BrokerCore::WorkerLost(const std::string& job_id, bool died) {
   job.received_bytes = 0;
   job.record.state = JobState::kQueued;
   if (died) ++job.record.attempts;
-  if (job.record.attempts >= params_.max_attempts) {
-    FinishJob(job, JobState::kError, "UNAVAILABLE",
-              "worker died " + std::to_string(job.record.attempts) +
-                  " times while running this job; not retrying it (it may be what kills them)");
+  if (job.record.attempts >= params_.max_attempts) {  // poison: never offered again
+    LogLine("job " + job_id + " killed " + std::to_string(job.record.attempts) +
+            " workers: marked as poison");
+    FinishJob(job, JobState::kError, "INTERNAL",
+              "job " + job_id + " killed the worker running it " +
+                  std::to_string(job.record.attempts) +
+                  " times; it is marked as poison and not run again (report it: it may crash "
+                  "every worker)");
     return;
   }
   Status stored = store_->Requeue(job.record, clock_->NowMs());
@@ -623,14 +742,14 @@ void BrokerCore::Dispatch(const std::string& model) {
   auto q = queues_.find(model);
   if (q == queues_.end()) return;
   for (auto& [peer, worker] : workers_) {
-    if (worker.busy || worker.model != model) continue;
+    if (worker.busy || !worker.reachable || worker.model != model) continue;
     const std::string id = PickJob(q->second);
     if (id.empty()) return;
     LiveJob& job = jobs_[id];
-    if (!StartJob(worker, job)) {
-      Enqueue(job, /*front=*/true);
-      return;
-    }
+    const Start started = StartJob(worker, job);
+    if (started == Start::kRunning) continue;
+    Enqueue(job, /*front=*/true);
+    if (started == Start::kStoreDown) return;
   }
 }
 
@@ -658,15 +777,18 @@ std::string BrokerCore::PickJob(ModelQueue& queue) {
   return "";
 }
 
-// Returns false if the store could not take the change (the job goes back to the queue).
-bool BrokerCore::StartJob(Worker& worker, LiveJob& job) {
+// kStoreDown: the store could not take the change; kUnreachable: the worker's connection is
+// gone, so the job never reached it (not an attempt). Either way the caller queues the job
+// again.
+BrokerCore::Start BrokerCore::StartJob(Worker& worker, LiveJob& job) {
   const int64_t now = clock_->NowMs();
   job.record.state = JobState::kRunning;
   StatusOr<std::string> request = store_->MarkRunning(job.record, now);
   if (!request.ok() && request.status().code() == StatusCode::kUnavailable) {
     job.record.state = JobState::kQueued;
-    return false;
+    return Start::kStoreDown;
   }
+  const std::map<std::string, int64_t> times_before = job.record.times;
   job.record.times["RUNNING"] = now;
   job.worker = worker.peer;
   job.started_ms = now;
@@ -674,17 +796,26 @@ bool BrokerCore::StartJob(Worker& worker, LiveJob& job) {
   if (!request.ok()) {
     FinishJob(job, JobState::kError, StatusCodeName(request.status().code()),
               request.status().message());
-    return true;
+    return Start::kRunning;
   }
   BrokerMessage run = Simple(BrokerMessageType::kJob);
   run.job = job.record.id;
   run.payload = std::move(*request);
   run.time_limit_ms = params_.time_limit_ms;
+  if (!outbox_->ToWorker(worker.peer, run)) {
+    worker.reachable = false;
+    --running_by_owner_[job.record.owner];
+    job.worker.clear();
+    job.record.state = JobState::kQueued;
+    job.record.times = times_before;
+    Status stored = store_->Requeue(job.record, now);
+    if (!stored.ok()) LogLine("requeue not stored (recovery will redo it): " + stored.ToString());
+    return Start::kUnreachable;
+  }
   worker.busy = true;
   worker.job = job.record.id;
-  outbox_->ToWorker(worker.peer, run);
   Push(job, StatusOf(job.record));
-  return true;
+  return Start::kRunning;
 }
 
 size_t BrokerCore::LiveWorkersFor(const std::string& model) const {
@@ -784,8 +915,22 @@ StatusOr<std::optional<std::string>> BrokerCore::CachedChunk(const JobRecord& jo
     return std::optional<std::string>();
   }
   const std::string& chunk = it->second.chunks[index];
-  GLASSBOX_RETURN_IF_ERROR(store_->AddBytesReturned(job.owner, static_cast<int64_t>(chunk.size())));
+  CountBytesReturned(job.owner, static_cast<int64_t>(chunk.size()));
   return std::optional<std::string>(chunk);
+}
+
+// Adds to the owner's usage now, or (Redis down) when FlushBytesReturned next succeeds.
+void BrokerCore::CountBytesReturned(const std::string& owner, int64_t bytes) {
+  if (unsaved_bytes_returned_.empty() && store_->AddBytesReturned(owner, bytes).ok()) return;
+  unsaved_bytes_returned_[owner] += bytes;
+}
+
+void BrokerCore::FlushBytesReturned() {
+  while (!unsaved_bytes_returned_.empty()) {
+    auto it = unsaved_bytes_returned_.begin();
+    if (!store_->AddBytesReturned(it->first, it->second).ok()) return;
+    unsaved_bytes_returned_.erase(it);
+  }
 }
 
 void BrokerCore::Remember(const JobRecord& record) {

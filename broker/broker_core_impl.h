@@ -29,7 +29,13 @@ class Outbox {
  public:
   virtual ~Outbox() = default;
   virtual void ToClient(const std::string& peer, const BrokerMessage& message) = 0;
-  virtual void ToWorker(const std::string& peer, const BrokerMessage& message) = 0;
+  // False when the message could not be handed to the worker's connection (it is gone): the
+  // worker never gets it.
+  virtual bool ToWorker(const std::string& peer, const BrokerMessage& message) = 0;
+  // Bytes sent to one client connection, or to all, that are still held in memory because
+  // the client has not read them.
+  virtual int64_t ClientUnreadBytes(const std::string& /*peer*/) const { return 0; }
+  virtual int64_t AllClientsUnreadBytes() const { return 0; }
 };
 
 // Not thread-safe: one thread calls everything. `store`, `clock` and `outbox` are not owned.
@@ -44,11 +50,16 @@ class BrokerCore {
   // One frame from a client or a worker. Garbage is answered with an error, never fatal.
   void OnClientMessage(const std::string& peer, std::string_view bytes);
   void OnWorkerMessage(const std::string& peer, std::string_view bytes);
-  // A worker the socket could not reach (gone): treated as dead.
+  // A worker the socket could not reach (gone, or between two connections). One without a
+  // job it took is forgotten; one with a job keeps it until its heartbeats resume (it
+  // reconnected) or stay silent (it died: CheckWorkers).
   void OnWorkerUnreachable(const std::string& peer);
   // Heartbeats, dead workers, time limits, store writes to retry, dispatch. Call often (the
-  // broker does every 10 to 50 ms).
-  void Tick();
+  // broker does every 10 to 50 ms). `workers_heard_until_ms`: a time such that every worker
+  // that had sent anything by then has been read from since. A worker is judged by its
+  // silence up to then, so the broker's own stalls (a frozen Redis) never make it look dead.
+  void Tick(int64_t workers_heard_until_ms);
+  void Tick() { Tick(clock_->NowMs()); }
 
   // For tests and logs.
   size_t LiveJobs() const { return jobs_.size(); }
@@ -74,6 +85,8 @@ class BrokerCore {
     int64_t next_heartbeat_ms = 0;
     bool busy = false;
     std::string job;  // busy with this job ("" if busy with one the broker does not know)
+    bool reachable = true;  // false after a failed send, until the worker is heard again
+    int64_t result_chunk_ms = 0;  // when its current result's last chunk came (0: none yet)
   };
   // One model's queue: a queue per owner, served in turn (round robin).
   struct ModelQueue {
@@ -93,9 +106,12 @@ class BrokerCore {
   void HandleClient(const std::string& peer, const BrokerMessage& m);
   StatusOr<Caller> Authenticate(const std::string& api_key);
   void Submit(const std::string& peer, const Caller& caller, const BrokerMessage& m);
+  void AdoptStoredJob(const std::string& id, const std::string& peer);
   Status CheckSubmission(const Caller& caller, const BrokerMessage& m, const std::string& model);
   void Query(const std::string& peer, const Caller& caller, const BrokerMessage& m);
   void Fetch(const std::string& peer, const Caller& caller, const BrokerMessage& m);
+  // RESOURCE_EXHAUSTED when a chunk of `chunk_bytes` more would hold too many unread bytes.
+  Status CheckUnread(const std::string& peer, int64_t chunk_bytes) const;
   void Cancel(const std::string& peer, const Caller& caller, const BrokerMessage& m);
   void ListModels(const std::string& peer, const BrokerMessage& m);
   // The job as its owner may see it; NOT_FOUND for other owners and unknown ids alike.
@@ -108,6 +124,8 @@ class BrokerCore {
   void Ready(const std::string& peer, const BrokerMessage& m);
   void AdoptBusyJob(Worker& worker, const std::string& job_id);
   void JobResult(Worker& worker, const BrokerMessage& m);
+  void ReleaseWorker(Worker& worker);
+  void ResultStalled(const std::string& peer);
   void RemoveWorker(const std::string& peer, bool died);
   void WorkerLost(const std::string& job_id, bool died);
 
@@ -118,7 +136,8 @@ class BrokerCore {
   void DispatchAll();
   void Dispatch(const std::string& model);
   std::string PickJob(ModelQueue& queue);
-  bool StartJob(Worker& worker, LiveJob& job);
+  enum class Start { kRunning, kStoreDown, kUnreachable };
+  Start StartJob(Worker& worker, LiveJob& job);
   size_t LiveWorkersFor(const std::string& model) const;
   std::string ServedModels() const;
 
@@ -130,12 +149,14 @@ class BrokerCore {
   void FlushFinishing();
   void Push(LiveJob& job, BrokerMessage status);
   void CheckTimeLimits(int64_t now);
-  void CheckWorkers(int64_t now);
+  void CheckWorkers(int64_t now, int64_t heard_until);
   void Remember(const JobRecord& record);
   void CacheResult(const JobRecord& record, std::vector<std::string> chunks, int64_t end_ms);
   // Chunk `index` of a job's result from the memory cache, counted in its owner's usage;
   // nullopt when the cache does not hold it.
   StatusOr<std::optional<std::string>> CachedChunk(const JobRecord& job, int64_t index);
+  void CountBytesReturned(const std::string& owner, int64_t bytes);
+  void FlushBytesReturned();
 
   BrokerParams params_;
   JobStore* store_;
@@ -166,6 +187,8 @@ class BrokerCore {
   std::unordered_map<std::string, CachedResult> result_cache_;
   std::deque<std::string> result_cache_order_;
   int64_t result_cache_bytes_ = 0;
+  // Bytes served from memory while the store was down, by owner: added to usage later.
+  std::map<std::string, int64_t> unsaved_bytes_returned_;
 };
 
 std::string FormatSeconds(int64_t ms);  // "60 s", "1.5 s"

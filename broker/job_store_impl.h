@@ -105,9 +105,18 @@ struct StoreTtls {
   int64_t ref_ms = int64_t{24} * 3600 * 1000;  // how long a submit's ref stays idempotent
 };
 
-// Redis at "host:port", reached lazily: a lost connection is retried on the next call (at
-// most every 200 ms), so the broker resumes by itself when Redis returns.
-std::unique_ptr<JobStore> NewRedisJobStore(const std::string& address, const StoreTtls& ttls);
+// How long the broker waits on Redis. A call blocks the broker for at most about
+// `timeout_ms` (then UNAVAILABLE); after a failure, calls fail at once for `retry_ms` before
+// the connection is tried again.
+struct RedisTimeouts {
+  int64_t timeout_ms = 2000;
+  int64_t retry_ms = 200;
+};
+
+// Redis at "host:port", reached lazily: a lost connection is retried on a later call, so
+// the broker resumes by itself when Redis returns.
+std::unique_ptr<JobStore> NewRedisJobStore(const std::string& address, const StoreTtls& ttls,
+                                           const RedisTimeouts& timeouts = {});
 // In memory, for unit tests; TTLs follow `clock` (not owned, must outlive the store).
 std::unique_ptr<JobStore> NewMemoryJobStore(const Clock* clock, const StoreTtls& ttls);
 

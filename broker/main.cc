@@ -45,7 +45,19 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
       ->capture_default_str();
   serve
       ->add_option("--max-attempts", p->max_attempts,
-                   "worker deaths while running a job before it fails")
+                   "worker deaths while running one job before it is failed as poison")
+      ->capture_default_str();
+  serve
+      ->add_option("--redis-timeout-ms", p->redis_timeout_ms,
+                   "longest wait for one Redis call before it counts as unavailable")
+      ->capture_default_str();
+  serve
+      ->add_option("--redis-retry-ms", p->redis_retry_ms,
+                   "pause after a failed Redis call before reconnecting")
+      ->capture_default_str();
+  serve
+      ->add_option("--key-cache-ms", p->key_cache_ms,
+                   "API keys are re-read from Redis after this long (revocation delay)")
       ->capture_default_str();
   serve->add_option("--result-ttl-ms", p->result_ttl_ms, "how long results stay fetchable")
       ->capture_default_str();
@@ -54,6 +66,19 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
   serve
       ->add_option("--result-cache-bytes", p->result_cache_bytes,
                    "recent results also kept in memory for fast fetches (0: off)")
+      ->capture_default_str();
+  serve
+      ->add_option("--client-unread-bytes", p->client_unread_bytes,
+                   "bytes held for one client connection that does not read; then fetches are "
+                   "refused")
+      ->capture_default_str();
+  serve
+      ->add_option("--client-unread-total-bytes", p->client_unread_total_bytes,
+                   "the same for all client connections together")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-ref-bytes", p->max_ref_bytes,
+                   "longest ref (client request id) a client may give")
       ->capture_default_str();
   serve
       ->add_option("--max-message-bytes", p->max_client_message_bytes,

@@ -59,18 +59,31 @@ Reply Convert(const redisReply* r) {
   return out;
 }
 
+// Error replies that say Redis cannot serve right now but will (loading its data, a script
+// or module busy, a failover, persistence failing): UNAVAILABLE, so the broker retries.
+bool IsTransientError(const std::string& error) {
+  for (const char* prefix : {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+                             "MISCONF", "NOREPLICAS", "READONLY", "NOMASTERLINK"}) {
+    const size_t n = std::char_traits<char>::length(prefix);
+    if (error.compare(0, n, prefix) == 0 && (error.size() == n || error[n] == ' ')) return true;
+  }
+  return false;
+}
+
 // One connection, re-opened on demand after a failure.
 class RedisConnection {
  public:
-  explicit RedisConnection(std::string address) : address_(std::move(address)) {
+  RedisConnection(std::string address, const RedisTimeouts& timeouts)
+      : address_(std::move(address)), timeouts_(timeouts) {
     const size_t colon = address_.rfind(':');
     host_ = colon == std::string::npos ? address_ : address_.substr(0, colon);
     port_ = colon == std::string::npos ? 6379 : std::atoi(address_.c_str() + colon + 1);
   }
   ~RedisConnection() { Drop(); }
 
-  // Sends the commands pipelined; returns their replies in order. A Redis error reply to
-  // any of them is INTERNAL; an unreachable Redis is UNAVAILABLE.
+  // Sends the commands pipelined; returns their replies in order. An unreachable Redis, or
+  // an error reply saying it cannot serve for now (IsTransientError), is UNAVAILABLE; any
+  // other error reply is INTERNAL.
   StatusOr<std::vector<Reply>> Run(const std::vector<Command>& commands) {
     GLASSBOX_RETURN_IF_ERROR(Connect());
     for (const Command& c : commands) Append(c);
@@ -82,10 +95,7 @@ class RedisConnection {
       replies.push_back(Convert(reply));
       freeReplyObject(reply);
     }
-    for (const Reply& r : replies) {
-      if (r.kind == Reply::Kind::kError) return Internal("redis refused a command: " + r.str);
-    }
-    return replies;
+    return CheckReplies(std::move(replies));
   }
 
   // MULTI, the commands, EXEC: the commands' replies.
@@ -95,27 +105,33 @@ class RedisConnection {
     GLASSBOX_ASSIGN_OR_RETURN(std::vector<Reply> replies, Run(commands));
     Reply& exec = replies.back();
     if (exec.kind != Reply::Kind::kArray) return Internal("redis transaction was aborted");
-    for (const Reply& r : exec.elements) {
-      if (r.kind == Reply::Kind::kError) return Internal("redis refused a command: " + r.str);
-    }
-    return std::move(exec.elements);
+    return CheckReplies(std::move(exec.elements));
   }
 
  private:
+  StatusOr<std::vector<Reply>> CheckReplies(std::vector<Reply> replies) const {
+    for (const Reply& r : replies) {
+      if (r.kind == Reply::Kind::kError && IsTransientError(r.str)) return Unavailable(Describe(r.str));
+    }
+    for (const Reply& r : replies) {
+      if (r.kind == Reply::Kind::kError) return Internal("redis refused a command: " + r.str);
+    }
+    return replies;
+  }
+
   Status Connect() {
     if (ctx_ != nullptr) return Status::Ok();
-    const auto now = std::chrono::steady_clock::now();
-    if (now < next_attempt_) return Unavailable(Describe(last_error_));
-    next_attempt_ = now + std::chrono::milliseconds(200);
-    const timeval connect_timeout{0, 500000};
-    ctx_ = redisConnectWithTimeout(host_.c_str(), port_, connect_timeout);
+    if (std::chrono::steady_clock::now() < next_attempt_) {
+      return Unavailable(Describe(last_error_));
+    }
+    ctx_ = redisConnectWithTimeout(host_.c_str(), port_,
+                                   Timeval(std::min<int64_t>(timeouts_.timeout_ms, 500)));
     if (ctx_ == nullptr || ctx_->err) {
       last_error_ = ctx_ ? ctx_->errstr : "cannot allocate a connection";
       Drop();
       return Unavailable(Describe(last_error_));
     }
-    const timeval io_timeout{2, 0};
-    redisSetTimeout(ctx_, io_timeout);
+    redisSetTimeout(ctx_, Timeval(timeouts_.timeout_ms));
     ctx_->reader->maxbuf = 0;  // keep the read buffer between replies (result chunks: 1 MiB)
     return Status::Ok();
   }
@@ -140,12 +156,20 @@ class RedisConnection {
     return "job store unavailable: redis at " + address_ + ": " + error;
   }
 
+  // Closes the connection; the next attempt waits retry_ms from now (not from the last
+  // attempt, which a blocked call may have left long behind).
   void Drop() {
     if (ctx_ != nullptr) redisFree(ctx_);
     ctx_ = nullptr;
+    next_attempt_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeouts_.retry_ms);
+  }
+
+  static timeval Timeval(int64_t ms) {
+    return timeval{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>(ms % 1000 * 1000)};
   }
 
   std::string address_;
+  RedisTimeouts timeouts_;
   std::string host_;
   int port_ = 6379;
   redisContext* ctx_ = nullptr;
@@ -237,7 +261,8 @@ Command Cat(Command head, const std::vector<std::string>& tail) {
 
 class RedisJobStore : public JobStore {
  public:
-  RedisJobStore(const std::string& address, const StoreTtls& ttls) : redis_(address), ttls_(ttls) {}
+  RedisJobStore(const std::string& address, const StoreTtls& ttls, const RedisTimeouts& timeouts)
+      : redis_(address, timeouts), ttls_(ttls) {}
 
   Status PutApiKey(const std::string& key_hash, const ApiKeyRecord& k) override {
     return redis_
@@ -426,8 +451,9 @@ class RedisJobStore : public JobStore {
 
 }  // namespace
 
-std::unique_ptr<JobStore> NewRedisJobStore(const std::string& address, const StoreTtls& ttls) {
-  return std::make_unique<RedisJobStore>(address, ttls);
+std::unique_ptr<JobStore> NewRedisJobStore(const std::string& address, const StoreTtls& ttls,
+                                           const RedisTimeouts& timeouts) {
+  return std::make_unique<RedisJobStore>(address, ttls, timeouts);
 }
 
 }  // namespace glassbox::broker::internal

@@ -1,6 +1,7 @@
 // ServeJobs: the worker's connection to the broker. The calling thread owns the DEALER
 // socket (ZeroMQ sockets are single-threaded): it sends READY and heartbeats, receives jobs
-// and cancellations, and sends results. The handler runs on a compute thread of its own,
+// and cancellations, and sends results (in chunks, waiting for room in the send queue rather
+// than dropping any). The handler runs on a compute thread of its own,
 // which signals a finished job over an inproc PAIR socket so the result leaves at once.
 #include "broker/worker_link.h"
 
@@ -184,6 +185,7 @@ class Link {
   Status Connect() {
     socket_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
     socket_->set(zmq::sockopt::linger, 0);
+    socket_->set(zmq::sockopt::sndhwm, std::max(1, params_.send_queue_chunks));
     // The same identity on every reconnect: the broker knows it is this worker again.
     socket_->set(zmq::sockopt::routing_id, zmq::buffer(identity_));
     try {
@@ -197,6 +199,10 @@ class Link {
     ready.catalogue = params_.catalogue_json;
     ready.heartbeat_ms = params_.heartbeat_interval_ms;
     if (job_) ready.job = job_->job_id();
+    if (outgoing_) {  // chunks queued on the old connection are gone: start again
+      ready.job = outgoing_->job_id;
+      outgoing_->next = 0;
+    }
     Send(ready);
     last_heard_ms_ = NowMs();
     connected_ms_ = last_heard_ms_;
@@ -211,10 +217,12 @@ class Link {
 
   void PollOnce() {
     const int64_t wait = std::max<int64_t>(1, next_heartbeat_ms_ - NowMs());
-    zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLIN, 0},
+    const short socket_events = outgoing_ ? ZMQ_POLLIN | ZMQ_POLLOUT : ZMQ_POLLIN;
+    zmq::pollitem_t items[] = {{socket_->handle(), 0, socket_events, 0},
                                {signal_.handle(), 0, ZMQ_POLLIN, 0}};
     zmq::poll(items, 2, std::chrono::milliseconds(std::min<int64_t>(wait, 50)));
     if (items[1].revents & ZMQ_POLLIN) FinishJob();
+    if (outgoing_) SendResultChunks();
     zmq::message_t frame;
     while (socket_->recv(frame, zmq::recv_flags::dontwait)) {
       last_heard_ms_ = NowMs();
@@ -251,7 +259,7 @@ class Link {
   }
 
   void StartJob(BrokerMessage& m) {
-    if (job_) return Log("broker sent job " + m.job + " while busy; ignored");
+    if (job_ || outgoing_) return Log("broker sent job " + m.job + " while busy; ignored");
     job_ = std::make_shared<JobContext>(m.job, m.time_limit_ms);
     compute_->Start(job_, std::move(m.payload));
   }
@@ -262,28 +270,40 @@ class Link {
     Outcome outcome = compute_->Take();
     const std::string job_id = job_->job_id();
     job_.reset();
-    SendResult(job_id, outcome);
+    SendResult(job_id, std::move(outcome));
   }
 
-  void SendResult(const std::string& job_id, const Outcome& outcome) {
+  void SendResult(const std::string& job_id, Outcome outcome) {
     const size_t chunk = std::max<size_t>(1, params_.result_chunk_bytes);
     const size_t count = std::max<size_t>(1, (outcome.bytes.size() + chunk - 1) / chunk);
-    for (size_t i = 0; i < count; ++i) {
+    outgoing_ = Outgoing{job_id, std::move(outcome), chunk, count, 0};
+    SendResultChunks();
+  }
+
+  // Sends the pending result's chunks in order while the socket takes them; the rest wait
+  // for room (POLLOUT), so no chunk is ever dropped at the send high-water mark.
+  void SendResultChunks() {
+    Outgoing& out = *outgoing_;
+    while (out.next < out.count) {
       BrokerMessage m = Simple(BrokerMessageType::kJobResult);
-      m.job = job_id;
-      m.index = static_cast<int64_t>(i);
-      m.count = static_cast<int64_t>(count);
-      m.payload = outcome.bytes.substr(i * chunk, chunk);
-      if (i + 1 == count) {
-        m.code = outcome.code;
-        m.message = outcome.message;
+      m.job = out.job_id;
+      m.index = static_cast<int64_t>(out.next);
+      m.count = static_cast<int64_t>(out.count);
+      m.payload = out.outcome.bytes.substr(out.next * out.chunk, out.chunk);
+      if (out.next + 1 == out.count) {
+        m.code = out.outcome.code;
+        m.message = out.outcome.message;
       }
-      Send(m);
+      const std::string bytes = protocol::EncodeBrokerMessage(m);
+      if (!socket_->send(zmq::buffer(bytes), zmq::send_flags::dontwait)) return;  // full
+      ++out.next;
     }
+    outgoing_.reset();
   }
 
   // Stops a running job, drops its outcome, and tells the broker to give it to another worker.
   void Shutdown() {
+    outgoing_.reset();  // the broker runs the job again elsewhere
     if (job_) {
       job_->RequestStop("the worker is shutting down");
       zmq::message_t done;
@@ -307,6 +327,15 @@ class Link {
   std::unique_ptr<ComputeThread> compute_;
   std::unique_ptr<zmq::socket_t> socket_;
   std::shared_ptr<JobContext> job_;  // the running job, if any
+  // A finished job's outcome while its chunks are being sent.
+  struct Outgoing {
+    std::string job_id;
+    Outcome outcome;
+    size_t chunk = 0;
+    size_t count = 0;
+    size_t next = 0;  // the first chunk not yet handed to the socket
+  };
+  std::optional<Outgoing> outgoing_;
   int64_t last_heard_ms_ = 0;
   int64_t connected_ms_ = 0;  // when READY was last sent
   int64_t next_heartbeat_ms_ = 0;

@@ -26,6 +26,9 @@ struct WorkerParams {
   int heartbeat_interval_ms = 1000;
   int heartbeat_liveness = 5;  // missed heartbeats before the broker is presumed dead (reconnect)
   size_t result_chunk_bytes = size_t{1} << 20;  // results larger than this travel in chunks
+  // Result chunks queued for the broker at most (ZeroMQ's send high-water mark): a bigger
+  // result waits for the broker to take them, so memory stays near this many chunks.
+  int send_queue_chunks = 16;
 };
 
 // One job, as the handler sees it. Thread-safe: the link stops it from its own thread.

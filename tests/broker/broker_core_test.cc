@@ -29,8 +29,9 @@ class RecordingOutbox : public Outbox {
   void ToClient(const std::string& peer, const BrokerMessage& m) override {
     sent.push_back({false, peer, m});
   }
-  void ToWorker(const std::string& peer, const BrokerMessage& m) override {
+  bool ToWorker(const std::string& peer, const BrokerMessage& m) override {
     sent.push_back({true, peer, m});
+    return true;
   }
   // Removes and returns what was sent to `peer`.
   std::vector<BrokerMessage> Take(const std::string& peer) {
@@ -55,6 +56,18 @@ std::string Request(const std::string& model, const std::string& prompt = "x") {
   r.traces.emplace_back();
   r.traces[0].invokes.push_back({prompt, std::nullopt});
   return protocol::EncodeRequest(r);
+}
+
+// Chunk `index` of a `count`-chunk result of `job`, as a worker sends it.
+BrokerMessage ResultChunk(const std::string& job, int64_t index, int64_t count,
+                          std::string payload) {
+  BrokerMessage m;
+  m.type = BrokerMessageType::kJobResult;
+  m.job = job;
+  m.index = index;
+  m.count = count;
+  m.payload = std::move(payload);
+  return m;
 }
 
 std::string ResultBytes() {
@@ -227,6 +240,29 @@ TEST_CASE("Core: a retried submission with the same ref is the same job", "[brok
   CHECK(h.core->LiveJobs() == 1);
 }
 
+TEST_CASE("Core: a retried submission of a job stored unbeknown to the broker runs it",
+          "[broker]") {
+  Harness h;
+  const std::string key = h.AddKey("alice");
+  h.Ready("w1");
+  // What a store call that timed out after Redis ran it leaves: the job stored and queued,
+  // the client told UNAVAILABLE, the broker unaware of it.
+  JobRecord stored;
+  stored.id = RandomHex(16);
+  stored.owner = "id_alice";
+  stored.model = "m";
+  stored.ref = "retried";
+  stored.state = JobState::kQueued;
+  stored.times = {{"RECEIVED", h.clock.now}, {"QUEUED", h.clock.now}};
+  stored.seq = 1;
+  REQUIRE(h.store->CreateJob(stored, Request("m")).ok());
+  BrokerMessage ack = h.Submit("c1", key, "m", "retried");
+  CHECK(ack.job == stored.id);
+  CHECK(h.JobFor("w1") == stored.id);
+  h.Finish("w1", stored.id);
+  CHECK(h.Ask("c1", BrokerMessageType::kQuery, key, stored.id).state == JobState::kCompleted);
+}
+
 TEST_CASE("Core: API keys are required and checked", "[broker]") {
   Harness h;
   h.AddKey("alice");
@@ -347,9 +383,9 @@ TEST_CASE("Core: a silent worker's job runs again, up to the retry limit", "[bro
   h.core->Tick();
   BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
   CHECK(status.state == JobState::kError);
-  CHECK(status.message.find("worker died 2 times while running this job") == 0);
+  CHECK(status.message.find("job " + job + " killed the worker running it 2 times") == 0);
   BrokerMessage report = h.Ask("c", BrokerMessageType::kFetch, "", job, 0);
-  CHECK(protocol::DecodeErrorReport(report.payload)->code == "UNAVAILABLE");
+  CHECK(protocol::DecodeErrorReport(report.payload)->code == "INTERNAL");
 }
 
 TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails naming it",
@@ -382,6 +418,35 @@ TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails nami
         "time limit of 1 s exceeded (the worker did not stop within 0.5 s of it)");
   // The worker reports late: dropped, and the worker takes the next job.
   h.Finish("w1", job);
+  const std::string next = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == next);
+}
+
+TEST_CASE("Core: a result that stops arriving fails its job and frees the worker", "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  params.time_limit_grace_ms = 500;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string job = h.Submit("c", "").job;
+  CHECK(h.JobFor("w1") == job);
+  h.Worker("w1", ResultChunk(job, 0, 3, "part"));  // chunks 1 and 2 never come; heartbeats do
+  BrokerMessage beat;
+  beat.type = BrokerMessageType::kHeartbeat;
+  for (int i = 0; i < 6; ++i) {
+    h.clock.now += 100;
+    h.Worker("w1", beat);
+    h.core->Tick();
+  }
+  BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
+  CHECK(status.state == JobState::kError);
+  CHECK(status.code == "INTERNAL");
+  CHECK(status.message == "the worker's result stopped arriving after 1 chunks; submit it again");
+  bool told = false;
+  for (const BrokerMessage& m : h.outbox.Take("w1")) told |= m.type == BrokerMessageType::kDisconnect;
+  CHECK(told);
+  CHECK(h.core->Workers() == 0);
+  h.Ready("w1");  // registered afresh, as told
   const std::string next = h.Submit("c", "").job;
   CHECK(h.JobFor("w1") == next);
 }
@@ -507,15 +572,7 @@ TEST_CASE("Core: a result over the size limit fails the job, the worker goes on"
   h.Ready("w1");
   const std::string job = h.Submit("c", "").job;
   CHECK(h.JobFor("w1") == job);
-  BrokerMessage chunk;
-  chunk.type = BrokerMessageType::kJobResult;
-  chunk.job = job;
-  chunk.count = 3;
-  chunk.payload = std::string(600, 'x');
-  for (int64_t i = 0; i < 3; ++i) {
-    chunk.index = i;
-    h.Worker("w1", chunk);
-  }
+  for (int64_t i = 0; i < 3; ++i) h.Worker("w1", ResultChunk(job, i, 3, std::string(600, 'x')));
   BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
   CHECK(status.state == JobState::kError);
   CHECK(status.message == "the result is over the service's limit of 1000 bytes; save less");

@@ -2,9 +2,14 @@
 // glassbox-broker binary and glassbox-test-worker children (SIGKILL is real), driven through
 // broker/client.h. Lifecycle, API keys, owner isolation, dead workers, a killed broker, a
 // stopped Redis, garbage on the wire, fairness, chunked results, time limits, cancellation.
+#include <hiredis/hiredis.h>
+
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <thread>
 #include <zmq.hpp>
 
@@ -57,6 +62,40 @@ std::string Field(const std::string& text, const std::string& label) {
   return text.substr(start, text.find('\n', start) - start);
 }
 
+// One Redis command from the test itself; the reply as text (errors too), or "" for nil.
+std::string RedisCall(const std::string& address, const std::vector<std::string>& args) {
+  const size_t colon = address.rfind(':');
+  redisContext* ctx = redisConnect(address.substr(0, colon).c_str(),
+                                   std::stoi(address.substr(colon + 1)));
+  REQUIRE(ctx != nullptr);
+  REQUIRE(ctx->err == 0);
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  for (const std::string& a : args) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  auto* reply = static_cast<redisReply*>(
+      redisCommandArgv(ctx, static_cast<int>(args.size()), argv.data(), lens.data()));
+  REQUIRE(reply != nullptr);
+  std::string out = reply->type == REDIS_REPLY_INTEGER ? std::to_string(reply->integer)
+                    : reply->str != nullptr            ? std::string(reply->str, reply->len)
+                                                       : "";
+  freeReplyObject(reply);
+  redisFree(ctx);
+  return out;
+}
+
+// Whether `text` holds the line `line` (INFO fields, log lines).
+bool HasLine(const std::string& text, const std::string& line) {
+  return ("\n" + text).find("\n" + line) != std::string::npos;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 struct ApiKey {
   std::string id;
   std::string secret;
@@ -97,14 +136,13 @@ class Cluster {
   ChildProcess& broker() { return *broker_; }
   testing::RedisServer& redis() { return redis_; }
 
+  // A test worker with 100 ms heartbeats unless `flags` names --heartbeat-ms.
   ChildProcess& StartWorker(const std::string& tag, std::vector<std::string> flags = {}) {
-    std::vector<std::string> args = {testing::BinDir() + "/glassbox-test-worker",
-                                     "--broker",
-                                     WorkerEndpoint(),
-                                     "--heartbeat-ms",
-                                     "100",
-                                     "--tag",
-                                     tag};
+    std::vector<std::string> args = {testing::BinDir() + "/glassbox-test-worker", "--broker",
+                                     WorkerEndpoint(), "--tag", tag};
+    if (std::find(flags.begin(), flags.end(), "--heartbeat-ms") == flags.end()) {
+      args.insert(args.end(), {"--heartbeat-ms", "100"});
+    }
     args.insert(args.end(), flags.begin(), flags.end());
     workers_.push_back(
         std::make_unique<ChildProcess>(args, dir_.path() + "/worker-" + tag + ".log"));
@@ -149,6 +187,10 @@ class Cluster {
     }
     FAIL("workers did not register");
   }
+
+  // A path in the cluster's temporary directory (files that release or mark test jobs).
+  std::string Path(const std::string& name) const { return dir_.path() + "/" + name; }
+  int worker_port() const { return worker_port_; }
 
   std::string ClientEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(client_port_); }
   std::string WorkerEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(worker_port_); }
@@ -218,7 +260,7 @@ TEST_CASE("E2E: a job's lifecycle, pushed statuses, result, models and usage", "
 }
 
 TEST_CASE("E2E: requests without a valid API key are refused", "[broker]") {
-  Cluster cluster;
+  Cluster cluster({"--key-cache-ms", "0"});  // a revocation bites at once
   ApiKey key = cluster.CreateKey("alice");
   cluster.StartWorker("a");
   auto good = cluster.NewClient(key.secret);
@@ -231,7 +273,6 @@ TEST_CASE("E2E: requests without a valid API key are refused", "[broker]") {
         "UNAUTHENTICATED: API key not recognised (unknown or revoked)");
   CHECK(wrong->ListModels().status().code() == StatusCode::kUnauthenticated);
   CHECK(cluster.Keys("revoke " + key.id).find("revoked " + key.id) != std::string::npos);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // the broker's key cache
   CHECK(good->Submit(Request("x")).status().code() == StatusCode::kUnauthenticated);
   CHECK(cluster.Keys("revoke nosuchkey").find("NOT_FOUND") != std::string::npos);
 }
@@ -275,6 +316,34 @@ TEST_CASE("E2E: a worker killed mid-job: the job runs again on another worker", 
   CHECK(requeued);
 }
 
+TEST_CASE("E2E: a job sent to workers that had just died is not an attempt: it waits, then runs",
+          "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  // Heartbeats every minute: the broker cannot notice these deaths by itself during the test.
+  std::vector<ChildProcess*> doomed;
+  for (const char* tag : {"d1", "d2", "d3"}) {
+    doomed.push_back(&cluster.StartWorker(tag, {"--heartbeat-ms", "60000"}));
+  }
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 3);
+  for (ChildProcess* worker : doomed) worker->Stop(SIGKILL);
+  // The broker's side of every worker connection is closed: a send to them now fails.
+  for (int i = 0; i < 5000 && testing::OpenConnectionsOnPort(cluster.worker_port()) > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE(testing::OpenConnectionsOnPort(cluster.worker_port()) == 0);
+  std::vector<JobStatus> seen;
+  client->OnStatus([&](const JobStatus& s) { seen.push_back(s); });
+  const std::string job = SubmitOk(*client, "after the deaths");
+  cluster.StartWorker("alive");
+  const JobStatus done = WaitDone(*client, job);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(done.message == "");
+  CHECK(Saved(*client->FetchResult(job), "worker") == "alive");
+  for (const JobStatus& s : seen) CHECK(s.message.find("died") == std::string::npos);
+}
+
 TEST_CASE("E2E: a frozen worker (SIGSTOP) is noticed by heartbeat, its job runs elsewhere",
           "[broker][slow]") {
   Cluster cluster;
@@ -312,10 +381,33 @@ TEST_CASE("E2E: a job whose workers keep dying fails, saying why", "[broker][slo
   }
   JobStatus failed = WaitDone(*client, job);
   CHECK(failed.state == JobState::kError);
-  CHECK(failed.code == "UNAVAILABLE");
-  CHECK(failed.message.rfind("worker died 2 times while running this job", 0) == 0);
+  CHECK(failed.code == "INTERNAL");
+  CHECK(failed.message.rfind("job " + job + " killed the worker running it 2 times", 0) == 0);
   auto report = protocol::DecodeErrorReport(*client->FetchResult(job));
   CHECK(report->message == failed.message);
+}
+
+TEST_CASE("E2E: a job that kills two workers is poison: failed at once, a third never runs it",
+          "[broker]") {
+  Cluster cluster;  // default --max-attempts
+  ApiKey key = cluster.CreateKey("alice");
+  std::vector<ChildProcess*> workers;
+  for (const char* tag : {"w1", "w2", "w3"}) workers.push_back(&cluster.StartWorker(tag));
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 3);
+  const std::string job = SubmitOk(*client, "crash=1");
+  const JobStatus failed = WaitDone(*client, job);
+  CHECK(failed.state == JobState::kError);
+  CHECK(failed.code == "INTERNAL");
+  CHECK(failed.message == "job " + job +
+                              " killed the worker running it 2 times; it is marked as poison and "
+                              "not run again (report it: it may crash every worker)");
+  CHECK(protocol::DecodeErrorReport(*client->FetchResult(job))->message == failed.message);
+  int alive = 0;
+  for (ChildProcess* worker : workers) alive += worker->Running();
+  CHECK(alive == 1);
+  const std::string next = SubmitOk(*client, "fine");
+  CHECK(WaitDone(*client, next).state == JobState::kCompleted);
 }
 
 TEST_CASE("E2E: the broker killed and restarted: acknowledged jobs complete, results stay",
@@ -344,7 +436,7 @@ TEST_CASE("E2E: the broker killed and restarted: acknowledged jobs complete, res
 
 TEST_CASE("E2E: Redis stopped: submissions refused as unavailable, nothing acknowledged lost",
           "[broker][slow]") {
-  Cluster cluster;
+  Cluster cluster({"--key-cache-ms", "0"});
   ApiKey key = cluster.CreateKey("alice");
   cluster.StartWorker("a");
   auto client = cluster.NewClient(key.secret);
@@ -353,7 +445,6 @@ TEST_CASE("E2E: Redis stopped: submissions refused as unavailable, nothing ackno
   const std::string queued = SubmitOk(*client, "sleep_ms=10");
   WaitState(*client, running, JobState::kRunning);
   cluster.redis().Stop(SIGKILL);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the key cache
   auto refused = client->Submit(Request("x"));
   CHECK(refused.status().code() == StatusCode::kUnavailable);
   CHECK(refused.status().message().find("job store unavailable") != std::string::npos);
@@ -363,6 +454,118 @@ TEST_CASE("E2E: Redis stopped: submissions refused as unavailable, nothing ackno
   CHECK(client->FetchResult(running).ok());
   const std::string later = SubmitOk(*client, "after");
   CHECK(WaitDone(*client, later).state == JobState::kCompleted);
+}
+
+TEST_CASE("E2E: during a Redis outage, results the broker holds in memory are still fetchable",
+          "[broker]") {
+  Cluster cluster({"--key-cache-ms", "0"});  // every request would read its key from Redis
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job = SubmitOk(*client, "result_bytes=3000000");
+  const JobStatus done = WaitDone(*client, job);
+  REQUIRE(done.state == JobState::kCompleted);
+  cluster.redis().Stop(SIGKILL);
+  CHECK(client->QueryStatus(job)->state == JobState::kCompleted);
+  auto result = client->FetchResult(job);
+  REQUIRE(result.ok());
+  CHECK(Saved(*result, "echo").size() == 3000000);
+  CHECK(client->Submit(Request("x")).status().code() == StatusCode::kUnavailable);
+  // Once Redis is back, the bytes served meanwhile are counted against the key.
+  cluster.redis().Start();
+  int64_t counted = -1;
+  for (int i = 0; i < 2000 && counted != done.result_bytes; ++i) {
+    auto keys = ListApiKeys(cluster.redis().address());
+    if (keys.ok() && keys->size() == 1) counted = (*keys)[0].usage.bytes_returned;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK(counted == done.result_bytes);
+}
+
+TEST_CASE("E2E: Redis loading its data (LOADING) delays queued jobs, never fails them",
+          "[broker][slow]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  const std::string redis = cluster.redis().address();
+  {  // 20,000 keys of 1 kB in Redis's base file, so that loading it can be slowed down
+    const size_t colon = redis.rfind(':');
+    redisContext* ctx =
+        redisConnect(redis.substr(0, colon).c_str(), std::stoi(redis.substr(colon + 1)));
+    REQUIRE((ctx != nullptr && ctx->err == 0));
+    const std::string value(1000, 'v');
+    for (int i = 0; i < 20000; ++i) {
+      const std::string k = "pad:" + std::to_string(i);
+      redisAppendCommand(ctx, "SET %b %b", k.data(), k.size(), value.data(), value.size());
+    }
+    for (int i = 0; i < 20000; ++i) {
+      void* reply = nullptr;
+      REQUIRE(redisGetReply(ctx, &reply) == REDIS_OK);
+      freeReplyObject(reply);
+    }
+    redisFree(ctx);
+  }
+  RedisCall(redis, {"BGREWRITEAOF"});
+  for (int i = 0; i < 5000; ++i) {
+    const std::string info = RedisCall(redis, {"INFO", "persistence"});
+    if (HasLine(info, "aof_rewrite_in_progress:0") && HasLine(info, "aof_rewrite_scheduled:0")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret, 30000);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string first = SubmitOk(*client, "wait_file=" + cluster.Path("release"));
+  WaitState(*client, first, JobState::kRunning);
+  const std::string second = SubmitOk(*client, "queued behind");
+  // Restarted with a loading delay of 5 ms per key (100 s for all): it answers LOADING
+  // until the test lifts the delay.
+  cluster.redis().Stop(SIGTERM);
+  cluster.redis().Start(
+      {"--key-load-delay", "5000", "--loading-process-events-interval-bytes", "1024"});
+  REQUIRE(HasLine(RedisCall(redis, {"INFO", "persistence"}), "loading:1"));
+  testing::ChildProcess touch({"/usr/bin/touch", cluster.Path("release")}, "/dev/null");
+  // The first job's end meets LOADING; the broker then tried to start the second one.
+  const std::string log = cluster.Path("broker.log");
+  for (int i = 0; i < 5000 && ReadFile(log).find("LOADING") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE(ReadFile(log).find("LOADING") != std::string::npos);
+  REQUIRE(client->ListModels().ok());  // answered after the loop that handled the result
+  REQUIRE(HasLine(RedisCall(redis, {"INFO", "persistence"}), "loading:1"));
+  RedisCall(redis, {"CONFIG", "SET", "key-load-delay", "0"});
+  CHECK(WaitDone(*client, first, 30000).state == JobState::kCompleted);
+  const JobStatus done = WaitDone(*client, second, 30000);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(done.message == "");
+  CHECK(Saved(*client->FetchResult(second), "prompt") == "queued behind");
+}
+
+TEST_CASE("E2E: Redis frozen (SIGSTOP) stalls the broker: its workers are not presumed dead",
+          "[broker][slow]") {
+  // One store call may block the broker 1 s, four times a worker's heartbeat window here;
+  // a single presumed death would fail the job (--max-attempts 1).
+  Cluster cluster({"--redis-timeout-ms", "1000", "--key-cache-ms", "0", "--max-attempts", "1"});
+  ApiKey key = cluster.CreateKey("alice");
+  // Heartbeats every 50 ms (the broker gives up after 5 silent ones); the worker itself waits
+  // 100 silent broker heartbeats before it reconnects.
+  cluster.StartWorker("a", {"--heartbeat-ms", "50", "--heartbeat-liveness", "100"});
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  std::vector<JobStatus> seen;
+  client->OnStatus([&](const JobStatus& s) { seen.push_back(s); });
+  const std::string job = SubmitOk(*client, "wait_file=" + cluster.Path("release"));
+  WaitState(*client, job, JobState::kRunning);
+  cluster.redis().Signal(SIGSTOP);
+  // Each submission now blocks the broker on Redis (the API key lookup) until the timeout.
+  for (int i = 0; i < 2; ++i) {
+    CHECK(client->Submit(Request("refused")).status().code() == StatusCode::kUnavailable);
+  }
+  cluster.redis().Signal(SIGCONT);
+  testing::ChildProcess touch({"/usr/bin/touch", cluster.Path("release")}, "/dev/null");
+  const JobStatus done = WaitDone(*client, job, 20000);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(done.message == "");
+  for (const JobStatus& s : seen) CHECK(s.message.find("died") == std::string::npos);
 }
 
 TEST_CASE("E2E: malformed, unknown and oversized messages get errors, others still served",
@@ -405,6 +608,77 @@ TEST_CASE("E2E: malformed, unknown and oversized messages get errors, others sti
   CHECK(cluster.broker().Running());
 }
 
+TEST_CASE("E2E: a client that never reads costs the broker a bounded number of bytes",
+          "[broker]") {
+  const int64_t limit = int64_t{4} << 20;
+  Cluster cluster({"--dev-no-auth", "--client-unread-bytes", std::to_string(limit)});
+  cluster.StartWorker("a", {"--chunk-bytes", "262144"});
+  auto client = cluster.NewClient("");
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job = SubmitOk(*client, "result_bytes=200000");
+  const JobStatus done = WaitDone(*client, job);
+  REQUIRE(done.result_chunks == 1);
+  zmq::context_t ctx;
+  zmq::socket_t greedy(ctx, zmq::socket_type::dealer);  // asks for much, reads nothing yet
+  greedy.set(zmq::sockopt::linger, 0);
+  greedy.set(zmq::sockopt::rcvhwm, 1);
+  greedy.set(zmq::sockopt::rcvbuf, 65536);
+  greedy.connect(cluster.ClientEndpoint());
+  const int fetches = 400;
+  for (int i = 0; i < fetches; ++i) {
+    protocol::BrokerMessage fetch;
+    fetch.type = protocol::BrokerMessageType::kFetch;
+    fetch.ref = "f" + std::to_string(i);
+    fetch.job = job;
+    fetch.index = 0;
+    greedy.send(zmq::buffer(protocol::EncodeBrokerMessage(fetch)), zmq::send_flags::none);
+  }
+  protocol::BrokerMessage marker;  // handled after every fetch above: its job touches a file
+  marker.type = protocol::BrokerMessageType::kSubmit;
+  marker.payload = Request("touch=" + cluster.Path("marker"));
+  greedy.send(zmq::buffer(protocol::EncodeBrokerMessage(marker)), zmq::send_flags::none);
+  REQUIRE(testing::WaitForFile(cluster.Path("marker")));
+  int chunks = 0;
+  int refused = 0;
+  greedy.set(zmq::sockopt::rcvtimeo, 10000);
+  while (chunks + refused < fetches) {
+    zmq::message_t frame;
+    REQUIRE(greedy.recv(frame));
+    auto reply = protocol::DecodeBrokerMessage(frame.to_string_view());
+    REQUIRE(reply.ok());
+    if (reply->ref.rfind("f", 0) != 0) continue;  // the marker's ack and statuses
+    if (reply->type == protocol::BrokerMessageType::kResultChunk) {
+      ++chunks;
+    } else {
+      CHECK(reply->code == "RESOURCE_EXHAUSTED");
+      CHECK(reply->message.find("unread by this connection") != std::string::npos);
+      ++refused;
+    }
+  }
+  // At most the limit held by the broker, plus what the kernel's socket buffers took
+  // (4 MiB here, net.ipv4.tcp_wmem) and the client's own buffer.
+  CHECK(chunks <= (limit + (int64_t{5} << 20)) / 200000 + 1);
+  CHECK(refused >= fetches - 60);
+  CHECK(client->FetchResult(job).ok());  // other connections are served as usual
+}
+
+TEST_CASE("E2E: a client's ref is capped in size and never stored beyond it", "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string huge(1 << 20, 'r');
+  auto refused = client->Submit(Request("x"), huge);
+  CHECK(refused.status().ToString() ==
+        "INVALID_ARGUMENT: ref of 1048576 bytes is over the limit of 256 bytes");
+  CHECK(RedisCall(cluster.redis().address(), {"EXISTS", "gb:ref:" + key.id + ":" + huge}) == "0");
+  const std::string fine(256, 'r');
+  auto job = client->Submit(Request("x"), fine);
+  REQUIRE(job.ok());
+  CHECK(WaitDone(*client, *job).state == JobState::kCompleted);
+}
+
 TEST_CASE("E2E: users take turns: one user's many jobs do not starve another's one",
           "[broker][slow]") {
   Cluster cluster;
@@ -415,10 +689,13 @@ TEST_CASE("E2E: users take turns: one user's many jobs do not starve another's o
   auto b = cluster.NewClient(bob.secret);
   cluster.WaitForWorkers(*a, 1);
   std::vector<std::string> alice_jobs;
-  for (int i = 0; i < 20; ++i) alice_jobs.push_back(SubmitOk(*a, "sleep_ms=30"));
-  const std::string bob_job = SubmitOk(*b, "sleep_ms=30");
+  // No job finishes before bob's is queued: they all wait for the release file.
+  const std::string jobs = "sleep_ms=30;wait_file=" + cluster.Path("release");
+  for (int i = 0; i < 20; ++i) alice_jobs.push_back(SubmitOk(*a, jobs));
+  const std::string bob_job = SubmitOk(*b, jobs);
   auto queued = b->QueryStatus(bob_job);
   CHECK(queued->position <= 2);
+  testing::ChildProcess touch({"/usr/bin/touch", cluster.Path("release")}, "/dev/null");
   const JobStatus bob_done = WaitDone(*b, bob_job);
   int alice_before = 0;
   for (const std::string& job : alice_jobs) {
@@ -448,6 +725,41 @@ TEST_CASE("E2E: a large result travels and is stored in chunks", "[broker]") {
   CHECK(pattern);
 }
 
+TEST_CASE("E2E: a result of 2,048 chunks sent while the broker does not read arrives whole",
+          "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  // A send queue of 4 chunks: the worker must wait for the broker, never drop a chunk. (It
+  // waits 100 silent heartbeats before it reconnects to a broker it thinks dead.)
+  cluster.StartWorker("a", {"--chunk-bytes", "16384", "--send-queue", "4",
+                            "--heartbeat-liveness", "100"});
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const int64_t bytes = int64_t{32} << 20;
+  const std::string job =
+      SubmitOk(*client, "result_bytes=" + std::to_string(bytes) + ";wait_file=" +
+                            cluster.Path("release") + ";done_file=" + cluster.Path("done"));
+  WaitState(*client, job, JobState::kRunning);
+  cluster.broker().Signal(SIGSTOP);  // the broker reads nothing while the result is sent
+  testing::ChildProcess touch({"/usr/bin/touch", cluster.Path("release")}, "/dev/null");
+  REQUIRE(testing::WaitForFile(cluster.Path("done")));
+  cluster.broker().Signal(SIGCONT);
+  const JobStatus done = WaitDone(*client, job, 30000);
+  REQUIRE(done.state == JobState::kCompleted);
+  CHECK(done.result_chunks > 2048);
+  auto result = client->FetchResult(job);
+  REQUIRE(result.ok());
+  const std::string echo = Saved(*result, "echo");
+  REQUIRE(echo.size() == static_cast<size_t>(bytes));
+  bool pattern = true;
+  for (size_t i = 0; i < echo.size(); i += 4099) {
+    pattern &= echo[i] == static_cast<char>(i * 7 % 251);
+  }
+  CHECK(pattern);
+  const std::string next = SubmitOk(*client, "next");  // the worker was freed
+  CHECK(WaitDone(*client, next).state == JobState::kCompleted);
+}
+
 TEST_CASE("E2E: a job past its time limit is stopped and reported, the worker goes on",
           "[broker][slow]") {
   Cluster cluster({"--time-limit-ms", "500"});
@@ -461,6 +773,22 @@ TEST_CASE("E2E: a job past its time limit is stopped and reported, the worker go
   CHECK(failed.message == "time limit of 0.5 s exceeded");
   const std::string next = SubmitOk(*client, "quick");
   CHECK(WaitDone(*client, next).state == JobState::kCompleted);
+}
+
+TEST_CASE("E2E: a worker that does not stop at the time limit: the broker fails the job, CANCELLED",
+          "[broker]") {
+  Cluster cluster({"--time-limit-ms", "300", "--time-limit-grace-ms", "200"});
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string job =
+      SubmitOk(*client, "ignore_stop=1;wait_file=" + cluster.Path("never-created"));
+  const JobStatus failed = WaitDone(*client, job);
+  CHECK(failed.state == JobState::kError);
+  CHECK(failed.code == "CANCELLED");  // protocol/SPEC.md section 7: past its time limit
+  CHECK(failed.message == "time limit of 0.3 s exceeded (the worker did not stop within 0.2 s of it)");
+  CHECK(protocol::DecodeErrorReport(*client->FetchResult(job))->code == "CANCELLED");
 }
 
 TEST_CASE("E2E: cancelling a running job stops it, the worker takes the next", "[broker]") {

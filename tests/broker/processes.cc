@@ -15,6 +15,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -67,6 +69,33 @@ bool WaitForPort(int port, int timeout_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return false;
+}
+
+int OpenConnectionsOnPort(int port) {
+  int open = 0;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state;
+      fields >> slot >> local >> remote >> state;
+      const int local_port = std::stoi(local.substr(local.rfind(':') + 1), nullptr, 16);
+      // 01 ESTABLISHED, 08 CLOSE_WAIT (the peer closed, this side has not yet).
+      if (local_port == port && (state == "01" || state == "08")) ++open;
+    }
+  }
+  return open;
+}
+
+bool WaitForFile(const std::string& path, int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!std::filesystem::exists(path)) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
 }
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv, const std::string& log_path) {
@@ -125,14 +154,19 @@ RedisServer::RedisServer(const std::string& dir, const std::string& appendfsync)
   Start();
 }
 
-void RedisServer::Start() {
-  process_ = std::make_unique<ChildProcess>(
-      std::vector<std::string>{"/usr/bin/redis-server", "--port", std::to_string(port_), "--bind",
-                               "127.0.0.1", "--dir", dir_, "--appendonly", "yes", "--appendfsync",
-                               appendfsync_, "--save", "", "--auto-aof-rewrite-min-size", "1gb",
-                               "--daemonize", "no", "--protected-mode", "no"},
-      dir_ + "/redis.log");
+void RedisServer::Start(const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {"/usr/bin/redis-server", "--port", std::to_string(port_),
+                                   "--bind", "127.0.0.1", "--dir", dir_, "--appendonly", "yes",
+                                   "--appendfsync", appendfsync_, "--save", "",
+                                   "--auto-aof-rewrite-min-size", "1gb", "--daemonize", "no",
+                                   "--protected-mode", "no"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  process_ = std::make_unique<ChildProcess>(args, dir_ + "/redis.log");
   if (!WaitForPort(port_, 10000)) throw std::runtime_error("redis-server did not start");
+}
+
+void RedisServer::Signal(int sig) {
+  if (process_) process_->Signal(sig);
 }
 
 void RedisServer::Stop(int sig) {

@@ -32,6 +32,14 @@ int FreePort();
 // True once something accepts TCP connections on 127.0.0.1:port, within timeout_ms.
 bool WaitForPort(int port, int timeout_ms);
 
+// TCP connections on this machine whose local port is `port` and that are still open on
+// that side (ESTABLISHED or CLOSE_WAIT): how a test sees that a server has noticed its
+// peers are gone, without timing it.
+int OpenConnectionsOnPort(int port);
+// Waits until the file at `path` exists (a process under test reached a point), within
+// timeout_ms; false if it did not.
+bool WaitForFile(const std::string& path, int timeout_ms = 10000);
+
 // A child process; stdout and stderr go to `log_path`. The destructor SIGKILLs and reaps it.
 class ChildProcess {
  public:
@@ -58,8 +66,11 @@ class ChildProcess {
 class RedisServer {
  public:
   explicit RedisServer(const std::string& dir, const std::string& appendfsync = "always");
-  void Start();                  // (re)starts on the same port and files; waits until it serves
+  // (Re)starts on the same port and files, with `extra` redis-server arguments; waits until
+  // it accepts connections (it may still be loading its data).
+  void Start(const std::vector<std::string>& extra = {});
   void Stop(int sig = SIGTERM);  // SIGTERM: a clean shutdown; SIGKILL: a crash
+  void Signal(int sig);          // SIGSTOP / SIGCONT: a frozen Redis
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
 
  private:

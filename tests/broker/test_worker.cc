@@ -5,10 +5,18 @@
 //   sleep_ms=N       take N ms, checking JobContext::ShouldStop every 5 ms (unless ignore_stop=1)
 //   result_bytes=N   save a uint8 tensor of N bytes (named "echo"); default 0
 //   error=TEXT       return an INVALID_ARGUMENT error report with TEXT instead of a result
+//   touch=PATH       create the file PATH when the job starts (a test sees the job reached
+//                    the worker)
+//   wait_file=PATH   block until the file PATH exists (checking ShouldStop every 5 ms unless
+//                    ignore_stop=1): a test releases the job explicitly instead of timing it
+//   crash=1          kill the worker process (SIGSEGV) as soon as the job starts
+//   done_file=PATH   create the file PATH just before returning the result
 // The result also saves the prompt (as "prompt") and the worker's --tag, so a test can tell
 // which worker ran a job.
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cstdio>
+#include <filesystem>
 #include <chrono>
 #include <csignal>
 #include <map>
@@ -50,6 +58,19 @@ bool Sleep(const broker::JobContext& job, int64_t ms, bool ignore_stop) {
   return true;
 }
 
+void Touch(const std::string& path) {
+  if (FILE* f = std::fopen(path.c_str(), "w")) std::fclose(f);
+}
+
+// Waits until `path` exists, returning early (false) when the job should stop.
+bool WaitForFile(const broker::JobContext& job, const std::string& path, bool ignore_stop) {
+  while (!std::filesystem::exists(path)) {
+    if (!ignore_stop && job.ShouldStop()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 std::string Handle(const std::string& tag, const broker::JobContext& job,
                    const std::string& request_bytes) {
   auto request = protocol::DecodeRequest(request_bytes);
@@ -59,8 +80,12 @@ std::string Handle(const std::string& tag, const broker::JobContext& job,
     prompt = request->traces[0].invokes[0].prompt.value_or("");
   }
   auto settings = ParseSettings(prompt);
+  if (settings.count("touch")) Touch(settings["touch"]);
+  if (settings["crash"] == "1") std::raise(SIGSEGV);
+  const bool ignore_stop = settings["ignore_stop"] == "1";
   const int64_t sleep_ms = settings.count("sleep_ms") ? std::stoll(settings["sleep_ms"]) : 0;
-  if (!Sleep(job, sleep_ms, settings["ignore_stop"] == "1")) {
+  if (!Sleep(job, sleep_ms, ignore_stop) ||
+      (settings.count("wait_file") && !WaitForFile(job, settings["wait_file"], ignore_stop))) {
     return ErrorOf(Cancelled(job.StopReason()));
   }
   if (settings.count("error")) return ErrorOf(InvalidArgument(settings["error"]));
@@ -74,7 +99,9 @@ std::string Handle(const std::string& tag, const broker::JobContext& job,
   result.saved.push_back({"echo", 1, protocol::Value::Tensor(std::move(tensor))});
   result.saved.push_back({"prompt", 2, protocol::Value::String(prompt)});
   result.saved.push_back({"worker", 3, protocol::Value::String(tag)});
-  return protocol::EncodeResult(result);
+  std::string encoded = protocol::EncodeResult(result);
+  if (settings.count("done_file")) Touch(settings["done_file"]);
+  return encoded;
 }
 
 }  // namespace
@@ -90,6 +117,7 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat-ms", params.heartbeat_interval_ms)->capture_default_str();
   app.add_option("--heartbeat-liveness", params.heartbeat_liveness)->capture_default_str();
   app.add_option("--chunk-bytes", params.result_chunk_bytes)->capture_default_str();
+  app.add_option("--send-queue", params.send_queue_chunks)->capture_default_str();
   app.add_option("--tag", tag, "saved in every result, to tell workers apart");
   CLI11_PARSE(app, argc, argv);
   std::signal(SIGINT, OnSignal);
