@@ -3,8 +3,12 @@
 // and cancellations, and sends results (in chunks, waiting for room in the send queue rather
 // than dropping any). The handler runs on a compute thread of its own,
 // which signals a finished job over an inproc PAIR socket so the result leaves at once.
+// A signal (the SIGTERM that sets `stop`) makes ZeroMQ calls fail with EINTR; that is no
+// error here: the loop looks at `stop` next, and the shutdown still stops the job and says
+// goodbye.
 #include "broker/worker_link.h"
 
+#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <memory>
@@ -37,6 +41,19 @@ std::string RandomIdentity() {
   char buf[40];
   std::snprintf(buf, sizeof buf, "worker-%016llx", static_cast<unsigned long long>(dist(rd)));
   return buf;
+}
+
+bool Interrupted(const zmq::error_t& e) { return e.num() == EINTR; }
+
+// A blocking receive that a signal does not abort.
+void ReceiveThroughSignals(zmq::socket_t& socket, zmq::message_t& message) {
+  for (;;) {
+    try {
+      if (socket.recv(message, zmq::recv_flags::none)) return;
+    } catch (const zmq::error_t& e) {
+      if (!Interrupted(e)) throw;
+    }
+  }
 }
 
 int64_t NowMs() {
@@ -158,7 +175,7 @@ class Link {
   Status Serve(const std::atomic<bool>& stop) {
     GLASSBOX_RETURN_IF_ERROR(Connect());
     while (!stop.load()) {
-      PollOnce();
+      PollOnceThroughSignals();
       const int64_t now = NowMs();
       if (now >= next_heartbeat_ms_) {
         Send(Simple(BrokerMessageType::kHeartbeat));
@@ -212,7 +229,20 @@ class Link {
 
   void Send(const BrokerMessage& m) {
     const std::string bytes = protocol::EncodeBrokerMessage(m);
-    socket_->send(zmq::buffer(bytes), zmq::send_flags::dontwait);  // dropped if unreachable
+    try {
+      socket_->send(zmq::buffer(bytes), zmq::send_flags::dontwait);  // dropped if unreachable
+    } catch (const zmq::error_t& e) {
+      if (!Interrupted(e)) throw;
+    }
+  }
+
+  // A pass of PollOnce that a signal may cut short (EINTR); the next pass picks up the rest.
+  void PollOnceThroughSignals() {
+    try {
+      PollOnce();
+    } catch (const zmq::error_t& e) {
+      if (!Interrupted(e)) throw;
+    }
   }
 
   void PollOnce() {
@@ -301,20 +331,31 @@ class Link {
     outgoing_.reset();
   }
 
-  // Stops a running job, drops its outcome, and tells the broker to give it to another worker.
+  // Stops a running job, drops its outcome, and tells the broker to give it to another worker
+  // (DISCONNECT: the broker queues the job again at once, counting no attempt).
   void Shutdown() {
     outgoing_.reset();  // the broker runs the job again elsewhere
     if (job_) {
       job_->RequestStop("the worker is shutting down");
       zmq::message_t done;
-      (void)signal_.recv(done, zmq::recv_flags::none);
+      ReceiveThroughSignals(signal_, done);
       compute_->Take();
       job_.reset();
     }
+    compute_.reset();
     BrokerMessage bye = Simple(BrokerMessageType::kDisconnect);
     bye.reason = "worker shutting down";
-    Send(bye);
-    compute_.reset();
+    // Waits up to a second for room (a send queue full of result chunks) rather than dropping.
+    socket_->set(zmq::sockopt::sndtimeo, 1000);
+    const std::string bytes = protocol::EncodeBrokerMessage(bye);
+    for (bool sent = false; !sent;) {
+      try {
+        (void)socket_->send(zmq::buffer(bytes), zmq::send_flags::none);
+        sent = true;  // or timed out: the broker's heartbeat watch takes over
+      } catch (const zmq::error_t& e) {
+        if (!Interrupted(e)) throw;
+      }
+    }
     socket_->set(zmq::sockopt::linger, 1000);  // let DISCONNECT leave
     socket_.reset();
   }

@@ -62,7 +62,9 @@ using JobHandler = std::function<std::string(const JobContext& job, const std::s
 // the calling thread keeps the socket and the heartbeats. Large results are sent in chunks. A handler that throws or returns bytes that are neither a result nor an error
 // report yields an INTERNAL error report for that job. On stop, a running job is asked to
 // stop (ShouldStop), its outcome is dropped and the broker told to run it elsewhere
-// (DISCONNECT). Errors: an endpoint ZeroMQ cannot use (INVALID_ARGUMENT).
+// (DISCONNECT); then ServeJobs returns OK. `stop` may be set from a signal handler (SIGTERM):
+// the ZeroMQ calls the signal interrupts (EINTR) are no error. Errors: an endpoint ZeroMQ
+// cannot use (INVALID_ARGUMENT).
 Status ServeJobs(const WorkerParams& params, const JobHandler& handler,
                  const std::atomic<bool>& stop);
 

@@ -3,6 +3,7 @@
 // broker/client.h. Lifecycle, API keys, owner isolation, dead workers, a killed broker, a
 // stopped Redis, garbage on the wire, fairness, chunked results, time limits, cancellation.
 #include <hiredis/hiredis.h>
+#include <sys/wait.h>
 
 #include <catch2/catch.hpp>
 #include <algorithm>
@@ -314,6 +315,37 @@ TEST_CASE("E2E: a worker killed mid-job: the job runs again on another worker", 
   bool requeued = false;
   for (const JobStatus& s : seen) requeued |= s.message == "its worker died; queued again";
   CHECK(requeued);
+}
+
+TEST_CASE("E2E: SIGTERM to a worker mid-job: it says goodbye, exits 0, the job runs elsewhere",
+          "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  // Heartbeats every minute: only the worker's own DISCONNECT can tell the broker in time.
+  ChildProcess& leaving = cluster.StartWorker("leaving", {"--heartbeat-ms", "60000"});
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  std::vector<JobStatus> seen;
+  client->OnStatus([&](const JobStatus& s) { seen.push_back(s); });
+  const std::string release = cluster.Path("release");
+  const std::string job =
+      SubmitOk(*client, "touch=" + cluster.Path("started") + ";wait_file=" + release);
+  REQUIRE(testing::WaitForFile(cluster.Path("started")));
+  cluster.StartWorker("staying");
+  cluster.WaitForWorkers(*client, 2);
+  const int status = leaving.Stop(SIGTERM);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  cluster.WaitForWorkers(*client, 1);  // forgotten now, not after 5 missed minutes
+  WaitState(*client, job, JobState::kRunning);
+  std::ofstream(release).put('\n');  // the job may finish now
+  const JobStatus done = WaitDone(*client, job);
+  CHECK(done.state == JobState::kCompleted);
+  CHECK(Saved(*client->FetchResult(job), "worker") == "staying");
+  bool left = false;
+  for (const JobStatus& s : seen) left |= s.message == "its worker left; queued again";
+  CHECK(left);
+  CHECK(RedisCall(cluster.redis().address(), {"HGET", "gb:job:" + job, "attempts"}) == "0");
 }
 
 TEST_CASE("E2E: a job sent to workers that had just died is not an attempt: it waits, then runs",
