@@ -1,6 +1,7 @@
 """The ``glassbox`` command: run a local service for a class or a lab, and look at one.
 
     glassbox up [--model PATH --name NAME ...] [--port 5555] [--dev] [--data DIR]
+                [--worker-bind ADDRESS] [--restart-delay SECONDS]
     glassbox status [--url URL] [--api-key KEY]
     glassbox models [--url URL] [--api-key KEY] [--json]
     glassbox keys create --name NAME [--max-queued N --max-running N --max-request-bytes N]
@@ -9,10 +10,11 @@
 ``up`` starts redis-server (append-only files under the data directory, by default
 ~/.cache/glassbox), glassbox-broker and one ``glassbox-engine serve`` worker per model
 (SmolLM2 as "smollm2-135m" unless ``--model PATH --name NAME`` is given, once per model),
-prints how to connect (with an API key, unless --dev), and stays in the foreground until
-Ctrl-C, which stops them all. ``keys`` wraps ``glassbox-broker keys`` for the service ``up``
-started (found through ``service.json`` in the data directory) or the Redis given with
---redis.
+prints how to connect (a URL other machines can use, with an API key, unless --dev), and
+stays in the foreground until Ctrl-C, which stops them all; a worker that exits meanwhile is
+started again after a back-off. One ``up`` per data directory (it is locked). ``keys`` wraps
+``glassbox-broker keys`` for the data directory's Redis (that of the ``up`` running on it, or
+one started on its files for the command) or the Redis given with --redis.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
                     "(CURVE); clients need the server key it prints")
     up.add_argument("--bind", default="", help="the clients' interface (default: all; "
                     "127.0.0.1 with --dev)")
+    up.add_argument("--worker-bind", default="127.0.0.1", help="the workers' interface "
+                    "(default: %(default)s, this machine only); '*' lets workers on other "
+                    "machines connect (the worker port has no authentication: private networks "
+                    "only)")
+    up.add_argument("--restart-delay", type=float, default=1.0, help="seconds before a worker "
+                    "that exited is started again, doubled for each exit in a row (default: "
+                    "%(default)s)")
+    up.add_argument("--max-restart-delay", type=float, default=60.0, help="the longest wait "
+                    "before a restart (default: %(default)s)")
     up.set_defaults(run=_up)
     for name, run, text in (("status", _status, "is the service up; its models and workers"),
                             ("models", _models, "the models the service serves")):
@@ -82,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_keys(commands) -> None:
     keys = commands.add_parser("keys", help="API keys (wraps glassbox-broker keys)")
-    keys.add_argument("--redis", default=None, help="Redis host:port (default: the service "
-                      "`glassbox up` runs with --data)")
+    keys.add_argument("--redis", default=None, help="Redis host:port (default: the Redis of "
+                      "--data: the running `glassbox up`'s, or one started on its files)")
     keys.add_argument("--data", default=str(launcher.DEFAULT_DATA_DIR))
     actions = keys.add_subparsers(required=True, metavar="ACTION")
     create = actions.add_parser("create", help="make a key; prints its secret once")
@@ -106,10 +115,13 @@ def _up(args) -> int:
     params = launcher.ServiceParams(model_path=path, model_name=name, more_models=tuple(more),
                                     port=args.port, worker_port=args.worker_port,
                                     data_dir=args.data, dev=args.dev, bind=args.bind,
-                                    encrypt=args.encrypt)
+                                    encrypt=args.encrypt, worker_bind=args.worker_bind,
+                                    restart_delay=args.restart_delay,
+                                    max_restart_delay=args.max_restart_delay)
     stop = _stop_on_signals()
     service = launcher.LocalService(params)
     service.check()
+    service.lock()  # refused: nothing of the running service's is touched
     names = ", ".join(n for _, n in params.models)
     print(f"glassbox: starting Redis, the broker and a worker of {names} "
           f"(logs in {service.log_dir}) ...", flush=True)
@@ -120,11 +132,10 @@ def _up(args) -> int:
         _wait_for_worker(service, key, server_key, stop)
         _write_service_file(service, key)
         print(_how_to_connect(params, key, server_key), flush=True)
-        return _serve_until_stopped(service, stop)
+        return _serve_until_stopped(service, key, stop)
     finally:
         print("glassbox: stopping the worker, the broker and Redis ...", flush=True)
         service.stop()
-        (pathlib.Path(args.data) / "service.json").unlink(missing_ok=True)
         print("glassbox: stopped", flush=True)
 
 
@@ -203,19 +214,15 @@ def _wait_for_worker(service: launcher.LocalService, key: str, server_key: str,
 
 
 def _write_service_file(service: launcher.LocalService, key: str) -> None:
-    info = {"url": service.params.url, "redis": service.redis_address, "pid": os.getpid(),
-            "children": [p.pid for p in service.processes],
-            "model": service.params.model_name,
-            "models": [name for _, name in service.params.models], "dev": not key}
-    (service.data_dir / "service.json").write_text(json.dumps(info) + "\n")
+    service.write_state(model=service.params.model_name,
+                        models=[name for _, name in service.params.models], dev=not key,
+                        workers={w.name: w.process.pid for w in service.workers})
 
 
 def _how_to_connect(params: launcher.ServiceParams, key: str, server_key: str) -> str:
-    where = params.url if params.dev else (
-        f"{params.url} (from other machines: tcp://{socket.getfqdn()}:{params.port})")
     names = ", ".join(name for _, name in params.models)
-    lines = [f"glassbox: serving {names} at {where}"]
-    exports = [f"GLASSBOX_URL={params.url}"]
+    lines = [f"glassbox: serving {names} at {params.public_url}"]
+    exports = [f"GLASSBOX_URL={params.public_url}"]
     if key:
         lines.append(f"  API key: {key}   (more: glassbox keys create --name STUDENT)")
         exports.append(f"GLASSBOX_API_KEY={key}")
@@ -230,13 +237,19 @@ def _how_to_connect(params: launcher.ServiceParams, key: str, server_key: str) -
     return "\n".join(lines)
 
 
-def _serve_until_stopped(service: launcher.LocalService, stop: List[int]) -> int:
+def _serve_until_stopped(service: launcher.LocalService, key: str, stop: List[int]) -> int:
+    """Supervises until a signal: workers that exit are restarted (logged); Redis or the
+    broker exiting ends the service (1)."""
     while not stop:
-        dead = service.dead_process()
-        if dead:
-            print(f"glassbox: a process exited; see {dead}:\n{launcher.tail(dead)}",
-                  file=sys.stderr)
+        try:
+            lines = service.supervise(time.monotonic())
+        except GlassboxError as e:
+            print(f"glassbox: {e.message}", file=sys.stderr)
             return 1
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+        if lines:
+            _write_service_file(service, key)
         time.sleep(0.2)
     return 0
 
@@ -296,16 +309,6 @@ def _model_row(model) -> dict:
 # glassbox keys -------------------------------------------------------------------------------
 
 
-def _redis_address(args) -> str:
-    if args.redis:
-        return args.redis
-    path = pathlib.Path(args.data) / "service.json"
-    if not path.is_file():
-        raise GlassboxError("NOT_FOUND", f"no service started by `glassbox up` with data in "
-                            f"{args.data} is running; pass --redis HOST:PORT")
-    return json.loads(path.read_text())["redis"]
-
-
 def _keys_create(args) -> int:
     limits = []
     for flag in ("max_queued", "max_running", "max_request_bytes"):
@@ -315,9 +318,13 @@ def _keys_create(args) -> int:
 
 
 def _broker_keys(args, action: List[str]) -> int:
-    argv = [launcher.find_binary("glassbox-broker"), "keys", "--redis", _redis_address(args),
-            *action]
-    return subprocess.call(argv)
+    """Runs ``glassbox-broker keys`` on --redis, else on the Redis of --data (see
+    launcher.redis_of: it works whether or not a service runs there)."""
+    binary = launcher.find_binary("glassbox-broker")
+    if args.redis:
+        return subprocess.call([binary, "keys", "--redis", args.redis, *action])
+    with launcher.redis_of(args.data) as redis:
+        return subprocess.call([binary, "keys", "--redis", redis, *action])
 
 
 if __name__ == "__main__":

@@ -455,7 +455,8 @@ def up(binaries, data_dir):
     printed = "".join(lines)
     key = re.search(r"API key: (gbk_[0-9a-f]{64})", printed)
     server_key = re.search(r"server key \(connections are encrypted\): (\S{40})\n", printed)
-    assert key and server_key and f"tcp://127.0.0.1:{port}" in printed, printed
+    assert key and server_key and re.search(rf"serving {NAME} at tcp://\S+:{port}\n", printed), \
+        printed
     yield f"tcp://127.0.0.1:{port}", key.group(1), server_key.group(1), data, process
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
