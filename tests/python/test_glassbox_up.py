@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -152,6 +153,27 @@ def test_a_second_up_on_the_same_data_is_refused_naming_the_first(data_dir):
         assert traced_logits(f"tcp://127.0.0.1:{first.port}")[:2] == (1, 4)
     finally:
         first.stop()
+
+
+def test_processes_left_by_a_killed_up_still_hold_the_data_directory(data_dir):
+    first = Up(data_dir, "--dev")
+    orphans = first.state()["children"]
+    first.process.kill()  # no clean-up: Redis, the broker and the worker run on
+    first.process.wait()
+    try:
+        second = glassbox_cli("up", "--dev", "--port", str(launcher.free_port()), "--worker-port",
+                              str(launcher.free_port()), "--model", str(TINY_LLAMA), "--name",
+                              NAME, "--data", str(data_dir), env=env())
+        assert second.returncode == 1
+        assert (f"pid {first.process.pid} has exited but processes it started still run: see "
+                f"{data_dir / 'service.json'}") in second.stderr, second.stderr
+    finally:
+        for pid in orphans:
+            os.kill(pid, signal.SIGKILL)
+    while any(launcher.pid_alive(pid) for pid in orphans):
+        time.sleep(0.01)  # until init has reaped them: then the lock is free
+    done = glassbox_cli("keys", "--data", str(data_dir), "list", env=env())
+    assert done.returncode == 0, done.stderr
 
 
 def test_keys_work_on_a_data_directory_before_during_and_after_up(data_dir):
