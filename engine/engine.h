@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "engine/chat_template.h"
 #include "engine/hook_catalogue.h"
 #include "engine/hooks.h"
 #include "engine/tokenizer.h"
@@ -93,6 +94,9 @@ class Model {
   const HookCatalogue& catalogue() const;
   // The model's tokenizer, or nullptr when the model directory has none.
   const Tokenizer* tokenizer() const;
+  // The chat template the files carry (source empty when they carry none), for clients to
+  // render; the engine never renders it.
+  const ChatTemplate& chat_template() const;
   std::string device() const;
   std::string dtype() const;
 
@@ -119,6 +123,7 @@ class Model {
   Model();
   std::unique_ptr<Transformer> transformer_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  ChatTemplate chat_template_;
   friend class ModelLoader;
 };
 

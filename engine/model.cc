@@ -165,6 +165,7 @@ StatusOr<std::unique_ptr<Model>> ModelLoader::Load(const std::string& path, cons
   std::unique_ptr<Model> model(new Model());
   model->transformer_ = std::move(loaded.transformer);
   model->tokenizer_ = std::move(loaded.tokenizer);
+  model->chat_template_ = std::move(loaded.chat_template);
 #if defined(__GLIBC__)
   malloc_trim(0);  // hand loading's temporaries back to the OS: a resident model stays lean
 #endif
@@ -182,6 +183,7 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path, const Engi
 const ModelConfig& Model::config() const { return transformer_->config(); }
 const HookCatalogue& Model::catalogue() const { return transformer_->catalogue(); }
 const Tokenizer* Model::tokenizer() const { return tokenizer_.get(); }
+const ChatTemplate& Model::chat_template() const { return chat_template_; }
 std::string Model::device() const { return transformer_->device().str(); }
 std::string Model::dtype() const { return std::string(c10::toString(transformer_->dtype())); }
 

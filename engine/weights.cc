@@ -297,6 +297,7 @@ StatusOr<LoadedModel> LoadGguf(const std::string& path, at::Device device, at::S
     GLASSBOX_ASSIGN_OR_RETURN(loaded.transformer, LoadFamily(arch, true, info, tensors));
   }
   GLASSBOX_ASSIGN_OR_RETURN(loaded.tokenizer, GgufTokenizer(file));
+  GLASSBOX_ASSIGN_OR_RETURN(loaded.chat_template, ReadGgufChatTemplate(file));
   return loaded;
 }
 
@@ -322,6 +323,7 @@ StatusOr<LoadedModel> LoadHfDirectory(const std::string& dir, at::Device device,
     GLASSBOX_ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::FromTokenizerJson(dir + "/tokenizer.json"));
     loaded.tokenizer = std::make_unique<Tokenizer>(std::move(t));
   }
+  GLASSBOX_ASSIGN_OR_RETURN(loaded.chat_template, ReadHfChatTemplate(dir));
   return loaded;
 }
 

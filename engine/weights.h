@@ -7,6 +7,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "engine/chat_template.h"
 #include "engine/family.h"
 #include "engine/tokenizer.h"
 
@@ -15,6 +16,7 @@ namespace glassbox {
 struct LoadedModel {
   std::unique_ptr<Transformer> transformer;
   std::unique_ptr<Tokenizer> tokenizer;  // null when the files carry none
+  ChatTemplate chat_template;            // source empty when the files carry none
 };
 
 // `path` is a .gguf file or a directory with config.json and safetensors weights. Errors

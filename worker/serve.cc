@@ -38,12 +38,24 @@ nlohmann::json TokenizerJson(const Tokenizer& tokenizer) {
           {"eos_id", tokenizer.eos_id()}};
 }
 
+// The chat template for the client to render (null where the files carry none), with the
+// special-token strings transformers passes to it.
+void AddChatTemplate(const ChatTemplate& chat, nlohmann::json& tokenizer) {
+  auto or_null = [](const std::string& s) { return s.empty() ? nlohmann::json() : nlohmann::json(s); };
+  tokenizer["chat_template"] = or_null(chat.source);
+  tokenizer["bos_token"] = or_null(chat.bos_token);
+  tokenizer["eos_token"] = or_null(chat.eos_token);
+}
+
 }  // namespace
 
 std::string CatalogueJson(const Model& model) {
   nlohmann::json out = nlohmann::json::parse(model.catalogue().ToJson());
   out["model"] = ConfigJson(model);
-  if (model.tokenizer() != nullptr) out["tokenizer"] = TokenizerJson(*model.tokenizer());
+  if (model.tokenizer() != nullptr) {
+    out["tokenizer"] = TokenizerJson(*model.tokenizer());
+    AddChatTemplate(model.chat_template(), out["tokenizer"]);
+  }
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
