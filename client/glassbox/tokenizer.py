@@ -4,7 +4,8 @@ Decoding happens here, from the vocabulary the service sends with the model's ca
 (each token in GPT-2's byte-level form; special tokens literally). Encoding is done by the
 server itself — one tiny request that reads the token ids the engine gives the text — so
 ``model.tokenizer.encode(text)`` can never disagree with what a trace of ``text`` sees.
-Encodings are cached per text.
+Encodings are cached per text. Chat templates come from the model's files through the
+catalogue and are rendered here (glassbox.chat_template), as transformers renders them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from functools import lru_cache
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from . import _wire as wire
+from . import chat_template as _chat_template
 from .errors import GlassboxError
 
 
@@ -44,6 +46,9 @@ class Tokenizer:
         self._special = set(int(i) for i in info.get("special_ids", []))
         self.bos_token_id: Optional[int] = _optional_id(info.get("bos_id"))
         self.eos_token_id: Optional[int] = _optional_id(info.get("eos_id"))
+        self.chat_template: Optional[str] = info.get("chat_template") or None
+        self.bos_token: Optional[str] = info.get("bos_token") or None
+        self.eos_token: Optional[str] = info.get("eos_token") or None
         self._run = run_request
         self._model_name = model_name
         self._encoded: Dict[str, List[int]] = {}
@@ -89,6 +94,36 @@ class Tokenizer:
 
     def __call__(self, text: str) -> dict:
         return {"input_ids": self.encode(text)}
+
+    def apply_chat_template(self, conversation, add_generation_prompt: bool = False,
+                            tokenize: bool = True, return_dict: bool = False,
+                            chat_template: Optional[str] = None, tools: Optional[list] = None,
+                            documents: Optional[list] = None, **kwargs):
+        """The conversation (a list of {"role", "content"} dicts, or a list of such lists)
+        rendered by the model's chat template as transformers renders it, with
+        ``bos_token``, ``eos_token`` and ``kwargs`` visible to the template. ``tokenize``:
+        its token ids as the server encodes the text (special tokens are not added again;
+        ``return_dict=True`` gives ``{"input_ids": ids}``); otherwise the text.
+        ``chat_template`` renders another template instead of the model's."""
+        template = chat_template or self.chat_template
+        if template is None:
+            raise GlassboxError("NOT_FOUND", f"model {self._model_name} has no chat template: "
+                                "its files carry none (no tokenizer.chat_template in the GGUF, "
+                                "no chat_template in tokenizer_config.json or "
+                                "chat_template.jinja); pass chat_template=... to use one")
+        if isinstance(conversation, (list, tuple)) and not conversation:
+            raise ValueError("Cannot apply chat template to an empty conversation.")
+        batched = isinstance(conversation[0], (list, tuple))
+        conversations = list(conversation) if batched else [conversation]
+        special = {k: v for k, v in (("bos_token", self.bos_token),
+                                     ("eos_token", self.eos_token)) if v is not None}
+        texts = _chat_template.render(template, conversations, add_generation_prompt, tools,
+                                      documents, {**special, **kwargs})
+        if not tokenize:
+            return texts if batched else texts[0]
+        ids = [self.encode(text) for text in texts]
+        out = ids if batched else ids[0]
+        return {"input_ids": out} if return_dict else out
 
     def _encode_on_server(self, text: str) -> List[int]:
         read = wire.Node(0, "read", [], {"point": "model.embed_tokens.input", "invoke": 0})
