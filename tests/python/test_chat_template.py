@@ -111,3 +111,17 @@ def test_no_template_without_a_server():
     with pytest.raises(GlassboxError, match="model gemma-3-270m has no chat template") as e:
         tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert e.value.code == "NOT_FOUND"
+
+
+def test_through_a_live_service(smollm2_service):
+    """The template also reaches clients of `glassbox up` (the worker's catalogue)."""
+    from glassbox.service import ServiceBackend
+    backend = ServiceBackend(smollm2_service.url, smollm2_service.api_key, quiet=True)
+    try:
+        tokenizer = glassbox.Model("smollm2-135m", backend=backend).tokenizer
+        assert tokenizer.chat_template == GOLDEN["chat_template"]
+        case = CASES[("system_user", True)]
+        assert tokenizer.apply_chat_template(case["messages"], add_generation_prompt=True) == \
+            case["ids"]
+    finally:
+        backend.close()
