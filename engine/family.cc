@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include "engine/gguf.h"
+
 namespace glassbox {
 
 namespace {
@@ -147,6 +149,129 @@ Status HfConfig::Finish() const {
   std::string message = path_ + ": the " + family_ + " family cannot run this config: ";
   for (size_t i = 0; i < errors.size(); ++i) message += (i ? "; " : "") + errors[i];
   return Unimplemented(message);
+}
+
+// ---- hook point tables ----
+
+std::vector<std::string> ShapeOf(Dims dims, const ModelConfig& c) {
+  auto n = [](int64_t v) { return std::to_string(v); };
+  switch (dims) {
+    case Dims::kResid: return {"batch", "seq", n(c.hidden_size)};
+    case Dims::kQProj: return {"batch", "seq", n(c.num_heads * c.head_dim)};
+    case Dims::kKvProj: return {"batch", "seq", n(c.num_kv_heads * c.head_dim)};
+    case Dims::kQkv: return {"batch", "seq", n((c.num_heads + 2 * c.num_kv_heads) * c.head_dim)};
+    case Dims::kQHeads: return {"batch", "seq", n(c.num_heads), n(c.head_dim)};
+    case Dims::kKvHeads: return {"batch", "seq", n(c.num_kv_heads), n(c.head_dim)};
+    case Dims::kScores: return {"batch", n(c.num_heads), "seq", "k_seq"};
+    case Dims::kMlp: return {"batch", "seq", n(c.intermediate_size)};
+  }
+  return {};
+}
+
+std::vector<PointSpec> LayerPoints(const PointRow* rows, size_t count, const ModelConfig& c,
+                                   const std::function<bool(int point)>& keep,
+                                   std::vector<int>& index) {
+  std::vector<PointSpec> specs;
+  index.assign(count, -1);
+  for (size_t i = 0; i < count; ++i) {
+    const PointRow& row = rows[i];
+    if (keep && !keep(row.point)) continue;
+    index[row.point] = static_cast<int>(specs.size());
+    specs.push_back({row.name, row.alias, ShapeOf(row.dims, c), row.meaning, "", row.skip_from});
+  }
+  return specs;
+}
+
+std::vector<PointSpec> EmbeddingPoints(const std::string& embedding, const ModelConfig& c) {
+  return {{embedding + ".input", "", {"batch", "seq"}, "token ids", "int64"},
+          {embedding + ".output", "hook_embed", ShapeOf(Dims::kResid, c), "token embeddings"}};
+}
+
+std::vector<PointSpec> HeadPoints(const std::string& norm, const std::string& unembedding,
+                                  const ModelConfig& c, const std::string& logits_note) {
+  const std::vector<std::string> resid = ShapeOf(Dims::kResid, c);
+  const std::vector<std::string> logits = {"batch", "seq", std::to_string(c.vocab_size)};
+  return {{norm + ".input", "ln_final.hook_input", resid, "final residual stream, input of the last norm"},
+          {norm + ".output", "ln_final.hook_normalized", resid, "final norm output"},
+          {unembedding + ".input", "unembed.hook_input", resid, "input of the unembedding", "", "", true},
+          {unembedding + ".output", "unembed.hook_logits", logits,
+           "logits over the vocabulary" + logits_note, "", "", true}};
+}
+
+// ---- reading weights and metadata ----
+
+Status WeightReader::Get(const std::string& name, const std::vector<int64_t>& shape,
+                         at::Tensor& out, const TensorSource::Reorder& reorder) {
+  GLASSBOX_ASSIGN_OR_RETURN(out, tensors_.Take(Stored(name), shape, reorder));
+  return Status::Ok();
+}
+
+Status WeightReader::Optional(bool present, const std::string& name,
+                              const std::vector<int64_t>& shape, at::Tensor& out) {
+  return present ? Get(name, shape, out) : Status::Ok();
+}
+
+Status WeightReader::Norm(const std::string& name, int64_t d, at::Tensor& weight, at::Tensor& bias) {
+  GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {d}, weight));
+  return Get(name + ".bias", {d}, bias);
+}
+
+Status ValidateSizes(const std::string& path, const ModelConfig& c, bool rotary) {
+  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 ||
+      c.vocab_size <= 0 || c.intermediate_size <= 0 || c.head_dim <= 0 ||
+      c.max_position_embeddings <= 0 || (rotary && c.head_dim % 2 != 0)) {
+    return InvalidArgument(path + ": model config has a non-positive size (layers, hidden, heads, "
+                           "kv heads, vocab, intermediate, head_dim, positions)" +
+                           std::string(rotary ? " or an odd head_dim" : ""));
+  }
+  if (c.num_heads % c.num_kv_heads != 0) {
+    return InvalidArgument(path + ": attention heads (" + std::to_string(c.num_heads) +
+                           ") are not a multiple of key/value heads (" +
+                           std::to_string(c.num_kv_heads) + ")");
+  }
+  return Status::Ok();
+}
+
+Status CheckGgufKeys(const GgufFile& file, const std::string& arch,
+                     const std::vector<std::string>& known) {
+  const std::string prefix = arch + ".";
+  for (const auto& entry : file.metadata()) {
+    const std::string& key = entry.first;
+    if (key.compare(0, prefix.size(), prefix) != 0) continue;
+    if (std::find(known.begin(), known.end(), key.substr(prefix.size())) == known.end()) {
+      return Unimplemented(file.path() + ": metadata " + key + " is not implemented by the " +
+                           arch + " family (it may change the computation)");
+    }
+  }
+  return Status::Ok();
+}
+
+Status ReadGgufSizes(const GgufFile& f, const std::string& arch, ModelConfig& c) {
+  const std::string a = arch + ".";
+  c.architecture = arch;
+  for (auto [key, out] : {std::pair<const char*, int64_t*>{"block_count", &c.num_layers},
+                          {"embedding_length", &c.hidden_size},
+                          {"feed_forward_length", &c.intermediate_size},
+                          {"attention.head_count", &c.num_heads}}) {
+    StatusOr<int64_t> v = f.GetInt(a + key);
+    if (!v.ok()) return v.status().WithContext(f.path());
+    *out = *v;
+  }
+  c.num_kv_heads = f.GetInt(a + "attention.head_count_kv").value_or(c.num_heads);
+  c.head_dim = f.GetInt(a + "attention.key_length").value_or(c.num_heads > 0 ? c.hidden_size / c.num_heads : 0);
+  if (f.GetInt(a + "attention.value_length").value_or(c.head_dim) != c.head_dim) {
+    return Unimplemented(f.path() + ": key and value head sizes differ; not implemented");
+  }
+  c.max_position_embeddings = f.GetInt(a + "context_length").value_or(2048);
+  const StoredTensor* embed = f.FindTensor("token_embd.weight");
+  if (embed == nullptr || embed->shape.size() != 2) {
+    return InvalidArgument(f.path() + ": no 2-D tensor 'token_embd.weight'");
+  }
+  c.vocab_size = embed->shape[0];
+  c.tie_word_embeddings = f.FindTensor("output.weight") == nullptr;
+  c.bos_id = f.GetInt("tokenizer.ggml.bos_token_id").value_or(-1);
+  c.eos_id = f.GetInt("tokenizer.ggml.eos_token_id").value_or(-1);
+  return Status::Ok();
 }
 
 }  // namespace glassbox

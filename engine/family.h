@@ -141,6 +141,67 @@ class HfConfig {
   std::vector<std::string> errors_;
 };
 
+// The symbolic shapes of the points in a family's tables, sized from its config.
+enum class Dims { kResid, kQProj, kKvProj, kQkv, kQHeads, kKvHeads, kScores, kMlp };
+std::vector<std::string> ShapeOf(Dims dims, const ModelConfig& c);
+
+// One row of a family's per-layer point table (in forward order).
+struct PointRow {
+  int point;          // the family's own enum
+  const char* name;   // after the layer prefix
+  const char* alias;  // TransformerLens name after "blocks.N."; "a|b" for two; "" for none
+  Dims dims;
+  const char* meaning;
+  const char* skip_from = "";  // see PointSpec
+};
+
+// The catalogue entries of the rows `keep` accepts (all when null); index[point] becomes the
+// point's position in the layer list, or -1 when left out.
+std::vector<PointSpec> LayerPoints(const PointRow* rows, size_t count, const ModelConfig& c,
+                                   const std::function<bool(int point)>& keep,
+                                   std::vector<int>& index);
+// The points before and after the layers every family has: the embedding's ids and output,
+// the final norm's input and output, the unembedding's input and output (the logits).
+std::vector<PointSpec> EmbeddingPoints(const std::string& embedding, const ModelConfig& c);
+std::vector<PointSpec> HeadPoints(const std::string& norm, const std::string& unembedding,
+                                  const ModelConfig& c, const std::string& logits_note = "");
+
+// Reads a family's tensors by their Hugging Face names, translated (for GGUF files, or a
+// checkpoint's own spelling) by `rename`.
+class WeightReader {
+ public:
+  using Rename = std::function<std::string(const std::string& hf_name)>;
+  explicit WeightReader(TensorSource& tensors, Rename rename = nullptr)
+      : tensors_(tensors), rename_(std::move(rename)) {}
+
+  Status Get(const std::string& name, const std::vector<int64_t>& shape, at::Tensor& out,
+             const TensorSource::Reorder& reorder = nullptr);
+  // A tensor the config says is there (a bias): read when `present`, else left undefined.
+  Status Optional(bool present, const std::string& name, const std::vector<int64_t>& shape,
+                  at::Tensor& out);
+  // `name`.weight and `name`.bias of a LayerNorm of size `d`.
+  Status Norm(const std::string& name, int64_t d, at::Tensor& weight, at::Tensor& bias);
+  bool Has(const std::string& name) const { return tensors_.Has(Stored(name)); }
+  // Buffers some checkpoints saved that are not weights (causal masks, rotary frequencies).
+  void Discard(const std::string& name) { tensors_.Discard(Stored(name)); }
+
+ private:
+  std::string Stored(const std::string& name) const { return rename_ ? rename_(name) : name; }
+  TensorSource& tensors_;
+  Rename rename_;
+};
+
+// Sizes every family checks: positive, heads dividing the width where the family derives
+// head_dim from it, key/value heads dividing the heads, an even head_dim for rotary families.
+Status ValidateSizes(const std::string& path, const ModelConfig& c, bool rotary);
+
+// GGUF metadata under `arch.`: every key not in `known` is refused by name (it may change
+// the computation); the sizes every family has are read into `c` (vocab from token_embd,
+// tied when there is no output.weight, token ids from tokenizer.ggml.*).
+Status CheckGgufKeys(const GgufFile& file, const std::string& arch,
+                     const std::vector<std::string>& known);
+Status ReadGgufSizes(const GgufFile& file, const std::string& arch, ModelConfig& c);
+
 // Everything a family's loader is given.
 struct CheckpointInfo {
   std::string path;

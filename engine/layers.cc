@@ -9,12 +9,14 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/layer_norm.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/roll.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/softmax.h>
+#include <ATen/ops/tanh.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -67,6 +69,14 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
                                .rsqrt_();
   return (h * inverse_rms).to(x.scalar_type()).mul_(weight);
 }
+
+at::Tensor GemmaRmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor normed = h * at::rsqrt(h.pow(2).mean({-1}, /*keepdim=*/true) + eps);
+  return (normed * (weight.to(at::kFloat) + 1.0)).to(x.scalar_type());
+}
+
+at::Tensor SoftCap(const at::Tensor& x, double cap) { return at::tanh(x / cap) * cap; }
 
 at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                      double eps) {
@@ -196,10 +206,11 @@ double LowestValue(at::ScalarType dtype) {
 }  // namespace
 
 AttentionCore::AttentionCore(const PassInputs& in, const PassHooks& hooks, int64_t heads,
-                             int64_t kv_heads, int64_t head_dim, double scale, at::ScalarType dtype)
+                             int64_t kv_heads, int64_t head_dim, double scale, at::ScalarType dtype,
+                             double softcap)
     : in_(in), hooks_(hooks), heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim),
       batch_(in.ids.size(0)), seq_(in.ids.size(1)), past_(in.cache ? in.cache->length : 0),
-      scale_(scale), dtype_(dtype) {
+      scale_(scale), softcap_(softcap), dtype_(dtype) {
   has_padding_ = !in.attention_mask.all().item<bool>();
 }
 
@@ -254,10 +265,16 @@ at::Tensor AttentionCore::Attend(int layer, const AttentionPoints& points, const
   at::Tensor q3 = q_rot.transpose(1, 2).reshape({batch_ * kv_heads_, rows, head_dim_});
   at::Tensor k3 = keys.reshape({batch_ * kv_heads_, k_seq, head_dim_}).transpose(1, 2);
   const at::Tensor& mask = Mask(window);
-  // (q k^T) * scale + mask, the scale and the mask applied by the matrix product itself.
-  at::Tensor scores = (mask.defined() ? at::baddbmm(mask, q3, k3, 1.0, scale_)
-                                      : at::bmm(q3, k3).mul_(scale_))
-                          .view({batch_, heads_, seq_, k_seq});
+  // (q k^T) * scale + mask, the scale and the mask applied by the matrix product itself;
+  // with soft-capping, Hugging Face's order: scale, cap, then the mask.
+  at::Tensor scores;
+  if (softcap_ > 0) {
+    scores = SoftCap(at::bmm(q3, k3).mul_(scale_), softcap_);
+    if (mask.defined()) scores.add_(mask);
+  } else {
+    scores = mask.defined() ? at::baddbmm(mask, q3, k3, 1.0, scale_) : at::bmm(q3, k3).mul_(scale_);
+  }
+  scores = scores.view({batch_, heads_, seq_, k_seq});
   hooks_.At(points.scores, scores);
   at::Tensor pattern = at::softmax(scores, -1, at::kFloat).to(q_rot.scalar_type());
   hooks_.At(points.pattern, pattern);
@@ -276,6 +293,32 @@ void ReleaseFreedHeap(int64_t output_bytes) {
 #else
   (void)output_bytes;
 #endif
+}
+
+at::Tensor Unembed(const PassHooks& hooks, const HookCatalogue& catalogue, const PassInputs& in,
+                   at::Tensor x, const std::function<at::Tensor(const at::Tensor&)>& norm,
+                   const at::Tensor& unembedding) {
+  hooks.At(catalogue.AfterId(0), x);
+  at::Tensor h = norm(x);
+  hooks.At(catalogue.AfterId(1), h);
+  if (!in.all_logits) h = h.narrow(1, h.size(1) - 1, 1);
+  hooks.At(catalogue.AfterId(2), h);
+  ReleaseFreedHeap(h.size(0) * h.size(1) * unembedding.size(0) * unembedding.element_size());
+  at::Tensor logits = at::linear(h, unembedding);
+  hooks.At(catalogue.AfterId(3), logits);
+  return logits;
+}
+
+std::vector<std::string> LayerModuleNames(const std::vector<std::string>& first,
+                                          const std::string& prefix, int64_t layers,
+                                          const std::vector<std::string>& per_layer,
+                                          const std::vector<std::string>& last) {
+  std::vector<std::string> names = first;
+  for (int64_t i = 0; i < layers; ++i) {
+    for (const std::string& m : per_layer) names.push_back(prefix + std::to_string(i) + "." + m);
+  }
+  names.insert(names.end(), last.begin(), last.end());
+  return names;
 }
 
 std::pair<int64_t, std::string> SplitLayerModule(const std::string& name, const std::string& prefix,

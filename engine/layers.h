@@ -8,7 +8,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <map>
+#include <vector>
 #include <string>
 
 #include "engine/family.h"
@@ -33,6 +35,14 @@ class PassHooks {
   at::Tensor SkippedOutput(int id, const at::Tensor& like) const;
   // Throws HookFailure when the run was cancelled or ran out of time.
   void CheckInterrupt() const;
+  // A module between two points: `module` of `x` as seen (and maybe replaced) at `in_id`,
+  // its result passed through `out_id`.
+  template <typename Module>
+  at::Tensor Around(int in_id, int out_id, const at::Tensor& x, const Module& module) const {
+    at::Tensor y = module(Tap(in_id, x));
+    At(out_id, y);
+    return y;
+  }
 
  private:
   const PassInputs& in_;
@@ -40,6 +50,10 @@ class PassHooks {
 
 // Hugging Face's RMSNorm: computed in float32, scaled by the weight in the input dtype.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// Gemma's RMSNorm: x * (1 + w), all in float32, then cast to the input dtype.
+at::Tensor GemmaRmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// cap * tanh(x / cap) (Gemma 2's attention and final-logit soft-capping).
+at::Tensor SoftCap(const at::Tensor& x, double cap);
 at::Tensor LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                      double eps);
 // The activations config.json names: "silu", "gelu" (exact), "gelu_new" /
@@ -88,8 +102,9 @@ struct AttentionPoints {
 // padding, causal and optional sliding-window masks, and a KV cache.
 class AttentionCore {
  public:
+  // `softcap` > 0: scores are soft-capped, cap * tanh(scores / cap), before the mask (Gemma 2).
   AttentionCore(const PassInputs& in, const PassHooks& hooks, int64_t heads, int64_t kv_heads,
-                int64_t head_dim, double scale, at::ScalarType dtype);
+                int64_t head_dim, double scale, at::ScalarType dtype, double softcap = 0.0);
 
   // q_rot [batch, seq, heads, head_dim], k_rot and v [batch, seq, kv_heads, head_dim];
   // `window` 0 for full attention, else keys at distance >= window are masked.
@@ -106,7 +121,7 @@ class AttentionCore {
   const PassInputs& in_;
   const PassHooks& hooks_;
   int64_t heads_, kv_heads_, head_dim_, batch_, seq_, past_;
-  double scale_;
+  double scale_, softcap_;
   at::ScalarType dtype_;
   bool has_padding_ = false;
   std::map<int64_t, at::Tensor> masks_;  // by window
@@ -116,6 +131,20 @@ class AttentionCore {
 // of `output_bytes` is made, when that output is big (full logits of a batch): they would
 // otherwise stay resident beside it and raise the pass's peak. glibc only.
 void ReleaseFreedHeap(int64_t output_bytes);
+
+// The four points after the layers, as every family has them: the final norm's input and
+// output, the unembedding's input and output (the logits; only the last position unless
+// `in.all_logits`). Returns the logits.
+at::Tensor Unembed(const PassHooks& hooks, const HookCatalogue& catalogue, const PassInputs& in,
+                   at::Tensor x, const std::function<at::Tensor(const at::Tensor&)>& norm,
+                   const at::Tensor& unembedding);
+
+// Module names in forward order: `first`, then every layer's `per_layer` under
+// prefix + N + ".", then `last`.
+std::vector<std::string> LayerModuleNames(const std::vector<std::string>& first,
+                                          const std::string& prefix, int64_t layers,
+                                          const std::vector<std::string>& per_layer,
+                                          const std::vector<std::string>& last);
 
 // "model.layers.12.mlp" -> {12, "mlp"} for `prefix` "model.layers."; layer -1 when `name`
 // does not name a module inside a layer below `num_layers`.

@@ -27,42 +27,31 @@ enum P : int {
   kMlpProjOut, kMlpOut, kOutput, kPointCount
 };
 
-enum Shape { kResid, kQkv, kHeads, kScoreShape, kInner };
-
-struct Row {
-  P point;
-  const char* name;
-  const char* alias;
-  Shape shape;
-  const char* meaning;
-  const char* skip_from = "";
-};
-
-const Row kLayerPoints[] = {
-    {kInput, "input", "hook_resid_pre", kResid, "residual stream entering the block"},
-    {kLn1In, "ln_1.input", "ln1.hook_input", kResid, "input of the pre-attention LayerNorm"},
-    {kLn1Out, "ln_1.output", "ln1.hook_normalized", kResid, "pre-attention LayerNorm output (with weight and bias)"},
-    {kAttnIn, "attn.input", "attn.hook_input", kResid, "hidden states given to attention"},
-    {kQkvIn, "attn.c_attn.input", "", kResid, "input of the fused q/k/v projection"},
-    {kQkvOut, "attn.c_attn.output", "", kQkv, "queries, keys and values concatenated"},
-    {kQ, "attn.q", "attn.hook_q", kHeads, "queries per head"},
-    {kK, "attn.k", "attn.hook_k", kHeads, "keys per head (what the KV cache holds)"},
-    {kV, "attn.v", "attn.hook_v", kHeads, "values per head"},
-    {kScores, "attn.attn_scores", "attn.hook_attn_scores", kScoreShape, "scaled q.k scores plus the mask (dtype minimum where masked), before softmax"},
-    {kPattern, "attn.attn_pattern", "attn.hook_pattern", kScoreShape, "attention probabilities"},
-    {kZ, "attn.z", "attn.hook_z", kHeads, "each head's output (pattern times values) before c_proj"},
-    {kProjIn, "attn.c_proj.input", "", kResid, "heads' outputs concatenated, input of c_proj"},
-    {kProjOut, "attn.c_proj.output", "", kResid, "output of c_proj"},
-    {kAttnOut, "attn.output", "hook_attn_out", kResid, "attention's contribution to the residual stream", "attn.input"},
-    {kLn2In, "ln_2.input", "hook_resid_mid", kResid, "residual stream after attention, input of the pre-MLP LayerNorm"},
-    {kLn2Out, "ln_2.output", "ln2.hook_normalized", kResid, "pre-MLP LayerNorm output"},
-    {kMlpIn, "mlp.input", "mlp.hook_input", kResid, "hidden states given to the MLP"},
-    {kFcIn, "mlp.c_fc.input", "", kResid, "input of c_fc"},
-    {kFcOut, "mlp.c_fc.output", "mlp.hook_pre", kInner, "MLP pre-activation"},
-    {kMlpProjIn, "mlp.c_proj.input", "mlp.hook_post", kInner, "act(c_fc output): the MLP's hidden activations"},
-    {kMlpProjOut, "mlp.c_proj.output", "", kResid, "output of the MLP's c_proj"},
-    {kMlpOut, "mlp.output", "hook_mlp_out", kResid, "the MLP's contribution to the residual stream", "mlp.input"},
-    {kOutput, "output", "hook_resid_post", kResid, "residual stream leaving the block", "input"},
+const PointRow kLayerPoints[] = {
+    {kInput, "input", "hook_resid_pre", Dims::kResid, "residual stream entering the block"},
+    {kLn1In, "ln_1.input", "ln1.hook_input", Dims::kResid, "input of the pre-attention LayerNorm"},
+    {kLn1Out, "ln_1.output", "ln1.hook_normalized", Dims::kResid, "pre-attention LayerNorm output (with weight and bias)"},
+    {kAttnIn, "attn.input", "attn.hook_input", Dims::kResid, "hidden states given to attention"},
+    {kQkvIn, "attn.c_attn.input", "", Dims::kResid, "input of the fused q/k/v projection"},
+    {kQkvOut, "attn.c_attn.output", "", Dims::kQkv, "queries, keys and values concatenated"},
+    {kQ, "attn.q", "attn.hook_q", Dims::kQHeads, "queries per head"},
+    {kK, "attn.k", "attn.hook_k", Dims::kQHeads, "keys per head (what the KV cache holds)"},
+    {kV, "attn.v", "attn.hook_v", Dims::kQHeads, "values per head"},
+    {kScores, "attn.attn_scores", "attn.hook_attn_scores", Dims::kScores, "scaled q.k scores plus the mask (dtype minimum where masked), before softmax"},
+    {kPattern, "attn.attn_pattern", "attn.hook_pattern", Dims::kScores, "attention probabilities"},
+    {kZ, "attn.z", "attn.hook_z", Dims::kQHeads, "each head's output (pattern times values) before c_proj"},
+    {kProjIn, "attn.c_proj.input", "", Dims::kResid, "heads' outputs concatenated, input of c_proj"},
+    {kProjOut, "attn.c_proj.output", "", Dims::kResid, "output of c_proj"},
+    {kAttnOut, "attn.output", "hook_attn_out", Dims::kResid, "attention's contribution to the residual stream", "attn.input"},
+    {kLn2In, "ln_2.input", "hook_resid_mid", Dims::kResid, "residual stream after attention, input of the pre-MLP LayerNorm"},
+    {kLn2Out, "ln_2.output", "ln2.hook_normalized", Dims::kResid, "pre-MLP LayerNorm output"},
+    {kMlpIn, "mlp.input", "mlp.hook_input", Dims::kResid, "hidden states given to the MLP"},
+    {kFcIn, "mlp.c_fc.input", "", Dims::kResid, "input of c_fc"},
+    {kFcOut, "mlp.c_fc.output", "mlp.hook_pre", Dims::kMlp, "MLP pre-activation"},
+    {kMlpProjIn, "mlp.c_proj.input", "mlp.hook_post", Dims::kMlp, "act(c_fc output): the MLP's hidden activations"},
+    {kMlpProjOut, "mlp.c_proj.output", "", Dims::kResid, "output of the MLP's c_proj"},
+    {kMlpOut, "mlp.output", "hook_mlp_out", Dims::kResid, "the MLP's contribution to the residual stream", "mlp.input"},
+    {kOutput, "output", "hook_resid_post", Dims::kResid, "residual stream leaving the block", "input"},
 };
 static_assert(sizeof(kLayerPoints) / sizeof(kLayerPoints[0]) == kPointCount, "every point in enum order");
 
@@ -73,29 +62,15 @@ struct Options {
 };
 
 CatalogueSpec Gpt2Catalogue(const Options& o) {
-  const ModelConfig& c = o.config;
-  auto n = [](int64_t v) { return std::to_string(v); };
-  const std::map<Shape, std::vector<std::string>> shapes = {
-      {kResid, {"batch", "seq", n(c.hidden_size)}},
-      {kQkv, {"batch", "seq", n(3 * c.hidden_size)}},
-      {kHeads, {"batch", "seq", n(c.num_heads), n(c.head_dim)}},
-      {kScoreShape, {"batch", n(c.num_heads), "seq", "k_seq"}},
-      {kInner, {"batch", "seq", n(c.intermediate_size)}}};
   CatalogueSpec spec;
-  spec.num_layers = c.num_layers;
+  std::vector<int> index;
+  spec.num_layers = o.config.num_layers;
   spec.layer_prefix = "transformer.h.";
-  const std::vector<std::string>& resid = shapes.at(kResid);
-  spec.before = {{"transformer.wte.input", "", {"batch", "seq"}, "token ids", "int64"},
-                 {"transformer.wte.output", "hook_embed", resid, "token embeddings"},
-                 {"transformer.wpe.output", "hook_pos_embed", resid, "position embeddings"}};
-  for (const Row& row : kLayerPoints) {
-    spec.layer.push_back({row.name, row.alias, shapes.at(row.shape), row.meaning, "", row.skip_from});
-  }
-  spec.after = {{"transformer.ln_f.input", "ln_final.hook_input", resid, "final residual stream, input of ln_f"},
-                {"transformer.ln_f.output", "ln_final.hook_normalized", resid, "final LayerNorm output"},
-                {"lm_head.input", "unembed.hook_input", resid, "input of the unembedding", "", "", true},
-                {"lm_head.output", "unembed.hook_logits", {"batch", "seq", n(c.vocab_size)},
-                 "logits over the vocabulary", "", "", true}};
+  spec.before = EmbeddingPoints("transformer.wte", o.config);
+  spec.before.push_back({"transformer.wpe.output", "hook_pos_embed", ShapeOf(Dims::kResid, o.config),
+                         "position embeddings"});
+  spec.layer = LayerPoints(kLayerPoints, kPointCount, o.config, nullptr, index);
+  spec.after = HeadPoints("transformer.ln_f", "lm_head", o.config);
   return spec;
 }
 
@@ -180,9 +155,7 @@ class Gpt2Transformer::Pass {
   }
 
   at::Tensor Project(int layer, P in_point, const at::Tensor& x, const Linear& linear) {
-    at::Tensor y = linear(hooks_.Tap(Id(layer, in_point), x));
-    hooks_.At(Id(layer, static_cast<P>(in_point + 1)), y);
-    return y;
+    return hooks_.Around(Id(layer, in_point), Id(layer, static_cast<P>(in_point + 1)), x, linear);
   }
 
   at::Tensor Attention(int layer, const struct Block& b, at::Tensor h) {
@@ -212,17 +185,9 @@ class Gpt2Transformer::Pass {
     return out;
   }
 
-  at::Tensor Head(at::Tensor x) {
-    const HookCatalogue& cat = m_.catalogue_;
-    hooks_.At(cat.AfterId(0), x);
-    at::Tensor h = m_.Ln(m_.w_.ln_f, x);
-    hooks_.At(cat.AfterId(1), h);
-    if (!in_.all_logits) h = h.narrow(1, seq_ - 1, 1);
-    hooks_.At(cat.AfterId(2), h);
-    ReleaseFreedHeap(h.size(0) * h.size(1) * c_.vocab_size * at::elementSize(m_.dtype_));
-    at::Tensor logits = at::linear(h, m_.w_.wte);
-    hooks_.At(cat.AfterId(3), logits);
-    return logits;
+  at::Tensor Head(const at::Tensor& x) {
+    auto norm = [this](const at::Tensor& t) { return m_.Ln(m_.w_.ln_f, t); };
+    return Unembed(hooks_, m_.catalogue_, in_, x, norm, m_.w_.wte);
   }
 
   const Gpt2Transformer& m_;
@@ -238,17 +203,10 @@ at::Tensor Gpt2Transformer::Forward(const PassInputs& in) const {
   return pass.Run();
 }
 
-const char* const kBlockModules[] = {"ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp",
-                                     "mlp.c_fc", "mlp.c_proj"};
-
 std::vector<std::string> Gpt2Transformer::ModuleNames() const {
-  std::vector<std::string> names = {"transformer.wte"};
-  for (int64_t i = 0; i < config_.num_layers; ++i) {
-    for (const char* m : kBlockModules) names.push_back("transformer.h." + std::to_string(i) + "." + m);
-  }
-  names.push_back("transformer.ln_f");
-  names.push_back("lm_head");
-  return names;
+  return LayerModuleNames({"transformer.wte"}, "transformer.h.", config_.num_layers,
+                          {"ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp", "mlp.c_fc", "mlp.c_proj"},
+                          {"transformer.ln_f", "lm_head"});
 }
 
 StatusOr<at::Tensor> Gpt2Transformer::ApplyModule(const std::string& name, const at::Tensor& x) const {
@@ -304,56 +262,20 @@ StatusOr<Options> ReadConfig(const CheckpointInfo& info) {
 
 // GGUF metadata (llama.cpp's `gpt2` keys) into the same options.
 StatusOr<Options> ReadGgufConfig(const GgufFile& f) {
-  static const char* const kKnown[] = {
-      "block_count", "context_length", "embedding_length", "feed_forward_length",
-      "attention.head_count", "attention.head_count_kv", "attention.layer_norm_epsilon"};
-  const std::string a = "gpt2.";
-  for (const auto& entry : f.metadata()) {
-    const std::string& key = entry.first;
-    if (key.compare(0, a.size(), a) != 0) continue;
-    if (std::find(std::begin(kKnown), std::end(kKnown), key.substr(a.size())) == std::end(kKnown)) {
-      return Unimplemented(f.path() + ": metadata " + key + " is not implemented by the gpt2 "
-                           "family (it may change the computation)");
-    }
-  }
+  GLASSBOX_RETURN_IF_ERROR(CheckGgufKeys(
+      f, "gpt2", {"block_count", "context_length", "embedding_length", "feed_forward_length",
+                  "attention.head_count", "attention.head_count_kv", "attention.layer_norm_epsilon"}));
   Options o;
   ModelConfig& c = o.config;
-  c.architecture = "gpt2";
-  for (auto [key, out] : {std::pair<const char*, int64_t*>{"block_count", &c.num_layers},
-                          {"context_length", &c.max_position_embeddings},
-                          {"embedding_length", &c.hidden_size},
-                          {"feed_forward_length", &c.intermediate_size},
-                          {"attention.head_count", &c.num_heads}}) {
-    StatusOr<int64_t> v = f.GetInt(a + key);
-    if (!v.ok()) return v.status().WithContext(f.path());
-    *out = *v;
-  }
-  c.num_kv_heads = f.GetInt(a + "attention.head_count_kv").value_or(c.num_heads);
+  GLASSBOX_RETURN_IF_ERROR(ReadGgufSizes(f, "gpt2", c));
   if (c.num_kv_heads != c.num_heads) {
     return Unimplemented(f.path() + ": gpt2.attention.head_count_kv differs from the head count; "
                          "GPT-2 has one key/value head per query head");
   }
-  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
-  const StoredTensor* embed = f.FindTensor("token_embd.weight");
-  if (embed == nullptr || embed->shape.size() != 2) {
-    return InvalidArgument(f.path() + ": no 2-D tensor 'token_embd.weight'");
-  }
-  c.vocab_size = embed->shape[0];
-  c.tie_word_embeddings = true;
-  c.bos_id = f.GetInt("tokenizer.ggml.bos_token_id").value_or(-1);
-  c.eos_id = f.GetInt("tokenizer.ggml.eos_token_id").value_or(-1);
-  o.eps = f.GetFloat(a + "attention.layer_norm_epsilon").value_or(1e-5);
+  if (!c.tie_word_embeddings) return Unimplemented(f.path() + ": output.weight: GPT-2 ties its unembedding");
+  o.eps = f.GetFloat("gpt2.attention.layer_norm_epsilon").value_or(1e-5);
   o.activation = "gelu_new";  // llama.cpp's GELU for gpt2 is the tanh approximation
   return o;
-}
-
-Status ValidateSizes(const std::string& path, const ModelConfig& c) {
-  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.vocab_size <= 0 ||
-      c.hidden_size % c.num_heads != 0 || c.max_position_embeddings <= 0 || c.intermediate_size <= 0) {
-    return InvalidArgument(path + ": non-positive sizes, or the embedding size not a multiple of "
-                           "the heads");
-  }
-  return Status::Ok();
 }
 
 // Hugging Face name -> llama.cpp's GGUF name, e.g. transformer.h.3.mlp.c_fc.weight ->
@@ -378,69 +300,47 @@ std::string GgufName(const std::string& hf) {
   return "blk." + std::to_string(block) + "." + local->second + rest.substr(dot);
 }
 
-// Reads tensors by their transformers name; checkpoints saved from GPT2Model (OpenAI's own
-// included) lack the "transformer." prefix and carry each block's causal-mask buffers. GGUF
-// files hold them under llama.cpp's names, Conv1D weights already as [out, in].
-class WeightReader {
- public:
-  WeightReader(TensorSource& tensors, bool gguf)
-      : tensors_(tensors), gguf_(gguf),
-        bare_(!gguf && !tensors.Has("transformer.wte.weight") && tensors.Has("wte.weight")) {}
-
-  Status Get(const std::string& name, const std::vector<int64_t>& shape, at::Tensor& out) {
-    GLASSBOX_ASSIGN_OR_RETURN(out, tensors_.Take(Stored(name), shape));
-    return Status::Ok();
-  }
-  // The causal-mask buffers (attn.bias, attn.masked_bias) are not weights: nothing to load.
-  void DropMaskBuffers(const std::string& block) {
-    for (const char* buffer : {"attn.bias", "attn.masked_bias"}) tensors_.Discard(Stored(block + buffer));
-  }
-  Status GetNorm(const std::string& name, int64_t d, Norm& n) {
-    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {d}, n.weight));
-    return Get(name + ".bias", {d}, n.bias);
-  }
-  // A Conv1D (weight stored [in, out]; [out, in] in GGUF) as a Linear.
-  Status GetConv1D(const std::string& name, int64_t in, int64_t out, Linear& l) {
-    if (gguf_) {
-      GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {out, in}, l.weight));
-    } else {
-      GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {in, out}, l.weight));
-      l.weight = l.weight.t().contiguous();
-    }
-    return Get(name + ".bias", {out}, l.bias);
-  }
-  bool Has(const std::string& name) const { return tensors_.Has(Stored(name)); }
-
- private:
-  std::string Stored(const std::string& name) const {
-    if (gguf_) return GgufName(name);
+// How a checkpoint spells a transformers name: GGUF's table, or without the "transformer."
+// prefix in checkpoints saved from GPT2Model (OpenAI's own included).
+WeightReader::Rename StoredNames(const TensorSource& tensors, bool gguf) {
+  if (gguf) return GgufName;
+  if (tensors.Has("transformer.wte.weight") || !tensors.Has("wte.weight")) return nullptr;
+  return [](const std::string& name) {
     const std::string prefix = "transformer.";
-    return bare_ && name.compare(0, prefix.size(), prefix) == 0 ? name.substr(prefix.size()) : name;
-  }
+    return name.compare(0, prefix.size(), prefix) == 0 ? name.substr(prefix.size()) : name;
+  };
+}
 
-  TensorSource& tensors_;
-  bool gguf_, bare_;
-};
+// A Conv1D (weight stored [in, out]; [out, in] in GGUF) as a Linear.
+Status GetConv1D(WeightReader& r, bool gguf, const std::string& name, int64_t in, int64_t out, Linear& l) {
+  if (gguf) {
+    GLASSBOX_RETURN_IF_ERROR(r.Get(name + ".weight", {out, in}, l.weight));
+  } else {
+    GLASSBOX_RETURN_IF_ERROR(r.Get(name + ".weight", {in, out}, l.weight));
+    l.weight = l.weight.t().contiguous();
+  }
+  return r.Get(name + ".bias", {out}, l.bias);
+}
 
 Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& w) {
   const ModelConfig& c = o.config;
   const int64_t d = c.hidden_size;
-  WeightReader r(tensors, gguf);
+  WeightReader r(tensors, StoredNames(tensors, gguf));
   GLASSBOX_RETURN_IF_ERROR(r.Get("transformer.wte.weight", {c.vocab_size, d}, w.wte));
   GLASSBOX_RETURN_IF_ERROR(r.Get("transformer.wpe.weight", {c.max_position_embeddings, d}, w.wpe));
   w.blocks.resize(c.num_layers);
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "transformer.h." + std::to_string(i) + ".";
     Block& b = w.blocks[i];
-    r.DropMaskBuffers(p);
-    GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "ln_1", d, b.ln_1));
-    GLASSBOX_RETURN_IF_ERROR(r.GetConv1D(p + "attn.c_attn", d, 3 * d, b.c_attn));
-    GLASSBOX_RETURN_IF_ERROR(r.GetConv1D(p + "attn.c_proj", d, d, b.attn_proj));
-    GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "ln_2", d, b.ln_2));
-    GLASSBOX_RETURN_IF_ERROR(r.GetConv1D(p + "mlp.c_fc", d, c.intermediate_size, b.c_fc));
-    GLASSBOX_RETURN_IF_ERROR(r.GetConv1D(p + "mlp.c_proj", c.intermediate_size, d, b.mlp_proj));
+    for (const char* buffer : {"attn.bias", "attn.masked_bias"}) r.Discard(p + buffer);  // causal masks
+    GLASSBOX_RETURN_IF_ERROR(r.Norm(p + "ln_1", d, b.ln_1.weight, b.ln_1.bias));
+    GLASSBOX_RETURN_IF_ERROR(GetConv1D(r, gguf, p + "attn.c_attn", d, 3 * d, b.c_attn));
+    GLASSBOX_RETURN_IF_ERROR(GetConv1D(r, gguf, p + "attn.c_proj", d, d, b.attn_proj));
+    GLASSBOX_RETURN_IF_ERROR(r.Norm(p + "ln_2", d, b.ln_2.weight, b.ln_2.bias));
+    GLASSBOX_RETURN_IF_ERROR(GetConv1D(r, gguf, p + "mlp.c_fc", d, c.intermediate_size, b.c_fc));
+    GLASSBOX_RETURN_IF_ERROR(GetConv1D(r, gguf, p + "mlp.c_proj", c.intermediate_size, d, b.mlp_proj));
   }
-  GLASSBOX_RETURN_IF_ERROR(r.GetNorm("transformer.ln_f", d, w.ln_f));
+  GLASSBOX_RETURN_IF_ERROR(r.Norm("transformer.ln_f", d, w.ln_f.weight, w.ln_f.bias));
   if (r.Has("lm_head.weight")) {  // a tied copy some checkpoints store
     at::Tensor head;
     GLASSBOX_RETURN_IF_ERROR(r.Get("lm_head.weight", {c.vocab_size, d}, head));
@@ -459,7 +359,10 @@ FamilyEntry Gpt2Family() {
   entry.load = [](const CheckpointInfo& info, TensorSource& tensors) -> StatusOr<std::unique_ptr<Transformer>> {
     const bool gguf = info.gguf != nullptr;
     GLASSBOX_ASSIGN_OR_RETURN(Options o, gguf ? ReadGgufConfig(*info.gguf) : ReadConfig(info));
-    GLASSBOX_RETURN_IF_ERROR(ValidateSizes(info.path, o.config));
+    GLASSBOX_RETURN_IF_ERROR(ValidateSizes(info.path, o.config, /*rotary=*/false));
+    if (o.config.head_dim * o.config.num_heads != o.config.hidden_size) {
+      return InvalidArgument(info.path + ": the embedding size is not a multiple of the heads");
+    }
     Weights w;
     GLASSBOX_RETURN_IF_ERROR(ReadWeights(o, tensors, gguf, w));
     return std::unique_ptr<Transformer>(new Gpt2Transformer(o, std::move(w), info.device, info.dtype));

@@ -26,91 +26,61 @@ enum P : int {
   kDownOut, kMlpOut, kOutput, kPointCount
 };
 
-enum Shape { kResid, kQProj, kKvProj, kQHeads, kKvHeads, kHeadDim, kScoreShape, kMlp };
-
-struct LayerPointRow {
-  P point;
-  const char* name;   // after "model.layers.N."
-  const char* alias;  // after "blocks.N."
-  Shape shape;
-  const char* meaning;
-  const char* skip_from = "";
-};
-
-const LayerPointRow kLayerPoints[] = {
-    {kInput, "input", "hook_resid_pre", kResid, "residual stream entering the layer"},
-    {kLn1In, "input_layernorm.input", "ln1.hook_input", kResid, "input of the pre-attention RMSNorm"},
-    {kLn1Out, "input_layernorm.output", "ln1.hook_normalized", kResid, "pre-attention RMSNorm output (scaled by its weight)"},
-    {kAttnIn, "self_attn.input", "attn.hook_input", kResid, "hidden states given to self-attention"},
-    {kQIn, "self_attn.q_proj.input", "", kResid, "input of q_proj"},
-    {kQOut, "self_attn.q_proj.output", "", kQProj, "queries, all heads concatenated, before RoPE"},
-    {kKIn, "self_attn.k_proj.input", "", kResid, "input of k_proj"},
-    {kKOut, "self_attn.k_proj.output", "", kKvProj, "keys, all key/value heads concatenated, before RoPE"},
-    {kVIn, "self_attn.v_proj.input", "", kResid, "input of v_proj"},
-    {kVOut, "self_attn.v_proj.output", "", kKvProj, "values, all key/value heads concatenated"},
-    {kQNormIn, "self_attn.q_norm.input", "", kQHeads, "queries per head, input of the q RMSNorm"},
-    {kQNormOut, "self_attn.q_norm.output", "", kQHeads, "queries per head after the q RMSNorm"},
-    {kKNormIn, "self_attn.k_norm.input", "", kKvHeads, "keys per head, input of the k RMSNorm"},
-    {kKNormOut, "self_attn.k_norm.output", "", kKvHeads, "keys per head after the k RMSNorm"},
-    {kQ, "self_attn.q", "attn.hook_q", kQHeads, "queries per head, before RoPE"},
-    {kK, "self_attn.k", "attn.hook_k", kKvHeads, "keys per key/value head, before RoPE"},
-    {kV, "self_attn.v", "attn.hook_v", kKvHeads, "values per key/value head"},
-    {kQRot, "self_attn.q_rot", "attn.hook_rot_q", kQHeads, "queries per head after RoPE"},
-    {kKRot, "self_attn.k_rot", "attn.hook_rot_k", kKvHeads, "keys per key/value head after RoPE (what the KV cache holds)"},
-    {kScores, "self_attn.attn_scores", "attn.hook_attn_scores", kScoreShape, "scaled q.k scores plus the mask (dtype minimum where masked), before softmax"},
-    {kPattern, "self_attn.attn_pattern", "attn.hook_pattern", kScoreShape, "attention probabilities"},
-    {kZ, "self_attn.z", "attn.hook_z", kQHeads, "each head's output (pattern times values) before o_proj"},
-    {kOIn, "self_attn.o_proj.input", "", kQProj, "heads' outputs concatenated, input of o_proj"},
-    {kOOut, "self_attn.o_proj.output", "", kResid, "output of o_proj"},
-    {kAttnOut, "self_attn.output", "hook_attn_out", kResid, "self-attention's contribution to the residual stream", "self_attn.input"},
-    {kLn2In, "post_attention_layernorm.input", "hook_resid_mid", kResid, "residual stream after attention, input of the pre-MLP RMSNorm"},
-    {kLn2Out, "post_attention_layernorm.output", "ln2.hook_normalized", kResid, "pre-MLP RMSNorm output"},
-    {kMlpIn, "mlp.input", "mlp.hook_input", kResid, "hidden states given to the MLP"},
-    {kGateIn, "mlp.gate_proj.input", "", kResid, "input of gate_proj"},
-    {kGateOut, "mlp.gate_proj.output", "mlp.hook_pre", kMlp, "gate pre-activation"},
-    {kUpIn, "mlp.up_proj.input", "", kResid, "input of up_proj"},
-    {kUpOut, "mlp.up_proj.output", "mlp.hook_pre_linear", kMlp, "linear (up) branch of the gated MLP"},
-    {kDownIn, "mlp.down_proj.input", "mlp.hook_post", kMlp, "act(gate) * up: the MLP's hidden activations"},
-    {kDownOut, "mlp.down_proj.output", "", kResid, "output of down_proj"},
-    {kMlpOut, "mlp.output", "hook_mlp_out", kResid, "the MLP's contribution to the residual stream", "mlp.input"},
-    {kOutput, "output", "hook_resid_post", kResid, "residual stream leaving the layer", "input"},
+const PointRow kLayerPoints[] = {
+    {kInput, "input", "hook_resid_pre", Dims::kResid, "residual stream entering the layer"},
+    {kLn1In, "input_layernorm.input", "ln1.hook_input", Dims::kResid, "input of the pre-attention RMSNorm"},
+    {kLn1Out, "input_layernorm.output", "ln1.hook_normalized", Dims::kResid, "pre-attention RMSNorm output (scaled by its weight)"},
+    {kAttnIn, "self_attn.input", "attn.hook_input", Dims::kResid, "hidden states given to self-attention"},
+    {kQIn, "self_attn.q_proj.input", "", Dims::kResid, "input of q_proj"},
+    {kQOut, "self_attn.q_proj.output", "", Dims::kQProj, "queries, all heads concatenated, before RoPE"},
+    {kKIn, "self_attn.k_proj.input", "", Dims::kResid, "input of k_proj"},
+    {kKOut, "self_attn.k_proj.output", "", Dims::kKvProj, "keys, all key/value heads concatenated, before RoPE"},
+    {kVIn, "self_attn.v_proj.input", "", Dims::kResid, "input of v_proj"},
+    {kVOut, "self_attn.v_proj.output", "", Dims::kKvProj, "values, all key/value heads concatenated"},
+    {kQNormIn, "self_attn.q_norm.input", "", Dims::kQHeads, "queries per head, input of the q RMSNorm"},
+    {kQNormOut, "self_attn.q_norm.output", "", Dims::kQHeads, "queries per head after the q RMSNorm"},
+    {kKNormIn, "self_attn.k_norm.input", "", Dims::kKvHeads, "keys per head, input of the k RMSNorm"},
+    {kKNormOut, "self_attn.k_norm.output", "", Dims::kKvHeads, "keys per head after the k RMSNorm"},
+    {kQ, "self_attn.q", "attn.hook_q", Dims::kQHeads, "queries per head, before RoPE"},
+    {kK, "self_attn.k", "attn.hook_k", Dims::kKvHeads, "keys per key/value head, before RoPE"},
+    {kV, "self_attn.v", "attn.hook_v", Dims::kKvHeads, "values per key/value head"},
+    {kQRot, "self_attn.q_rot", "attn.hook_rot_q", Dims::kQHeads, "queries per head after RoPE"},
+    {kKRot, "self_attn.k_rot", "attn.hook_rot_k", Dims::kKvHeads, "keys per key/value head after RoPE (what the KV cache holds)"},
+    {kScores, "self_attn.attn_scores", "attn.hook_attn_scores", Dims::kScores, "scaled q.k scores plus the mask (dtype minimum where masked), before softmax"},
+    {kPattern, "self_attn.attn_pattern", "attn.hook_pattern", Dims::kScores, "attention probabilities"},
+    {kZ, "self_attn.z", "attn.hook_z", Dims::kQHeads, "each head's output (pattern times values) before o_proj"},
+    {kOIn, "self_attn.o_proj.input", "", Dims::kQProj, "heads' outputs concatenated, input of o_proj"},
+    {kOOut, "self_attn.o_proj.output", "", Dims::kResid, "output of o_proj"},
+    {kAttnOut, "self_attn.output", "hook_attn_out", Dims::kResid, "self-attention's contribution to the residual stream", "self_attn.input"},
+    {kLn2In, "post_attention_layernorm.input", "hook_resid_mid", Dims::kResid, "residual stream after attention, input of the pre-MLP RMSNorm"},
+    {kLn2Out, "post_attention_layernorm.output", "ln2.hook_normalized", Dims::kResid, "pre-MLP RMSNorm output"},
+    {kMlpIn, "mlp.input", "mlp.hook_input", Dims::kResid, "hidden states given to the MLP"},
+    {kGateIn, "mlp.gate_proj.input", "", Dims::kResid, "input of gate_proj"},
+    {kGateOut, "mlp.gate_proj.output", "mlp.hook_pre", Dims::kMlp, "gate pre-activation"},
+    {kUpIn, "mlp.up_proj.input", "", Dims::kResid, "input of up_proj"},
+    {kUpOut, "mlp.up_proj.output", "mlp.hook_pre_linear", Dims::kMlp, "linear (up) branch of the gated MLP"},
+    {kDownIn, "mlp.down_proj.input", "mlp.hook_post", Dims::kMlp, "act(gate) * up: the MLP's hidden activations"},
+    {kDownOut, "mlp.down_proj.output", "", Dims::kResid, "output of down_proj"},
+    {kMlpOut, "mlp.output", "hook_mlp_out", Dims::kResid, "the MLP's contribution to the residual stream", "mlp.input"},
+    {kOutput, "output", "hook_resid_post", Dims::kResid, "residual stream leaving the layer", "input"},
 };
 static_assert(sizeof(kLayerPoints) / sizeof(kLayerPoints[0]) == kPointCount,
               "kLayerPoints lists every point in enum order");
 
 bool IsQkNormPoint(P p) { return p >= kQNormIn && p <= kKNormOut; }
 
-std::vector<std::string> ShapeOf(Shape shape, const ModelConfig& c) {
-  auto n = [](int64_t v) { return std::to_string(v); };
-  switch (shape) {
-    case kResid: return {"batch", "seq", n(c.hidden_size)};
-    case kQProj: return {"batch", "seq", n(c.num_heads * c.head_dim)};
-    case kKvProj: return {"batch", "seq", n(c.num_kv_heads * c.head_dim)};
-    case kQHeads: return {"batch", "seq", n(c.num_heads), n(c.head_dim)};
-    case kKvHeads: return {"batch", "seq", n(c.num_kv_heads), n(c.head_dim)};
-    case kHeadDim: return {"batch", "seq", n(c.head_dim)};
-    case kScoreShape: return {"batch", n(c.num_heads), "seq", "k_seq"};
-    case kMlp: return {"batch", "seq", n(c.intermediate_size)};
-  }
-  return {};
+// Qwen3's q/k norms are points only where the model has them.
+std::function<bool(int)> KeepPoint(const LlamaOptions& o) {
+  return [qk_norm = o.qk_norm](int point) { return qk_norm || !IsQkNormPoint(static_cast<P>(point)); };
 }
 
 CatalogueSpec LlamaCatalogue(const LlamaOptions& o) {
-  const ModelConfig& c = o.config;
   CatalogueSpec spec;
-  spec.num_layers = c.num_layers;
-  const std::vector<std::string> resid = ShapeOf(kResid, c);
-  spec.before = {{"model.embed_tokens.input", "", {"batch", "seq"}, "token ids", "int64"},
-                 {"model.embed_tokens.output", "hook_embed", resid, "token embeddings"}};
-  for (const LayerPointRow& row : kLayerPoints) {
-    if (IsQkNormPoint(row.point) && !o.qk_norm) continue;
-    spec.layer.push_back({row.name, row.alias, ShapeOf(row.shape, c), row.meaning, "", row.skip_from});
-  }
-  const std::vector<std::string> logits = {"batch", "seq", std::to_string(c.vocab_size)};
-  spec.after = {{"model.norm.input", "ln_final.hook_input", resid, "final residual stream, input of the last RMSNorm"},
-                {"model.norm.output", "ln_final.hook_normalized", resid, "final RMSNorm output"},
-                {"lm_head.input", "unembed.hook_input", resid, "input of the unembedding", "", "", true},
-                {"lm_head.output", "unembed.hook_logits", logits, "logits over the vocabulary", "", "", true}};
+  std::vector<int> index;
+  spec.num_layers = o.config.num_layers;
+  spec.before = EmbeddingPoints("model.embed_tokens", o.config);
+  spec.layer = LayerPoints(kLayerPoints, kPointCount, o.config, KeepPoint(o), index);
+  spec.after = HeadPoints("model.norm", "lm_head", o.config);
   return spec;
 }
 
@@ -132,10 +102,7 @@ class LlamaTransformer : public Transformer {
   LlamaTransformer(const LlamaOptions& o, Weights w, at::Device device, at::ScalarType dtype)
       : Transformer(o.config, LlamaCatalogue(o), device, dtype), o_(o),
         w_(std::move(w)), rotary_(o.rope, device) {
-    int index = 0;
-    for (const LayerPointRow& row : kLayerPoints) {
-      index_[row.point] = IsQkNormPoint(row.point) && !o.qk_norm ? -1 : index++;
-    }
+    (void)LayerPoints(kLayerPoints, kPointCount, o.config, KeepPoint(o), index_);
   }
 
   at::Tensor Forward(const PassInputs& in) const override;
@@ -158,7 +125,7 @@ class LlamaTransformer : public Transformer {
   LlamaOptions o_;
   Weights w_;
   Rotary rotary_;
-  std::array<int, kPointCount> index_{};
+  std::vector<int> index_;  // a point's position in the layer list, -1 when absent
 };
 
 // The state of one pass: inputs, hooks and the per-pass tensors shared by every layer.
@@ -199,9 +166,8 @@ class LlamaTransformer::Pass {
 
   // RMSNorm with hooks at its input (`in_point`) and output (the next point).
   at::Tensor Norm(int layer, P in_point, const at::Tensor& x, const at::Tensor& weight) {
-    at::Tensor h = RmsNorm(hooks_.Tap(Id(layer, in_point), x), weight, m_.o_.eps);
-    hooks_.At(Id(layer, static_cast<P>(in_point + 1)), h);
-    return h;
+    return hooks_.Around(Id(layer, in_point), Id(layer, static_cast<P>(in_point + 1)), x,
+                         [&](const at::Tensor& t) { return RmsNorm(t, weight, m_.o_.eps); });
   }
 
   // `fresh + other`, written into `fresh` (a module's output at `point`) when no callback saw
@@ -216,9 +182,8 @@ class LlamaTransformer::Pass {
 
   at::Tensor Project(int layer, P in_point, const at::Tensor& x, const at::Tensor& weight,
                      const at::Tensor& bias) {
-    at::Tensor y = at::linear(hooks_.Tap(Id(layer, in_point), x), weight, bias);
-    hooks_.At(Id(layer, static_cast<P>(in_point + 1)), y);  // the matching .output
-    return y;
+    return hooks_.Around(Id(layer, in_point), Id(layer, static_cast<P>(in_point + 1)), x,
+                         [&](const at::Tensor& t) { return at::linear(t, weight, bias); });
   }
 
   at::Tensor Heads(const at::Tensor& x, int64_t heads) const {
@@ -263,17 +228,9 @@ class LlamaTransformer::Pass {
     return out;
   }
 
-  at::Tensor Head(at::Tensor x) {
-    const HookCatalogue& cat = m_.catalogue_;
-    hooks_.At(cat.AfterId(0), x);
-    at::Tensor h = RmsNorm(x, m_.w_.norm, m_.o_.eps);
-    hooks_.At(cat.AfterId(1), h);
-    if (!in_.all_logits) h = h.narrow(1, seq_ - 1, 1);
-    hooks_.At(cat.AfterId(2), h);
-    ReleaseFreedHeap(h.size(0) * h.size(1) * c_.vocab_size * at::elementSize(m_.dtype_));
-    at::Tensor logits = at::linear(h, m_.w_.lm_head);
-    hooks_.At(cat.AfterId(3), logits);
-    return logits;
+  at::Tensor Head(const at::Tensor& x) {
+    auto norm = [this](const at::Tensor& t) { return RmsNorm(t, m_.w_.norm, m_.o_.eps); };
+    return Unembed(hooks_, m_.catalogue_, in_, x, norm, m_.w_.lm_head);
   }
 
   const LlamaTransformer& m_;
@@ -290,23 +247,14 @@ at::Tensor LlamaTransformer::Forward(const PassInputs& in) const {
   return pass.Run();
 }
 
-const char* const kLayerModules[] = {
-    "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-    "self_attn.q_norm", "self_attn.k_norm", "self_attn.o_proj", "post_attention_layernorm",
-    "mlp", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
-
 std::vector<std::string> LlamaTransformer::ModuleNames() const {
-  std::vector<std::string> names = {"model.embed_tokens"};
-  for (int64_t i = 0; i < config_.num_layers; ++i) {
-    for (const char* m : kLayerModules) {
-      const std::string module = m;
-      if (!o_.qk_norm && (module == "self_attn.q_norm" || module == "self_attn.k_norm")) continue;
-      names.push_back("model.layers." + std::to_string(i) + "." + module);
-    }
-  }
-  names.push_back("model.norm");
-  names.push_back("lm_head");
-  return names;
+  std::vector<std::string> per_layer = {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+                                        "self_attn.v_proj", "self_attn.o_proj",
+                                        "post_attention_layernorm", "mlp", "mlp.gate_proj",
+                                        "mlp.up_proj", "mlp.down_proj"};
+  if (o_.qk_norm) per_layer.insert(per_layer.begin() + 4, {"self_attn.q_norm", "self_attn.k_norm"});
+  return LayerModuleNames({"model.embed_tokens"}, "model.layers.", config_.num_layers, per_layer,
+                          {"model.norm", "lm_head"});
 }
 
 StatusOr<at::Tensor> LlamaTransformer::ApplyModule(const std::string& name, const at::Tensor& x) const {
@@ -368,25 +316,6 @@ TensorSource::Reorder Unpermute(int64_t heads) {
   };
 }
 
-class WeightReader {
- public:
-  WeightReader(TensorSource& tensors, bool gguf) : tensors_(tensors), gguf_(gguf) {}
-
-  Status Get(const std::string& hf, const std::vector<int64_t>& shape, at::Tensor& out,
-             const TensorSource::Reorder& reorder = nullptr) {
-    GLASSBOX_ASSIGN_OR_RETURN(out, tensors_.Take(gguf_ ? GgufName(hf) : hf, shape, reorder));
-    return Status::Ok();
-  }
-  // A bias the options say is there.
-  Status Bias(bool present, const std::string& hf, int64_t size, at::Tensor& out) {
-    return present ? Get(hf, {size}, out) : Status::Ok();
-  }
-
- private:
-  TensorSource& tensors_;
-  bool gguf_;
-};
-
 Status ReadLayer(const LlamaOptions& o, WeightReader& r, int64_t i, LayerWeights& l) {
   const ModelConfig& c = o.config;
   const int64_t d = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
@@ -398,10 +327,10 @@ Status ReadLayer(const LlamaOptions& o, WeightReader& r, int64_t i, LayerWeights
   GLASSBOX_RETURN_IF_ERROR(r.Get(p + "self_attn.k_proj.weight", {kv, d}, l.k_proj, permuted ? Unpermute(c.num_kv_heads) : nullptr));
   GLASSBOX_RETURN_IF_ERROR(r.Get(p + "self_attn.v_proj.weight", {kv, d}, l.v_proj));
   GLASSBOX_RETURN_IF_ERROR(r.Get(p + "self_attn.o_proj.weight", {d, q}, l.o_proj));
-  GLASSBOX_RETURN_IF_ERROR(r.Bias(o.qkv_bias, p + "self_attn.q_proj.bias", q, l.q_bias));
-  GLASSBOX_RETURN_IF_ERROR(r.Bias(o.qkv_bias, p + "self_attn.k_proj.bias", kv, l.k_bias));
-  GLASSBOX_RETURN_IF_ERROR(r.Bias(o.qkv_bias, p + "self_attn.v_proj.bias", kv, l.v_bias));
-  GLASSBOX_RETURN_IF_ERROR(r.Bias(o.o_bias, p + "self_attn.o_proj.bias", d, l.o_bias));
+  GLASSBOX_RETURN_IF_ERROR(r.Optional(o.qkv_bias, p + "self_attn.q_proj.bias", {q}, l.q_bias));
+  GLASSBOX_RETURN_IF_ERROR(r.Optional(o.qkv_bias, p + "self_attn.k_proj.bias", {kv}, l.k_bias));
+  GLASSBOX_RETURN_IF_ERROR(r.Optional(o.qkv_bias, p + "self_attn.v_proj.bias", {kv}, l.v_bias));
+  GLASSBOX_RETURN_IF_ERROR(r.Optional(o.o_bias, p + "self_attn.o_proj.bias", {d}, l.o_bias));
   if (o.qk_norm) {
     GLASSBOX_RETURN_IF_ERROR(r.Get(p + "self_attn.q_norm.weight", {c.head_dim}, l.q_norm));
     GLASSBOX_RETURN_IF_ERROR(r.Get(p + "self_attn.k_norm.weight", {c.head_dim}, l.k_norm));
@@ -410,14 +339,14 @@ Status ReadLayer(const LlamaOptions& o, WeightReader& r, int64_t i, LayerWeights
   GLASSBOX_RETURN_IF_ERROR(r.Get(p + "mlp.gate_proj.weight", {m, d}, l.gate_proj));
   GLASSBOX_RETURN_IF_ERROR(r.Get(p + "mlp.up_proj.weight", {m, d}, l.up_proj));
   GLASSBOX_RETURN_IF_ERROR(r.Get(p + "mlp.down_proj.weight", {d, m}, l.down_proj));
-  GLASSBOX_RETURN_IF_ERROR(r.Bias(o.mlp_bias, p + "mlp.gate_proj.bias", m, l.gate_bias));
-  GLASSBOX_RETURN_IF_ERROR(r.Bias(o.mlp_bias, p + "mlp.up_proj.bias", m, l.up_bias));
-  return r.Bias(o.mlp_bias, p + "mlp.down_proj.bias", d, l.down_bias);
+  GLASSBOX_RETURN_IF_ERROR(r.Optional(o.mlp_bias, p + "mlp.gate_proj.bias", {m}, l.gate_bias));
+  GLASSBOX_RETURN_IF_ERROR(r.Optional(o.mlp_bias, p + "mlp.up_proj.bias", {m}, l.up_bias));
+  return r.Optional(o.mlp_bias, p + "mlp.down_proj.bias", {d}, l.down_bias);
 }
 
 Status ReadWeights(const LlamaOptions& o, TensorSource& tensors, bool gguf, Weights& w) {
   const ModelConfig& c = o.config;
-  WeightReader r(tensors, gguf);
+  WeightReader r(tensors, gguf ? WeightReader::Rename(GgufName) : nullptr);
   GLASSBOX_RETURN_IF_ERROR(r.Get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, w.embed_tokens));
   w.layers.resize(c.num_layers);
   for (int64_t i = 0; i < c.num_layers; ++i) GLASSBOX_RETURN_IF_ERROR(ReadLayer(o, r, i, w.layers[i]));
@@ -427,20 +356,6 @@ Status ReadWeights(const LlamaOptions& o, TensorSource& tensors, bool gguf, Weig
     return Status::Ok();
   }
   return r.Get("lm_head.weight", {c.vocab_size, c.hidden_size}, w.lm_head);
-}
-
-Status ValidateSizes(const std::string& path, const ModelConfig& c) {
-  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 ||
-      c.vocab_size <= 0 || c.intermediate_size <= 0 || c.head_dim <= 0 || c.head_dim % 2 != 0) {
-    return InvalidArgument(path + ": model config has a non-positive size (layers, hidden, "
-                           "heads, kv heads, vocab, intermediate) or an odd head_dim");
-  }
-  if (c.num_heads % c.num_kv_heads != 0) {
-    return InvalidArgument(path + ": attention heads (" + std::to_string(c.num_heads) +
-                           ") are not a multiple of key/value heads (" +
-                           std::to_string(c.num_kv_heads) + ")");
-  }
-  return Status::Ok();
 }
 
 StatusOr<LlamaOptions> LlamaHf(const CheckpointInfo& info) {
@@ -521,61 +436,30 @@ void ReadWindows(HfConfig& config, LlamaOptions& o, bool all_sliding) {
 }
 
 Status ReadLlamaGguf(const GgufFile& f, const std::string& arch, LlamaOptions& o) {
+  GLASSBOX_RETURN_IF_ERROR(CheckGgufKeys(
+      f, arch, {"block_count", "embedding_length", "feed_forward_length", "attention.head_count",
+                "attention.head_count_kv", "attention.key_length", "attention.value_length",
+                "rope.dimension_count", "rope.freq_base", "attention.layer_norm_rms_epsilon",
+                "context_length", "vocab_size"}));
   ModelConfig& c = o.config;
-  c.architecture = o.family = arch;
+  GLASSBOX_RETURN_IF_ERROR(ReadGgufSizes(f, arch, c));
+  o.family = arch;
   const std::string a = arch + ".";
-  auto need = [&](const std::string& key, int64_t& out) -> Status {
-    StatusOr<int64_t> v = f.GetInt(a + key);
-    if (!v.ok()) return v.status().WithContext(f.path());
-    out = *v;
-    return Status::Ok();
-  };
-  GLASSBOX_RETURN_IF_ERROR(need("block_count", c.num_layers));
-  GLASSBOX_RETURN_IF_ERROR(need("embedding_length", c.hidden_size));
-  GLASSBOX_RETURN_IF_ERROR(need("feed_forward_length", c.intermediate_size));
-  GLASSBOX_RETURN_IF_ERROR(need("attention.head_count", c.num_heads));
-  c.num_kv_heads = f.GetInt(a + "attention.head_count_kv").value_or(c.num_heads);
-  c.head_dim = f.GetInt(a + "attention.key_length").value_or(
-      f.GetInt(a + "rope.dimension_count").value_or(c.num_heads > 0 ? c.hidden_size / c.num_heads : 0));
+  if (!f.GetInt(a + "attention.key_length").ok()) c.head_dim = f.GetInt(a + "rope.dimension_count").value_or(c.head_dim);
+  if (c.head_dim != f.GetInt(a + "rope.dimension_count").value_or(c.head_dim)) {
+    return Unimplemented(f.path() + ": rotary and head sizes differ; not implemented");
+  }
   o.rope.head_dim = o.rope.rotary_dims = c.head_dim;
   o.rope.theta = f.GetFloat(a + "rope.freq_base").value_or(10000.0);
   o.eps = f.GetFloat(a + "attention.layer_norm_rms_epsilon").value_or(1e-5);
-  c.max_position_embeddings = f.GetInt(a + "context_length").value_or(2048);
-  const StoredTensor* embed = f.FindTensor("token_embd.weight");
-  if (embed == nullptr || embed->shape.size() != 2) {
-    return InvalidArgument(f.path() + ": no 2-D tensor 'token_embd.weight'");
-  }
-  c.vocab_size = embed->shape[0];
-  c.tie_word_embeddings = f.FindTensor("output.weight") == nullptr;
-  c.bos_id = f.GetInt("tokenizer.ggml.bos_token_id").value_or(-1);
-  c.eos_id = f.GetInt("tokenizer.ggml.eos_token_id").value_or(-1);
   o.windows.assign(std::max<int64_t>(c.num_layers, 0), 0);
-  // Keys under arch. that would change the computation and are not implemented.
-  static const char* kKnown[] = {
-      "block_count", "embedding_length", "feed_forward_length", "attention.head_count",
-      "attention.head_count_kv", "attention.key_length", "attention.value_length",
-      "rope.dimension_count", "rope.freq_base", "attention.layer_norm_rms_epsilon",
-      "context_length", "vocab_size"};
-  for (const auto& [key, value] : f.metadata()) {
-    if (key.compare(0, a.size(), a) != 0) continue;
-    bool known = false;
-    for (const char* k : kKnown) known |= key == a + k;
-    if (!known) {
-      return Unimplemented(f.path() + ": metadata " + key + " is not implemented by the " + arch +
-                           " family (it may change the computation)");
-    }
-  }
-  if (c.head_dim != f.GetInt(a + "attention.value_length").value_or(c.head_dim) ||
-      c.head_dim != f.GetInt(a + "rope.dimension_count").value_or(c.head_dim)) {
-    return Unimplemented(f.path() + ": key, value and rotary sizes differ; not implemented");
-  }
-  return ValidateSizes(f.path(), c);
+  return ValidateSizes(f.path(), c, /*rotary=*/true);
 }
 
 StatusOr<std::unique_ptr<Transformer>> LoadLlamaStyle(const LlamaOptions& o,
                                                       const CheckpointInfo& info,
                                                       TensorSource& tensors) {
-  GLASSBOX_RETURN_IF_ERROR(ValidateSizes(info.path, o.config));
+  GLASSBOX_RETURN_IF_ERROR(ValidateSizes(info.path, o.config, /*rotary=*/true));
   Weights w;
   GLASSBOX_RETURN_IF_ERROR(ReadWeights(o, tensors, info.gguf != nullptr, w));
   return std::unique_ptr<Transformer>(new LlamaTransformer(o, std::move(w), info.device, info.dtype));

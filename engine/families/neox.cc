@@ -27,44 +27,33 @@ enum P : int {
   kDownIn, kDownOut, kMlpOut, kOutput, kPointCount
 };
 
-enum Shape { kResid, kQkv, kHeads, kScoreShape, kInner };
-
-struct Row {
-  P point;
-  const char* name;
-  const char* alias;
-  Shape shape;
-  const char* meaning;
-  const char* skip_from = "";
-};
-
-const Row kLayerPoints[] = {
-    {kInput, "input", "hook_resid_pre", kResid, "residual stream entering the layer"},
-    {kLn1In, "input_layernorm.input", "ln1.hook_input", kResid, "input of the attention LayerNorm"},
-    {kLn1Out, "input_layernorm.output", "ln1.hook_normalized", kResid, "attention LayerNorm output (with weight and bias)"},
-    {kAttnIn, "attention.input", "attn.hook_input", kResid, "hidden states given to attention"},
-    {kQkvIn, "attention.query_key_value.input", "", kResid, "input of the fused q/k/v projection"},
-    {kQkvOut, "attention.query_key_value.output", "", kQkv, "queries, keys and values, interleaved per head"},
-    {kQ, "attention.q", "attn.hook_q", kHeads, "queries per head, before the rotary embedding"},
-    {kK, "attention.k", "attn.hook_k", kHeads, "keys per head, before the rotary embedding"},
-    {kV, "attention.v", "attn.hook_v", kHeads, "values per head"},
-    {kQRot, "attention.q_rot", "attn.hook_rot_q", kHeads, "queries per head after the (partial) rotary embedding"},
-    {kKRot, "attention.k_rot", "attn.hook_rot_k", kHeads, "keys per head after the (partial) rotary embedding (what the KV cache holds)"},
-    {kScores, "attention.attn_scores", "attn.hook_attn_scores", kScoreShape, "scaled q.k scores plus the mask (dtype minimum where masked), before softmax"},
-    {kPattern, "attention.attn_pattern", "attn.hook_pattern", kScoreShape, "attention probabilities"},
-    {kZ, "attention.z", "attn.hook_z", kHeads, "each head's output (pattern times values) before dense"},
-    {kDenseIn, "attention.dense.input", "", kResid, "heads' outputs concatenated, input of dense"},
-    {kDenseOut, "attention.dense.output", "", kResid, "output of dense"},
-    {kAttnOut, "attention.output", "hook_attn_out", kResid, "attention's contribution to the residual stream", "attention.input"},
-    {kLn2In, "post_attention_layernorm.input", "ln2.hook_input", kResid, "input of the MLP LayerNorm (the layer input with a parallel residual)"},
-    {kLn2Out, "post_attention_layernorm.output", "ln2.hook_normalized", kResid, "MLP LayerNorm output"},
-    {kMlpIn, "mlp.input", "mlp.hook_input", kResid, "hidden states given to the MLP"},
-    {kUpIn, "mlp.dense_h_to_4h.input", "", kResid, "input of dense_h_to_4h"},
-    {kUpOut, "mlp.dense_h_to_4h.output", "mlp.hook_pre", kInner, "MLP pre-activation"},
-    {kDownIn, "mlp.dense_4h_to_h.input", "mlp.hook_post", kInner, "act(dense_h_to_4h output): the MLP's hidden activations"},
-    {kDownOut, "mlp.dense_4h_to_h.output", "", kResid, "output of dense_4h_to_h"},
-    {kMlpOut, "mlp.output", "hook_mlp_out", kResid, "the MLP's contribution to the residual stream", "mlp.input"},
-    {kOutput, "output", "hook_resid_post", kResid, "residual stream leaving the layer", "input"},
+const PointRow kLayerPoints[] = {
+    {kInput, "input", "hook_resid_pre", Dims::kResid, "residual stream entering the layer"},
+    {kLn1In, "input_layernorm.input", "ln1.hook_input", Dims::kResid, "input of the attention LayerNorm"},
+    {kLn1Out, "input_layernorm.output", "ln1.hook_normalized", Dims::kResid, "attention LayerNorm output (with weight and bias)"},
+    {kAttnIn, "attention.input", "attn.hook_input", Dims::kResid, "hidden states given to attention"},
+    {kQkvIn, "attention.query_key_value.input", "", Dims::kResid, "input of the fused q/k/v projection"},
+    {kQkvOut, "attention.query_key_value.output", "", Dims::kQkv, "queries, keys and values, interleaved per head"},
+    {kQ, "attention.q", "attn.hook_q", Dims::kQHeads, "queries per head, before the rotary embedding"},
+    {kK, "attention.k", "attn.hook_k", Dims::kQHeads, "keys per head, before the rotary embedding"},
+    {kV, "attention.v", "attn.hook_v", Dims::kQHeads, "values per head"},
+    {kQRot, "attention.q_rot", "attn.hook_rot_q", Dims::kQHeads, "queries per head after the (partial) rotary embedding"},
+    {kKRot, "attention.k_rot", "attn.hook_rot_k", Dims::kQHeads, "keys per head after the (partial) rotary embedding (what the KV cache holds)"},
+    {kScores, "attention.attn_scores", "attn.hook_attn_scores", Dims::kScores, "scaled q.k scores plus the mask (dtype minimum where masked), before softmax"},
+    {kPattern, "attention.attn_pattern", "attn.hook_pattern", Dims::kScores, "attention probabilities"},
+    {kZ, "attention.z", "attn.hook_z", Dims::kQHeads, "each head's output (pattern times values) before dense"},
+    {kDenseIn, "attention.dense.input", "", Dims::kResid, "heads' outputs concatenated, input of dense"},
+    {kDenseOut, "attention.dense.output", "", Dims::kResid, "output of dense"},
+    {kAttnOut, "attention.output", "hook_attn_out", Dims::kResid, "attention's contribution to the residual stream", "attention.input"},
+    {kLn2In, "post_attention_layernorm.input", "ln2.hook_input", Dims::kResid, "input of the MLP LayerNorm (the layer input with a parallel residual)"},
+    {kLn2Out, "post_attention_layernorm.output", "ln2.hook_normalized", Dims::kResid, "MLP LayerNorm output"},
+    {kMlpIn, "mlp.input", "mlp.hook_input", Dims::kResid, "hidden states given to the MLP"},
+    {kUpIn, "mlp.dense_h_to_4h.input", "", Dims::kResid, "input of dense_h_to_4h"},
+    {kUpOut, "mlp.dense_h_to_4h.output", "mlp.hook_pre", Dims::kMlp, "MLP pre-activation"},
+    {kDownIn, "mlp.dense_4h_to_h.input", "mlp.hook_post", Dims::kMlp, "act(dense_h_to_4h output): the MLP's hidden activations"},
+    {kDownOut, "mlp.dense_4h_to_h.output", "", Dims::kResid, "output of dense_4h_to_h"},
+    {kMlpOut, "mlp.output", "hook_mlp_out", Dims::kResid, "the MLP's contribution to the residual stream", "mlp.input"},
+    {kOutput, "output", "hook_resid_post", Dims::kResid, "residual stream leaving the layer", "input"},
 };
 static_assert(sizeof(kLayerPoints) / sizeof(kLayerPoints[0]) == kPointCount, "every point in enum order");
 
@@ -77,32 +66,17 @@ struct Options {
 };
 
 CatalogueSpec NeoxCatalogue(const Options& o) {
-  const ModelConfig& c = o.config;
-  auto n = [](int64_t v) { return std::to_string(v); };
-  const std::map<Shape, std::vector<std::string>> shapes = {
-      {kResid, {"batch", "seq", n(c.hidden_size)}},
-      {kQkv, {"batch", "seq", n(3 * c.hidden_size)}},
-      {kHeads, {"batch", "seq", n(c.num_heads), n(c.head_dim)}},
-      {kScoreShape, {"batch", n(c.num_heads), "seq", "k_seq"}},
-      {kInner, {"batch", "seq", n(c.intermediate_size)}}};
   CatalogueSpec spec;
-  spec.num_layers = c.num_layers;
+  std::vector<int> index;
+  spec.num_layers = o.config.num_layers;
   spec.layer_prefix = "gpt_neox.layers.";
-  const std::vector<std::string>& resid = shapes.at(kResid);
-  spec.before = {{"gpt_neox.embed_in.input", "", {"batch", "seq"}, "token ids", "int64"},
-                 {"gpt_neox.embed_in.output", "hook_embed", resid, "token embeddings"}};
-  for (const Row& row : kLayerPoints) {
-    // With a sequential residual the MLP norm's input is the residual after attention.
-    const bool mid = row.point == kLn2In && !o.parallel_residual;
-    spec.layer.push_back({row.name, mid ? "hook_resid_mid" : row.alias, shapes.at(row.shape),
-                          mid ? "residual stream after attention, input of the MLP LayerNorm" : row.meaning,
-                          "", row.skip_from});
+  spec.before = EmbeddingPoints("gpt_neox.embed_in", o.config);
+  spec.layer = LayerPoints(kLayerPoints, kPointCount, o.config, nullptr, index);
+  if (!o.parallel_residual) {  // the MLP norm's input is then the residual after attention
+    spec.layer[kLn2In].alias = "hook_resid_mid|ln2.hook_input";
+    spec.layer[kLn2In].meaning = "residual stream after attention, input of the MLP LayerNorm";
   }
-  spec.after = {{"gpt_neox.final_layer_norm.input", "ln_final.hook_input", resid, "final residual stream"},
-                {"gpt_neox.final_layer_norm.output", "ln_final.hook_normalized", resid, "final LayerNorm output"},
-                {"embed_out.input", "unembed.hook_input", resid, "input of the unembedding", "", "", true},
-                {"embed_out.output", "unembed.hook_logits", {"batch", "seq", n(c.vocab_size)},
-                 "logits over the vocabulary", "", "", true}};
+  spec.after = HeadPoints("gpt_neox.final_layer_norm", "embed_out", o.config);
   return spec;
 }
 
@@ -190,9 +164,7 @@ class NeoxTransformer::Pass {
   }
 
   at::Tensor Project(int layer, P in_point, const at::Tensor& x, const Linear& linear) {
-    at::Tensor y = linear(hooks_.Tap(Id(layer, in_point), x));
-    hooks_.At(Id(layer, static_cast<P>(in_point + 1)), y);
-    return y;
+    return hooks_.Around(Id(layer, in_point), Id(layer, static_cast<P>(in_point + 1)), x, linear);
   }
 
   at::Tensor Attention(int layer, const Layer& l, at::Tensor h) {
@@ -226,17 +198,9 @@ class NeoxTransformer::Pass {
     return out;
   }
 
-  at::Tensor Head(at::Tensor x) {
-    const HookCatalogue& cat = m_.catalogue_;
-    hooks_.At(cat.AfterId(0), x);
-    at::Tensor h = m_.Ln(m_.w_.final_layer_norm, x);
-    hooks_.At(cat.AfterId(1), h);
-    if (!in_.all_logits) h = h.narrow(1, seq_ - 1, 1);
-    hooks_.At(cat.AfterId(2), h);
-    ReleaseFreedHeap(h.size(0) * h.size(1) * c_.vocab_size * at::elementSize(m_.dtype_));
-    at::Tensor logits = at::linear(h, m_.w_.embed_out);
-    hooks_.At(cat.AfterId(3), logits);
-    return logits;
+  at::Tensor Head(const at::Tensor& x) {
+    auto norm = [this](const at::Tensor& t) { return m_.Ln(m_.w_.final_layer_norm, t); };
+    return Unembed(hooks_, m_.catalogue_, in_, x, norm, m_.w_.embed_out);
   }
 
   const NeoxTransformer& m_;
@@ -253,18 +217,11 @@ at::Tensor NeoxTransformer::Forward(const PassInputs& in) const {
   return pass.Run();
 }
 
-const char* const kLayerModules[] = {"input_layernorm", "attention.query_key_value", "attention.dense",
-                                     "post_attention_layernorm", "mlp", "mlp.dense_h_to_4h",
-                                     "mlp.dense_4h_to_h"};
-
 std::vector<std::string> NeoxTransformer::ModuleNames() const {
-  std::vector<std::string> names = {"gpt_neox.embed_in"};
-  for (int64_t i = 0; i < config_.num_layers; ++i) {
-    for (const char* m : kLayerModules) names.push_back("gpt_neox.layers." + std::to_string(i) + "." + m);
-  }
-  names.push_back("gpt_neox.final_layer_norm");
-  names.push_back("embed_out");
-  return names;
+  return LayerModuleNames({"gpt_neox.embed_in"}, "gpt_neox.layers.", config_.num_layers,
+                          {"input_layernorm", "attention.query_key_value", "attention.dense",
+                           "post_attention_layernorm", "mlp", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"},
+                          {"gpt_neox.final_layer_norm", "embed_out"});
 }
 
 StatusOr<at::Tensor> NeoxTransformer::ApplyModule(const std::string& name, const at::Tensor& x) const {
@@ -327,64 +284,36 @@ StatusOr<Options> ReadConfig(const CheckpointInfo& info) {
 // with tanh-approximated GELU; GGUF does not record the activation, so this keeps the exact
 // GELU of GPTNeoXConfig's default (Pythia, GPT-NeoX-20B), as transformers computes it.
 StatusOr<Options> ReadGgufConfig(const GgufFile& f) {
-  static const char* const kKnown[] = {
-      "block_count", "context_length", "embedding_length", "feed_forward_length",
-      "attention.head_count", "attention.head_count_kv", "attention.layer_norm_epsilon",
-      "rope.dimension_count", "rope.freq_base", "use_parallel_residual"};
-  const std::string a = "gptneox.";
-  for (const auto& entry : f.metadata()) {
-    const std::string& key = entry.first;
-    if (key.compare(0, a.size(), a) != 0) continue;
-    if (std::find(std::begin(kKnown), std::end(kKnown), key.substr(a.size())) == std::end(kKnown)) {
-      return Unimplemented(f.path() + ": metadata " + key + " is not implemented by the gptneox "
-                           "family (it may change the computation)");
-    }
-  }
+  GLASSBOX_RETURN_IF_ERROR(CheckGgufKeys(
+      f, "gptneox", {"block_count", "context_length", "embedding_length", "feed_forward_length",
+                     "attention.head_count", "attention.head_count_kv", "attention.layer_norm_epsilon",
+                     "rope.dimension_count", "rope.freq_base", "use_parallel_residual"}));
   Options o;
   ModelConfig& c = o.config;
+  GLASSBOX_RETURN_IF_ERROR(ReadGgufSizes(f, "gptneox", c));
   c.architecture = "gpt_neox";
-  int64_t rotary_dims = 0;
-  for (auto [key, out] : {std::pair<const char*, int64_t*>{"block_count", &c.num_layers},
-                          {"context_length", &c.max_position_embeddings},
-                          {"embedding_length", &c.hidden_size},
-                          {"feed_forward_length", &c.intermediate_size},
-                          {"attention.head_count", &c.num_heads},
-                          {"rope.dimension_count", &rotary_dims}}) {
-    StatusOr<int64_t> v = f.GetInt(a + key);
-    if (!v.ok()) return v.status().WithContext(f.path());
-    *out = *v;
-  }
-  c.num_kv_heads = f.GetInt(a + "attention.head_count_kv").value_or(c.num_heads);
   if (c.num_kv_heads != c.num_heads) {
     return Unimplemented(f.path() + ": gptneox.attention.head_count_kv differs from the head "
                          "count; GPT-NeoX has one key/value head per query head");
   }
-  c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
-  const StoredTensor* embed = f.FindTensor("token_embd.weight");
-  if (embed == nullptr || embed->shape.size() != 2) {
-    return InvalidArgument(f.path() + ": no 2-D tensor 'token_embd.weight'");
-  }
-  c.vocab_size = embed->shape[0];
-  c.tie_word_embeddings = f.FindTensor("output.weight") == nullptr;
-  c.bos_id = f.GetInt("tokenizer.ggml.bos_token_id").value_or(-1);
-  c.eos_id = f.GetInt("tokenizer.ggml.eos_token_id").value_or(-1);
-  o.eps = f.GetFloat(a + "attention.layer_norm_epsilon").value_or(1e-5);
-  o.parallel_residual = f.GetBool(a + "use_parallel_residual").value_or(true);
+  StatusOr<int64_t> rotary_dims = f.GetInt("gptneox.rope.dimension_count");
+  if (!rotary_dims.ok()) return rotary_dims.status().WithContext(f.path());
+  o.eps = f.GetFloat("gptneox.attention.layer_norm_epsilon").value_or(1e-5);
+  o.parallel_residual = f.GetBool("gptneox.use_parallel_residual").value_or(true);
   o.attention_bias = f.FindTensor("blk.0.attn_qkv.bias") != nullptr;
   o.rope.head_dim = c.head_dim;
-  o.rope.rotary_dims = rotary_dims;
-  o.rope.theta = f.GetFloat(a + "rope.freq_base").value_or(10000.0);  // llama.cpp's default
+  o.rope.rotary_dims = *rotary_dims;
+  o.rope.theta = f.GetFloat("gptneox.rope.freq_base").value_or(10000.0);  // llama.cpp's default
   return o;
 }
 
 Status ValidateSizes(const std::string& path, const Options& o) {
-  const ModelConfig& c = o.config;
+  GLASSBOX_RETURN_IF_ERROR(ValidateSizes(path, o.config, /*rotary=*/false));
   const int64_t rotary_dims = o.rope.rotary_dims;
-  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_heads <= 0 || c.vocab_size <= 0 ||
-      c.hidden_size % c.num_heads != 0 || c.intermediate_size <= 0 || rotary_dims % 2 != 0 ||
-      rotary_dims <= 0 || rotary_dims > c.head_dim) {
-    return InvalidArgument(path + ": non-positive sizes, hidden size not a multiple of the "
-                           "heads, or an odd or oversized number of rotary dimensions");
+  if (o.config.head_dim * o.config.num_heads != o.config.hidden_size || rotary_dims % 2 != 0 ||
+      rotary_dims <= 0 || rotary_dims > o.config.head_dim) {
+    return InvalidArgument(path + ": hidden size not a multiple of the heads, or an odd or "
+                           "oversized number of rotary dimensions");
   }
   return Status::Ok();
 }
@@ -424,58 +353,33 @@ TensorSource::Reorder PerHeadQkv(int64_t heads) {
   };
 }
 
-class WeightReader {
- public:
-  WeightReader(TensorSource& tensors, bool gguf) : tensors_(tensors), gguf_(gguf) {}
-
-  Status Get(const std::string& name, const std::vector<int64_t>& shape, at::Tensor& out,
-             const TensorSource::Reorder& reorder = nullptr) {
-    GLASSBOX_ASSIGN_OR_RETURN(out, tensors_.Take(gguf_ ? GgufName(name) : name, shape, reorder));
-    return Status::Ok();
-  }
-  Status GetNorm(const std::string& name, int64_t d, Norm& n) {
-    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {d}, n.weight));
-    return Get(name + ".bias", {d}, n.bias);
-  }
-  Status GetLinear(const std::string& name, int64_t in, int64_t out, bool bias, Linear& l,
-                   const TensorSource::Reorder& reorder = nullptr) {
-    GLASSBOX_RETURN_IF_ERROR(Get(name + ".weight", {out, in}, l.weight, reorder));
-    return bias ? Get(name + ".bias", {out}, l.bias, reorder) : Status::Ok();
-  }
-  // The fused q/k/v projection, in transformers' per-head layout.
-  Status GetQkv(const std::string& name, int64_t d, int64_t heads, bool bias, Linear& l) {
-    return GetLinear(name, d, 3 * d, bias, l, gguf_ ? PerHeadQkv(heads) : nullptr);
-  }
-  // Buffers older checkpoints saved (causal mask, rotary frequencies): not weights.
-  void DropBuffers(const std::string& layer) {
-    for (const char* b : {"attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq"}) {
-      tensors_.Discard(layer + b);
-    }
-  }
-
- private:
-  TensorSource& tensors_;
-  bool gguf_;
-};
+Status GetLinear(WeightReader& r, const std::string& name, int64_t in, int64_t out, bool bias,
+                 Linear& l, const TensorSource::Reorder& reorder = nullptr) {
+  GLASSBOX_RETURN_IF_ERROR(r.Get(name + ".weight", {out, in}, l.weight, reorder));
+  return bias ? r.Get(name + ".bias", {out}, l.bias, reorder) : Status::Ok();
+}
 
 Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& w) {
   const ModelConfig& c = o.config;
   const int64_t d = c.hidden_size, m = c.intermediate_size;
-  WeightReader r(tensors, gguf);
+  WeightReader r(tensors, gguf ? WeightReader::Rename(GgufName) : nullptr);
   GLASSBOX_RETURN_IF_ERROR(r.Get("gpt_neox.embed_in.weight", {c.vocab_size, d}, w.embed_in));
   w.layers.resize(c.num_layers);
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "gpt_neox.layers." + std::to_string(i) + ".";
     Layer& l = w.layers[i];
-    r.DropBuffers(p);
-    GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "input_layernorm", d, l.input_layernorm));
-    GLASSBOX_RETURN_IF_ERROR(r.GetNorm(p + "post_attention_layernorm", d, l.post_attention_layernorm));
-    GLASSBOX_RETURN_IF_ERROR(r.GetQkv(p + "attention.query_key_value", d, c.num_heads, o.attention_bias, l.query_key_value));
-    GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "attention.dense", d, d, o.attention_bias, l.dense));
-    GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "mlp.dense_h_to_4h", d, m, true, l.dense_h_to_4h));
-    GLASSBOX_RETURN_IF_ERROR(r.GetLinear(p + "mlp.dense_4h_to_h", m, d, true, l.dense_4h_to_h));
+    for (const char* b : {"attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq"}) {
+      r.Discard(p + b);  // buffers some checkpoints saved: causal masks, rotary frequencies
+    }
+    GLASSBOX_RETURN_IF_ERROR(r.Norm(p + "input_layernorm", d, l.input_layernorm.weight, l.input_layernorm.bias));
+    GLASSBOX_RETURN_IF_ERROR(r.Norm(p + "post_attention_layernorm", d, l.post_attention_layernorm.weight, l.post_attention_layernorm.bias));
+    GLASSBOX_RETURN_IF_ERROR(GetLinear(r, p + "attention.query_key_value", d, 3 * d, o.attention_bias, l.query_key_value,
+                                       gguf ? PerHeadQkv(c.num_heads) : nullptr));
+    GLASSBOX_RETURN_IF_ERROR(GetLinear(r, p + "attention.dense", d, d, o.attention_bias, l.dense));
+    GLASSBOX_RETURN_IF_ERROR(GetLinear(r, p + "mlp.dense_h_to_4h", d, m, true, l.dense_h_to_4h));
+    GLASSBOX_RETURN_IF_ERROR(GetLinear(r, p + "mlp.dense_4h_to_h", m, d, true, l.dense_4h_to_h));
   }
-  GLASSBOX_RETURN_IF_ERROR(r.GetNorm("gpt_neox.final_layer_norm", d, w.final_layer_norm));
+  GLASSBOX_RETURN_IF_ERROR(r.Norm("gpt_neox.final_layer_norm", d, w.final_layer_norm.weight, w.final_layer_norm.bias));
   if (c.tie_word_embeddings) {
     w.embed_out = w.embed_in;
     return Status::Ok();
