@@ -38,7 +38,8 @@ std::string TokenString(const nlohmann::json& config, const char* key) {
 }
 
 // tokenizer_config.json's chat_template: a string, or [{"name": ..., "template": ...}] of
-// which transformers uses "default" when no other name is asked for.
+// which transformers uses "default" when no other name is asked for. A list without one
+// loads in transformers too (only rendering without a name fails): no template here.
 StatusOr<std::string> ConfigTemplate(const nlohmann::json& config, const std::string& path) {
   auto it = config.find("chat_template");
   if (it == config.end() || it->is_null()) return std::string();
@@ -50,8 +51,7 @@ StatusOr<std::string> ConfigTemplate(const nlohmann::json& config, const std::st
         return entry["template"].get<std::string>();
       }
     }
-    return InvalidArgument(path + ": chat_template is a list of named templates without "
-                           "a \"default\" one");
+    return std::string();
   }
   return InvalidArgument(path + ": chat_template is neither a string nor a list of named "
                          "templates");

@@ -26,8 +26,8 @@ StatusOr<ChatTemplate> ReadGgufChatTemplate(const GgufFile& file);
 // A Hugging Face directory: chat_template.jinja if present, else tokenizer_config.json's
 // chat_template (a string, or a list of {"name", "template"} of which "default" is taken);
 // bos_token / eos_token (strings or {"content": ...}) from tokenizer_config.json. Neither
-// file present: no template. A malformed tokenizer_config.json, or a list without
-// "default", is kInvalidArgument naming the file.
+// file present, or a list without "default": no template. A malformed
+// tokenizer_config.json is kInvalidArgument naming the file.
 StatusOr<ChatTemplate> ReadHfChatTemplate(const std::string& dir);
 
 }  // namespace glassbox

@@ -34,10 +34,10 @@ TEST_CASE("chat template from a list of named templates takes \"default\"",
   CHECK(chat->source == "{% for m in messages %}{{ m['content'] }}{% endfor %}");
   CHECK(chat->eos_token == "</s>");
 
+  // transformers loads such a file too, and renders nothing unless a name is given.
   StatusOr<ChatTemplate> without = ReadHfChatTemplate(kFixtures + "named_without_default");
-  CHECK(without.status().code() == StatusCode::kInvalidArgument);
-  CHECK_THAT(without.status().message(),
-             Contains("named_without_default/tokenizer_config.json") && Contains("\"default\""));
+  REQUIRE(without.ok());
+  CHECK(without->source.empty());
 }
 
 TEST_CASE("chat_template.jinja wins over tokenizer_config.json", "[engine][chat_template]") {
