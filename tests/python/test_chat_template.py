@@ -125,3 +125,13 @@ def test_through_a_live_service(smollm2_service):
             case["ids"]
     finally:
         backend.close()
+
+
+def test_gemma3_gguf_carries_no_template(engine):
+    path = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
+    if not path.is_file():
+        pytest.skip(f"no model at {path} (scripts/fetch_model.sh gemma3-270m)")
+    model = glassbox.Model("gemma-3-270m", backend=glassbox.LocalBackend(path, engine=engine))
+    with pytest.raises(GlassboxError, match="model gemma-3-270m has no chat template: its files "
+                                            "carry none"):
+        model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
