@@ -219,6 +219,9 @@ int main(int argc, char** argv) {
                     "the most new tokens a job may generate")->capture_default_str();
   serve->add_option("--max-saved-bytes", serve_params.limits.max_saved_bytes,
                     "the most bytes a job may save")->capture_default_str();
+  serve->add_option("--max-job-bytes", serve_params.limits.max_job_bytes,
+                    "refuse jobs whose memory estimate is over this many bytes (default: half "
+                    "of MemAvailable at start)");
   CLI11_PARSE(app, argc, argv);
   if (*ops) {
     std::cout << intervention::OpsMarkdown();

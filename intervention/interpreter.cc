@@ -26,6 +26,15 @@ double NumberOf(const RuntimeValue& v) {
   return v.float_value;
 }
 
+// Every layer's keys and values for one position of one prompt.
+int64_t KvBytesPerToken(const Model& model) {
+  const ModelConfig& c = model.config();
+  const int64_t heads = c.num_kv_heads > 0 ? c.num_kv_heads : c.num_heads;
+  const int64_t head_dim = c.head_dim > 0 ? c.head_dim : (c.num_heads > 0 ? c.hidden_size / c.num_heads : 0);
+  const int64_t element = c10::elementSize(ScalarTypeFromName(model.dtype()).value_or(at::kFloat));
+  return SaturatingMul(SaturatingMul(SaturatingMul(2 * c.num_layers, heads), head_dim), element);
+}
+
 // What a shape-only pass collects: every problem, and for a scan every node's shape.
 struct ShapeCheck {
   std::vector<ValidationError> errors;
@@ -38,6 +47,21 @@ struct Environment {
   std::map<int64_t, int64_t> uses_left;  // single-run consumers still to run; -1: keep
   std::set<int64_t> per_step_inputs;     // read by a node that runs at every step: keep
   int64_t saved_bytes = 0;
+  int64_t live_bytes = 0;  // of `values` (in a shape-only pass, what a run would hold)
+  int64_t peak_bytes = 0;  // the most `live_bytes` ever was
+
+  void Put(int64_t id, RuntimeValue value) {
+    Erase(id);
+    live_bytes = SaturatingAdd(live_bytes, value.Bytes());
+    peak_bytes = std::max(peak_bytes, live_bytes);
+    values[id] = std::move(value);
+  }
+  void Erase(int64_t id) {
+    auto it = values.find(id);
+    if (it == values.end()) return;
+    live_bytes -= std::min(live_bytes, it->second.Bytes());
+    values.erase(it);
+  }
 };
 
 class TraceRunner {
@@ -89,14 +113,28 @@ class TraceRunner {
 
   // The shape-only stand-in for RunModel: no weights, every step runs.
   Status RunShapes(const std::set<int>& points) {
+    return RunShapePass(model_.catalogue(), Sizes(), points, plan_.skipped_points,
+                        [this](int point, int step, at::Tensor& value) { return Fire(point, step, value); });
+  }
+
+ public:
+  ShapePassSizes Sizes() const {
     ShapePassSizes sizes;
     sizes.batch = static_cast<int64_t>(plan_.prompts.size());
     sizes.prompt = padded_;
     sizes.steps = plan_.steps;
     sizes.generate = trace_.generate.has_value();
-    return RunShapePass(model_.catalogue(), sizes, points, plan_.skipped_points,
-                        [this](int point, int step, at::Tensor& value) { return Fire(point, step, value); });
+    return sizes;
   }
+
+  // The estimated memory of this trace's engine pass (see PassBytes).
+  int64_t PassEstimate() const {
+    bool backward = false;
+    for (const NodePlan& p : plan_.nodes) backward |= p.op->op_class == OpClass::kBackward;
+    return PassBytes(model_.catalogue(), Sizes(), KvBytesPerToken(model_), backward);
+  }
+
+ private:
 
   Status RunEngine(const HookSet& hooks) {
     if (!trace_.generate) {
@@ -447,7 +485,7 @@ class TraceRunner {
   Status SaveValue(const NodePlan& p, const RuntimeValue& value,
                    const std::map<std::string, RuntimeValue>& kwargs, bool per_step, int64_t step) {
     const size_t i = plan_.index_of.at(p.node->id);
-    env_.saved_bytes += value.Bytes();
+    env_.saved_bytes = SaturatingAdd(env_.saved_bytes, value.Bytes());
     if (env_.saved_bytes > limits_.max_saved_bytes) {
       return Problem(i, step, "saved values exceed the limit of " + std::to_string(limits_.max_saved_bytes) + " bytes");
     }
@@ -472,7 +510,7 @@ class TraceRunner {
 
   void Store(size_t i, RuntimeValue value, int64_t step) {
     if (check_) RecordShape(plan_.nodes[i], value, step, "");
-    env_.values[plan_.nodes[i].node->id] = std::move(value);
+    env_.Put(plan_.nodes[i].node->id, std::move(value));
     done_[i] = step;
     Release(plan_.nodes[i]);
   }
@@ -495,7 +533,7 @@ class TraceRunner {
     for (int64_t ref : consumer.inputs) {
       auto it = env_.uses_left.find(ref);
       if (it == env_.uses_left.end() || it->second < 0) continue;
-      if (--it->second == 0 && !env_.per_step_inputs.count(ref)) env_.values.erase(ref);
+      if (--it->second == 0 && !env_.per_step_inputs.count(ref)) env_.Erase(ref);
     }
   }
 
@@ -553,10 +591,18 @@ void CountUses(const std::vector<TracePlan>& plans, Environment& env) {
 
 }  // namespace
 
+int64_t MemoryEstimate::Total() const { return SaturatingAdd(SaturatingAdd(pass, values), saved); }
+
+std::string MemoryEstimate::ToString() const {
+  return std::to_string(Total()) + " bytes (model pass " + std::to_string(pass) + ", graph values " +
+         std::to_string(values) + ", saved values " + std::to_string(saved) + ")";
+}
+
 std::vector<ValidationError> CheckShapes(const Model& model, const protocol::Request& request,
                                          const std::vector<TracePlan>& plans,
                                          const InterventionLimits& limits,
-                                         std::vector<protocol::NodeShape>* shapes) {
+                                         std::vector<protocol::NodeShape>* shapes,
+                                         MemoryEstimate* estimate) {
   ShapeCheck check;
   const RunControl no_control;  // the shape pass runs no engine: nothing to interrupt
   Environment env;
@@ -566,6 +612,11 @@ std::vector<ValidationError> CheckShapes(const Model& model, const protocol::Req
     TraceRunner runner(model, plans[t], request.traces[t], env, limits, no_control, unused, &check);
     Status status = runner.Run();
     if (!status.ok()) check.errors.push_back({-1, "", "trace " + std::to_string(t) + ": " + status.message()});
+    if (estimate != nullptr) estimate->pass = std::max(estimate->pass, runner.PassEstimate());
+  }
+  if (estimate != nullptr) {
+    estimate->values = env.peak_bytes;
+    estimate->saved = SaturatingMul(env.saved_bytes, 2);
   }
   if (shapes != nullptr) *shapes = std::move(check.shapes);
   return check.errors;
@@ -575,14 +626,20 @@ StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& requ
                                const InterventionLimits& limits, const RunControl& control) {
   std::vector<TracePlan> plans;
   protocol::Result result;
+  MemoryEstimate estimate;
   std::vector<ValidationError> errors = PlanRequest(model, request, limits, plans);
-  if (errors.empty()) errors = CheckShapes(model, request, plans, limits, request.scan ? &result.shapes : nullptr);
+  if (errors.empty()) errors = CheckShapes(model, request, plans, limits, request.scan ? &result.shapes : nullptr, &estimate);
   if (!errors.empty()) {
     std::string message = std::to_string(errors.size()) + " problem(s) in the request:";
     for (const ValidationError& e : errors) message += "\n  " + e.ToString();
     return InvalidArgument(message);
   }
   if (request.scan) return result;
+  if (limits.max_job_bytes > 0 && estimate.Total() > limits.max_job_bytes) {
+    return ResourceExhausted("this job needs an estimated " + estimate.ToString() +
+                             " of memory; this worker's limit is " + std::to_string(limits.max_job_bytes) +
+                             " bytes per job (--max-job-bytes)");
+  }
   Environment env;
   CountUses(plans, env);
   for (size_t t = 0; t < plans.size(); ++t) {

@@ -27,6 +27,11 @@ struct InterventionLimits {
   int64_t max_prompt_tokens = 4096;  // per invoke
   int64_t max_new_tokens = 512;
   int64_t max_saved_bytes = int64_t{1} << 30;
+  // A job whose memory estimate (from the shape-only pass: the forward pass at its batch and
+  // prompt sizes, the KV cache of a generation, graph values alive at once, saved and cached
+  // values) is over this is refused with kResourceExhausted before anything runs. 0: no
+  // budget (`glassbox-engine serve` always sets one, see --max-job-bytes).
+  int64_t max_job_bytes = 0;
 };
 
 // One problem found before anything ran. `node` is -1 for request-level problems.

@@ -36,6 +36,7 @@
 #include <ATen/ops/zeros_like.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "intervention/shape_pass.h"
@@ -145,6 +146,62 @@ StatusOr<at::ScalarType> Args::Dtype(size_t i, at::ScalarType fallback) const {
   return *type;
 }
 
+// ---- checked arithmetic on user-given numbers ----
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+// A shape for a new tensor: every size >= 0 (or -1 where `infer` allows one to be inferred)
+// and the element count within int64.
+Status CheckShape(const std::vector<int64_t>& shape, bool infer) {
+  int64_t count = 1;
+  for (int64_t d : shape) {
+    if (d < (infer ? -1 : 0)) {
+      return InvalidArgument("shape " + ShapeText(shape) + " has the negative size " + std::to_string(d));
+    }
+    if (d >= 0 && __builtin_mul_overflow(count, d, &count)) {
+      return InvalidArgument("shape " + ShapeText(shape) + " has more than 2^63 elements");
+    }
+  }
+  return Status::Ok();
+}
+
+// Slice bounds and steps beyond +-2^62 mean the same as +-2^62 for any tensor (no size comes
+// near), and keep LibTorch's `(length + step - 1) / step` from overflowing.
+int64_t ClampBound(int64_t v) {
+  constexpr int64_t kFar = int64_t{1} << 62;
+  return std::max(-kFar, std::min(kFar, v));
+}
+
+constexpr int64_t kMaxArange = int64_t{1} << 26;
+
+// arange's length, computed in 128 bits so that no difference or quotient can overflow.
+StatusOr<int64_t> ArangeLength(int64_t start, int64_t end, int64_t step) {
+  const std::string call = "arange(" + std::to_string(start) + ", " + std::to_string(end) + ", " +
+                           std::to_string(step) + ")";
+  if (step == 0) return InvalidArgument(call + ": step must not be 0");
+  const __int128 span = static_cast<__int128>(end) - start;
+  __int128 length = 0;
+  if (span != 0 && (span > 0) == (step > 0)) {
+    const __int128 a = span > 0 ? span : -span;
+    const __int128 b = step > 0 ? static_cast<__int128>(step) : -static_cast<__int128>(step);
+    length = (a + b - 1) / b;
+  }
+  if (length > kMaxArange) {
+    return InvalidArgument(call + " would give " +
+                           std::to_string(static_cast<unsigned long long>(length)) +
+                           " values; the limit is " + std::to_string(kMaxArange));
+  }
+  int64_t difference;  // LibTorch computes end - start in int64
+  if (__builtin_sub_overflow(end, start, &difference)) {
+    return InvalidArgument(call + ": end - start overflows int64");
+  }
+  return static_cast<int64_t>(length);
+}
+
 // ---- indexing ----
 
 StatusOr<at::indexing::TensorIndex> ToIndex(const RV& v) {
@@ -156,11 +213,13 @@ StatusOr<at::indexing::TensorIndex> ToIndex(const RV& v) {
     case Kind::kEllipsis: return TensorIndex(at::indexing::Ellipsis);
     case Kind::kSlice: {
       const protocol::Slice& s = v.slice;
-      if (s.step && *s.step <= 0) return InvalidArgument("slice step must be positive");
+      if (s.step && *s.step <= 0) {
+        return InvalidArgument("slice step must be positive, got " + std::to_string(*s.step));
+      }
       return TensorIndex(at::indexing::Slice(
-          s.start ? c10::optional<int64_t>(*s.start) : c10::nullopt,
-          s.stop ? c10::optional<int64_t>(*s.stop) : c10::nullopt,
-          s.step ? c10::optional<int64_t>(*s.step) : c10::nullopt));
+          s.start ? c10::optional<int64_t>(ClampBound(*s.start)) : c10::nullopt,
+          s.stop ? c10::optional<int64_t>(ClampBound(*s.stop)) : c10::nullopt,
+          s.step ? c10::optional<int64_t>(ClampBound(*s.step)) : c10::nullopt));
     }
     case Kind::kTensor: return TensorIndex(v.tensor);
     default: return InvalidArgument("cannot index with " + v.Describe());
@@ -254,9 +313,7 @@ StatusOr<RV> Creation(const OpCall& call, const std::string& kind) {
   static const std::vector<std::string> names = {"shape", "value", "dtype"};
   Args a(call, names);
   GLASSBOX_ASSIGN_OR_RETURN(std::vector<int64_t> shape, a.Ints(0));
-  for (int64_t d : shape) {
-    if (d < 0) return InvalidArgument("negative dimension in shape");
-  }
+  GLASSBOX_RETURN_IF_ERROR(CheckShape(shape, /*infer=*/false));
   GLASSBOX_ASSIGN_OR_RETURN(at::ScalarType dtype, a.Dtype(2, at::kFloat));
   auto options = at::TensorOptions().dtype(dtype).device(call.meta ? at::kMeta : at::kCPU);
   if (kind == "zeros") return RV::FromTensor(at::zeros(shape, options));
@@ -349,6 +406,7 @@ std::vector<OpSpec> BuildOps() {
   auto reshape = [](const Args& a) -> StatusOr<RV> {
     GLASSBOX_ASSIGN_OR_RETURN(at::Tensor x, a.Tensor(0));
     GLASSBOX_ASSIGN_OR_RETURN(std::vector<int64_t> shape, a.Ints(1));
+    GLASSBOX_RETURN_IF_ERROR(CheckShape(shape, /*infer=*/true));
     return RV::FromTensor(x.reshape(shape));
   };
   shape_op("reshape", "reshape(x, shape)", "x with a new shape (one -1 allowed)", reshape, 2, 2, {"x", "shape"});
@@ -395,9 +453,9 @@ std::vector<OpSpec> BuildOps() {
     GLASSBOX_ASSIGN_OR_RETURN(at::Tensor x, a.Tensor(0));
     GLASSBOX_ASSIGN_OR_RETURN(int64_t size, a.Int(1));
     GLASSBOX_ASSIGN_OR_RETURN(int64_t d, a.Int(2, 0));
-    if (size <= 0) return InvalidArgument("split size must be positive");
+    if (size <= 0) return InvalidArgument("split size must be positive, got " + std::to_string(size));
     std::vector<RV> parts;
-    for (const at::Tensor& t : x.split(size, d)) parts.push_back(RV::FromTensor(t));
+    for (const at::Tensor& t : x.split(ClampBound(size), d)) parts.push_back(RV::FromTensor(t));
     return RV::List(parts);
   }, 2, 3, {"x", "size", "dim"});
   shape_op("size", "size(x, dim=None)", "the shape as a list of ints, or one dim's size", [](const Args& a) -> StatusOr<RV> {
@@ -542,10 +600,9 @@ std::vector<OpSpec> BuildOps() {
     Args a(call, names);
     GLASSBOX_ASSIGN_OR_RETURN(int64_t first, a.Int(0));
     GLASSBOX_ASSIGN_OR_RETURN(int64_t step, a.Int(2, 1));
-    if (step == 0) return InvalidArgument("arange step must not be 0");
     int64_t start = 0, end = first;
     if (a.Has(1)) { start = first; GLASSBOX_ASSIGN_OR_RETURN(end, a.Int(1)); }
-    if ((end - start) / step > (int64_t{1} << 26)) return InvalidArgument("arange would create more than 2^26 elements");
+    GLASSBOX_RETURN_IF_ERROR(ArangeLength(start, end, step).status());
     auto options = at::TensorOptions().dtype(at::kLong).device(call.meta ? at::kMeta : at::kCPU);
     return RV::FromTensor(at::arange(start, end, step, options));
   }});
@@ -555,9 +612,12 @@ std::vector<OpSpec> BuildOps() {
     Args a(call, names);
     GLASSBOX_ASSIGN_OR_RETURN(std::vector<int64_t> shape, a.Ints(0));
     GLASSBOX_ASSIGN_OR_RETURN(int64_t seed, a.Int(1));
+    GLASSBOX_RETURN_IF_ERROR(CheckShape(shape, /*infer=*/false));
     int64_t n = 1;
     for (int64_t d : shape) {
-      if (d < 0 || (d > 0 && n > (int64_t{1} << 28) / d)) return InvalidArgument("randn shape too large or negative");
+      if (d > 0 && n > (int64_t{1} << 28) / d) {
+        return InvalidArgument("randn shape " + ShapeText(shape) + " has more than 2^28 elements");
+      }
       n *= d;
     }
     if (call.meta) return RV::FromTensor(at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(at::kMeta)));

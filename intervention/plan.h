@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "engine/engine.h"
@@ -49,6 +50,15 @@ struct TracePlan {
   std::vector<std::vector<int64_t>> prompts;  // token ids per invoke
 };
 
+// A job's memory beyond the weights, estimated by the shape-only pass (bytes).
+struct MemoryEstimate {
+  int64_t pass = 0;    // the most demanding trace's pass: working set, backward, KV cache
+  int64_t values = 0;  // the most graph values alive at once
+  int64_t saved = 0;   // saved and cached values, counted twice (held, then encoded)
+  int64_t Total() const;
+  std::string ToString() const;  // "N bytes (pass A, values B, saved C)"
+};
+
 // Plans trace `t` of `request`. `earlier` holds ids of nodes of earlier traces in the same
 // request (available as constants). Problems are appended to `errors`.
 TracePlan PlanTrace(const Model& model, const protocol::Trace& trace,
@@ -63,11 +73,13 @@ std::vector<ValidationError> PlanRequest(const Model& model, const protocol::Req
 
 // Runs the planned request on meta tensors (no weights, no data): every shape problem a run
 // would hit, each naming its node, op, inputs' shapes and cause. With `shapes`, also every
-// node's dtype and shape (a scan's answer). Plans must be free of planning errors.
+// node's dtype and shape (a scan's answer); with `estimate`, the job's memory estimate.
+// Plans must be free of planning errors.
 std::vector<ValidationError> CheckShapes(const Model& model, const protocol::Request& request,
                                          const std::vector<TracePlan>& plans,
                                          const InterventionLimits& limits,
-                                         std::vector<protocol::NodeShape>* shapes);
+                                         std::vector<protocol::NodeShape>* shapes,
+                                         MemoryEstimate* estimate = nullptr);
 
 }  // namespace glassbox::intervention
 

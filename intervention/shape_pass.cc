@@ -72,6 +72,33 @@ Status RunShapePass(const HookCatalogue& catalogue, const ShapePassSizes& sizes,
   return Status::Ok();
 }
 
+int64_t SaturatingMul(int64_t a, int64_t b) {
+  int64_t out;
+  return __builtin_mul_overflow(a, b, &out) ? INT64_MAX : out;
+}
+
+int64_t SaturatingAdd(int64_t a, int64_t b) {
+  int64_t out;
+  return __builtin_add_overflow(a, b, &out) ? INT64_MAX : out;
+}
+
+int64_t PassBytes(const HookCatalogue& catalogue, const ShapePassSizes& sizes,
+                  int64_t kv_bytes_per_token, bool backward) {
+  int64_t largest = 0;
+  for (const HookPointInfo& info : catalogue.points()) {
+    const int64_t seq = sizes.generate && info.last_position ? 1 : sizes.prompt;
+    int64_t bytes = c10::elementSize(ScalarTypeFromName(info.dtype).value_or(at::kFloat));
+    for (int64_t d : SizesAt(info, sizes.batch, seq, sizes.prompt)) bytes = SaturatingMul(bytes, d);
+    largest = std::max(largest, bytes);
+  }
+  int64_t total = SaturatingMul(largest, kWorkingSetFactor * (backward ? 2 : 1));
+  if (sizes.generate) {
+    const int64_t positions = SaturatingAdd(sizes.prompt, sizes.steps);
+    total = SaturatingAdd(total, SaturatingMul(SaturatingMul(kv_bytes_per_token, sizes.batch), positions));
+  }
+  return total;
+}
+
 StatusOr<at::Tensor> ModuleOnMeta(const HookCatalogue& catalogue, const std::string& module,
                                   const at::Tensor& x) {
   std::optional<int> in = catalogue.Find(module + ".input");

@@ -35,6 +35,20 @@ Status RunShapePass(const HookCatalogue& catalogue, const ShapePassSizes& sizes,
                     const std::set<int>& wanted, const std::set<int>& skipped,
                     const ShapePassCallback& fire);
 
+// What one trace's real pass takes beyond the weights, estimated from its sizes (an upper
+// bound in spirit, not a measurement): the largest hook-point value at step 0 times
+// kWorkingSetFactor (a layer's inputs, outputs and temporaries live at once), twice that
+// when `backward` (autograd keeps the activations), and, when generating, the KV cache:
+// `kv_bytes_per_token` (every layer's keys and values for one position of one prompt) for
+// every prompt and every position up to prompt + steps. Saturates at INT64_MAX.
+inline constexpr int64_t kWorkingSetFactor = 4;
+int64_t PassBytes(const HookCatalogue& catalogue, const ShapePassSizes& sizes,
+                  int64_t kv_bytes_per_token, bool backward);
+
+// a * b and a + b for non-negative sizes, saturating at INT64_MAX.
+int64_t SaturatingMul(int64_t a, int64_t b);
+int64_t SaturatingAdd(int64_t a, int64_t b);
+
 // A module's output for input `x` (a meta tensor) as a meta tensor, from the shapes of the
 // module's .input and .output points: x's trailing sizes must be those the module takes.
 // Unknown modules are kNotFound, wrong input sizes kInvalidArgument naming both shapes.

@@ -1,7 +1,11 @@
 // Validation and planning of intervention graphs: every problem is reported at once, each
 // naming its node, before anything runs.
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <set>
+#include <sstream>
 
 #include "engine/hooks.h"
 
@@ -26,6 +30,21 @@ std::string ModuleList(const std::vector<std::string>& modules) {
 }
 
 using protocol::Value;
+
+// Names a client chose (ops, hook points, modules, filters) are short; a longer one is
+// refused before it is compared with anything, and messages quote only its start.
+constexpr size_t kMaxNameBytes = 256;
+
+std::string Quoted(const std::string& name) {
+  if (name.size() <= 64) return "'" + name + "'";
+  return "'" + name.substr(0, 64) + "...' (" + std::to_string(name.size()) + " bytes)";
+}
+
+bool TooLong(const std::string& name) { return name.size() > kMaxNameBytes; }
+
+std::string TooLongMessage(const std::string& what, const std::string& name) {
+  return what + " " + Quoted(name) + " is longer than " + std::to_string(kMaxNameBytes) + " bytes";
+}
 
 std::string Join(const std::vector<std::string>& names) {
   std::string out;
@@ -96,9 +115,22 @@ class Planner {
       Fail(nullptr, "max_new_tokens is " + std::to_string(g.max_new_tokens) + "; it must be in [1, " +
                         std::to_string(limits_.max_new_tokens) + "]");
     }
-    if (g.temperature < 0) Fail(nullptr, "temperature must be >= 0");
-    if (g.top_p <= 0 || g.top_p > 1) Fail(nullptr, "top_p must be in (0, 1]");
-    if (g.top_k < 0) Fail(nullptr, "top_k must be >= 0");
+    // Written so that NaN fails every check.
+    if (!(g.temperature >= 0 && std::isfinite(g.temperature))) {
+      Fail(nullptr, "temperature is " + Number(g.temperature) + "; it must be a finite number >= 0 (0: greedy)");
+    }
+    if (!(g.top_p > 0 && g.top_p <= 1)) {
+      Fail(nullptr, "top_p is " + Number(g.top_p) + "; it must be in (0, 1]");
+    }
+    if (g.top_k < 0 || g.top_k > std::numeric_limits<int32_t>::max()) {
+      Fail(nullptr, "top_k is " + std::to_string(g.top_k) + "; it must be in [0, 2147483647] (0: off)");
+    }
+  }
+
+  static std::string Number(double v) {
+    std::ostringstream out;
+    out << v;
+    return out.str();
   }
 
   void PlanNode(const protocol::Node& node) {
@@ -108,9 +140,11 @@ class Planner {
       Fail(&node, "node id " + std::to_string(node.id) + " is used twice");
       return;
     }
-    p.op = FindOp(node.op);
-    if (p.op == nullptr) {
-      Fail(&node, "unknown op '" + node.op + "'; only the operations listed in intervention/OPS.md may be used" + SuggestOp(node.op));
+    p.op = TooLong(node.op) ? nullptr : FindOp(node.op);
+    if (TooLong(node.op)) {
+      Fail(&node, TooLongMessage("op name", node.op) + "; only the operations listed in intervention/OPS.md may be used");
+    } else if (p.op == nullptr) {
+      Fail(&node, "unknown op " + Quoted(node.op) + "; only the operations listed in intervention/OPS.md may be used" + SuggestOp(node.op));
     } else {
       CheckArity(node, *p.op);
     }
@@ -187,9 +221,13 @@ class Planner {
       Fail(&node, node.op + " needs point=\"<hook point name>\"");
       return;
     }
+    if (TooLong(point->second.string_value)) {
+      Fail(&node, TooLongMessage("hook point name", point->second.string_value));
+      return;
+    }
     std::optional<int> id = catalogue.Find(point->second.string_value);
     if (!id) {
-      Fail(&node, "unknown hook point '" + point->second.string_value + "'; did you mean: " +
+      Fail(&node, "unknown hook point " + Quoted(point->second.string_value) + "; did you mean: " +
                       Join(catalogue.Suggest(point->second.string_value)) + "?");
       return;
     }
@@ -216,6 +254,10 @@ class Planner {
     auto module = node.kwargs.find("module");
     if (module == node.kwargs.end() || module->second.kind != Value::Kind::kString) {
       Fail(&node, "skip needs module=\"<a layer, its attention or its MLP>\", e.g. \"model.layers.3\" or \"transformer.h.3.mlp\"");
+      return;
+    }
+    if (TooLong(module->second.string_value)) {
+      Fail(&node, TooLongMessage("module name", module->second.string_value));
       return;
     }
     const std::string point = module->second.string_value + ".output";
@@ -245,6 +287,10 @@ class Planner {
       }
       text = filter->second.string_value;
     }
+    if (TooLong(text)) {
+      Fail(&node, TooLongMessage("cache filter", text));
+      return;
+    }
     PlanInvoke(node, p);
     PlanSteps(node, p);
     const HookCatalogue& catalogue = model_.catalogue();
@@ -258,7 +304,7 @@ class Planner {
       plan_.cache_at_point[id].push_back(position);
       ++matches;
     }
-    if (matches == 0) Fail(&node, "cache filter '" + text + "' matches no hook point");
+    if (matches == 0) Fail(&node, "cache filter " + Quoted(text) + " matches no hook point");
   }
 
   // grad(backward_node, point=...): a gradient exists once that backward has run, for a
@@ -276,7 +322,8 @@ class Planner {
     }
     auto point = node.kwargs.find("point");
     std::optional<int> id;
-    if (point != node.kwargs.end() && point->second.kind == Value::Kind::kString) {
+    if (point != node.kwargs.end() && point->second.kind == Value::Kind::kString &&
+        !TooLong(point->second.string_value)) {
       id = model_.catalogue().Find(point->second.string_value);
     }
     if (!id) {
@@ -344,6 +391,7 @@ class Planner {
     if (p.steps.first < 0 || p.steps.last >= plan_.steps) {
       Fail(&node, "step is outside this trace's " + std::to_string(plan_.steps) + " forward pass(es)" +
                       (trace_.generate ? "" : " (steps beyond 0 need generation)"));
+      p.steps = {false, 0, 0};  // reported; later arithmetic (phases) stays within range
     }
   }
 
@@ -355,7 +403,7 @@ class Planner {
     }
     const std::vector<std::string> modules = model_.ModuleNames();
     if (std::find(modules.begin(), modules.end(), name->second.string_value) == modules.end()) {
-      Fail(&node, "no callable module '" + name->second.string_value + "'; callable: " + ModuleList(modules));
+      Fail(&node, "no callable module " + Quoted(name->second.string_value) + "; callable: " + ModuleList(modules));
     }
   }
 

@@ -6,8 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 
 #include "broker/worker_link.h"
 #include "worker/job.h"
@@ -47,7 +49,28 @@ void AddChatTemplate(const ChatTemplate& chat, nlohmann::json& tokenizer) {
   tokenizer["eos_token"] = or_null(chat.eos_token);
 }
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 }  // namespace
+
+int64_t DefaultMaxJobBytes(const std::string& meminfo) {
+  std::istringstream lines(meminfo);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream fields(line);
+    std::string key, unit;
+    int64_t kib = 0;
+    if (fields >> key >> kib >> unit && key == "MemAvailable:" && unit == "kB" && kib > 0) {
+      return kib * 1024 / 2;
+    }
+  }
+  return 0;
+}
 
 std::string CatalogueJson(const Model& model) {
   nlohmann::json out = nlohmann::json::parse(model.catalogue().ToJson());
@@ -67,8 +90,11 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
     return loaded.status();
   }
   const Model& model = **loaded;
+  intervention::InterventionLimits limits = params.limits;
+  if (limits.max_job_bytes <= 0) limits.max_job_bytes = DefaultMaxJobBytes(ReadFile("/proc/meminfo"));
   std::cerr << " done; serving '" << params.name << "' to the broker at "
-            << params.broker_endpoint << "\n";
+            << params.broker_endpoint << "; jobs estimated over " << limits.max_job_bytes
+            << " bytes of memory are refused\n";
 
   broker::WorkerParams link;
   link.broker_endpoint = params.broker_endpoint;
@@ -80,7 +106,7 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
     control.interrupt = [&job]() -> Status {
       return job.ShouldStop() ? Cancelled(job.StopReason()) : Status::Ok();
     };
-    return RunJob(model, params.name, request, params.limits, control);
+    return RunJob(model, params.name, request, limits, control);
   };
   return broker::ServeJobs(link, handler, stop);
 }

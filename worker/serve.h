@@ -4,6 +4,7 @@
 #define GLASSBOX_WORKER_SERVE_H_
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "base/status.h"
@@ -17,9 +18,13 @@ struct ServeParams {
   std::string name;  // what clients call the model, e.g. "smollm2-135m"
   std::string broker_endpoint = "tcp://127.0.0.1:5556";
   EngineParams engine;
-  intervention::InterventionLimits limits;
+  intervention::InterventionLimits limits;  // max_job_bytes 0: DefaultMaxJobBytes at start
   int heartbeat_interval_ms = 1000;
 };
+
+// The per-job memory budget a worker takes when given none: half of the MemAvailable line of
+// `meminfo` (the text of /proc/meminfo), in bytes; 0 (no budget) when the line is missing.
+int64_t DefaultMaxJobBytes(const std::string& meminfo);
 
 // Loads the model, registers with the broker and serves jobs until `stop` becomes true
 // (e.g. from a signal handler). Returns an error if the model cannot be loaded or the broker

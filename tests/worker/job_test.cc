@@ -6,6 +6,7 @@
 #include "protocol/codec.h"
 #include "tests/engine/tensor_fixtures.h"
 #include "worker/job.h"
+#include "worker/serve.h"
 
 namespace glassbox::worker {
 namespace {
@@ -76,6 +77,15 @@ TEST_CASE("RunJob turns request bytes into result or error bytes", "[worker]") {
     CHECK(report.code == "CANCELLED");
     CHECK(report.message.find("cancelled by the user") != std::string::npos);
   }
+}
+
+TEST_CASE("a worker's default memory budget is half of MemAvailable", "[worker]") {
+  const std::string meminfo =
+      "MemTotal:        8000000 kB\nMemFree:          100000 kB\nMemAvailable:    6000000 kB\n"
+      "Buffers:           20000 kB\n";
+  CHECK(DefaultMaxJobBytes(meminfo) == int64_t{6000000} * 1024 / 2);
+  CHECK(DefaultMaxJobBytes("MemTotal: 8000000 kB\n") == 0);  // no line: no budget
+  CHECK(DefaultMaxJobBytes("") == 0);
 }
 
 }  // namespace

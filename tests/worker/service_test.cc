@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <limits>
 #include <memory>
 #include <thread>
 
@@ -35,12 +36,13 @@ class Service {
     REQUIRE(broker::testing::WaitForPort(client_port_, 10000));
   }
 
-  void StartEngine(const std::string& model_path, const std::string& name) {
-    workers_.push_back(std::make_unique<ChildProcess>(
-        std::vector<std::string>{broker::testing::BinDir() + "/glassbox-engine", "serve",
-                                 "--model", model_path, "--name", name, "--broker",
-                                 WorkerEndpoint(), "--heartbeat-ms", "200"},
-        dir_.path() + "/engine-" + name + ".log"));
+  void StartEngine(const std::string& model_path, const std::string& name,
+                   std::vector<std::string> flags = {}) {
+    std::vector<std::string> args = {broker::testing::BinDir() + "/glassbox-engine", "serve",
+                                     "--model", model_path, "--name", name, "--broker",
+                                     WorkerEndpoint(), "--heartbeat-ms", "200"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    workers_.push_back(std::make_unique<ChildProcess>(args, dir_.path() + "/engine-" + name + ".log"));
   }
 
   std::unique_ptr<broker::Client> NewClient() {
@@ -162,6 +164,62 @@ TEST_CASE("one broker serves several models, each job reaching its own model's w
     results.push_back(*client->FetchResult(*job));
   }
   CHECK(results[0] == results[1]);
+}
+
+// Node 0 is `op`; its value is saved, or (with `sum`) the sum of it.
+protocol::Request OneNode(const std::string& model, const std::string& op, std::vector<Value> args,
+                          bool sum = false) {
+  protocol::Request request;
+  request.model = model;
+  protocol::Trace trace;
+  trace.invokes.push_back({std::nullopt, std::vector<int64_t>{1, 17, 42}});
+  trace.nodes.push_back({0, op, std::move(args), {}, "hostile.py:1"});
+  if (sum) trace.nodes.push_back({1, "sum", {Value::Ref(0)}, {}, ""});
+  trace.nodes.push_back({sum ? 2 : 1, "save", {Value::Ref(sum ? 1 : 0)}, {}, ""});
+  request.traces.push_back(trace);
+  return request;
+}
+
+TEST_CASE("hostile requests get a clear error from a real worker, which goes on serving",
+          "[worker][service]") {
+  Service service;
+  service.StartEngine(testing::kTinyLlamaDir, "tiny", {"--max-job-bytes", "67108864"});
+  auto client = service.NewClient();
+  service.WaitForModel(*client, "tiny");
+  auto expect = [&](const protocol::Request& request, const std::string& code,
+                    std::vector<std::string> texts) {
+    auto job = client->Submit(protocol::EncodeRequest(request));
+    REQUIRE(job.ok());
+    const broker::JobStatus status = WaitDone(*client, *job, 30000);
+    INFO(status.code << ": " << status.message.substr(0, 2000));
+    CHECK(status.state == JobState::kError);
+    CHECK(status.code == code);
+    CHECK(status.message.size() < 1000);
+    for (const std::string& text : texts) CHECK(status.message.find(text) != std::string::npos);
+  };
+  // Killed every worker it reached with SIGFPE.
+  expect(OneNode("tiny", "arange", {Value::Int(0), Value::Int(std::numeric_limits<int64_t>::min()), Value::Int(-1)}),
+         "INVALID_ARGUMENT", {"node 0 (hostile.py:1)", "arange(0, -9223372036854775808, -1)"});
+  protocol::GenerateOptions nan_sampling;
+  nan_sampling.max_new_tokens = 4;
+  nan_sampling.temperature = std::numeric_limits<double>::quiet_NaN();
+  expect(ReadAndSave("tiny", "lm_head.output", nan_sampling), "INVALID_ARGUMENT",
+         {"temperature is nan"});
+  expect(OneNode("tiny", std::string(size_t{1} << 20, 'x'), {}), "INVALID_ARGUMENT",
+         {"op name 'xxxx", "(1048576 bytes) is longer than 256 bytes"});
+  std::vector<Value> huge = {Value::Int(30000), Value::Int(30000)};
+  expect(OneNode("tiny", "ones", {Value::List(huge)}, /*sum=*/true), "RESOURCE_EXHAUSTED",
+         {"this job needs an estimated ", "graph values 3600000004",
+          "this worker's limit is 67108864 bytes per job"});
+
+  // The same worker is alive and serves the next job.
+  auto models = client->ListModels();
+  REQUIRE(models.ok());
+  REQUIRE(models->size() == 1);
+  CHECK((*models)[0].workers == 1);
+  auto after = client->Submit(protocol::EncodeRequest(ReadAndSave("tiny", "lm_head.output")));
+  REQUIRE(after.ok());
+  CHECK(WaitDone(*client, *after, 10000).state == JobState::kCompleted);
 }
 
 TEST_CASE("a long generation is stopped between hook points by its time limit or a cancel",
