@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <memory>
 #include <set>
+#include <sstream>
 
 #include "intervention/plan.h"
 #include "intervention/shape_pass.h"
@@ -47,6 +48,7 @@ struct Environment {
   std::map<int64_t, int64_t> uses_left;  // single-run consumers still to run; -1: keep
   std::set<int64_t> per_step_inputs;     // read by a node that runs at every step: keep
   int64_t saved_bytes = 0;
+  double flops = 0;        // graph ops' estimated work (shape-only pass)
   int64_t live_bytes = 0;  // of `values` (in a shape-only pass, what a run would hold)
   int64_t peak_bytes = 0;  // the most `live_bytes` ever was
 
@@ -453,6 +455,10 @@ class TraceRunner {
   Status RunOp(size_t i, const std::vector<RuntimeValue>& args,
                const std::map<std::string, RuntimeValue>& kwargs, int64_t step) {
     const NodePlan& p = plan_.nodes[i];
+    if (!check_ && control_.interrupt) {  // the clock between ops, not only between layers
+      Status go_on = control_.interrupt();
+      if (!go_on.ok()) return go_on.WithContext("before node " + std::to_string(p.node->id));
+    }
     StatusOr<RuntimeValue> out = Internal("not run");
     try {
       out = p.op->run(OpCall{args, kwargs, &model_, check_ != nullptr});
@@ -469,6 +475,7 @@ class TraceRunner {
       for (const RuntimeValue& a : args) shapes += (shapes.empty() ? "" : ", ") + a.Describe();
       return Problem(i, step, out.status().message() + " (inputs: " + shapes + ")");
     }
+    if (check_) env_.flops += EstimateFlops(p.op->name, args, *out);
     Store(i, std::move(*out), step);
     return Status::Ok();
   }
@@ -615,6 +622,7 @@ std::vector<ValidationError> CheckShapes(const Model& model, const protocol::Req
     if (estimate != nullptr) estimate->pass = std::max(estimate->pass, runner.PassEstimate());
   }
   if (estimate != nullptr) {
+    estimate->flops = env.flops;
     estimate->values = env.peak_bytes;
     estimate->saved = SaturatingMul(env.saved_bytes, 2);
   }
@@ -639,6 +647,14 @@ StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& requ
     return ResourceExhausted("this job needs an estimated " + estimate.ToString() +
                              " of memory; this worker's limit is " + std::to_string(limits.max_job_bytes) +
                              " bytes per job (--max-job-bytes)");
+  }
+  const double seconds = limits.flops_per_second > 0 ? estimate.flops / limits.flops_per_second : 0;
+  if (control.time_limit_ms > 0 && seconds * 1000 > static_cast<double>(control.time_limit_ms)) {
+    std::ostringstream message;
+    message << "this job's graph ops need an estimated " << estimate.flops << " FLOP, " << seconds
+            << " s at this worker's rate of " << limits.flops_per_second
+            << " FLOP/s (--flops-per-second); its time limit is " << control.time_limit_ms / 1000.0 << " s";
+    return ResourceExhausted(message.str());
   }
   Environment env;
   CountUses(plans, env);

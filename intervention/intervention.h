@@ -32,6 +32,13 @@ struct InterventionLimits {
   // values) is over this is refused with kResourceExhausted before anything runs. 0: no
   // budget (`glassbox-engine serve` always sets one, see --max-job-bytes).
   int64_t max_job_bytes = 0;
+  // What this worker's graph ops are assumed to compute per second. A job whose graph ops
+  // (not the model's own pass, which stops between layers) need more FLOPs than this rate
+  // gives within RunControl::time_limit_ms is refused with kResourceExhausted before it
+  // runs. FLOPs are estimated from the shapes the shape-only pass knows: 2·m·n·k for a
+  // matmul, 2 × output × contracted sizes for einsum and module calls, inputs + output
+  // elements for everything else.
+  double flops_per_second = 1e11;
 };
 
 // One problem found before anything ran. `node` is -1 for request-level problems.
@@ -53,6 +60,10 @@ struct RunControl {
   // non-OK status (e.g. Cancelled("time limit of 60 s exceeded")) stops the run between hook
   // points and is returned. Empty: never interrupted.
   std::function<Status()> interrupt;
+  // The job's time limit, for refusing graph ops that cannot finish within it (see
+  // InterventionLimits::flops_per_second). 0: none. `interrupt` is also asked before every
+  // graph op of a real run, so the clock is checked between ops as well as between layers.
+  int64_t time_limit_ms = 0;
 };
 
 // Validates, then runs every trace in order. A validation failure returns kInvalidArgument

@@ -627,7 +627,58 @@ std::vector<OpSpec> BuildOps() {
   return ops;
 }
 
+double Elements(const RV& v) {
+  if (v.is_tensor()) return static_cast<double>(v.tensor.numel());
+  double total = 0;
+  for (const RV& item : v.list) total += Elements(item);
+  return total;
+}
+
+// einsum's contracted letters (on the left of "->", not on its right; without "->", those
+// that appear more than once), each with its size: the product is the work per output value.
+double EinsumContraction(const std::vector<RV>& args) {
+  if (args.empty() || args[0].kind != Kind::kString) return 1;
+  const std::string& eq = args[0].string_value;
+  const size_t arrow = eq.find("->");
+  const std::string lhs = eq.substr(0, arrow);
+  std::map<char, int64_t> size;
+  std::map<char, int> seen;
+  size_t operand = 1;
+  int64_t dim = 0;
+  for (size_t i = 0; i < lhs.size(); ++i) {
+    const char c = lhs[i];
+    if (c == ',') { ++operand; dim = 0; continue; }
+    if (c == '.' || c == ' ') { if (c == '.') dim = -1; continue; }  // dims after "..." unsized
+    ++seen[c];
+    if (dim >= 0 && operand < args.size() && args[operand].is_tensor() && dim < args[operand].tensor.dim()) {
+      size[c] = std::max(size[c], args[operand].tensor.size(dim));
+    }
+    if (dim >= 0) ++dim;
+  }
+  double product = 1;
+  for (const auto& [c, n] : seen) {
+    const bool contracted = arrow == std::string::npos ? n > 1 : eq.find(c, arrow) == std::string::npos;
+    if (contracted && size.count(c)) product *= static_cast<double>(size[c]);
+  }
+  return product;
+}
+
 }  // namespace
+
+double EstimateFlops(const std::string& name, const std::vector<RuntimeValue>& args,
+                     const RuntimeValue& out) {
+  const double produced = Elements(out);
+  if (name == "matmul" && !args.empty() && args[0].is_tensor() && args[0].tensor.dim() > 0) {
+    return 2 * std::max(produced, 1.0) * static_cast<double>(args[0].tensor.size(-1));
+  }
+  if (name == "module" && !args.empty() && args[0].is_tensor() && args[0].tensor.dim() > 0) {
+    return 2 * produced * static_cast<double>(args[0].tensor.size(-1));
+  }
+  if (name == "einsum") return 2 * std::max(produced, 1.0) * EinsumContraction(args);
+  double total = produced;
+  for (const RuntimeValue& a : args) total += Elements(a);
+  return total;
+}
 
 Status DataDependent(const std::string& what) {
   return Unimplemented("data-dependent: " + what + " needs values, not just shapes");

@@ -46,6 +46,11 @@ struct OpSpec {
   OpFunction run;  // null for ops the interpreter runs itself
 };
 
+// An estimate of the floating-point operations op `name` did to turn `args` into `out`
+// (meta tensors will do): see InterventionLimits::flops_per_second. Never negative.
+double EstimateFlops(const std::string& name, const std::vector<RuntimeValue>& args,
+                     const RuntimeValue& out);
+
 // The op of that name, or nullptr.
 const OpSpec* FindOp(const std::string& name);
 const std::vector<OpSpec>& AllOps();

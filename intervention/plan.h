@@ -55,6 +55,7 @@ struct MemoryEstimate {
   int64_t pass = 0;    // the most demanding trace's pass: working set, backward, KV cache
   int64_t values = 0;  // the most graph values alive at once
   int64_t saved = 0;   // saved and cached values, counted twice (held, then encoded)
+  double flops = 0;    // graph ops' work (EstimateFlops), not the model's pass
   int64_t Total() const;
   std::string ToString() const;  // "N bytes (pass A, values B, saved C)"
 };

@@ -245,5 +245,71 @@ TEST_CASE("a job whose memory estimate is over max_job_bytes is refused before i
   }
 }
 
+TEST_CASE("graph ops that cannot finish within the time limit at the stated FLOP rate are refused",
+          "[intervention]") {
+  auto model = TinyModel();
+  InterventionLimits limits;
+  limits.flops_per_second = 1000;  // a tiny rate: small graphs stand for big ones
+  RunControl control;
+  control.time_limit_ms = 1000;
+  auto square = [](GraphBuilder& g) {
+    return g.Add("zeros", {Value::List({Value::Int(64), Value::Int(64)})});
+  };
+  auto expect_refused = [&](const protocol::Request& request, const std::string& flops) {
+    const Status status = Run(*model, request, limits, control).status();
+    INFO(status.ToString());
+    CHECK(status.code() == StatusCode::kResourceExhausted);
+    CHECK(status.message().find("this job's graph ops need an estimated " + flops + " FLOP") != std::string::npos);
+    CHECK(status.message().find("at this worker's rate of 1000 FLOP/s (--flops-per-second); its time limit is 1 s") !=
+          std::string::npos);
+  };
+  // zeros([64, 64]) counts its 4096 elements; a 64 x 64 x 64 matmul 2 x 64^3 = 524288.
+  SECTION("one matmul") {
+    OneTrace t;
+    const int64_t a = square(t.graph);
+    t.graph.Save(t.graph.Add("matmul", {Value::Ref(a), Value::Ref(a)}), "p");
+    expect_refused(t.request, "528384");
+  }
+  SECTION("the same as an einsum") {
+    OneTrace t;
+    const int64_t a = square(t.graph);
+    t.graph.Save(t.graph.Add("einsum", {Value::String("ij,jk->ik"), Value::Ref(a), Value::Ref(a)}), "p");
+    expect_refused(t.request, "528384");
+  }
+  SECTION("a chain of three") {
+    OneTrace t;
+    int64_t x = square(t.graph);
+    for (int i = 0; i < 3; ++i) x = t.graph.Add("matmul", {Value::Ref(x), Value::Ref(x)});
+    t.graph.Save(x, "p");
+    expect_refused(t.request, "1.57696e+06");  // 4096 + 3 x 524288
+  }
+  SECTION("what fits runs, and without a time limit nothing is refused") {
+    OneTrace small;
+    small.graph.Save(small.graph.Add("add", {Value::Ref(small.graph.Read("lm_head.output")), Value::Float(1)}), "s");
+    CHECK(Run(*model, small.request, limits, control).ok());  // ~1,000 FLOP: the model's pass is not counted
+    OneTrace t;
+    const int64_t a = square(t.graph);
+    t.graph.Save(t.graph.Add("matmul", {Value::Ref(a), Value::Ref(a)}), "p");
+    CHECK(Run(*model, t.request, limits, RunControl()).ok());
+  }
+}
+
+TEST_CASE("the clock is checked between graph ops, not only between layers", "[intervention]") {
+  auto model = TinyModel();
+  OneTrace t;
+  int64_t x = t.graph.Add("full", {Value::List({Value::Int(2)}), Value::Float(1)});
+  for (int i = 0; i < 9; ++i) x = t.graph.Add("add", {Value::Ref(x), Value::Float(1)});
+  t.graph.Save(x, "x");
+  int calls = 0;
+  RunControl control;
+  control.interrupt = [&]() -> Status {
+    return ++calls == 4 ? Cancelled("time limit of 1 s exceeded") : Status::Ok();
+  };
+  const Status status = Run(*model, t.request, InterventionLimits(), control).status();
+  CHECK(status.code() == StatusCode::kCancelled);
+  CHECK(status.message() == "trace 0: before node 3: time limit of 1 s exceeded");
+  CHECK(calls == 4);
+}
+
 }  // namespace
 }  // namespace glassbox::intervention
