@@ -885,6 +885,7 @@ const std::string& Tokenizer::TokenText(int64_t id) const {
 const std::vector<int64_t>& Tokenizer::special_ids() const { return impl_->added_ids; }
 
 TokenizerModel Tokenizer::model() const { return impl_->spec.model; }
+int Tokenizer::strip_leading_spaces() const { return impl_->spec.strip_leading_spaces; }
 int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->spec.tokens.size()); }
 int64_t Tokenizer::bos_id() const { return impl_->spec.bos_id; }
 int64_t Tokenizer::eos_id() const { return impl_->spec.eos_id; }

@@ -103,6 +103,8 @@ class Tokenizer {
   const std::vector<int64_t>& special_ids() const;
 
   TokenizerModel model() const;
+  // SentencePiece: how many leading spaces decoding strips (0 for byte-level BPE).
+  int strip_leading_spaces() const;
   int64_t vocab_size() const;
   int64_t bos_id() const;
   int64_t eos_id() const;

@@ -31,13 +31,16 @@ nlohmann::json ConfigJson(const Model& model) {
 }
 
 // What a client needs to turn ids back into text as the server would: every token in its
-// byte-level form (GPT-2's byte-to-unicode mapping), and which ids are special (literal).
+// byte-level form (GPT-2's byte-to-unicode mapping) or SentencePiece's ("▁" for a space,
+// <0xNN> for a byte), and which ids are special (literal).
 nlohmann::json TokenizerJson(const Tokenizer& tokenizer) {
   nlohmann::json tokens = nlohmann::json::array();
   for (int64_t id = 0; id < tokenizer.vocab_size(); ++id) tokens.push_back(tokenizer.TokenText(id));
-  return {{"kind", "byte_level_bpe"}, {"tokens", std::move(tokens)},
-          {"special_ids", tokenizer.special_ids()}, {"bos_id", tokenizer.bos_id()},
-          {"eos_id", tokenizer.eos_id()}};
+  const bool sentencepiece = tokenizer.model() == TokenizerModel::kSentencePieceBpe;
+  return {{"kind", sentencepiece ? "sentencepiece_bpe" : "byte_level_bpe"},
+          {"strip_leading_spaces", tokenizer.strip_leading_spaces()},
+          {"tokens", std::move(tokens)}, {"special_ids", tokenizer.special_ids()},
+          {"bos_id", tokenizer.bos_id()}, {"eos_id", tokenizer.eos_id()}};
 }
 
 // The chat template for the client to render (null where the files carry none), with the

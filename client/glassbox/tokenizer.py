@@ -1,7 +1,8 @@
 """The model's tokenizer, as the server runs it.
 
 Decoding happens here, from the vocabulary the service sends with the model's catalogue
-(each token in GPT-2's byte-level form; special tokens literally). Encoding is done by the
+(each token in GPT-2's byte-level form, or SentencePiece's with "▁" for a space and <0xNN>
+byte tokens; special tokens literally). Encoding is done by the
 server itself — one tiny request that reads the token ids the engine gives the text — so
 ``model.tokenizer.encode(text)`` can never disagree with what a trace of ``text`` sees.
 Encodings are cached per text. Chat templates come from the model's files through the
@@ -10,12 +11,17 @@ catalogue and are rendered here (glassbox.chat_template), as transformers render
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from . import _wire as wire
 from . import chat_template as _chat_template
 from .errors import GlassboxError
+
+
+# SentencePiece's byte-fallback tokens: <0x41> stands for the byte 0x41.
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 @lru_cache(maxsize=1)
@@ -43,6 +49,12 @@ class Tokenizer:
     def __init__(self, info: dict, run_request: Callable[[wire.Request], wire.Result],
                  model_name: str):
         self._tokens: List[str] = list(info["tokens"])
+        self._kind: str = info.get("kind", "byte_level_bpe")
+        if self._kind not in ("byte_level_bpe", "sentencepiece_bpe"):
+            raise GlassboxError("UNIMPLEMENTED", f"model {model_name}: tokenizer kind "
+                                f"{self._kind!r} is not one this client decodes (byte_level_bpe, "
+                                "sentencepiece_bpe); upgrade the client")
+        self._strip = int(info.get("strip_leading_spaces", 0))
         self._special = set(int(i) for i in info.get("special_ids", []))
         self.bos_token_id: Optional[int] = _optional_id(info.get("bos_id"))
         self.eos_token_id: Optional[int] = _optional_id(info.get("eos_id"))
@@ -61,7 +73,7 @@ class Tokenizer:
         return len(self._tokens)
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> List[str]:
-        """Each id's token in its byte-level form (``"ĠParis"``), as Hugging Face shows it."""
+        """Each id's token as Hugging Face shows it (``"ĠParis"``, or ``"▁Paris"``)."""
         return [self._tokens[self._check(i)] for i in ids]
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -69,6 +81,9 @@ class Tokenizer:
         text = self._tokens[self._check(token_id)]
         if token_id in self._special:
             return text.encode("utf-8")
+        if self._kind == "sentencepiece_bpe":
+            byte = _BYTE_TOKEN.fullmatch(text)  # byte fallback: <0x41>
+            return bytes([int(byte.group(1), 16)]) if byte else text.replace("\u2581", " ").encode("utf-8")
         table = _byte_level_decoder()
         return bytes(table[c] for c in text)
 
@@ -78,7 +93,10 @@ class Tokenizer:
         ids = [int(i) for i in _flatten(ids)]
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special]
-        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+        text = b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+        for _ in range(self._strip):  # SentencePiece decoders that strip the leading space
+            text = text[1:] if text.startswith(" ") else text
+        return text
 
     def batch_decode(self, sequences: Iterable[Sequence[int]], **kwargs) -> List[str]:
         return [self.decode(s, **kwargs) for s in sequences]

@@ -62,3 +62,31 @@ def test_skip_special_tokens(tokenizer):
 def test_a_model_without_a_tokenizer_says_so(tiny_model):
     with pytest.raises(Exception, match="no tokenizer"):
         tiny_model.tokenizer
+
+
+GEMMA_GOLDEN = json.loads((ROOT / "tests" / "fixtures" / "tokenizer" / "gemma3_golden.json").read_text())
+GEMMA = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
+
+
+@pytest.fixture(scope="module")
+def gemma_tokenizer(engine):
+    """Gemma 3's SentencePiece-style tokenizer as a client gets it: the catalogue that
+    `glassbox-engine info` prints (what a worker sends), decoded here."""
+    import subprocess
+
+    from glassbox.tokenizer import Tokenizer
+
+    assert GEMMA.exists(), f"{GEMMA} is missing: run scripts/fetch_model.sh gemma3-270m"
+    info = json.loads(subprocess.run([engine, "info", "--model", str(GEMMA)], check=True,
+                                     capture_output=True, text=True).stdout)
+    return Tokenizer(info["tokenizer"], run_request=None, model_name="gemma3-270m")
+
+
+def test_sentencepiece_decode_matches_hugging_face_on_every_gemma_case(gemma_tokenizer):
+    assert gemma_tokenizer.vocab_size == GEMMA_GOLDEN["vocab_size"]
+    bos = GEMMA_GOLDEN["bos_id"]
+    for case in GEMMA_GOLDEN["cases"]:
+        # Hugging Face's decode of [BOS] + ids; "decoded" where it is not "<bos>" + the text.
+        ids = case.get("ids_bos", [bos] + case["ids"])
+        assert gemma_tokenizer.decode(ids) == case.get("decoded", "<bos>" + case["text"]), case["name"]
+    assert gemma_tokenizer.convert_ids_to_tokens([GEMMA_GOLDEN["bos_id"]]) == ["<bos>"]
