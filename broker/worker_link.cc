@@ -389,6 +389,11 @@ JobContext::JobContext(std::string job_id, int64_t time_limit_ms)
       time_limit_ms_(time_limit_ms),
       deadline_(std::chrono::steady_clock::now() + std::chrono::milliseconds(time_limit_ms)) {}
 
+int64_t JobContext::RemainingMs() const {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - std::chrono::steady_clock::now());
+  return std::max<int64_t>(left.count(), 0);
+}
+
 bool JobContext::ShouldStop() const {
   return stopped_.load() || std::chrono::steady_clock::now() >= deadline_;
 }

@@ -38,6 +38,8 @@ class JobContext {
   JobContext(std::string job_id, int64_t time_limit_ms);
 
   const std::string& job_id() const { return job_id_; }
+  // Milliseconds left before the job's deadline; 0 once it has passed.
+  int64_t RemainingMs() const;
   // True once the broker cancelled the job or its deadline passed: stop between hook points.
   bool ShouldStop() const;
   std::string StopReason() const;  // "cancelled by the user" / "time limit of 60 s exceeded"

@@ -222,6 +222,10 @@ int main(int argc, char** argv) {
   serve->add_option("--max-job-bytes", serve_params.limits.max_job_bytes,
                     "refuse jobs whose memory estimate is over this many bytes (default: half "
                     "of MemAvailable at start)");
+  serve->add_option("--flops-per-second", serve_params.limits.flops_per_second,
+                    "the rate graph ops are costed at: ops that cannot finish within a job's "
+                    "time limit at this rate are refused before they run")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (*ops) {
     std::cout << intervention::OpsMarkdown();

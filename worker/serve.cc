@@ -109,6 +109,8 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
     control.interrupt = [&job]() -> Status {
       return job.ShouldStop() ? Cancelled(job.StopReason()) : Status::Ok();
     };
+    // Graph ops that cannot finish in the time left at --flops-per-second are refused.
+    control.time_limit_ms = std::max<int64_t>(job.RemainingMs(), 1);
     return RunJob(model, params.name, request, limits, control);
   };
   return broker::ServeJobs(link, handler, stop);

@@ -222,6 +222,31 @@ TEST_CASE("hostile requests get a clear error from a real worker, which goes on 
   CHECK(WaitDone(*client, *after, 10000).state == JobState::kCompleted);
 }
 
+TEST_CASE("a worker refuses graph ops that cannot finish within the job's time limit",
+          "[worker][service]") {
+  Service service({"--time-limit-ms", "60000"});
+  service.StartEngine(testing::kTinyLlamaDir, "tiny", {"--flops-per-second", "1000"});
+  auto client = service.NewClient();
+  service.WaitForModel(*client, "tiny");
+  // A 256 x 256 matrix product: 2 * 256^3 FLOP, far past 60 s at 1,000 FLOP/s.
+  protocol::Request request = OneNode("tiny", "ones", {Value::List({Value::Int(256), Value::Int(256)})});
+  protocol::Trace& trace = request.traces[0];
+  trace.nodes.back() = {1, "matmul", {Value::Ref(0), Value::Ref(0)}, {}, "slow.py:2"};
+  trace.nodes.push_back({2, "sum", {Value::Ref(1)}, {}, ""});
+  trace.nodes.push_back({3, "save", {Value::Ref(2)}, {}, ""});
+  auto job = client->Submit(protocol::EncodeRequest(request));
+  REQUIRE(job.ok());
+  const broker::JobStatus status = WaitDone(*client, *job, 30000);
+  INFO(status.code << ": " << status.message);
+  CHECK(status.state == JobState::kError);
+  CHECK(status.code == "RESOURCE_EXHAUSTED");
+  CHECK(status.message.find("at this worker's rate of 1000 FLOP/s (--flops-per-second)") != std::string::npos);
+  // A job within the budget still runs on the same worker.
+  auto small = client->Submit(protocol::EncodeRequest(ReadAndSave("tiny", "lm_head.output")));
+  REQUIRE(small.ok());
+  CHECK(WaitDone(*client, *small, 10000).state == JobState::kCompleted);
+}
+
 TEST_CASE("a long generation is stopped between hook points by its time limit or a cancel",
           "[worker][service][model][smollm2][slow]") {
   // The broker itself would give up only after 60 s of grace: a quick end proves the worker
