@@ -31,9 +31,9 @@ ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 def two_models_service():
     """A local service of its own — Redis, the broker, a SmolLM2 worker ("smollm2-135m")
     and a Gemma 3 270M worker ("gemma3-270m"), API keys on — for 06_two_models only, so the
-    other notebooks' service stays one model. Skipped, saying what is missing."""
+    other notebooks' service stays one model. A missing model or binary fails, saying which."""
     if not GEMMA3.is_file():
-        pytest.skip(f"no model at {GEMMA3} (scripts/fetch_model.sh gemma3-270m)")
+        pytest.fail(f"no model at {GEMMA3}: run scripts/fetch_model.sh gemma3-270m (./setup.sh does)")
     with tempfile.TemporaryDirectory(prefix="glassbox-two-models-") as data_dir:
         params = launcher.ServiceParams(
             model_path=str(SMOLLM2), more_models=((str(GEMMA3), "gemma3-270m"),),
@@ -43,7 +43,7 @@ def two_models_service():
         try:
             service.check()
         except glassbox.GlassboxError as e:
-            pytest.skip(f"needs a built service and the models: {e.message}")
+            pytest.fail(f"needs a built service and the models (./setup.sh): {e.message}")
         with service:
             running = Service(params.url, service.create_key("tests"))
             backend = ServiceBackend(running.url, running.api_key, quiet=True)
