@@ -7,10 +7,11 @@
 #ifndef GLASSBOX_BASE_STATUS_H_
 #define GLASSBOX_BASE_STATUS_H_
 
-#include <cassert>
 #include <optional>
 #include <string>
 #include <utility>
+
+#include "base/check.h"
 
 namespace glassbox {
 
@@ -80,18 +81,21 @@ inline std::string Status::ToString() const {
   return ok() ? std::string("OK") : std::string(StatusCodeName(code_)) + ": " + message_;
 }
 
-// Either a value or a non-OK Status. Accessing the value of an error is a bug (asserted).
+// Either a value or a non-OK Status. Building one from an OK status, or reading the value
+// of an error, is a bug: checked in every build (GLASSBOX_CHECK), not only with asserts on.
 template <typename T>
 class StatusOr {
  public:
-  StatusOr(Status status) : status_(std::move(status)) { assert(!status_.ok()); }  // NOLINT
+  StatusOr(Status status) : status_(std::move(status)) {  // NOLINT
+    GLASSBOX_CHECK(!status_.ok(), "StatusOr built from an OK status");
+  }
   StatusOr(T value) : value_(std::move(value)) {}                                  // NOLINT
 
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
-  T& value() & { assert(ok()); return *value_; }
-  const T& value() const& { assert(ok()); return *value_; }
-  T&& value() && { assert(ok()); return std::move(*value_); }
+  T& value() & { CheckHasValue(); return *value_; }
+  const T& value() const& { CheckHasValue(); return *value_; }
+  T&& value() && { CheckHasValue(); return std::move(*value_); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
@@ -99,6 +103,8 @@ class StatusOr {
   T value_or(T fallback) const& { return ok() ? *value_ : std::move(fallback); }
 
  private:
+  void CheckHasValue() const { GLASSBOX_CHECK(ok(), "value of an error: " + status_.ToString()); }
+
   Status status_;
   std::optional<T> value_;
 };

@@ -7,6 +7,8 @@
 - ``engine`` / ``tiny_model`` / ``smollm2``: the real engine through LocalBackend, skipped
   with the reason when the binary (build/bin/glassbox-engine under the repository root, or
   $GLASSBOX_ENGINE) or the model is missing.
+- Under the README's test command (ctest sets GLASSBOX_STRICT=1) every skip is a failure:
+  a missing model, binary or Redis must not pass unnoticed.
 """
 
 import os
@@ -24,6 +26,21 @@ sys.path.insert(0, str(ROOT / "client"))
 import glassbox  # noqa: E402
 from glassbox import launcher, wire  # noqa: E402
 from glassbox.service import ServiceBackend  # noqa: E402
+
+STRICT = os.environ.get("GLASSBOX_STRICT") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With GLASSBOX_STRICT=1, a test that skipped (in its body or a fixture) fails, with the
+    skip's reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under the test command (GLASSBOX_STRICT=1): {reason}"
+
 
 TINY_LLAMA = ROOT / "tests" / "fixtures" / "tiny_llama"
 SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
