@@ -24,42 +24,11 @@ namespace glassbox {
 namespace {
 
 using testing::MaxAbsDiff;
+using testing::LoadOrFail;
+using testing::Row;
+using testing::RelativeDiff;
+using testing::CaptureAll;
 using testing::ReadGoldenTensors;
-
-std::unique_ptr<Model> LoadOrFail(const std::string& path) {
-  auto model = Model::Load(path);
-  INFO(path << ": " << model.status().ToString());
-  REQUIRE(model.ok());
-  return std::move(model).value();
-}
-
-std::vector<int64_t> Row(const at::Tensor& ids) {
-  at::Tensor c = ids.to(at::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
-
-// |actual - expected| relative to the largest unmasked |expected| (masked attention scores
-// hold the dtype's minimum, equal in both).
-double RelativeDiff(const at::Tensor& actual, const at::Tensor& expected) {
-  at::Tensor e = expected.to(at::kDouble);
-  at::Tensor unmasked = at::where(e > -1e30, e.abs(), at::zeros_like(e));
-  const double scale = std::max(1.0, unmasked.max().item<double>());
-  return MaxAbsDiff(actual, expected) / scale;
-}
-
-std::map<std::string, at::Tensor> CaptureAll(const Model& model, const std::vector<int64_t>& ids,
-                                             at::Tensor& logits) {
-  HookSet hooks(model.catalogue());
-  std::map<std::string, at::Tensor> captured;
-  hooks.AddMatching("", [&captured](const HookContext& ctx, at::Tensor& value) {
-    captured[ctx.point->name] = value.clone();
-    return Status::Ok();
-  });
-  auto result = model.Forward({{ids}}, &hooks);
-  REQUIRE(result.ok());
-  logits = result->logits;
-  return captured;
-}
 
 void CheckSameConfig(const ModelConfig& gguf, const ModelConfig& hf) {
   CHECK(gguf.vocab_size == hf.vocab_size);
@@ -90,8 +59,8 @@ void CheckGgufMatchesHf(const std::string& gguf_path, const std::string& dir) {
   REQUIRE(golden.count(ids_point) == 1);
   const std::vector<int64_t> ids = Row(golden.at(ids_point)[0]);
   at::Tensor gguf_logits, hf_logits;
-  auto from_gguf = CaptureAll(*gguf, ids, gguf_logits);
-  auto from_hf = CaptureAll(*hf, ids, hf_logits);
+  auto from_gguf = CaptureAll(*gguf, ids, &gguf_logits);
+  auto from_hf = CaptureAll(*hf, ids, &hf_logits);
   CHECK(RelativeDiff(gguf_logits, hf_logits) <= 1e-5);
   CHECK(from_gguf.size() == static_cast<size_t>(gguf->catalogue().size()));
   CHECK(golden.size() == from_gguf.size());

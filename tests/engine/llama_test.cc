@@ -17,20 +17,9 @@ namespace {
 using testing::kSmolLm2Path;
 using testing::kTinyLlamaDir;
 using testing::MaxAbsDiff;
+using testing::LoadOrFail;
+using testing::Row;
 using testing::ReadGoldenTensors;
-
-std::unique_ptr<Model> LoadOrFail(const std::string& path, EngineParams params = {}) {
-  auto model = Model::Load(path, params);
-  INFO(model.status().ToString());
-  REQUIRE(model.ok());
-  return std::move(model).value();
-}
-
-std::vector<int64_t> Row(const at::Tensor& ids) {
-  at::Tensor c = ids.to(at::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
-
 
 }  // namespace
 

@@ -2,7 +2,10 @@
 #include "tests/engine/tensor_fixtures.h"
 
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/abs.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 #include <catch2/catch.hpp>
 
 #include <fstream>
@@ -54,6 +57,39 @@ std::string ReadTextFile(const std::string& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
+}
+
+double RelativeDiff(const at::Tensor& actual, const at::Tensor& expected) {
+  at::Tensor e = expected.to(at::kDouble);
+  at::Tensor unmasked = at::where(e > -1e30, e.abs(), at::zeros_like(e));
+  const double scale = std::max(1.0, unmasked.max().item<double>());
+  return MaxAbsDiff(actual, expected) / scale;
+}
+
+std::vector<int64_t> Row(const at::Tensor& ids) {
+  at::Tensor c = ids.to(at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+std::unique_ptr<Model> LoadOrFail(const std::string& path, const EngineParams& params) {
+  auto model = Model::Load(path, params);
+  INFO(path << ": " << model.status().ToString());
+  REQUIRE(model.ok());
+  return std::move(model).value();
+}
+
+std::map<std::string, at::Tensor> CaptureAll(const Model& model, const std::vector<int64_t>& ids,
+                                             at::Tensor* logits) {
+  HookSet hooks(model.catalogue());
+  std::map<std::string, at::Tensor> captured;
+  hooks.AddMatching("", [&captured](const HookContext& ctx, at::Tensor& value) {
+    captured[ctx.point->name] = value.clone();
+    return Status::Ok();
+  });
+  auto result = model.Forward({{ids}}, &hooks);
+  REQUIRE(result.ok());
+  if (logits != nullptr) *logits = result->logits;
+  return captured;
 }
 
 }  // namespace glassbox::testing

@@ -5,7 +5,11 @@
 #include <ATen/core/Tensor.h>
 
 #include <map>
+#include <memory>
 #include <string>
+#include <vector>
+
+#include "engine/engine.h"
 
 namespace glassbox::testing {
 
@@ -15,6 +19,20 @@ std::map<std::string, at::Tensor> ReadGoldenTensors(const std::string& path);
 
 // Largest absolute elementwise difference (shapes must match: checked with REQUIRE).
 double MaxAbsDiff(const at::Tensor& actual, const at::Tensor& expected);
+
+// |actual - expected| relative to the largest unmasked |expected| (at least 1); masked
+// attention scores hold the dtype's minimum, equal in both.
+double RelativeDiff(const at::Tensor& actual, const at::Tensor& expected);
+
+// The ids of a 1-D tensor.
+std::vector<int64_t> Row(const at::Tensor& ids);
+
+// Loads a model, failing the test (REQUIRE) with its status when it cannot.
+std::unique_ptr<Model> LoadOrFail(const std::string& path, const EngineParams& params = {});
+
+// Every hook point's value (by name) in a forward pass of one prompt; the logits too if asked.
+std::map<std::string, at::Tensor> CaptureAll(const Model& model, const std::vector<int64_t>& ids,
+                                             at::Tensor* logits = nullptr);
 
 // Reads a whole text file (REQUIRE that it exists).
 std::string ReadTextFile(const std::string& path);
