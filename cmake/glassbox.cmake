@@ -15,6 +15,14 @@ endfunction()
 # so fixture paths like tests/fixtures/... resolve.
 function(glassbox_add_test name)
   cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;LABELS" ${ARGN})
+  # catch_discover_tests splits test names at ';', leaving ctest entries that run nothing.
+  foreach(source ${ARG_SOURCES})
+    file(STRINGS ${CMAKE_CURRENT_SOURCE_DIR}/${source} bad REGEX "TEST_CASE\\(\"[^\"]*;")
+    if(bad)
+      message(FATAL_ERROR "${source}: a TEST_CASE name holds ';', which splits it into ctest "
+                          "entries that run nothing: ${bad}")
+    endif()
+  endforeach()
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE glassbox_catch_main ${ARG_DEPS})
   catch_discover_tests(${name}

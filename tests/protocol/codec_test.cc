@@ -353,7 +353,7 @@ TEST_CASE("Unknown keys are skipped for forward compatibility", "[protocol]") {
   CHECK(decoded->traces[0].nodes[0].kwargs.at("point") == Value::String("lm_head.output"));
 }
 
-TEST_CASE("Floats accept ints and float32; ints never accept floats", "[protocol]") {
+TEST_CASE("Floats accept ints and float32, ints never accept floats", "[protocol]") {
   json message = MinimalRequest();
   message["body"]["traces"][0]["generate"] = {{"temperature", 1}, {"top_p", 0.5}};
   auto decoded = DecodeRequest(Msgpack(message));  // nlohmann packs 0.5 as float32
