@@ -28,7 +28,7 @@
 namespace glassbox {
 
 struct EngineParams {
-  std::string device = "cpu";     // "cpu", "cuda", "cuda:N", or "auto" (CUDA when present)
+  std::string device = "auto";    // "cpu", "cuda", "cuda:N", or "auto" (CUDA when present)
   std::string dtype = "float32";  // "float32", "bfloat16" or "float16"
   int intra_op_threads = 1;       // LibTorch threads; 1 is fastest on small CPUs (see bench/)
   // glibc only, process-wide: allocations of at least this many bytes are mmapped and go back
@@ -39,6 +39,10 @@ struct EngineParams {
   // malloc alone. GGUF weights live outside the heap in any case (one mapping, huge pages
   // where the kernel allows).
   size_t malloc_mmap_threshold = size_t{4} << 20;
+  // Bytes the weights may take on the device: 0 what it has free when loading starts, > 0 a
+  // fixed budget (a share of a node), < 0 no check. A model that does not fit is refused
+  // before any weight is read, with the bytes needed and available.
+  int64_t memory_budget = 0;
 };
 
 // The sizes every family has (what clients, validation and the benchmarks read); a family
@@ -57,11 +61,15 @@ struct ForwardRequest {
   // with an attention mask, so each row's activations equal those of running it alone.
   std::vector<std::vector<int64_t>> prompts;
   bool all_logits = true;  // false: lm_head runs only at each row's last position
+  // false: the logits are not copied out (callers that read them through hooks, as the
+  // interpreter does, save a copy of batch x seq x vocab values off the device)
+  bool return_logits = true;
 };
 
 struct ForwardResult {
-  at::Tensor logits;          // [batch, seq, vocab] (or [batch, 1, vocab]), float32, CPU
-  at::Tensor attention_mask;  // [batch, seq] int64: 0 at left padding
+  at::Tensor logits;          // [batch, seq, vocab] (or [batch, 1, vocab]), float32, CPU;
+                              // undefined unless return_logits
+  at::Tensor attention_mask;  // [batch, seq] int64: 0 at left padding, CPU
 };
 
 struct SamplingParams {
@@ -97,8 +105,10 @@ class Model {
   // The chat template the files carry (source empty when they carry none), for clients to
   // render; the engine never renders it.
   const ChatTemplate& chat_template() const;
-  std::string device() const;
-  std::string dtype() const;
+  std::string device() const;  // "cpu", "cuda:0"
+  std::string dtype() const;   // "float32", "bfloat16", "float16"
+  // Where the weights live and every tensor of a pass is made.
+  at::Device torch_device() const;
 
   StatusOr<ForwardResult> Forward(const ForwardRequest& request,
                                   const HookSet* hooks = nullptr) const;

@@ -30,12 +30,15 @@ struct CommonFlags {
 void AddCommonFlags(CLI::App* command, CommonFlags& flags) {
   command->add_option("--model", flags.model_path, "a .gguf file or a Hugging Face directory")
       ->required();
-  command->add_option("--device", flags.engine.device, "cpu, cuda, cuda:N or auto")
+  command->add_option("--device", flags.engine.device, "cpu, cuda, cuda:N, or auto (CUDA when this LibTorch and machine have it)")
       ->capture_default_str();
   command->add_option("--dtype", flags.engine.dtype, "float32, bfloat16 or float16")
       ->capture_default_str();
   command->add_option("--threads", flags.engine.intra_op_threads, "LibTorch intra-op threads")
       ->capture_default_str();
+  command->add_option_function<int64_t>(
+      "--memory-budget-mib", [&flags](int64_t mib) { flags.engine.memory_budget = mib << 20; },
+      "MiB the weights may take on the device (default: what it has free; -1: no check)");
 }
 
 StatusOr<std::unique_ptr<Model>> LoadVerbose(const CommonFlags& flags) {

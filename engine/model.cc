@@ -161,7 +161,8 @@ StatusOr<std::unique_ptr<Model>> ModelLoader::Load(const std::string& path, cons
     mallopt(M_TRIM_THRESHOLD, static_cast<int>(2 * threshold));
   }
 #endif
-  GLASSBOX_ASSIGN_OR_RETURN(LoadedModel loaded, LoadModelFiles(path, device, dtype));
+  GLASSBOX_ASSIGN_OR_RETURN(LoadedModel loaded,
+                            LoadModelFiles(path, Placement{device, dtype, params.memory_budget}));
   std::unique_ptr<Model> model(new Model());
   model->transformer_ = std::move(loaded.transformer);
   model->tokenizer_ = std::move(loaded.tokenizer);
@@ -185,7 +186,8 @@ const HookCatalogue& Model::catalogue() const { return transformer_->catalogue()
 const Tokenizer* Model::tokenizer() const { return tokenizer_.get(); }
 const ChatTemplate& Model::chat_template() const { return chat_template_; }
 std::string Model::device() const { return transformer_->device().str(); }
-std::string Model::dtype() const { return std::string(c10::toString(transformer_->dtype())); }
+std::string Model::dtype() const { return DtypeName(transformer_->dtype()); }
+at::Device Model::torch_device() const { return transformer_->device(); }
 
 StatusOr<at::Tensor> Model::ApplyModule(const std::string& name, const at::Tensor& input) const {
   try {
@@ -206,7 +208,8 @@ StatusOr<ForwardResult> Model::Forward(const ForwardRequest& request, const Hook
     PaddedBatch batch = PadLeft(request.prompts, std::max<int64_t>(config().eos_id, 0), transformer_->device());
     PassInputs in{batch.ids, batch.positions, batch.mask, nullptr, hooks, 0, request.all_logits};
     ForwardResult result;
-    result.logits = transformer_->Forward(in).to(at::kCPU, at::kFloat);
+    at::Tensor logits = transformer_->Forward(in);
+    if (request.return_logits) result.logits = logits.to(at::kCPU, at::kFloat);
     result.attention_mask = batch.mask.to(at::kCPU);
     return result;
   } catch (const HookFailure& failure) {
@@ -236,12 +239,24 @@ StatusOr<GenerateResult> Model::Generate(const std::vector<std::vector<int64_t>>
     at::Tensor ids = batch.ids, mask = batch.mask, positions = batch.positions;
     for (int step = 0; step < sampling.max_new_tokens; ++step) {
       PassInputs in{ids, positions, mask, &cache, hooks, step, /*all_logits=*/false};
-      at::Tensor logits = transformer_->Forward(in).to(at::kCPU, at::kFloat).contiguous();
+      at::Tensor logits = transformer_->Forward(in);
       cache.length += ids.size(1);
+      // Greedy picks on the device and brings back one id per row; sampling brings the last
+      // position's logits to the CPU, where each job's seeded generator lives.
+      at::Tensor picked;
       std::vector<int64_t> next(batch_size);
+      if (sampling.temperature <= 0.0) {
+        picked = logits.argmax(-1).view({batch_size, 1});
+        at::Tensor host = picked.to(at::kCPU);
+        std::copy(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + batch_size, next.begin());
+      } else {
+        at::Tensor host = logits.to(at::kCPU, at::kFloat).contiguous();
+        for (int64_t row = 0; row < batch_size; ++row) {
+          next[row] = SampleToken(host.data_ptr<float>() + row * config().vocab_size,
+                                  config().vocab_size, sampling, rng);
+        }
+      }
       for (int64_t row = 0; row < batch_size; ++row) {
-        next[row] = SampleToken(logits.data_ptr<float>() + row * config().vocab_size,
-                                config().vocab_size, sampling, rng);
         if (done[row]) continue;
         result.new_tokens[row].push_back(next[row]);
         if (std::find(stop_ids.begin(), stop_ids.end(), next[row]) != stop_ids.end()) {
@@ -250,7 +265,7 @@ StatusOr<GenerateResult> Model::Generate(const std::vector<std::vector<int64_t>>
         }
       }
       if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
-      ids = at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
+      ids = picked.defined() ? picked : at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
       positions = positions.narrow(1, positions.size(1) - 1, 1) + 1;
       mask = at::cat({mask, at::ones({batch_size, 1}, mask.options())}, 1);
     }

@@ -13,6 +13,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <dlfcn.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -56,6 +57,7 @@ StatusOr<at::Tensor> ViewStoredTensor(const StoredTensor& stored) {
 class WeightArena : public std::enable_shared_from_this<WeightArena> {
  public:
   static StatusOr<std::shared_ptr<WeightArena>> Create(const std::string& file, size_t bytes) {
+    if (bytes == 0) return std::shared_ptr<WeightArena>(new WeightArena(nullptr, 0));  // all heap
     void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
       return ResourceExhausted(file + ": cannot reserve " + std::to_string(bytes >> 20) +
@@ -66,7 +68,9 @@ class WeightArena : public std::enable_shared_from_this<WeightArena> {
 #endif
     return std::shared_ptr<WeightArena>(new WeightArena(static_cast<uint8_t*>(base), bytes));
   }
-  ~WeightArena() { munmap(base_, size_); }
+  ~WeightArena() {
+    if (base_ != nullptr) munmap(base_, size_);
+  }
 
   // An uninitialised float32 tensor in the arena (64-byte aligned); the arena lives as long
   // as any of its tensors. Falls back to the heap if the arena is full.
@@ -285,11 +289,37 @@ StatusOr<std::unique_ptr<Tokenizer>> GgufTokenizer(const GgufFile& file) {
   return std::make_unique<Tokenizer>(std::move(tokenizer).value());
 }
 
-StatusOr<LoadedModel> LoadGguf(const std::string& path, at::Device device, at::ScalarType dtype) {
+// Refuses weights that would not fit: every stored tensor, held in `dtype`.
+Status CheckFits(const std::string& path, const std::vector<StoredTensor>& tensors,
+                 const Placement& placement) {
+  if (placement.memory_budget < 0) return Status::Ok();
+  int64_t needed = 0;
+  for (const StoredTensor& t : tensors) needed += t.NumElements() * static_cast<int64_t>(c10::elementSize(placement.dtype));
+  const int64_t available = placement.memory_budget > 0 ? placement.memory_budget
+                                                        : DeviceFreeBytes(placement.device);
+  if (available < 0 || needed <= available) return Status::Ok();
+  auto mib = [](int64_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB"; };
+  return ResourceExhausted(
+      path + ": the weights need " + mib(needed) + " (" + std::to_string(needed) + " bytes) in " +
+      DtypeName(placement.dtype) + " on " + placement.device.str() + ", but " +
+      mib(available) + " (" + std::to_string(available) + " bytes) " +
+      (placement.memory_budget > 0 ? "is the memory budget" : "is free there") +
+      "; use a smaller dtype (--dtype bfloat16), another device, or more devices");
+}
+
+StatusOr<LoadedModel> LoadGguf(const std::string& path, const Placement& placement) {
+  const at::Device device = placement.device;
+  const at::ScalarType dtype = placement.dtype;
   GLASSBOX_ASSIGN_OR_RETURN(GgufFile file, GgufFile::Open(path));
   GLASSBOX_ASSIGN_OR_RETURN(std::string arch, file.GetString("general.architecture"));
-  GLASSBOX_ASSIGN_OR_RETURN(std::shared_ptr<WeightArena> arena,
-                            WeightArena::Create(path, WeightArena::BytesFor(file.tensors())));
+  GLASSBOX_RETURN_IF_ERROR(CheckFits(path, file.tensors(), placement));
+  // The arena holds the weights themselves only when they stay float32 on the CPU; otherwise
+  // each tensor is dequantized into a temporary and converted, so loading never holds a
+  // float32 copy of the whole model.
+  const bool in_place = device.is_cpu() && dtype == at::kFloat;
+  GLASSBOX_ASSIGN_OR_RETURN(
+      std::shared_ptr<WeightArena> arena,
+      WeightArena::Create(path, in_place ? WeightArena::BytesFor(file.tensors()) : 0));
   LoadedModel loaded;
   {
     GgufSource tensors(file, std::move(arena), device, dtype);
@@ -301,7 +331,9 @@ StatusOr<LoadedModel> LoadGguf(const std::string& path, at::Device device, at::S
   return loaded;
 }
 
-StatusOr<LoadedModel> LoadHfDirectory(const std::string& dir, at::Device device, at::ScalarType dtype) {
+StatusOr<LoadedModel> LoadHfDirectory(const std::string& dir, const Placement& placement) {
+  const at::Device device = placement.device;
+  const at::ScalarType dtype = placement.dtype;
   GLASSBOX_ASSIGN_OR_RETURN(nlohmann::json config, ReadJson(dir + "/config.json"));
   const std::string model_type = config.contains("model_type") && config["model_type"].is_string()
                                      ? config["model_type"].get<std::string>() : "";
@@ -310,6 +342,7 @@ StatusOr<LoadedModel> LoadHfDirectory(const std::string& dir, at::Device device,
                          KnownFamilies());
   }
   GLASSBOX_ASSIGN_OR_RETURN(std::vector<StoredTensor> stored, LoadSafetensorsDirectory(dir));
+  GLASSBOX_RETURN_IF_ERROR(CheckFits(dir, stored, placement));
   LoadedModel loaded;
   SafetensorsSource tensors(dir, stored, device, dtype);
   CheckpointInfo info{dir, &config, nullptr, device, dtype};
@@ -334,9 +367,46 @@ bool IsDirectory(const std::string& path) {
 
 }  // namespace
 
-StatusOr<LoadedModel> LoadModelFiles(const std::string& path, at::Device device, at::ScalarType dtype) {
-  if (IsDirectory(path)) return LoadHfDirectory(path, device, dtype);
-  if (path.size() > 5 && path.substr(path.size() - 5) == ".gguf") return LoadGguf(path, device, dtype);
+std::string DtypeName(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? "bfloat16" : dtype == at::kHalf ? "float16" : "float32";
+}
+
+int64_t DeviceFreeBytes(at::Device device) {
+  if (device.is_cpu()) {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key;
+    int64_t kib = 0;
+    std::string unit;
+    while (meminfo >> key >> kib >> unit) {
+      if (key == "MemAvailable:") return kib * 1024;
+    }
+    return -1;
+  }
+  if (device.is_cuda()) {
+    // Asked of the CUDA runtime LibTorch has loaded (no CUDA headers or libraries are needed
+    // to build this; a CPU-only LibTorch never gets here).
+    using MemGetInfo = int (*)(size_t*, size_t*);
+    using SetDevice = int (*)(int);
+    for (const char* name : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
+      void* lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+      if (lib == nullptr) lib = dlopen(name, RTLD_NOW);
+      if (lib == nullptr) continue;
+      auto set_device = reinterpret_cast<SetDevice>(dlsym(lib, "cudaSetDevice"));
+      auto get_info = reinterpret_cast<MemGetInfo>(dlsym(lib, "cudaMemGetInfo"));
+      size_t free_bytes = 0, total = 0;
+      if (set_device && get_info && set_device(device.has_index() ? device.index() : 0) == 0 &&
+          get_info(&free_bytes, &total) == 0) {
+        return static_cast<int64_t>(free_bytes);
+      }
+      return -1;
+    }
+  }
+  return -1;
+}
+
+StatusOr<LoadedModel> LoadModelFiles(const std::string& path, const Placement& placement) {
+  if (IsDirectory(path)) return LoadHfDirectory(path, placement);
+  if (path.size() > 5 && path.substr(path.size() - 5) == ".gguf") return LoadGguf(path, placement);
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return NotFound("model path " + path + " does not exist");
   return InvalidArgument(path + ": expected a .gguf file or a Hugging Face model directory "

@@ -74,7 +74,8 @@ class TraceRunner {
               Environment& env, const InterventionLimits& limits, const RunControl& control,
               protocol::Result& result, ShapeCheck* check = nullptr)
       : model_(model), plan_(plan), trace_(trace), env_(env), limits_(limits), control_(control),
-        result_(result), check_(check), done_(plan.nodes.size(), -1) {
+        result_(result), check_(check), done_(plan.nodes.size(), -1),
+        device_(check ? at::Device(at::kMeta) : model.torch_device()) {
     for (const auto& p : plan.prompts) padded_ = std::max<int64_t>(padded_, p.size());
     for (const NodePlan& p : plan.nodes) {
       const bool at_hook = p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite ||
@@ -140,7 +141,8 @@ class TraceRunner {
 
   Status RunEngine(const HookSet& hooks) {
     if (!trace_.generate) {
-      StatusOr<ForwardResult> r = model_.Forward({plan_.prompts, /*all_logits=*/true}, &hooks);
+      StatusOr<ForwardResult> r =
+          model_.Forward({plan_.prompts, /*all_logits=*/true, /*return_logits=*/false}, &hooks);
       return r.status();
     }
     const protocol::GenerateOptions& g = *trace_.generate;
@@ -365,7 +367,7 @@ class TraceRunner {
         if (index.HasUnknown()) return value;
         std::vector<RuntimeValue> args = {RuntimeValue::FromTensor(region), index, RuntimeValue::FromTensor(v)};
         std::map<std::string, RuntimeValue> none;
-        GLASSBOX_ASSIGN_OR_RETURN(RuntimeValue patched, FindOp("setitem")->run(OpCall{args, none, &model_, check_ != nullptr}));
+        GLASSBOX_ASSIGN_OR_RETURN(RuntimeValue patched, FindOp("setitem")->run(OpCall{args, none, &model_, check_ != nullptr, device_}));
         region.copy_(patched.tensor);
       } else {
         region.copy_(v.expand_as(region));
@@ -400,7 +402,7 @@ class TraceRunner {
       }
       return RuntimeValue::List(std::move(items));
     }
-    return FromLiteral(v, /*meta=*/check_ != nullptr);
+    return FromLiteral(v, device_);
   }
 
   bool InputsReady(const NodePlan& p, int64_t step) const {
@@ -461,7 +463,7 @@ class TraceRunner {
     }
     StatusOr<RuntimeValue> out = Internal("not run");
     try {
-      out = p.op->run(OpCall{args, kwargs, &model_, check_ != nullptr});
+      out = p.op->run(OpCall{args, kwargs, &model_, check_ != nullptr, device_});
     } catch (const c10::NotImplementedError& e) {
       out = check_ ? DataDependent(p.op->name + " on meta tensors") : InvalidArgument(FirstLine(e.what()));
     } catch (const c10::Error& e) {
@@ -573,6 +575,7 @@ class TraceRunner {
   protocol::Result& result_;
   ShapeCheck* check_;                // null: a real run
   std::vector<int64_t> done_;        // last step each node ran at, -1: not yet
+  const at::Device device_;          // where values are made: the model's device, or kMeta
   std::vector<size_t> dependents_;   // non-constant nodes not bound to a hook point
   std::map<size_t, size_t> per_step_saves_;
   std::map<std::pair<int, int64_t>, at::Tensor> grad_targets_;  // (point, step) -> tracked value

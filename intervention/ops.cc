@@ -315,7 +315,7 @@ StatusOr<RV> Creation(const OpCall& call, const std::string& kind) {
   GLASSBOX_ASSIGN_OR_RETURN(std::vector<int64_t> shape, a.Ints(0));
   GLASSBOX_RETURN_IF_ERROR(CheckShape(shape, /*infer=*/false));
   GLASSBOX_ASSIGN_OR_RETURN(at::ScalarType dtype, a.Dtype(2, at::kFloat));
-  auto options = at::TensorOptions().dtype(dtype).device(call.meta ? at::kMeta : at::kCPU);
+  auto options = at::TensorOptions().dtype(dtype).device(call.device);
   if (kind == "zeros") return RV::FromTensor(at::zeros(shape, options));
   if (kind == "ones") return RV::FromTensor(at::ones(shape, options));
   GLASSBOX_ASSIGN_OR_RETURN(double value, a.Float(1));
@@ -572,7 +572,7 @@ std::vector<OpSpec> BuildOps() {
                      std::map<std::string, RV> kw = call.kwargs;
                      std::vector<RV> args = {call.args[0], RV()};
                      if (call.args.size() > 1) args.push_back(call.args[1]);
-                     return Creation({args, kw, call.model, call.meta}, k);
+                     return Creation({args, kw, call.model, call.meta, call.device}, k);
                    }});
   }
   ops.push_back({"full", OpClass::kPure, 2, 3, {"dtype"}, "full(shape, value, dtype=\"float32\")", "a new tensor filled with value",
@@ -603,7 +603,7 @@ std::vector<OpSpec> BuildOps() {
     int64_t start = 0, end = first;
     if (a.Has(1)) { start = first; GLASSBOX_ASSIGN_OR_RETURN(end, a.Int(1)); }
     GLASSBOX_RETURN_IF_ERROR(ArangeLength(start, end, step).status());
-    auto options = at::TensorOptions().dtype(at::kLong).device(call.meta ? at::kMeta : at::kCPU);
+    auto options = at::TensorOptions().dtype(at::kLong).device(call.device);
     return RV::FromTensor(at::arange(start, end, step, options));
   }});
   ops.push_back({"randn", OpClass::kPure, 2, 2, {}, "randn(shape, seed)", "standard normal samples, reproducible from seed",
@@ -622,7 +622,9 @@ std::vector<OpSpec> BuildOps() {
     }
     if (call.meta) return RV::FromTensor(at::empty(shape, at::TensorOptions().dtype(at::kFloat).device(at::kMeta)));
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
-    return RV::FromTensor(at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat)));
+    // Drawn on the CPU, so a seed gives the same values on every device; then moved once.
+    at::Tensor drawn = at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat));
+    return RV::FromTensor(call.device.is_cpu() ? drawn : drawn.to(call.device));
   }});
   return ops;
 }

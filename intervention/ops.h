@@ -27,6 +27,8 @@ struct OpCall {
   // give their output shape without touching weights, and an op that needs data returns
   // DataDependent().
   bool meta = false;
+  // Where ops create tensors: the model's device (kMeta in a shape-only pass).
+  at::Device device = at::kCPU;
 };
 
 // The status of an op that cannot say anything without data (a meta tensor's item()).

@@ -118,7 +118,7 @@ std::string RuntimeValue::Describe() const {
   return out.str();
 }
 
-StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value, bool meta) {
+StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value, at::Device device) {
   using K = protocol::Value::Kind;
   RuntimeValue out;
   switch (value.kind) {
@@ -132,7 +132,7 @@ StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value, bool meta) {
     case K::kList: {
       std::vector<RuntimeValue> items;
       for (const protocol::Value& v : value.list) {
-        GLASSBOX_ASSIGN_OR_RETURN(RuntimeValue item, FromLiteral(v, meta));
+        GLASSBOX_ASSIGN_OR_RETURN(RuntimeValue item, FromLiteral(v, device));
         items.push_back(std::move(item));
       }
       return RuntimeValue::List(std::move(items));
@@ -146,10 +146,11 @@ StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value, bool meta) {
                                " bytes, its dtype and shape need " +
                                std::to_string(t.NumElements() * protocol::DTypeSize(t.dtype)));
       }
-      if (meta) return RuntimeValue::FromTensor(at::empty(t.shape, at::TensorOptions().dtype(*type).device(at::kMeta)));
+      if (device.is_meta()) return RuntimeValue::FromTensor(at::empty(t.shape, at::TensorOptions().dtype(*type).device(device)));
       at::Tensor tensor = at::empty(t.shape, at::TensorOptions().dtype(*type));
       std::memcpy(tensor.data_ptr(), t.bytes.data(), t.bytes.size());
-      return RuntimeValue::FromTensor(tensor);
+      // Written once to the model's device, where every op on it runs.
+      return RuntimeValue::FromTensor(device.is_cpu() ? tensor : tensor.to(device));
     }
     case K::kRef: return Internal("a reference is not a literal");
   }

@@ -49,9 +49,10 @@ std::optional<at::ScalarType> ScalarTypeFromName(const std::string& name);
 // "float32", "bfloat16", "int64", ... (what a scan reports).
 std::string ScalarTypeName(at::ScalarType type);
 
-// Literal protocol values (not refs) to runtime values; tensors are copied into LibTorch, or
-// for `meta` (a shape-only pass) become meta tensors of the same shape, holding no data.
-StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value, bool meta = false);
+// Literal protocol values (not refs) to runtime values; tensors are copied into LibTorch on
+// `device` (the model's), or for kMeta (a shape-only pass) become meta tensors of the same
+// shape, holding no data.
+StatusOr<RuntimeValue> FromLiteral(const protocol::Value& value, at::Device device = at::kCPU);
 // Runtime values back to protocol values for results (tensors to little-endian bytes).
 StatusOr<protocol::Value> ToProtocolValue(const RuntimeValue& value);
 

@@ -133,7 +133,7 @@ TEST_CASE("bfloat16 weights run and stay close to float32", "[engine][llama]") {
   EngineParams params;
   params.dtype = "bfloat16";
   auto bf16 = LoadOrFail(kTinyLlamaDir, params);
-  CHECK(bf16->dtype() == "BFloat16");
+  CHECK(bf16->dtype() == "bfloat16");
   const std::vector<int64_t> ids = {1, 17, 42, 99, 3, 64};
   auto a = f32->Forward({{ids}});
   auto b = bf16->Forward({{ids}});
@@ -176,6 +176,36 @@ TEST_CASE("bad model paths and inputs give errors naming the cause", "[engine][l
   auto empty = model->Forward({{{}}});
   REQUIRE_FALSE(empty.ok());
   CHECK_THAT(empty.status().message(), Catch::Contains("no tokens"));
+}
+
+}  // namespace glassbox
+
+namespace glassbox {
+
+using testing::kTinyLlamaDir;
+
+TEST_CASE("weights that do not fit the memory budget are refused before loading", "[engine][llama]") {
+  // The checkpoint stores float32: its file is the float32 weights plus a small header, so a
+  // budget of 3/4 of it holds them in bfloat16 (half) and not in float32.
+  std::ifstream file(std::string(kTinyLlamaDir) + "/model.safetensors", std::ios::binary | std::ios::ate);
+  REQUIRE(file);
+  const int64_t file_bytes = static_cast<int64_t>(file.tellg());
+  EngineParams params;
+  params.memory_budget = file_bytes * 3 / 4;
+  auto f32 = Model::Load(kTinyLlamaDir, params);
+  REQUIRE_FALSE(f32.ok());
+  CHECK(f32.status().code() == StatusCode::kResourceExhausted);
+  CHECK_THAT(f32.status().message(), Catch::Contains(std::to_string(params.memory_budget) + " bytes"));
+  CHECK_THAT(f32.status().message(), Catch::Contains("memory budget"));
+  CHECK_THAT(f32.status().message(), Catch::Contains("--dtype bfloat16"));
+  params.dtype = "bfloat16";
+  auto bf16 = Model::Load(kTinyLlamaDir, params);
+  INFO(bf16.status().ToString());
+  REQUIRE(bf16.ok());
+  CHECK((*bf16)->WeightBytes() <= params.memory_budget);
+  CHECK((*bf16)->WeightBytes() * 2 >= file_bytes * 9 / 10);  // really all of the weights
+  // The default budget is what the machine has free: this model fits.
+  CHECK(Model::Load(kTinyLlamaDir).ok());
 }
 
 }  // namespace glassbox

@@ -411,3 +411,24 @@ TEST_CASE("skip: the module does not run and its output is the given value", "[i
 }
 
 }  // namespace glassbox::intervention
+
+#include "tests/intervention/placement_graphs.h"
+
+namespace glassbox::intervention {
+
+TEST_CASE("a bfloat16 model runs every kind of graph value as float32 does", "[intervention]") {
+  auto reference = TinyModel();
+  EngineParams params;
+  params.dtype = "bfloat16";
+  auto bf16 = testing::LoadOrFail(testing::kTinyLlamaDir, params);
+  const protocol::Request request = PlacementGraph();
+  protocol::Result expected = RunOk(*reference, request);
+  protocol::Result actual = RunOk(*bf16, request);
+  // Values come back in the run's dtype, converted only for the wire.
+  CHECK(Saved(actual, "logits").value.tensor->dtype == protocol::DType::kBFloat16);
+  CHECK(Saved(expected, "logits").value.tensor->dtype == protocol::DType::kFloat32);
+  // bfloat16 keeps 8 bits of mantissa: a few percent of the largest value after 2 layers.
+  CheckSameResults(expected, actual, 0.05, /*same_tokens=*/false);
+}
+
+}  // namespace glassbox::intervention
