@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
                     f"directory; repeat it to serve several (default: {launcher.DEFAULT_MODEL})")
     up.add_argument("--name", action="append", help="the model's name for clients, one per "
                     "--model in the same order (default for one model: smollm2-135m)")
+    up.add_argument("--device", default="auto", help="where the workers keep their models: "
+                    "cpu, cuda, cuda:N, or auto (CUDA when the build and machine have it; "
+                    "default: %(default)s)")
+    up.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="the dtype the weights are held in (default: %(default)s; bfloat16 "
+                    "halves their memory)")
     up.add_argument("--port", type=int, default=5555, help="the clients' port")
     up.add_argument("--worker-port", type=int, default=0, help="the workers' port (port + 1)")
     up.add_argument("--data", default=str(launcher.DEFAULT_DATA_DIR),
@@ -117,7 +123,9 @@ def _up(args) -> int:
                                     data_dir=args.data, dev=args.dev, bind=args.bind,
                                     encrypt=args.encrypt, worker_bind=args.worker_bind,
                                     restart_delay=args.restart_delay,
-                                    max_restart_delay=args.max_restart_delay)
+                                    max_restart_delay=args.max_restart_delay,
+                                    engine_args=("--threads", "1", "--device", args.device,
+                                                 "--dtype", args.dtype))
     stop = _stop_on_signals()
     service = launcher.LocalService(params)
     service.check()
