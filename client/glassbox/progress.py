@@ -2,7 +2,8 @@
 
 ``ProgressLine(quiet)`` picks where the line goes:
 
-- in a Jupyter notebook, a display that is updated in place (plain text);
+- in a Jupyter notebook, a display that is updated in place (plain text) and emptied when
+  the line closes, so a finished job leaves nothing in the cell's output;
 - on a terminal (stderr is a TTY), one line rewritten with ``\\r`` and cleared at the end;
 - ``quiet=False`` on anything else (a log file): each new state on its own line;
 - nothing when quiet: ``quiet=True``, ``GLASSBOX_QUIET=1``, or (``quiet=None``, the
@@ -92,11 +93,14 @@ class ProgressLine:
         getattr(self, "_show_" + self.mode)(text)
 
     def close(self, final: str = "") -> None:
-        """Ends the line: leaves ``final`` (if any) in its place, else clears it."""
+        """Ends the line: leaves ``final`` (if any) in its place, else clears it (in a
+        notebook the display is emptied: its output holds no text)."""
         if not self.active:
             return
         if final:
             self.show(final, force=True)
+        elif self.mode == "notebook" and self._handle is not None:
+            self._handle.update({"text/plain": ""}, raw=True)
         if self.mode == "tty":
             if not final:
                 self.stream.write("\r" + " " * self._width + "\r")
