@@ -84,7 +84,9 @@ def run_all(experiments: Iterable[Any], max_concurrency: int = 8, *,
             progress.close()
             _cancel_all(futures, items, jobs)
             raise
-    progress.close(_summary(futures, started) if progress.active else "")
+    # The summary stays on a terminal or in a log; a notebook's cell keeps no progress text.
+    keep = progress.active and progress.mode != "notebook"
+    progress.close(_summary(futures, started) if keep else "")
     return [_outcome(f, return_exceptions) for f in futures]
 
 

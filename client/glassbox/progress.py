@@ -2,7 +2,9 @@
 
 ``ProgressLine(quiet)`` picks where the line goes:
 
-- in a Jupyter notebook, a display that is updated in place (plain text);
+- in a Jupyter notebook, a display that is updated in place (plain text) and emptied when
+  the line closes, so a finished job leaves nothing in the cell's output (the jobs of one
+  cell share one display);
 - on a terminal (stderr is a TTY), one line rewritten with ``\\r`` and cleared at the end;
 - ``quiet=False`` on anything else (a log file): each new state on its own line;
 - nothing when quiet: ``quiet=True``, ``GLASSBOX_QUIET=1``, or (``quiet=None``, the
@@ -92,11 +94,14 @@ class ProgressLine:
         getattr(self, "_show_" + self.mode)(text)
 
     def close(self, final: str = "") -> None:
-        """Ends the line: leaves ``final`` (if any) in its place, else clears it."""
+        """Ends the line: leaves ``final`` (if any) in its place, else clears it (in a
+        notebook the display is emptied: its output holds no text)."""
         if not self.active:
             return
         if final:
             self.show(final, force=True)
+        elif self.mode == "notebook" and self._handle is not None:
+            self._handle.update({"text/plain": ""}, raw=True)
         if self.mode == "tty":
             if not final:
                 self.stream.write("\r" + " " * self._width + "\r")
@@ -116,12 +121,32 @@ class ProgressLine:
         self.stream.flush()
 
     def _show_notebook(self, text: str) -> None:
-        from IPython.display import display  # present whenever a notebook runs us
-
         if self._handle is None:
-            self._handle = display({"text/plain": text}, raw=True, display_id=True)
-        else:
-            self._handle.update({"text/plain": text}, raw=True)
+            self._handle = _cell_display()
+        self._handle.update({"text/plain": text}, raw=True)
+
+
+# The display of the cell running now, so that the jobs of one cell share one output (each
+# emptied when its job is over) instead of leaving an empty output apiece.
+_cell_displays: dict = {}
+
+
+def _cell_display():
+    """The progress display of the notebook cell being run: made on first use in a cell
+    (told apart by the kernel's parent message), reused by later jobs of the same cell."""
+    import IPython
+    from IPython.display import display  # present whenever a notebook runs us
+
+    shell = IPython.get_ipython()
+    header = getattr(shell, "parent_header", None) or {}
+    cell = header.get("header", {}).get("msg_id") if isinstance(header, dict) else None
+    if cell is None or cell not in _cell_displays:
+        handle = display({"text/plain": ""}, raw=True, display_id=True)
+        if cell is None:
+            return handle
+        _cell_displays.clear()  # only the running cell's display is ever reused
+        _cell_displays[cell] = handle
+    return _cell_displays[cell]
 
 
 def elapsed(seconds: float) -> str:

@@ -315,13 +315,7 @@ class JobFuture(concurrent.futures.Future):
             if cancel_on_timeout:
                 self.cancel(f"the client's time-out of {timeout:g} s")
             raise
-        progress.close(self._final_line() if progress.mode == "notebook" else "")
-
-    def _final_line(self) -> str:
-        """What a notebook keeps in place of the progress line once the job is over."""
-        outcome = "cancelled" if self.cancelled() else (
-            "failed" if super().exception(0) is not None else "completed")
-        return f"glassbox: job {self.job_id[:8]} {outcome} in {elapsed(time.monotonic() - self._started)}"
+        progress.close()  # the line goes: the results (or the error) speak for the job
 
     def _wait_until(self, deadline: Optional[float], progress: ProgressLine) -> None:
         """Waits for the outcome. Asks for the status when nothing was pushed for a while

@@ -70,8 +70,15 @@ def test_elapsed():
     assert progress.elapsed(185) == "3 min 05 s"
 
 
-def test_a_notebook_gets_a_display_updated_in_place(monkeypatch):
-    shown = []
+class Shown(list):
+    shell = None
+
+
+@pytest.fixture
+def notebook(monkeypatch):
+    """A stand-in for IPython inside a Jupyter kernel: records what is displayed and how
+    each display is updated; ``shown[-1]`` is what the cell's output holds now."""
+    shown = Shown()
 
     class Handle:
         def update(self, obj, raw):
@@ -82,19 +89,82 @@ def test_a_notebook_gets_a_display_updated_in_place(monkeypatch):
         return Handle()
 
     class ZMQInteractiveShell:  # what a Jupyter kernel's get_ipython() returns
-        pass
+        parent_header = {"header": {"msg_id": "cell-1"}}  # the cell being run
 
+    shell = ZMQInteractiveShell()
     ipython = types.ModuleType("IPython")
-    ipython.get_ipython = ZMQInteractiveShell
+    ipython.get_ipython = lambda: shell
     ipython_display = types.ModuleType("IPython.display")
     ipython_display.display = display
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     monkeypatch.setitem(sys.modules, "IPython.display", ipython_display)
+    monkeypatch.setattr(progress, "_cell_displays", {})
     monkeypatch.delenv("GLASSBOX_QUIET", raising=False)
+    shown.shell = shell
+    return shown
+
+
+def test_a_notebook_gets_a_display_updated_in_place_then_emptied(notebook):
     line = ProgressLine(stream=io.StringIO())
     assert line.mode == "notebook"
+    line.show("glassbox: job 1 queued")
+    line.show("glassbox: job 1 running")
+    line.close()
+    assert notebook == [("display", ""), ("update", "glassbox: job 1 queued"),
+                        ("update", "glassbox: job 1 running"), ("update", "")]
+
+
+def test_the_jobs_of_one_cell_share_one_display(notebook):
+    for job in ("1", "2"):
+        line = ProgressLine(stream=io.StringIO())
+        line.show(f"glassbox: job {job} running")
+        line.close()
+    notebook.shell.parent_header = {"header": {"msg_id": "cell-2"}}   # the next cell
+    line = ProgressLine(stream=io.StringIO())
+    line.show("glassbox: job 3 running")
+    line.close()
+    assert [kind for kind, _ in notebook].count("display") == 2
+    assert notebook == [("display", ""), ("update", "glassbox: job 1 running"), ("update", ""),
+                        ("update", "glassbox: job 2 running"), ("update", ""),
+                        ("display", ""), ("update", "glassbox: job 3 running"), ("update", "")]
+
+
+def test_a_notebook_line_can_leave_a_final_text_when_asked(notebook):
+    line = ProgressLine(stream=io.StringIO())
     line.show("queued")
-    line.show("running")
     line.close("completed in 1.0 s")
-    assert shown == [("display", "queued"), ("update", "running"),
-                     ("update", "completed in 1.0 s")]
+    assert notebook[-1] == ("update", "completed in 1.0 s")
+
+
+def test_a_notebook_line_never_shown_displays_nothing_when_closed(notebook):
+    ProgressLine(stream=io.StringIO()).close()
+    assert notebook == []
+
+
+def test_a_finished_job_leaves_no_progress_text_in_a_notebook(notebook, monkeypatch):
+    """JobFuture._wait closes its line with no final text: once the job is over the
+    notebook cell keeps nothing of it (the line is emptied; results or the error remain)."""
+    from glassbox import service
+
+    future = service.JobFuture.__new__(service.JobFuture)
+    future._quiet = None
+
+    def wait_until(deadline, progress):
+        progress.show("glassbox: job 3f2a9c1e running · 0.1 s")
+
+    monkeypatch.setattr(future, "_wait_until", wait_until)
+    future._wait(timeout=None, cancel_on_timeout=True)
+    assert notebook == [("display", ""), ("update", "glassbox: job 3f2a9c1e running · 0.1 s"),
+                        ("update", "")]
+
+
+def test_run_all_leaves_no_summary_in_a_notebook_but_keeps_it_in_a_log(notebook, monkeypatch):
+    import glassbox
+
+    assert glassbox.run_all([lambda: 1, lambda: 2]) == [1, 2]
+    assert notebook[1][1].startswith("glassbox: ") and notebook[-1] == ("update", "")
+    monkeypatch.setitem(sys.modules, "IPython", types.ModuleType("IPython"))  # no kernel
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    assert glassbox.run_all([lambda: 1, lambda: 2], quiet=False) == [1, 2]
+    assert log.getvalue().splitlines()[-1].startswith("glassbox: 2/2 done")
