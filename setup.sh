@@ -82,20 +82,24 @@ if [ "$torch_lane" = pip ]; then
     cat scripts/torch-pip.txt client/pyproject.toml > "$stamp"
   fi
   prefix="$(.venv-torch/bin/python -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
-  torch_lib="$(.venv-torch/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')/lib"
+  torch_dir="$(.venv-torch/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+  # The wheel's CUDA libraries (nvidia/*/lib): found first when linking (libtorch_cuda needs
+  # its own NCCL, newer than the toolkit's) and when running (its CUDA runtime, not nvcc's).
+  wheel_libs="$(ls -d "$torch_dir"/../nvidia/*/lib 2>/dev/null | xargs -r readlink -f | paste -sd: -)"
   echo "== building the LibTorch 2.x lane (build-torch2/)"
   if [ ! -f build-torch2/build.ninja ]; then
     cuda=()
     # Torch's CMake config looks for a CUDA toolkit; nvcc on PATH is what these machines have
-    # (no GPU is needed to build or to run on the CPU). TORCH_LIBRARY is given because the
-    # config's own search would find Debian's LibTorch 1.13 in /usr/lib first.
+    # (no GPU is needed to build or to run on the CPU). The torch directory is a prefix so
+    # that the config's library searches find its libtorch and libc10 before Debian's 1.13.
     if command -v nvcc > /dev/null; then
       cuda=(-DCMAKE_CUDA_COMPILER="$(command -v nvcc)"
             -DCUDAToolkit_ROOT="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")")
     fi
     cmake -S . -B build-torch2 -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_PREFIX_PATH="$prefix" \
-      -DTORCH_LIBRARY="$torch_lib/libtorch.so" \
+      -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_PREFIX_PATH="$prefix;$torch_dir" \
+      -DCMAKE_BUILD_RPATH="${wheel_libs//:/;}" \
+      -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$wheel_libs" \
       -DGLASSBOX_PYTHON="$PWD/.venv-torch/bin/python" "${cuda[@]}" > /dev/null
   fi
   cmake --build build-torch2 -j2
