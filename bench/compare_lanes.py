@@ -7,7 +7,8 @@ Runs, in one process tree on this machine, interleaved round by round:
   * with --transformers: transformers' eager forward of the same model and shapes, on the
     PyPI torch of the Python running this script (the fixture environment: $FIXTURE_PYTHON has
     torch and transformers; Glassbox itself never imports them)
-once on a quiet machine and once beside a competing load (a process keeping one core busy).
+once as the machine is and once beside a competing load (a process keeping one core busy);
+the load average is printed with each, so a quiet machine can be told from a busy one.
 Prints per shape the median forward time of each and the ratios. Asserts nothing.
 
     $FIXTURE_PYTHON bench/compare_lanes.py [--transformers] [--rounds 3] [--shapes 1x16,1x128,8x64]
@@ -85,7 +86,8 @@ def run(args, label: str, hf):
             for shape in rows:
                 b, s = map(int, shape.split("x"))
                 rows[shape]["hf"].append(hf.time_ms(b, s, args.repeats))
-    print(f"== {label}: median forward ms over {args.rounds} rounds (no hooks, float32, SmolLM2)")
+    print(f"== {label}: median forward ms over {args.rounds} rounds (no hooks, float32, SmolLM2; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     for shape, t in rows.items():
         med = {k: statistics.median(v) for k, v in t.items() if v}
         text = "  ".join(f"{k} {v:8.2f}" for k, v in med.items())
@@ -117,7 +119,7 @@ def main():
         print("not built (run ./setup.sh and ./setup.sh --torch pip): " + ", ".join(missing),
               file=sys.stderr)
     hf = Transformers(args.threads_2x) if args.transformers else None
-    run(args, "quiet machine", hf)
+    run(args, "no added load", hf)
     load = multiprocessing.Process(target=busy, daemon=True)
     load.start()
     try:
