@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 import threading
 from dataclasses import asdict, dataclass
 from typing import Dict, List
@@ -194,4 +195,10 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # run_all has cancelled what was in flight; every finished job is in the file.
+        print("\ninterrupted: the jobs in flight were cancelled; finished ones are kept, so "
+              "rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
