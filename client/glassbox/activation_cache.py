@@ -61,7 +61,7 @@ class ActivationCache:
     # Mapping -------------------------------------------------------------------------------
 
     def __getitem__(self, key):
-        name = act_name(*key) if isinstance(key, tuple) else key
+        name = act_name(*key) if isinstance(key, tuple) else _GLOBAL_HOOKS.get(key, key)
         if name in self._values:
             return self._values[name]
         point = self._catalogue.find(name)
