@@ -39,7 +39,7 @@ __all__ = [
     "wire", "functions", "PROTOCOL_VERSION", "__version__",
     "Model", "Envoy", "Proxy", "Cache", "Catalogue", "HookPoint",
     "Backend", "LocalBackend", "ServiceBackend", "JobFuture", "JobTimeoutError", "run_all",
-    "GlassboxError", "TracingError", "ActivationCache", "SavedList", "StopTracing", "list",
+    "GlassboxError", "TracingError", "ActivationCache", "SavedList", "StopTracing",
     "rearrange",
     "arange", "cat", "einsum", "full", "full_like", "log_softmax", "ones", "ones_like",
     "randn", "softmax", "stack", "where", "zeros", "zeros_like",
