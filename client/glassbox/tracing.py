@@ -564,7 +564,8 @@ class Tracer(JobHandle):
                 size = 1
             elif dim in ("seq", "k_seq") and prompt is not None and step is not None:
                 if dim == "seq":
-                    size = 1 if generating and step > 0 else len(prompt)
+                    last_only = generating and (step > 0 or point.last_position)
+                    size = 1 if last_only else len(prompt)
                 else:
                     size = len(prompt) + step
             dims.append(size if size is not None else proxy._apply("size", dim=index))

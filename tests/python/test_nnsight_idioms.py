@@ -160,6 +160,17 @@ def test_scan_sizes_are_python_ints(model):
     assert dim == golden("model.layers.0.output").shape[-1]
 
 
+def test_shapes_known_while_tracing_match_the_values_in_a_generation(model):
+    with model.generate(GEN_IDS, max_new_tokens=2) as tracer:
+        shapes, values = [], []
+        for step in range(2):
+            for point in (model.lm_head.output, model.model.layers[0].self_attn.attn_pattern):
+                shapes.append(point.shape)
+                values.append(point.save())
+            tracer.next() if step == 0 else None
+    assert [tuple(s) for s in shapes] == [tuple(np.shape(v)) for v in values]
+
+
 def test_skip_in_a_generation_is_per_step_or_refused(model):
     with pytest.raises(TracingError, match="inside `with tracer.all"):
         with model.generate(IDS, max_new_tokens=2):
