@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import threading
@@ -200,5 +201,7 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         # run_all has cancelled what was in flight; every finished job is in the file.
         print("\ninterrupted: the jobs in flight were cancelled; finished ones are kept, so "
-              "rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+              "rerun the same command to resume", file=sys.stderr, flush=True)
+        # Every finished job is already in the file; no thread left waiting may hold the
+        # exit back (one waiting on a job the interrupt missed would, until that job ends).
+        os._exit(130)
