@@ -1,7 +1,7 @@
 """Saved values are real tensors (issue 15, item 3): torch.Tensor when torch is installed,
 numpy arrays otherwise, and pickle, torch.save and np.save work on them and on the saved
 proxies themselves. Run under the project's .venv (numpy) and under a venv with the PyPI
-torch wheel (GLASSBOX_TEST_PYTHON; GLASSBOX_TEST_TORCH=1 makes torch required)."""
+torch wheel (-DGLASSBOX_PYTHON; GLASSBOX_TEST_TORCH=1 makes torch required)."""
 
 import io
 import os
