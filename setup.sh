@@ -100,7 +100,8 @@ if [ "$torch_lane" = pip ]; then
       -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_PREFIX_PATH="$prefix;$torch_dir" \
       -DCMAKE_BUILD_RPATH="${wheel_libs//:/;}" \
       -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$wheel_libs" \
-      -DGLASSBOX_PYTHON="$PWD/.venv-torch/bin/python" "${cuda[@]}" > /dev/null
+      -DGLASSBOX_PYTHON="$PWD/.venv-torch/bin/python" -DGLASSBOX_TEST_TORCH=1 \
+      "${cuda[@]}" > /dev/null
   fi
   cmake --build build-torch2 -j2
   exit 0

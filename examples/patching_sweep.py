@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
+import sys
 import threading
 from dataclasses import asdict, dataclass
 from typing import Dict, List
@@ -194,4 +196,12 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # run_all has cancelled what was in flight; every finished job is in the file.
+        print("\ninterrupted: the jobs in flight were cancelled; finished ones are kept, so "
+              "rerun the same command to resume", file=sys.stderr, flush=True)
+        # Every finished job is already in the file; no thread left waiting may hold the
+        # exit back (one waiting on a job the interrupt missed would, until that job ends).
+        os._exit(130)

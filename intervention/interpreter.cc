@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -163,6 +164,19 @@ class TraceRunner {
     std::string where = "node " + std::to_string(p.node->id);
     if (!p.node->source.empty()) where += " (" + p.node->source + ")";
     return InvalidArgument(where + ", op " + p.node->op + ": " + message);
+  }
+
+  // What a user reads when saved values pass the limit: MiB, and how to save less.
+  static std::string SavedBytesMessage(int64_t saved, int64_t limit) {
+    auto mib = [](int64_t bytes) {
+      char text[32];
+      std::snprintf(text, sizeof(text), "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+      return std::string(text);
+    };
+    return "the values saved up to this node come to " + mib(saved) + ", over the limit of " +
+           mib(limit) + " per job; save less: index what you need before saving (h[:, -1]), " +
+           "cache fewer points (tr.cache(\"resid_post\")), or split the experiment into " +
+           "several traces";
   }
 
   // A problem with node `p`: a real run stops with it; a shape-only pass records it, gives
@@ -494,9 +508,12 @@ class TraceRunner {
   Status SaveValue(const NodePlan& p, const RuntimeValue& value,
                    const std::map<std::string, RuntimeValue>& kwargs, bool per_step, int64_t step) {
     const size_t i = plan_.index_of.at(p.node->id);
+    const int64_t before = env_.saved_bytes;
     env_.saved_bytes = SaturatingAdd(env_.saved_bytes, value.Bytes());
     if (env_.saved_bytes > limits_.max_saved_bytes) {
-      return Problem(i, step, "saved values exceed the limit of " + std::to_string(limits_.max_saved_bytes) + " bytes");
+      // Said once, by the save that crosses the limit (a shape-only pass goes on past it).
+      if (before > limits_.max_saved_bytes) return Status::Ok();
+      return Problem(i, step, SavedBytesMessage(env_.saved_bytes, limits_.max_saved_bytes));
     }
     if (check_) return Status::Ok();
     StatusOr<protocol::Value> wire = ToProtocolValue(value);

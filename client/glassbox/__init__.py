@@ -21,7 +21,16 @@ from .functions import (arange, cat, einsum, full, full_like, log_softmax, ones,
 from .model import Envoy, Model
 from .proxy import Proxy
 from .service import JobFuture, JobTimeoutError, ServiceBackend
-from .tracing import Cache
+from .tracing import Cache, SavedList, StopTracing
+from .activation_cache import ActivationCache
+from .functions import rearrange
+
+
+def list(*items) -> SavedList:  # noqa: A001 - nnsight's name (nnsight.list())
+    """nnsight's ``nnsight.list()``: append traced values inside a trace (one per step
+    inside ``tracer.all()``); after the run the list holds their values."""
+    return SavedList(items)
+
 
 __version__ = "0.1.0"
 PROTOCOL_VERSION = wire.PROTOCOL_VERSION
@@ -30,7 +39,8 @@ __all__ = [
     "wire", "functions", "PROTOCOL_VERSION", "__version__",
     "Model", "Envoy", "Proxy", "Cache", "Catalogue", "HookPoint",
     "Backend", "LocalBackend", "ServiceBackend", "JobFuture", "JobTimeoutError", "run_all",
-    "GlassboxError", "TracingError",
+    "GlassboxError", "TracingError", "ActivationCache", "SavedList", "StopTracing",
+    "rearrange",
     "arange", "cat", "einsum", "full", "full_like", "log_softmax", "ones", "ones_like",
     "randn", "softmax", "stack", "where", "zeros", "zeros_like",
 ]

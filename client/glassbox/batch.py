@@ -125,7 +125,16 @@ def _summary(futures, started: float) -> str:
     text = f"glassbox: {done}/{len(futures)} done, {running} running"
     if failed:
         text += f", {failed} failed"
-    return text + f" · {elapsed(time.monotonic() - started)}"
+    spent = time.monotonic() - started
+    return text + f" · {elapsed(spent)}" + eta(done, len(futures), spent)
+
+
+def eta(done: int, total: int, spent: float) -> str:
+    """`` · about 40 s left``: the time still needed at the pace so far (nothing before
+    the first experiment finishes, or once all have)."""
+    if done <= 0 or done >= total:
+        return ""
+    return f" · about {elapsed(spent / done * (total - done))} left"
 
 
 def _cancel_all(futures, items, jobs: BatchJobs) -> None:

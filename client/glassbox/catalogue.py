@@ -31,6 +31,7 @@ class HookPoint:
     meaning: str = ""
     layer: int = -1
     skippable: bool = False  # a module output whose module may be skipped
+    last_position: bool = False  # while generating, only the last position is computed
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Catalogue:
                 meaning=entry.get("meaning", ""),
                 layer=int(entry.get("layer", -1)),
                 skippable=bool(entry.get("skippable", False)),
+                last_position=bool(entry.get("last_position", False)),
             )
             self.points[point.name] = point
             for alias in point.aliases:

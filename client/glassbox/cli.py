@@ -190,7 +190,8 @@ def _service_key(service: launcher.LocalService, server_key: str) -> str:
 
 
 def _key_works(url: str, key: str, server_key: str) -> bool:
-    backend = ServiceBackend(url, key, call_timeout=5, server_key=server_key)
+    backend = ServiceBackend(url, key, call_timeout=5, connect_timeout=5,
+                             server_key=server_key)
     try:
         backend.models()
         return True
@@ -202,7 +203,8 @@ def _key_works(url: str, key: str, server_key: str) -> bool:
 
 def _wait_for_worker(service: launcher.LocalService, key: str, server_key: str,
                      stop: List[int], timeout: float = 180) -> None:
-    backend = ServiceBackend(service.params.url, key, call_timeout=5, server_key=server_key)
+    backend = ServiceBackend(service.params.url, key, call_timeout=5, connect_timeout=5,
+                             server_key=server_key)
     deadline = time.monotonic() + timeout
     try:
         while not stop and time.monotonic() < deadline:

@@ -58,12 +58,19 @@ class TracingError(GlassboxError):
         super().__init__("INVALID_ARGUMENT", message, None, user_location() if source is None else source)
 
 
+# Libraries whose functions call into glassbox on the user's behalf (torch.softmax(h),
+# F.gelu(h), einops): the user's line is the one that called them.
+_SKIPPED_MODULES = ("torch", "einops", "numpy")
+
+
 def _user_frame():
     frame = sys._getframe(1)
     while frame is not None:
         filename = os.path.abspath(frame.f_code.co_filename)
         inside = filename.startswith(_PACKAGE_DIR + os.sep)
-        if not inside and os.path.basename(filename) not in _SKIPPED_FILES:
+        module = str(frame.f_globals.get("__name__", "")).split(".")[0]
+        if not inside and os.path.basename(filename) not in _SKIPPED_FILES and \
+                module not in _SKIPPED_MODULES:
             return frame
         frame = frame.f_back
     return None

@@ -315,7 +315,13 @@ class LocalService:
         service); raises a GlassboxError naming the log when a process dies, or on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(m.name == name and m.workers for m in backend.models()):
+            try:
+                models = backend.models()
+            except GlassboxError as e:  # a broker still starting on a busy machine: ask again
+                if e.code != "UNAVAILABLE":
+                    raise
+                models = []
+            if any(m.name == name and m.workers for m in models):
                 return
             dead = self.dead_process()
             if dead:

@@ -18,13 +18,14 @@ trace these raise, saying so.
 from __future__ import annotations
 
 import difflib
+import warnings
 from typing import Optional, Sequence
 
 from . import _wire as wire
 from .backends import Backend
 from .catalogue import Catalogue, ModuleSpec
 from .errors import GlassboxError, TracingError
-from .proxy import Proxy
+from .proxy import Proxy, client_device
 from .results import resolve_array_type
 from .tokenizer import Tokenizer
 from .tracing import EditRecorder, Session, Tracer, WaitOptions, current_tracer
@@ -61,7 +62,13 @@ class Envoy:
             raise AttributeError(name)
         spec = self._spec
         if name in spec.points:
-            return self._tracer(name).read(spec.points[name])
+            value = self._tracer(name).read(spec.points[name])
+            if name == "output" and self._returns_a_tuple():
+                return AttentionOutput(self, value)
+            return value
+        if name == "inputs" and "input" in spec.points:
+            # nnsight: (args, kwargs) of the module's call; its one tensor argument here.
+            return (self._tracer(name).read(spec.points["input"]),), {}
         if name in spec.children:
             return self._child(name)
         raise AttributeError(self._no_such(name))
@@ -71,7 +78,16 @@ class Envoy:
             raise AttributeError(f"cannot set {name!r} on {self._spec.path or 'the model'}: "
                                  f"only its hook points ({', '.join(self._spec.points)}) can be "
                                  "assigned, inside a trace")
+        if name == "output" and self._returns_a_tuple():
+            value = AttentionOutput.first_of(self, value)
         self._tracer(name).write(self._spec.points[name], value)
+
+    def _returns_a_tuple(self) -> bool:
+        """Whether transformers' module returns (attn_output, attn_weights): the attention
+        modules, whose output point TransformerLens calls hook_attn_out."""
+        point = self._model._catalogue.points.get(self._spec.points.get("output", ""))
+        return point is not None and point.name == f"{self._spec.path}.output" and any(
+            alias.endswith(".hook_attn_out") for alias in point.aliases)
 
     def __getitem__(self, index):
         if not self._spec.is_list():
@@ -151,10 +167,117 @@ class Envoy:
         return f"{self._spec.path or self._model.name} has no module or hook point {name!r}{hint}"
 
 
+class AttentionOutput:
+    """An attention module's ``.output`` as transformers returns it, a tuple
+    ``(attn_output, attn_weights)`` (nnsight code indexes it: ``self_attn.output[0]``).
+    ``[0]`` is the attention output (read and written like any hook value), ``[1]`` the
+    attention pattern; anything else on the tuple says to index it first."""
+
+    def __init__(self, module: Envoy, output: Proxy):
+        self._module = module
+        self._output = output
+
+    def _describe(self) -> str:
+        return (f"{self._module._spec.path}.output is a tuple (attn_output, attn_weights) "
+                "as in transformers")
+
+    def __getitem__(self, index):
+        if index in (0, -2):
+            return self._output
+        if index in (1, -1):
+            pattern = f"{self._module._spec.path}.attn_pattern"
+            return self._module._tracer("output[1]").read(pattern)
+        raise TracingError(f"{self._describe()}: index it with [0] for the attention output "
+                           f"([1]: the attention pattern), e.g. .output[0][:, -1]")
+
+    def __len__(self) -> int:
+        return 2
+
+    def __iter__(self):
+        return iter((self[0], self[1]))
+
+    def save(self, name=None) -> "AttentionOutput":
+        self._output.save(name)
+        return self
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise TracingError(f"{self._describe()}, not a tensor: use .output[0].{name}")
+
+    def __repr__(self) -> str:
+        return f"<glassbox {self._describe()}>"
+
+    @staticmethod
+    def first_of(module: Envoy, value):
+        """What ``self_attn.output = value`` writes: a tensor, or a tuple whose weights are
+        the module's own (weights cannot be replaced through the output)."""
+        if isinstance(value, AttentionOutput):
+            return value._output
+        if isinstance(value, (tuple, list)):
+            if len(value) != 2 or not (value[1] is None or isinstance(value[1], Proxy) and
+                                       value[1]._hook is not None and
+                                       value[1]._hook.point.endswith(".attn_pattern")):
+                raise TracingError(f"{module._spec.path}.output = (attn_output, attn_weights): "
+                                   "the weights cannot be replaced this way; write "
+                                   f"{module._spec.path}.attn_pattern instead")
+            return value[0]
+        return value
+
+
+class Config(dict):
+    """``model.config``: the model's configuration as a dict whose keys are attributes too
+    (``model.config.hidden_size``), with Hugging Face's names for the common ones."""
+
+    _HF_NAMES = {"num_hidden_layers": "num_layers", "n_layer": "num_layers",
+                 "num_attention_heads": "num_heads", "n_head": "num_heads",
+                 "num_key_value_heads": "num_kv_heads", "n_embd": "hidden_size",
+                 "d_model": "hidden_size", "bos_token_id": "bos_id", "eos_token_id": "eos_id",
+                 "model_type": "architecture", "n_layers": "num_layers",
+                 "n_heads": "num_heads", "d_head": "head_dim", "d_vocab": "vocab_size",
+                 "d_mlp": "intermediate_size", "n_positions": "max_position_embeddings"}
+
+    def __getattr__(self, name: str):
+        key = name if name in self else self._HF_NAMES.get(name)
+        if key is not None and key in self:
+            return self[key]
+        close = difflib.get_close_matches(name, list(self) + list(self._HF_NAMES), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise AttributeError(f"the model's config has no {name!r}{hint} (it has "
+                             f"{', '.join(sorted(self))})")
+
+
 def _catalogue_of(backend, name: str) -> dict:
     """The backend's catalogue for ``name`` (duck-typed backends may offer only catalogue())."""
     model_catalogue = getattr(backend, "model_catalogue", None)
     return model_catalogue(name) if model_catalogue else backend.catalogue()
+
+
+def _refuse_unknown(what: str, unknown: dict) -> None:
+    if unknown:
+        names = ", ".join(f"{k}=" for k in unknown)
+        raise GlassboxError("INVALID_ARGUMENT", f"{what} does not take {names} (see "
+                            f"help({what.replace('model.', 'glassbox.Model.')}))")
+
+
+def _sampling(do_sample, temperature, top_k, top_p) -> tuple:
+    """(temperature, top_k, top_p) for the wire from transformers' or Glassbox's spelling."""
+    if do_sample is False:
+        given = [n for n, v in (("temperature", temperature), ("top_k", top_k),
+                                ("top_p", top_p)) if v is not None]
+        if given:
+            warnings.warn(f"do_sample=False is greedy: {', '.join(given)} ignored, as "
+                          "transformers does", UserWarning, stacklevel=3)
+        return 0.0, 0, 1.0
+    if do_sample:
+        temperature = 1.0 if temperature is None else float(temperature)
+        if temperature <= 0:
+            raise GlassboxError("INVALID_ARGUMENT", f"do_sample=True needs temperature > 0, "
+                                f"not {temperature}")
+        return temperature, 50 if top_k is None else int(top_k), \
+            1.0 if top_p is None else float(top_p)
+    return (0.0 if temperature is None else float(temperature), int(top_k or 0),
+            1.0 if top_p is None else float(top_p))
 
 
 def _wait_options(blocking: bool, timeout: Optional[float],
@@ -166,15 +289,45 @@ def _wait_options(blocking: bool, timeout: Optional[float],
 
 
 class _ModelOutput:
-    """``model.output.logits`` (as on Hugging Face models): the unembedding's output."""
+    """``model.output`` as on Hugging Face models (nnsight's ``model.output``): ``.logits``
+    (also ``[0]``) is the unembedding's output; ``.save()`` saves it and returns this
+    object, whose ``.logits`` holds the value after the block."""
+
+    def __init__(self, model: "Model"):
+        self._model = model
+        self._saved: Optional[Proxy] = None
+
+    @property
+    def logits(self) -> Proxy:
+        if self._saved is not None:
+            return self._saved
+        point = self._model._catalogue.logits_point
+        return current_tracer("output.logits").read(point)
+
+    def __getitem__(self, index):
+        if index in (0, "logits"):
+            return self.logits
+        raise TracingError("model.output holds the logits only: model.output[0] or "
+                           "model.output.logits (hidden states: read the layers' outputs)")
+
+    def save(self, name=None) -> "_ModelOutput":
+        self._saved = self.logits.save(name)
+        return self
+
+    def __repr__(self) -> str:
+        return f"<glassbox model output: logits {self._saved!r}>"
+
+
+class _Generator:
+    """``model.generator`` in a generation: ``.output`` is the whole sequence (prompt and
+    new tokens) as nnsight gives it, known after the run (``.save()`` it)."""
 
     def __init__(self, model: "Model"):
         self._model = model
 
     @property
-    def logits(self) -> Proxy:
-        point = self._model._catalogue.logits_point
-        return current_tracer("output.logits").read(point)
+    def output(self) -> Proxy:
+        return current_tracer("model.generator.output").generator_output()
 
 
 class Model(Envoy):
@@ -217,27 +370,62 @@ class Model(Envoy):
     # Experiments -------------------------------------------------------------------------
 
     def trace(self, *inputs, scan: bool = False, blocking: bool = True,
-              timeout: Optional[float] = None, quiet: Optional[bool] = None) -> Tracer:
+              timeout: Optional[float] = None, quiet: Optional[bool] = None,
+              remote=None, validate=None, **unknown) -> Tracer:
         """``with model.trace(prompt) as tr:`` records one forward pass over the prompts
-        (strings or token-id lists; a list of them is a batch); runs when the block ends.
-        ``blocking=False``: the block ends at once and ``tr.result(timeout)`` waits;
-        ``timeout`` (seconds) bounds a blocking wait; ``quiet`` hides progress."""
+        (strings or token-id lists, numpy arrays or torch tensors of ids; a list of them is
+        a batch); runs when the block ends. ``blocking=False``: the block ends at once and
+        ``tr.result(timeout)`` waits; ``timeout`` (seconds) bounds a blocking wait;
+        ``quiet`` hides progress. nnsight's ``remote=`` and ``validate=`` are accepted: the
+        model is always remote here, and every request is validated before it runs."""
+        _refuse_unknown("model.trace", unknown)
         return Tracer(self, inputs, scan=scan, options=_wait_options(blocking, timeout, quiet))
 
-    def generate(self, *inputs, max_new_tokens: int = 1, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 stop_ids: Sequence[int] = (), blocking: bool = True,
-                 timeout: Optional[float] = None, quiet: Optional[bool] = None) -> Tracer:
+    def generate(self, *inputs, max_new_tokens: int = 1, do_sample: Optional[bool] = None,
+                 temperature: Optional[float] = None, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, seed: int = 0, stop_ids: Sequence[int] = (),
+                 stop_strings=None, tokenizer=None, scan: bool = False, blocking: bool = True,
+                 timeout: Optional[float] = None, quiet: Optional[bool] = None, remote=None,
+                 validate=None, **unknown) -> Tracer:
         """As trace, but generating: hook points are per step (tr.iter, tr.all(), tr.next());
-        after the block, ``tr.generated`` holds each prompt's new token ids."""
-        options = wire.GenerateOptions(max_new_tokens, float(temperature), top_k,
-                                       float(top_p), seed, list(stop_ids))
-        return Tracer(self, inputs, generate=options,
-                      options=_wait_options(blocking, timeout, quiet))
+        after the block, ``tr.generated`` holds each prompt's new token ids and
+        ``model.generator.output`` (saved inside) the whole sequences.
 
-    def scan(self, *inputs) -> Tracer:
-        """A dry run: ``.shape`` / ``.dtype`` of every traced value, no values, no weights."""
-        return Tracer(self, inputs, scan=True)
+        Sampling as in transformers' ``generate``: ``do_sample=False`` is greedy (then
+        temperature, top_k and top_p are ignored, as transformers does, with a warning);
+        ``do_sample=True`` samples with temperature 1.0, top_k 50 and top_p 1.0 unless
+        given. Without ``do_sample`` (Glassbox's own spelling) ``temperature > 0`` samples
+        and top_k 0 means no limit. ``seed`` makes sampling reproducible. ``stop_ids``
+        stops a prompt at those tokens; ``stop_strings`` (a string or a list) ends each
+        prompt's new tokens at the token that completes one of them (``tokenizer=`` is
+        accepted and not needed)."""
+        _refuse_unknown("model.generate", unknown)
+        sampling = _sampling(do_sample, temperature, top_k, top_p)
+        stops = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or ())
+        options = wire.GenerateOptions(max_new_tokens, *sampling, seed,
+                                       list(stop_ids) + self._single_token_stops(stops))
+        tracer = Tracer(self, inputs, generate=options, scan=scan,
+                        options=_wait_options(blocking, timeout, quiet))
+        tracer._stop_strings = stops
+        return tracer
+
+    def _single_token_stops(self, stops: list) -> list:
+        """The ids of stop strings that are one token (the service stops there itself)."""
+        ids = []
+        for text in stops:
+            if not isinstance(text, str) or not text:
+                raise GlassboxError("INVALID_ARGUMENT", f"stop_strings holds {text!r}: each "
+                                    "stop string is a non-empty str")
+            encoded = self.tokenizer.encode(text)
+            if len(encoded) == 1:
+                ids.append(int(encoded[0]))
+        return ids
+
+    def scan(self, *inputs, **kwargs) -> Tracer:
+        """A dry run: ``.shape`` / ``.dtype`` of every traced value, no values, no weights.
+        Inside the block, ``.shape`` of a hook-point value has the sizes the catalogue
+        knows as Python ints (``h.shape[-1]``)."""
+        return self.trace(*inputs, scan=True, **kwargs)
 
     def session(self, blocking: bool = True, timeout: Optional[float] = None,
                 quiet: Optional[bool] = None) -> Session:
@@ -270,12 +458,37 @@ class Model(Envoy):
         return _ModelOutput(self)
 
     @property
+    def generator(self) -> _Generator:
+        return _Generator(self)
+
+    @property
+    def device(self):
+        """Where values go on the client side (saved values arrive on the CPU; the model's
+        own device is ``model.config.device``): usable in ``tokens.to(model.device)``."""
+        return client_device()
+
+    def run_with_cache(self, *inputs, names_filter=None, **kwargs):
+        """TransformerLens's ``logits, cache = model.run_with_cache(tokens)``: one forward
+        pass that saves the logits and every hook point ``names_filter`` lets through (a
+        name, a list of names or a predicate on TransformerLens names; None: all), as an
+        ``ActivationCache`` (``cache["resid_post", 3]``, ``accumulated_resid()``, ...)."""
+        from .activation_cache import run_with_cache
+
+        return run_with_cache(self, inputs, names_filter, kwargs)
+
+    def __iter__(self):
+        pair = self.__dict__.get("_edit_pair")
+        if pair is not None:  # `with model.edit() as (tracer, edited):` (nnsight 0.8)
+            return iter(pair)
+        return super().__iter__()
+
+    @property
     def catalogue(self) -> Catalogue:
         return self._catalogue
 
     @property
-    def config(self) -> dict:
-        return dict(self._catalogue.config)
+    def config(self) -> Config:
+        return Config(self._catalogue.config)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -290,7 +503,8 @@ class Model(Envoy):
 
     def __dir__(self):
         own = ("trace", "generate", "scan", "session", "edit", "clear_edits", "output",
-               "catalogue", "config", "name", "tokenizer")
+               "catalogue", "config", "name", "tokenizer", "generator", "device",
+               "run_with_cache")
         return sorted(set(super().__dir__()) | set(own))
 
     def __repr__(self) -> str:

@@ -136,6 +136,8 @@ class Proxy:
         if self._scan is not None:
             return self._scan[1]
         if self._builder.state == "recording":
+            if self._hook is not None and self._hook.owner is not None:
+                return self._hook.owner.static_shape(self)
             return self._apply("size")
         raise TracingError(self._builder.why_no_value(self))
 
@@ -175,6 +177,25 @@ class Proxy:
         return self._apply("to", dtype)
 
     def cpu(self):
+        return self
+
+    def cuda(self, *args, **kwargs):
+        return self  # values come back to the client's CPU whatever the model's device
+
+    @property
+    def device(self):
+        """Where the value is as the client sees it: the CPU (saved values arrive there);
+        usable in ``.to(x.device)``."""
+        if self._resolved():
+            return getattr(self._value, "device", "cpu")
+        return client_device()
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Proxy":
+        """Accepted for nnsight code: every hook point already has gradients (``.grad``
+        after a ``.backward()``)."""
+        if not requires_grad:
+            raise TracingError("requires_grad_(False) is not an operation graphs can express; "
+                               "use .detach() for a value without gradient history")
         return self
 
     def float(self):
@@ -250,7 +271,7 @@ class Proxy:
                                "express (see intervention/OPS.md)")
         if reflected:
             args = (args[1], args[0], *args[2:])
-        return target(*args, **kwargs)
+        return target(*args, **_torch_kwargs(name, kwargs))
 
     def __int__(self):
         return int(self._concrete("int()"))
@@ -291,15 +312,40 @@ class Proxy:
         return f"<glassbox.Proxy {self._describe()}>"
 
     def __str__(self) -> str:
-        return str(self._value) if self._resolved() else repr(self)
+        if self._resolved():
+            return str(self._value)
+        if self._builder.state == "recording":
+            return (f"<glassbox.Proxy {self._describe()}: a traced value, computed on the "
+                    "service once the `with` block ends; to see it, .save() it and print it "
+                    "after the block, or tracer.log(x) to print it after the run>")
+        return f"<glassbox.Proxy {self._builder.why_no_value(self)}>"
 
     def __format__(self, spec: str) -> str:
-        return format(self._value, spec) if self._resolved() else repr(self)
+        return format(self._value, spec) if self._resolved() else str(self)
+
+    def __reduce_ex__(self, protocol):
+        """A saved value pickles (pickle, torch.save, copy) as the value itself, so files
+        written from a proxy load without glassbox and pass torch.load(weights_only=True)."""
+        if self._resolved():
+            return self._value.__reduce_ex__(protocol)
+        raise TracingError(f"cannot pickle {self._builder.why_no_value(self)}")
 
     def _describe(self) -> str:
         where = f" at {self._source}" if self._source else ""
         what = self._hook.point if self._hook else self._op
         return f"node {self._id}: {what}{where}"
+
+
+def client_device():
+    """The device values have on the client: ``torch.device("cpu")`` when torch is installed
+    (usable in ``.to(...)``), else the string "cpu"."""
+    from .results import torch_available
+
+    if torch_available():
+        import torch
+
+        return torch.device("cpu")
+    return "cpu"
 
 
 def _binary(op: str, eager, reflected: bool = False):
@@ -386,7 +432,8 @@ for _op in _METHOD_OPS:
 Proxy.neg = Proxy.__neg__
 TENSOR_METHODS = sorted(set(_METHOD_OPS) | {
     "reshape", "view", "permute", "topk", "size", "to", "cpu", "float", "half", "long", "int",
-    "bool", "save", "backward", "grad", "shape", "value"})
+    "bool", "save", "backward", "grad", "shape", "value", "device", "requires_grad_",
+    "cuda"})
 
 _UFUNC_OPS = {
     "add": "add", "subtract": "sub", "multiply": "mul", "true_divide": "div", "divide": "div",
@@ -404,6 +451,22 @@ _TORCH_REFLECTED = {"radd": "add", "rsub": "sub", "rmul": "mul", "rtruediv": "di
 _TORCH_ALIASES = {"truediv": "div", "true_divide": "div", "subtract": "sub",
                   "multiply": "mul", "and": "logical_and", "or": "logical_or", "invert":
                   "logical_not", "negative": "neg", "concat": "cat", "concatenate": "cat"}
+
+
+# Keyword arguments torch's Python functions pass on with their defaults (F.softmax's
+# _stacklevel and dtype=None, F.relu's inplace=False, ...): dropped when they are defaults.
+_TORCH_DEFAULT_KWARGS = {"dtype": None, "out": None, "inplace": False, "approximate": "none"}
+
+
+def _torch_kwargs(name: str, kwargs: dict) -> dict:
+    kept = {}
+    for key, value in kwargs.items():
+        if key.startswith("_"):
+            continue
+        if key in _TORCH_DEFAULT_KWARGS and value == _TORCH_DEFAULT_KWARGS[key]:
+            continue
+        kept[key] = value
+    return kept
 
 
 def torch_op_name(func) -> Tuple[str, bool]:

@@ -37,7 +37,9 @@ def to_user_value(value, arrays: str = "numpy"):
     if isinstance(value, np.ndarray) and arrays == "torch":
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(value))
+        # np.ascontiguousarray would turn a 0-d array into shape (1,): keep ().
+        contiguous = value if value.flags.c_contiguous and value.flags.writeable else value.copy()
+        return torch.from_numpy(contiguous)
     return value
 
 

@@ -54,8 +54,10 @@ class ServiceBackend(Backend):
 
     ``timeout`` (seconds, None: no limit) bounds each blocking ``run``; ``quiet`` chooses
     whether waits show progress (None: only on a terminal or in a notebook, and not when
-    GLASSBOX_QUIET=1); ``call_timeout`` bounds each exchange with the broker (an absent
-    broker shows up as UNAVAILABLE after it); ``fetch_window`` is how many result chunks
+    GLASSBOX_QUIET=1); ``call_timeout`` bounds each exchange with the broker;
+    ``connect_timeout`` bounds the exchanges before the broker has first answered, so that
+    a missing service is reported (UNAVAILABLE, saying how to start one) within it;
+    ``fetch_window`` is how many result chunks
     are requested ahead; ``max_request_bytes`` is the broker's frame limit (its
     ``--max-message-bytes``): bigger requests are refused here, not dropped there.
     ``server_key`` (default ``$GLASSBOX_SERVER_KEY``): the broker's CURVE public key (40
@@ -64,13 +66,16 @@ class ServiceBackend(Backend):
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
                  timeout: Optional[float] = None, quiet: Optional[bool] = None,
-                 call_timeout: float = 15.0, fetch_window: int = 4,
+                 call_timeout: float = 15.0, connect_timeout: float = 2.0,
+                 fetch_window: int = 4,
                  max_request_bytes: int = 80 << 20, server_key: Optional[str] = None):
         self.url = url or os.environ.get("GLASSBOX_URL") or DEFAULT_URL
         key = os.environ.get("GLASSBOX_API_KEY", "") if api_key is None else api_key
         self.timeout = timeout
         self.quiet = quiet
         self.call_timeout = call_timeout
+        self.connect_timeout = connect_timeout
+        self._answered = False  # whether the broker has replied once
         self.fetch_window = max(1, fetch_window)
         self.max_request_bytes = max_request_bytes - 4096  # room for the submit's envelope
         self._connection = BrokerConnection(
@@ -193,7 +198,21 @@ class ServiceBackend(Backend):
     # Internals ---------------------------------------------------------------------------
 
     def _call(self, message: broker.BrokerMessage) -> broker.BrokerMessage:
-        return self._connection.call(message, self.call_timeout)
+        if self._answered:
+            return self._connection.call(message, self.call_timeout)
+        timeout = min(self.call_timeout, self.connect_timeout)
+        try:
+            reply = self._connection.call(message, timeout)
+        except GlassboxError as e:
+            if e.code == "UNAVAILABLE" and "no reply" in e.message:
+                raise GlassboxError("UNAVAILABLE", f"no Glassbox service answers at {self.url} "
+                                    f"(waited {timeout:g} s): start one with `glassbox up`, point "
+                                    "GLASSBOX_URL (or url=) at a running one, or give an "
+                                    "encrypting one's key (GLASSBOX_SERVER_KEY); `glassbox "
+                                    "status` checks") from None
+            raise
+        self._answered = True
+        return reply
 
     @staticmethod
     def _fetch_message(job_id: str, index: int) -> broker.BrokerMessage:

@@ -14,6 +14,7 @@ from ``tr.iter[...]``, ``tr.all()`` and ``tr.next()`` in ``model.generate(...)``
 
 from __future__ import annotations
 
+import difflib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ class RequestBuilder:
         self.saved: Dict[int, Proxy] = {}
         self.caches: Dict[int, "Cache"] = {}
         self.tracers: List["Tracer"] = []
+        self.lists: List["SavedList"] = []  # glassbox.list()s appended to in this request
         self._next_id = 0
         self._delivery = threading.Lock()
 
@@ -154,6 +156,11 @@ class RequestBuilder:
         for tracer in self.tracers:
             if tracer.trace.generate is not None:
                 tracer.generated = [ids for _, ids in zip(tracer.trace.invokes, generated)]
+                tracer._finish_generation()
+        for saved_list in self.lists:
+            saved_list._resolve()
+        for tracer in self.tracers:
+            tracer._print_logs()
 
     def why_no_value(self, proxy: Proxy) -> str:
         what = proxy._describe()
@@ -178,6 +185,55 @@ def _record_shape(proxies: Dict[int, Proxy], entry) -> None:
     proxy = proxies.get(get("node"))
     if proxy is not None:
         object.__setattr__(proxy, "_scan", (get("dtype"), tuple(get("shape") or ())))
+
+
+class StopTracing(Exception):
+    """Raised by ``tracer.stop()`` to leave the ``with`` block; its trace catches it."""
+
+    def __init__(self, tracer):
+        super().__init__("tracer.stop() outside its own `with` block")
+        self.tracer = tracer
+
+
+class SavedList(list):
+    """``glassbox.list()`` (nnsight's ``nnsight.list()``): a list to append traced values to
+    inside a trace; after the run it holds their values. Appending inside ``tracer.all()``
+    or ``tracer.iter[...]`` adds one value per step. ``.save()`` returns the list itself."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._pending: List[tuple] = []  # (index, proxy, per_step)
+
+    def save(self, name: Optional[str] = None) -> "SavedList":
+        return self
+
+    def append(self, value) -> None:
+        tracer = active_tracer()
+        if isinstance(value, Proxy) and not value._resolved() and tracer is not None:
+            tracer.save(value, None)
+            if not any(l is self for l in tracer.builder.lists):
+                tracer.builder.lists.append(self)
+            self._pending.append((len(self), value, not isinstance(tracer._step, int)))
+        super().append(value)
+
+    def _resolve(self) -> None:
+        """Replaces traced values by their values (a per-step value by one per step)."""
+        if not self._pending:
+            return
+        pending = {index: (proxy, per_step) for index, proxy, per_step in self._pending}
+        values: list = []
+        for index, item in enumerate(list(self)):
+            if index not in pending:
+                values.append(item)
+                continue
+            proxy, per_step = pending[index]
+            value = proxy._value if proxy._resolved() else proxy
+            if per_step and isinstance(value, list):
+                values.extend(value)
+            else:
+                values.append(value)
+        self._pending = []
+        self[:] = values
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,6 +364,11 @@ class Tracer(JobHandle):
         self._step: Any = 0
         self._last_backward: Optional[Proxy] = None
         self._saves: List[tuple] = []
+        self._logs: List[tuple] = []
+        self._stopped = False
+        self._generator_output: Optional["GeneratorOutput"] = None
+        self._prompt_reads: Dict[int, Proxy] = {}
+        self._stop_strings: List[str] = []
         self._reads: Dict[tuple, Proxy] = {}
         self._own_builder = True
         self.builder: Optional[RequestBuilder] = None
@@ -348,16 +409,60 @@ class Tracer(JobHandle):
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         _stack().pop()
-        if exc_type is not None:
+        stopped = exc_type is not None and issubclass(exc_type, StopTracing) and exc.tracer is self
+        if exc_type is not None and not stopped:
             self.builder.abandon()
             return False
+        if self._generator_output is not None:
+            self._read_prompt_ids()
         self._emit_saves()
         if not self.trace.invokes:
             raise TracingError("this trace has no prompts: pass one to model.trace(...) or use "
                                "tr.invoke(...)")
         if self._own_builder:
             self.builder.submit()
-        return False
+        return stopped
+
+    # The generated sequences ---------------------------------------------------------------
+
+    def generator_output(self) -> "GeneratorOutput":
+        """``model.generator.output``: prompt and new tokens of every prompt, after the run."""
+        if self.trace.generate is None:
+            raise TracingError("model.generator.output exists in model.generate(...) traces")
+        if self._generator_output is None:
+            self._generator_output = GeneratorOutput(self.builder, self)
+        return self._generator_output
+
+    def _read_prompt_ids(self) -> None:
+        """Prompts given as text: their ids as the service tokenized them (the embedding's
+        input at step 0), saved for model.generator.output."""
+        point = next(iter(self.model._catalogue.points.values()))
+        for index, invoke in enumerate(self.trace.invokes):
+            if invoke.ids is None:
+                proxy = self.node("read", [], {"point": point.name,
+                                               **_binding_kwargs(index, 0)})
+                self.save(proxy, None)
+                self._prompt_reads[index] = proxy
+
+    def _finish_generation(self) -> None:
+        """After the run: stop strings applied to ``generated``; generator.output filled."""
+        if self._stop_strings:
+            decode = self.model.tokenizer.decode
+            self.generated = [_cut_at_stop(ids, self._stop_strings, decode)
+                              for ids in self.generated]
+        if self._generator_output is None:
+            return
+        rows = []
+        for index, (invoke, new) in enumerate(zip(self.trace.invokes, self.generated)):
+            prompt = invoke.ids
+            if prompt is None:
+                prompt = np.asarray(self._prompt_reads[index].value).reshape(-1).tolist()
+            rows.append(np.asarray(list(prompt) + list(new), dtype=np.int64))
+        same = len({len(r) for r in rows}) == 1
+        convert = self.model._arrays
+        value = to_user_value(np.stack(rows), convert) if same else [
+            to_user_value(r, convert) for r in rows]
+        self._generator_output._set_value(value)
 
     def _emit_saves(self) -> None:
         for proxy, name, source in self._saves:
@@ -374,6 +479,35 @@ class Tracer(JobHandle):
     def scan(self) -> None:
         """Makes this request a dry run: shapes and dtypes of every node, no values."""
         self.builder.request.scan = True
+
+    # nnsight's tracer methods ----------------------------------------------------------------
+
+    def barrier(self, participants: int = 0) -> None:
+        """Accepted for nnsight code (``tracer.barrier(n)``): the invokes of a trace already
+        share one graph, so a value of one invoke can be used in another without it."""
+
+    def stop(self) -> None:
+        """Ends the trace here (nnsight's ``tracer.stop()``): the lines after it in the
+        ``with`` block do not run and the request is sent with what was recorded so far."""
+        self._tracer_is_current("tracer.stop()")
+        raise StopTracing(self)
+
+    def log(self, *values) -> None:
+        """Prints ``values`` once the request has run (traced values as their values), like
+        nnsight's ``tracer.log``."""
+        self._tracer_is_current("tracer.log()")
+        for value in values:
+            if isinstance(value, Proxy) and not value._resolved():
+                self.save(value, None)
+        self._logs.append(values)
+
+    def _print_logs(self) -> None:
+        for values in self._logs:
+            print(*(v.value if isinstance(v, Proxy) and v._resolved() else v for v in values))
+
+    def _tracer_is_current(self, what: str) -> None:
+        if active_tracer() is not self:
+            raise TracingError(f"{what} works inside its own trace's `with` block")
 
     # Generation steps ------------------------------------------------------------------------
 
@@ -401,12 +535,41 @@ class Tracer(JobHandle):
         steps = self.trace.generate.max_new_tokens
         if isinstance(key, slice):
             return _step_range(key, steps)
+        if isinstance(key, (list, tuple, range)):
+            return _step_list(key, steps, self.step_spec)
         index = key + steps if key < 0 else key
         if not 0 <= index < steps:
             raise TracingError(f"step {key} is outside this generation's {steps} steps")
         return index
 
     # Hook points -----------------------------------------------------------------------------
+
+    def static_shape(self, proxy: Proxy) -> tuple:
+        """``.shape`` of a hook-point value while tracing: the sizes the catalogue and the
+        prompts fix as Python ints (the hidden size, heads, a token-id prompt's length), the
+        others as traced sizes."""
+        hook = proxy._hook
+        point = self.model._catalogue.points.get(hook.point)
+        if point is None:
+            return proxy._apply("size")
+        prompt = self.trace.invokes[hook.invoke].ids if hook.invoke is not None else None
+        step = hook.step if isinstance(hook.step, int) else None
+        generating = self.trace.generate is not None
+        dims = []
+        for index, dim in enumerate(point.shape):
+            size = None
+            if dim.isdigit():
+                size = int(dim)
+            elif dim == "batch" and hook.invoke is not None:
+                size = 1
+            elif dim in ("seq", "k_seq") and prompt is not None and step is not None:
+                if dim == "seq":
+                    last_only = generating and (step > 0 or point.last_position)
+                    size = 1 if last_only else len(prompt)
+                else:
+                    size = len(prompt) + step
+            dims.append(size if size is not None else proxy._apply("size", dim=index))
+        return tuple(dims)
 
     def hook_kwargs(self, hook: HookRef) -> dict:
         return {"point": hook.point, **_binding_kwargs(hook.invoke, hook.step)}
@@ -440,8 +603,13 @@ class Tracer(JobHandle):
             del self._reads[key]
 
     def skip(self, module_path: str, value) -> None:
-        step = "all" if self.trace.generate is not None else self._step
-        self.node("skip", [value], {"module": module_path, **_binding_kwargs(None, step)})
+        if self.trace.generate is not None and self._step != "all":
+            raise TracingError(
+                f"in a generation, {module_path}.skip(...) goes inside `with tracer.all():` (or "
+                "tracer.iter[:]), where its value is computed at every step: a module skipped "
+                "at some steps only would leave its keys and values missing from the cache")
+        self.node("skip", [value], {"module": module_path,
+                                    **_binding_kwargs(None, self._step)})
 
     def call_module(self, module_path: str, value) -> Proxy:
         return self.node("module", [value], {"name": module_path})
@@ -449,8 +617,11 @@ class Tracer(JobHandle):
     def cache(self, filter: Any = "", modules: Optional[list] = None) -> "Cache":
         """Saves every hook point whose name or alias contains ``filter`` (a string or a
         list of them; ``modules`` takes modules or paths), keyed by point name."""
-        filters = list(modules) if modules is not None else filter
-        filters = filters if isinstance(filters, (list, tuple)) else [filters]
+        if modules is not None:
+            # A module is itself and what is inside it: "model.layers.2." (not layers 20-29).
+            filters = [getattr(m, "_module_path", m).rstrip(".") + "." for m in modules]
+        else:
+            filters = filter if isinstance(filter, (list, tuple)) else [filter]
         cache = Cache(self.model._catalogue)
         for f in filters:
             text = getattr(f, "_module_path", f)
@@ -529,6 +700,32 @@ class Tracer(JobHandle):
         return self.node("grad", [self._last_backward], self.hook_kwargs(proxy._hook))
 
 
+class GeneratorOutput(Proxy):
+    """``model.generator.output``: the whole sequences ([batch, prompt + new] token ids; a
+    list of rows when their lengths differ), known after the run: ``.save()`` it inside
+    the block (it returns itself) and use it after."""
+
+    def __init__(self, builder, tracer):
+        super().__init__(builder, -1, op="model.generator.output", source=user_source())
+
+    def save(self, name=None) -> "GeneratorOutput":
+        return self
+
+    def _tracer(self, what: str):
+        if not self._resolved() and self._builder.state in ("recording", "submitted"):
+            raise TracingError(f"{what} on model.generator.output: the generated sequence "
+                               "exists after the run; .save() it and use it after the block")
+        return super()._tracer(what)
+
+
+def _cut_at_stop(ids: List[int], stops: List[str], decode) -> List[int]:
+    """``ids`` up to and including the token that completes the first stop string."""
+    for end in range(1, len(ids) + 1):
+        if any(stop in decode(ids[:end]) for stop in stops):
+            return list(ids[:end])
+    return list(ids)
+
+
 def _binding_kwargs(invoke: Optional[int], step) -> dict:
     """The invoke and step kwargs of a hook-bound node, left out when they are the defaults."""
     kwargs: Dict[str, Any] = {}
@@ -553,14 +750,39 @@ def _step_range(key: slice, steps: int):
     return start if stop - start == 1 else [start, stop]
 
 
+def _step_list(key, steps: int, one):
+    """``tracer.iter[[0, 2]]``: the steps in order, each checked; a contiguous run is the
+    range [first, last + 1) (a `with` body binds to it); others are unrolled by `for`."""
+    indices = [one(k) for k in key]
+    if not indices:
+        raise TracingError("tracer.iter[[]] selects no step")
+    if indices == list(range(indices[0], indices[-1] + 1)):
+        return _step_range(slice(indices[0], indices[-1] + 1), steps)
+    return StepList(indices)
+
+
+class StepList(tuple):
+    """Steps that are not one contiguous run (``tracer.iter[[0, 2]]``): ``for step in
+    tracer.iter[[0, 2]]:`` runs the body once per step; a `with` body cannot bind to them."""
+
+
 def invokes_from(inputs) -> List[wire.Invoke]:
-    """Invokes for ``model.trace(*inputs)``: prompts (str), token-id lists, or lists of them."""
+    """Invokes for ``model.trace(*inputs)``: prompts (str), token-id lists, or lists of them
+    (numpy arrays and torch tensors of ids too)."""
+    inputs = tuple(_ids_array(x) for x in inputs)
     if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) and inputs[0] and \
             not _is_ids(inputs[0]):
         inputs = tuple(inputs[0])
     if len(inputs) == 1 and isinstance(inputs[0], np.ndarray) and inputs[0].ndim == 2:
         inputs = tuple(inputs[0])
     return [_invoke(x) for x in inputs]
+
+
+def _ids_array(value):
+    """A torch tensor of token ids as a numpy array (other inputs as they are)."""
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return value
 
 
 def _is_ids(value) -> bool:
@@ -621,6 +843,10 @@ class StepScope:
         self._previous = None
 
     def __enter__(self) -> "StepScope":
+        if isinstance(self._step, StepList):
+            raise TracingError(f"`with tracer.iter[{list(self._step)}]:` binds to one run of "
+                               f"steps; for steps that are not contiguous, write `for step in "
+                               f"tracer.iter[{list(self._step)}]:` (the body runs once per step)")
         self._previous, self._tracer._step = self._tracer._step, self._step
         return self
 
@@ -639,6 +865,8 @@ class StepScope:
             self._tracer._step = previous
 
     def _expand(self) -> List[int]:
+        if isinstance(self._step, StepList):
+            return list(self._step)
         if isinstance(self._step, int):
             return [self._step]
         if self._step == "all":
@@ -658,7 +886,9 @@ class BackwardScope:
 
 class Cache(Mapping):
     """``tr.cache(...)``'s values after the request ran, keyed by hook point name (aliases
-    work as keys too); in a generation with per-step caching, ``name.stepN``."""
+    work as keys too); in a generation with per-step caching, ``name.stepN``. As in nnsight,
+    a module is a key too: ``cache["model.model.layers.5"].output`` (nnsight's root is
+    called ``model``), and so is attribute access, ``cache.model.model.layers[5].output``."""
 
     def __init__(self, catalogue):
         self._catalogue = catalogue
@@ -676,7 +906,33 @@ class Cache(Mapping):
             key = point.name + (dot + step if dot and step.isdigit() else "")
             if key in self._values:
                 return self._values[key]
-        raise KeyError(f"{name} was not cached (cached: {len(self._values)} points)")
+        module = self._module(name)
+        if module is not None:
+            return module
+        raise KeyError(self._missing(name))
+
+    @property
+    def model(self) -> "CachedModule":
+        """The root module, as nnsight's cache spells it (``cache.model.model.layers[5]``)."""
+        return CachedModule(self, self._catalogue.tree)
+
+    def _module(self, key: str) -> Optional["CachedModule"]:
+        paths = [key[len("model."):], key] if key.startswith("model.") else [key]
+        for path in paths:
+            spec = self._catalogue.tree
+            for part in path.split(".") if path else []:
+                spec = spec.children.get(part)
+                if spec is None:
+                    break
+            if spec is not None and any(p in self._values for p in spec.points.values()):
+                return CachedModule(self, spec)
+        return None
+
+    def _missing(self, name: str) -> str:
+        modules = {"model." + p.rsplit(".", 1)[0] for p in self._values if "." in p}
+        close = difflib.get_close_matches(name, list(self._values) + sorted(modules), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return f"{name!r} was not cached (cached: {len(self._values)} points){hint}"
 
     def __iter__(self):
         return iter(self._values)
@@ -686,6 +942,40 @@ class Cache(Mapping):
 
     def __repr__(self) -> str:
         return f"<glassbox.Cache of {len(self._values)} points>"
+
+
+class CachedModule:
+    """One module of a cache, nnsight-style: ``.output``, ``.input``, ``.inputs`` (args,
+    kwargs), its submodules by attribute and, for a layer list, by index."""
+
+    def __init__(self, cache: Cache, spec):
+        self._cache = cache
+        self._spec = spec
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        spec = self._spec
+        if name in spec.points:
+            return self._cache[spec.points[name]]
+        if name == "inputs" and "input" in spec.points:
+            return (self.input,), {}
+        if name in spec.children:
+            return CachedModule(self._cache, spec.children[name])
+        known = list(spec.children) + list(spec.points)
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise AttributeError(f"{spec.path or 'the model'} has no module or cached point "
+                             f"{name!r}{hint}")
+
+    def __getitem__(self, index: int) -> "CachedModule":
+        if not self._spec.is_list():
+            raise TypeError(f"{self._spec.path} is not a list of modules")
+        keys = sorted(self._spec.children, key=int)
+        return CachedModule(self._cache, self._spec.children[keys[index]])
+
+    def __repr__(self) -> str:
+        return f"<glassbox cached module {self._spec.path or 'model'}>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -761,10 +1051,12 @@ class EditRecorder(Tracer):
         self.trace = wire.Trace()
         self.builder.tracers.append(self)
         _stack().append(self)
+        object.__setattr__(self._target, "_edit_pair", (self, self._target))
         return self._target
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         _stack().pop()
+        self._target.__dict__.pop("_edit_pair", None)
         if exc_type is None:
             self._target._edits.append(Edit(self.trace.nodes))
         return False

@@ -311,5 +311,27 @@ TEST_CASE("the clock is checked between graph ops, not only between layers", "[i
   CHECK(calls == 4);
 }
 
+TEST_CASE("saved values over max_saved_bytes are reported once, in MiB, with how to save less",
+          "[intervention]") {
+  auto model = TinyModel();
+  OneTrace t;
+  for (int i = 0; i < 4; ++i) {  // 4 x 1 MiB against a limit of 2.5 MiB: the third crosses it
+    t.graph.Save(t.graph.Add("zeros", {Value::List({Value::Int(256), Value::Int(1024)})}),
+                 "z" + std::to_string(i));
+  }
+  InterventionLimits limits;
+  limits.max_saved_bytes = (int64_t{5} << 20) / 2;
+  const Status status = RunStatus(*model, t.request, limits);
+  INFO(status.ToString());
+  CHECK(status.code() == StatusCode::kInvalidArgument);
+  const std::string& m = status.message();
+  const std::string said = "over the limit of 2.5 MiB per job";
+  const size_t at = m.find(said);
+  REQUIRE(at != std::string::npos);
+  CHECK(m.find(said, at + 1) == std::string::npos);
+  CHECK(m.find("come to 3.0 MiB") != std::string::npos);
+  CHECK(m.find("save less: index what you need before saving") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace glassbox::intervention

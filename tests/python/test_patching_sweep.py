@@ -4,6 +4,7 @@ second run finds everything done and sends no job."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -43,3 +44,28 @@ def test_sweep_writes_results_and_heatmap_and_resumes(smollm2_service, tmp_path)
     second = sweep(smollm2_service, tmp_path)
     assert "2 jobs already in" in second and "0 to run" in second
     assert (tmp_path / "sweep.jsonl").read_text().splitlines() == lines
+
+
+def test_ctrl_c_says_rerun_to_resume(smollm2_service, tmp_path):
+    """SIGINT once the sweep has said what it will run (every layer: jobs are in flight):
+    no traceback, a line saying to rerun, exit status 130."""
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps([PAIR]))
+    argv = [sys.executable, "-u", str(SCRIPT), "--url", smollm2_service.url, "--out",
+            str(tmp_path / "sweep.jsonl"), "--layers-step", "1", "--pairs", str(pairs)]
+    env = {**os.environ, "GLASSBOX_API_KEY": smollm2_service.api_key,
+           "PYTHONPATH": str(ROOT / "client")}
+    env.pop("GLASSBOX_URL", None)
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        for line in process.stdout:
+            if "to run" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert "rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr
+    assert process.returncode == 130

@@ -168,3 +168,15 @@ def test_run_all_leaves_no_summary_in_a_notebook_but_keeps_it_in_a_log(notebook,
     monkeypatch.setattr(sys, "stderr", log)
     assert glassbox.run_all([lambda: 1, lambda: 2], quiet=False) == [1, 2]
     assert log.getvalue().splitlines()[-1].startswith("glassbox: 2/2 done")
+
+
+def test_a_batch_line_shows_the_time_left():
+    from glassbox.batch import _summary, eta
+
+    assert eta(0, 10, 5.0) == ""                        # nothing to go by yet
+    assert eta(2, 10, 10.0) == " · about 40.0 s left"   # 5 s each, 8 to go
+    assert eta(10, 10, 50.0) == ""                      # all done
+    done = [types.SimpleNamespace(done=lambda: True, running=lambda: False,
+                                  cancelled=lambda: False, exception=lambda: None)]
+    running = [types.SimpleNamespace(done=lambda: False, running=lambda: True)]
+    assert "left" in _summary(done + running * 3, started=0.0)

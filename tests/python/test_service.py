@@ -230,11 +230,16 @@ def test_requests_over_the_size_limit_are_refused_before_sending(service):
 
 
 def test_no_service_is_a_quick_clear_error():
-    backend = ServiceBackend(f"tcp://127.0.0.1:{launcher.free_port()}", call_timeout=0.3)
-    with pytest.raises(GlassboxError, match="no reply from the broker .*glassbox status") as e:
+    url = f"tcp://127.0.0.1:{launcher.free_port()}"
+    assert ServiceBackend(url).connect_timeout <= 2  # the default: reported within 2 s
+    backend = ServiceBackend(url, connect_timeout=0.3)  # call_timeout stays 15 s
+    with pytest.raises(GlassboxError, match=r"no Glassbox service answers at .* \(waited 0.3 s\)"
+                       r": start one with `glassbox up`") as e:
         backend.models()
     assert e.value.code == "UNAVAILABLE"
     backend.close()
+    with pytest.raises(GlassboxError, match="no Glassbox service answers"):
+        glassbox.Model("smollm2-135m", url=url, timeout=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,7 +481,7 @@ def test_glassbox_up_serves_with_keys_and_refuses_without(up):
             glassbox.Model(NAME, url=url, api_key=wrong, server_key=str(data / "curve.pub"))
         assert caught.value.code == "UNAUTHENTICATED"
     plain = ServiceBackend(url, key, call_timeout=0.5)  # no server key: no answer at all
-    with pytest.raises(GlassboxError, match="no reply"):
+    with pytest.raises(GlassboxError, match="no Glassbox service answers.*GLASSBOX_SERVER_KEY"):
         plain.models()
     plain.close()
 

@@ -1,0 +1,282 @@
+"""nnsight 0.8 code runs with one changed line (issue 15, item 1): each test runs the
+nnsight-style code as nnsight users write it, with `glassbox.Model` in place of
+`LanguageModel`, on the tiny Llama through the real engine; values are compared with the
+transformers goldens of tests/fixtures/tiny_llama (written by transformers itself)."""
+
+import importlib.util
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+import glassbox
+from glassbox import TracingError
+
+from conftest import TINY_LLAMA, FakeBackend
+
+def _header():
+    with open(TINY_LLAMA / "golden.safetensors", "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        return 8 + size, json.loads(f.read(size))
+
+
+def golden(name: str) -> np.ndarray:
+    """One tensor of golden.safetensors (transformers' activations for IDS)."""
+    start_of_data, header = _header()
+    entry = header[name]
+    assert entry["dtype"] == "F32"
+    start, end = entry["data_offsets"]
+    with open(TINY_LLAMA / "golden.safetensors", "rb") as f:
+        f.seek(start_of_data + start)
+        return np.frombuffer(f.read(end - start), np.float32).reshape(entry["shape"])
+
+
+IDS = json.loads(_header()[1]["__metadata__"]["input_ids"])  # the goldens' prompt
+
+
+def close(a, b, tol=1e-4):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= tol * max(1.0, np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return tiny_model
+
+
+GREEDY = json.loads((TINY_LLAMA / "golden_generate.json").read_text())
+GEN_IDS = GREEDY["prompt_ids"]
+
+
+def test_model_output_device_and_trace_keywords(model):
+    with model.trace(IDS, remote=True, scan=False, validate=True):
+        logits = model.output.logits.save()
+        out = model.output.save()
+        hidden = model.model.layers[1].output.to(model.device).save()
+    close(logits, golden("lm_head.output"))
+    close(out.logits, golden("lm_head.output"))
+    close(hidden, golden("model.layers.1.output"))
+
+
+def test_generator_output_is_prompt_and_new_tokens(model):
+    with model.generate(GEN_IDS, max_new_tokens=GREEDY["max_new_tokens"], remote=True) as tracer:
+        output = model.generator.output.save()
+    assert np.asarray(output).tolist() == [GREEDY["prompt_ids"] + GREEDY["generated_ids"]]
+
+
+def test_barrier_stop_log_and_print(model, capsys):
+    with model.trace(IDS) as tracer:
+        tracer.barrier(1)
+        hidden = model.model.layers[0].output.save()
+        print(hidden)
+        tracer.log("mean:", model.model.layers[0].output.mean())
+        tracer.stop()
+        raise AssertionError("the lines after tracer.stop() do not run")  # noqa: B012
+    printed = capsys.readouterr().out.splitlines()
+    assert "a traced value" in printed[0] and "tracer.log(x)" in printed[0]
+    assert printed[1].startswith("mean: ")
+    assert float(printed[1].split()[1]) == pytest.approx(golden("model.layers.0.output").mean(),
+                                                         rel=1e-4)
+    close(hidden, golden("model.layers.0.output"))
+
+
+def test_inputs_are_args_and_kwargs(model):
+    with model.trace(IDS):
+        args, kwargs = model.model.layers[1].mlp.inputs
+        mlp_in = args[0].save()
+    assert kwargs == {}
+    close(mlp_in, golden("model.layers.1.mlp.input"))
+
+
+def test_a_saved_list_collects_one_value_per_step(model):
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        logits = glassbox.list().save()
+        with tracer.iter[:]:
+            logits.append(model.lm_head.output)
+        ids = glassbox.list().save()
+        with tracer.all():
+            ids.append(model.lm_head.output[0, -1].argmax(dim=-1))
+    assert len(logits) == 3 and len(ids) == 3
+    assert [int(i) for i in ids] == GREEDY["generated_ids"][:3]
+    assert [np.asarray(x).argmax(-1)[0, -1] for x in logits] == GREEDY["generated_ids"][:3]
+
+
+def test_iter_with_a_list_of_steps_and_next(model):
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        first = model.lm_head.output[0, -1].argmax(dim=-1).save()
+        tracer.next()
+        second = model.lm_head.output[0, -1].argmax(dim=-1).save()
+        chosen = glassbox.list().save()
+        for step in tracer.iter[[0, 2]]:
+            chosen.append(model.lm_head.output[0, -1].argmax(dim=-1))
+        with pytest.raises(TracingError, match="for step in tracer.iter"):
+            with tracer.iter[[0, 2]]:
+                pass
+    new = GREEDY["generated_ids"]
+    assert (int(first), int(second)) == (new[0], new[1])
+    assert [int(c) for c in chosen] == [new[0], new[2]]
+
+
+def test_requires_grad_and_grad(model):
+    with model.trace(IDS):
+        hidden = model.model.layers[1].output
+        hidden.requires_grad_(True)
+        logits = model.lm_head.output
+        with logits[0, -1, 5].backward():
+            grad = hidden.grad.save()
+    assert grad.shape == (1, len(IDS), 64)
+    assert np.abs(np.asarray(grad)[0, :-1]).max() > 0  # earlier positions feed the last
+
+
+def test_cache_is_addressable_as_nnsight_does(model):
+    with model.trace(IDS) as tracer:
+        cache = tracer.cache(modules=[model.model.layers[2]])
+    close(cache["model.model.layers.2"].output, golden("model.layers.2.output"))
+    close(cache.model.model.layers[2].output, golden("model.layers.2.output"))
+    close(cache["model.model.layers.2.mlp"].input, golden("model.layers.2.mlp.input"))
+    assert all(".2." in name for name in cache)  # layer 2 only
+    with pytest.raises(KeyError, match="did you mean 'model.model.layers.2'"):
+        cache["model.model.layer.2"]
+
+
+def test_cache_of_a_module_is_that_module_only():
+    fake = FakeBackend(layers=12)
+    model = glassbox.Model("fake", backend=fake, arrays="numpy")
+    with model.trace("hi") as tracer:
+        tracer.cache(modules=[model.model.layers[1]])
+    assert [n.kwargs["filter"] for n in fake.last.traces[0].nodes] == ["model.layers.1."]
+
+
+def test_scan_sizes_are_python_ints(model):
+    with model.scan(IDS):
+        dim = model.model.layers[0].output.shape[-1]
+        seq = model.model.layers[0].output.shape[1]
+        heads = model.model.layers[0].self_attn.z.shape[2]
+        assert (dim, seq, heads) == (64, len(IDS), 4) and type(dim) is int
+        model.model.layers[0].output.save()
+    assert dim == golden("model.layers.0.output").shape[-1]
+
+
+def test_shapes_known_while_tracing_match_the_values_in_a_generation(model):
+    with model.generate(GEN_IDS, max_new_tokens=2) as tracer:
+        shapes, values = [], []
+        for step in range(2):
+            for point in (model.lm_head.output, model.model.layers[0].self_attn.attn_pattern):
+                shapes.append(point.shape)
+                values.append(point.save())
+            tracer.next() if step == 0 else None
+    assert [tuple(s) for s in shapes] == [tuple(np.shape(v)) for v in values]
+
+
+def test_skip_in_a_generation_is_per_step_or_refused(model):
+    with pytest.raises(TracingError, match="inside `with tracer.all"):
+        with model.generate(IDS, max_new_tokens=2):
+            model.model.layers[1].skip(model.model.layers[1].input)
+    with model.generate(IDS, max_new_tokens=2) as tracer:
+        with tracer.all():
+            model.model.layers[1].skip(model.model.layers[1].input)
+            out = model.model.layers[1].output.save()
+            inp = model.model.layers[1].input.save()
+    for o, i in zip(out, inp):
+        close(o, i, 0)
+
+
+def test_attention_output_is_a_tuple(model):
+    with model.trace(IDS):
+        attn = model.model.layers[0].self_attn.output[0].save()
+        weights = model.model.layers[0].self_attn.output[1].save()
+        out, _ = model.model.layers[1].self_attn.output
+        out[:] = 0
+        after = model.model.layers[1].output.save()
+        with pytest.raises(TracingError, match=r"a tuple \(attn_output, attn_weights\)"):
+            model.model.layers[0].self_attn.output[:, -1]
+    close(attn, golden("model.layers.0.self_attn.output"))
+    close(weights, golden("model.layers.0.self_attn.attn_pattern"))
+    # attention zeroed: layer 1's output is its input plus its MLP of the normed input only
+    assert not np.allclose(np.asarray(after), golden("model.layers.1.output"))
+
+
+def test_edit_config_tensor_ids_and_device(model):
+    import importlib.util
+
+    with model.edit() as (tracer, edited):
+        model.model.layers[0].mlp.output[:] = 0
+    with edited.trace(IDS):
+        mlp = model.model.layers[0].mlp.output.save()
+    assert np.abs(np.asarray(mlp)).max() == 0
+    with model.edit() as edited_too:
+        model.model.layers[0].mlp.output[:] = 0
+    assert edited_too is not model
+    assert model.config.num_hidden_layers == 3 and model.config.hidden_size == 64
+    with pytest.raises(AttributeError, match="did you mean"):
+        model.config.hiden_size
+    ids = np.array([IDS])
+    if importlib.util.find_spec("torch"):
+        import torch
+
+        ids = torch.tensor([IDS])
+    with model.trace(ids):
+        hidden = model.model.layers[0].output
+        hidden.to(hidden.device)
+        saved = hidden.save()
+    close(saved, golden("model.layers.0.output"))
+
+
+def test_torch_style_functions_on_traced_values(model):
+    with model.trace(IDS):
+        h = model.model.layers[1].output
+        normed = glassbox.functions.normalize(h, dim=-1).save()
+        norm = glassbox.functions.norm(h, dim=-1).save()
+        positive = glassbox.functions.all(h.abs() >= 0).save()
+        heads = glassbox.rearrange(model.model.layers[1].self_attn.z,
+                                   "b s h d -> b h s d").save()
+        merged = glassbox.rearrange(model.model.layers[1].self_attn.z,
+                                    "b s h d -> b s (h d)").save()
+        split = glassbox.rearrange(h, "b s (h d) -> b s h d", h=4).save()
+    ref = golden("model.layers.1.output")
+    close(norm, np.linalg.norm(ref, axis=-1))
+    close(normed, ref / np.linalg.norm(ref, axis=-1, keepdims=True))
+    assert bool(positive)
+    z = golden("model.layers.1.self_attn.z")
+    close(heads, z.transpose(0, 2, 1, 3))
+    close(merged, z.reshape(1, len(IDS), -1))
+    close(split, ref.reshape(1, len(IDS), 4, 16))
+
+
+def test_saved_scalars_have_shape_and_pickle(model):
+    with model.trace(IDS):
+        total = model.model.layers[1].output.sum().save()
+    assert tuple(np.shape(total.value)) == ()
+    assert float(pickle.loads(pickle.dumps(total))) == pytest.approx(float(total.value))
+
+
+if importlib.util.find_spec("torch"):  # (only where torch is: a skip fails under ./test.sh)
+    def test_torch_functions_on_traced_values(model):
+        import torch
+        import torch.nn.functional as F
+
+        with model.trace(IDS):
+            h = model.model.layers[1].output
+            probs = F.softmax(h, dim=-1).save()
+            gelu = F.gelu(h).save()
+            norm = torch.norm(h, dim=-1).save()
+            ok = torch.all(h == h).save()
+        ref = torch.from_numpy(golden("model.layers.1.output").copy())
+        close(probs, torch.softmax(ref, dim=-1))
+        close(gelu, F.gelu(ref))
+        close(norm, torch.norm(ref, dim=-1))
+        assert bool(ok)
+
+    def test_an_error_inside_a_torch_function_names_the_users_line(model):
+        import torch.nn.functional as F
+
+        with pytest.raises(TracingError) as caught:
+            with model.trace(IDS):
+                F.cross_entropy(model.lm_head.output[0], model.lm_head.output[0])  # line A
+        line_a = [n for n, text in enumerate(open(__file__).read().splitlines(), 1)
+                  if text.rstrip().endswith("# line A")][0]
+        assert caught.value.source.endswith(f"test_nnsight_idioms.py:{line_a}")
+        assert "cross_entropy" in caught.value.message
