@@ -1,14 +1,15 @@
 // libFuzzer entry point: feeds arbitrary bytes to every msgpack decoder and, when they parse
 // as JSON, to the JSON decoders. Decoding must never crash, hang or leak whatever the input;
 // errors are the expected outcome, and whatever decodes must survive a round trip.
-// Build and run (clang only):
-//   CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DGLASSBOX_FUZZ=ON -DGLASSBOX_BUILD_TESTS=OFF
-//   ninja -C build-fuzz protocol_decode_fuzzer
+// Build and run (clang only; scripts/fuzz/run.sh decode does all of it, in build-asan/):
+//   CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DGLASSBOX_FUZZ=ON
+//   cmake --build build-fuzz --target protocol_decode_fuzzer
 //   mkdir -p /tmp/fuzz && build-fuzz/bin/protocol_decode_fuzzer /tmp/fuzz protocol/fuzz/corpus \
 //     -dict=protocol/fuzz/decode.dict -max_total_time=300
 //   build-fuzz/bin/protocol_decode_fuzzer -merge=1 protocol/fuzz/corpus /tmp/fuzz  # keep finds
 // The corpus in protocol/fuzz/corpus is replayed by tests/protocol/vectors_test.cc and
-// tests/python/test_wire.py in every build.
+// tests/python/test_wire.py in every build (and under ASan + UBSan by
+// scripts/sanitize_check.sh).
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
