@@ -88,6 +88,12 @@ struct GenerateResult {
 
 class Transformer;
 
+// What a weight is to the module it belongs to (the module's path is the name without its
+// last part): a linear layer's weight, [out, in] as nn.Linear holds it or [in, out] as
+// GPT-2's Conv1D does (output = input·Wᵀ + b, or input·W + b), its bias, or anything else
+// (norms, embeddings, a tied unembedding); or a TransformerLens name, computed from those.
+enum class WeightRole { kOther, kLinearOutIn, kLinearInOut, kLinearBias, kTransformerLens };
+
 class Model {
  public:
   // Loads a GGUF file or a Hugging Face directory (config.json + safetensors) of any family
@@ -121,6 +127,20 @@ class Model {
   // The modules that are plain matrix products (projections, the unembedding), in forward
   // order: with each layer's two attention products, the matrix work of a pass.
   std::vector<std::string> MatmulModules() const;
+  // Names of the model's weights: Hugging Face parameter names ("lm_head.weight",
+  // "model.layers.3.self_attn.o_proj.weight", "transformer.h.0.attn.c_attn.bias") in forward
+  // order, a tied unembedding under both of its names; then TransformerLens' names in its
+  // shapes ("W_U", "blocks.3.attn.W_Q", see engine/tl_weights.h).
+  std::vector<std::string> WeightNames() const;
+  // A weight's shape without computing it. kNotFound names it and the closest names.
+  StatusOr<std::vector<int64_t>> WeightShape(const std::string& name) const;
+  // A weight as the forward uses it (dequantized, in transformers' layout and shape), in the
+  // run dtype on the model's device. A Hugging Face name gives the resident tensor itself:
+  // never modify it in place (clone first); a TransformerLens name gives a new tensor.
+  // kNotFound names the weight and the closest names.
+  StatusOr<at::Tensor> Weight(const std::string& name) const;
+  // kOther for names the model does not have.
+  WeightRole WeightRoleOf(const std::string& name) const;
   // Bytes of the resident weights in the run's dtype (tied tensors counted once).
   int64_t WeightBytes() const;
 

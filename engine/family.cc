@@ -24,6 +24,42 @@ Transformer::Transformer(const ModelConfig& config, CatalogueSpec catalogue, at:
     : config_(config), catalogue_(WithDtype(std::move(catalogue), dtype)), device_(device),
       dtype_(dtype) {}
 
+void Transformer::AddWeight(const std::string& name, const at::Tensor& weight, WeightRole role) {
+  if (!weight.defined()) return;
+  named_weights_.emplace_back(name, weight);
+  weight_roles_.push_back(role);
+}
+
+WeightRole Transformer::weight_role(const std::string& name) const {
+  for (size_t i = 0; i < named_weights_.size(); ++i) {
+    if (named_weights_[i].first == name) return weight_roles_[i];
+  }
+  return WeightRole::kOther;
+}
+
+at::Tensor Transformer::NamedWeight(const std::string& name) const {
+  for (const auto& named : named_weights_) {
+    if (named.first == name) return named.second;
+  }
+  return at::Tensor();
+}
+
+void Transformer::SetTlLayout(const TlWeightLayout& layout) {
+  tl_layout_ = layout;
+  tl_weights_.clear();
+  const HfWeights hf = [this](const std::string& name) { return NamedWeight(name); };
+  for (const std::string& name : TlWeightNames(layout, config_, hf)) {
+    tl_weights_.emplace_back(name, glassbox::TlWeight(name, layout, config_, [&](const std::string& n) {
+                               const at::Tensor w = NamedWeight(n);
+                               return w.defined() ? at::empty(w.sizes(), w.options().device(at::kMeta)) : w;
+                             }).value().sizes().vec());
+  }
+}
+
+StatusOr<at::Tensor> Transformer::TlWeight(const std::string& name) const {
+  return glassbox::TlWeight(name, tl_layout_, config_, [this](const std::string& n) { return NamedWeight(n); });
+}
+
 KvCache Transformer::NewCache(int64_t batch, int64_t capacity) const {
   KvCache cache;
   auto options = at::TensorOptions().device(device_).dtype(dtype_);

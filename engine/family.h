@@ -15,12 +15,14 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/status.h"
 #include "engine/engine.h"
 #include "engine/hook_catalogue.h"
 #include "engine/hooks.h"
+#include "engine/tl_weights.h"
 
 namespace glassbox {
 
@@ -74,6 +76,21 @@ class Transformer {
   int64_t weight_bytes() const { return weight_bytes_; }
   void set_weight_bytes(int64_t bytes) { weight_bytes_ = bytes; }
 
+  // The weights under their Hugging Face parameter names ("model.norm.weight",
+  // "model.layers.0.self_attn.o_proj.weight"), in the shapes transformers gives its parameters
+  // (GPT-2's Conv1D [in, out]), holding what the forward uses: dequantized, reordered to
+  // transformers' layout, in the run dtype on the device. A tied unembedding is listed under
+  // both names. In the family's forward order. The tensors are (views of) the held weights:
+  // callers never modify them in place.
+  const std::vector<std::pair<std::string, at::Tensor>>& named_weights() const { return named_weights_; }
+  WeightRole weight_role(const std::string& name) const;
+  // The held Hugging Face weight of that name, undefined when there is none.
+  at::Tensor NamedWeight(const std::string& name) const;
+  // TransformerLens' names for the weights with their shapes (engine/tl_weights.h).
+  const std::vector<std::pair<std::string, std::vector<int64_t>>>& tl_weights() const { return tl_weights_; }
+  // A TransformerLens-named weight, computed from the held weights (a new tensor).
+  StatusOr<at::Tensor> TlWeight(const std::string& name) const;
+
   KvCache NewCache(int64_t batch, int64_t capacity) const;
   const ModelConfig& config() const { return config_; }
   const HookCatalogue& catalogue() const { return catalogue_; }
@@ -86,6 +103,18 @@ class Transformer {
   at::Device device_;
   at::ScalarType dtype_;
   int64_t weight_bytes_ = 0;
+
+  // For a family's constructor: lists `weight` under `name` (skipped when undefined, as an
+  // absent bias is), saying whether it is a linear layer's weight or bias (see WeightRole).
+  void AddWeight(const std::string& name, const at::Tensor& weight, WeightRole role = WeightRole::kOther);
+  // For a family's constructor, after its AddWeight calls: where TransformerLens' weights are.
+  void SetTlLayout(const TlWeightLayout& layout);
+
+ private:
+  std::vector<std::pair<std::string, at::Tensor>> named_weights_;
+  std::vector<WeightRole> weight_roles_;  // parallel to named_weights_
+  TlWeightLayout tl_layout_;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> tl_weights_;
 };
 
 // The checkpoint's tensors, each taken once: placed on the run's device in its dtype and

@@ -8,7 +8,6 @@
 #include "base/check.h"
 
 namespace glassbox {
-namespace {
 
 int EditDistance(const std::string& a, const std::string& b) {
   std::vector<int> prev(b.size() + 1), cur(b.size() + 1);
@@ -23,8 +22,6 @@ int EditDistance(const std::string& a, const std::string& b) {
   }
   return prev[b.size()];
 }
-
-}  // namespace
 
 HookCatalogue::HookCatalogue(const CatalogueSpec& spec)
     : num_layers_(static_cast<int>(spec.num_layers)),

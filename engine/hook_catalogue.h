@@ -52,6 +52,9 @@ struct HookPointInfo {
   bool last_position = false;        // seq is 1 when only the last position's logits are made
 };
 
+// Levenshtein distance, for suggesting the closest names to a misspelt one.
+int EditDistance(const std::string& a, const std::string& b);
+
 class HookCatalogue {
  public:
   // Every name and skip_from must be unique and resolvable; a spec that breaks this is a bug

@@ -202,6 +202,53 @@ std::vector<std::string> Model::ModuleNames() const { return transformer_->Modul
 std::vector<std::string> Model::MatmulModules() const { return transformer_->MatmulModules(); }
 int64_t Model::WeightBytes() const { return transformer_->weight_bytes(); }
 
+std::vector<std::string> Model::WeightNames() const {
+  std::vector<std::string> names;
+  for (const auto& named : transformer_->named_weights()) names.push_back(named.first);
+  for (const auto& named : transformer_->tl_weights()) names.push_back(named.first);
+  return names;
+}
+
+namespace {
+
+Status NoSuchWeight(const std::string& name, const std::vector<std::string>& names) {
+  std::vector<std::pair<int, std::string>> scored;
+  for (const std::string& n : names) scored.emplace_back(EditDistance(name, n), n);
+  std::sort(scored.begin(), scored.end());
+  std::string close;
+  for (size_t i = 0; i < scored.size() && i < 3; ++i) close += (i ? ", " : "") + scored[i].second;
+  return NotFound("the model has no weight '" + name + "'; did you mean: " + close + "?");
+}
+
+}  // namespace
+
+StatusOr<std::vector<int64_t>> Model::WeightShape(const std::string& name) const {
+  const at::Tensor held = transformer_->NamedWeight(name);
+  if (held.defined()) return held.sizes().vec();
+  for (const auto& named : transformer_->tl_weights()) {
+    if (named.first == name) return named.second;
+  }
+  return NoSuchWeight(name, WeightNames());
+}
+
+WeightRole Model::WeightRoleOf(const std::string& name) const {
+  for (const auto& named : transformer_->tl_weights()) {
+    if (named.first == name) return WeightRole::kTransformerLens;
+  }
+  return transformer_->weight_role(name);
+}
+
+StatusOr<at::Tensor> Model::Weight(const std::string& name) const {
+  const at::Tensor held = transformer_->NamedWeight(name);
+  if (held.defined()) return held;
+  GLASSBOX_RETURN_IF_ERROR(WeightShape(name).status());
+  try {
+    return transformer_->TlWeight(name);
+  } catch (const c10::Error& e) {
+    return Internal("weight '" + name + "': " + e.what_without_backtrace());
+  }
+}
+
 StatusOr<ForwardResult> Model::Forward(const ForwardRequest& request, const HookSet* hooks) const {
   GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(request.prompts, config(), 0));
   try {

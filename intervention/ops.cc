@@ -37,6 +37,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <cctype>
 #include <tuple>
 
 #include "intervention/shape_pass.h"
@@ -359,6 +360,23 @@ std::vector<OpSpec> BuildOps() {
                    GLASSBOX_ASSIGN_OR_RETURN(at::Tensor y, call.meta ? ModuleOnMeta(call.model->catalogue(), name, x)
                                                                      : call.model->ApplyModule(name, x));
                    return RV::FromTensor(y);
+                 }});
+
+  ops.push_back({"weight", OpClass::kPure, 0, 0, {"name"}, "weight(name=)",
+                 "a weight of the model by name: a Hugging Face parameter name (\"lm_head.weight\", \"model.layers.3.self_attn.o_proj.bias\") or a TransformerLens one in its shapes (\"W_U\", \"blocks.3.attn.W_Q\"); the catalogue's weights list them. As the forward uses it: dequantized, in transformers' layout, in the run dtype; read-only",
+                 [](const OpCall& call) -> StatusOr<RV> {
+                   static const std::vector<std::string> names = {"name"};
+                   Args a(call, names);
+                   GLASSBOX_ASSIGN_OR_RETURN(std::string name, a.String(0));
+                   if (call.meta) {
+                     GLASSBOX_ASSIGN_OR_RETURN(std::vector<int64_t> shape, call.model->WeightShape(name));
+                     std::string dtype = call.model->dtype();  // "Float", "BFloat16", "Half"
+                     std::transform(dtype.begin(), dtype.end(), dtype.begin(), [](unsigned char ch) { return std::tolower(ch); });
+                     auto options = at::TensorOptions().dtype(ScalarTypeFromName(dtype).value_or(at::kFloat)).device(at::kMeta);
+                     return RV::FromTensor(at::empty(shape, options));
+                   }
+                   GLASSBOX_ASSIGN_OR_RETURN(at::Tensor w, call.model->Weight(name));
+                   return RV::FromTensor(w);
                  }});
 
   // Arithmetic and comparisons (broadcasting).

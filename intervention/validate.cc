@@ -160,6 +160,7 @@ class Planner {
     if (p.op != nullptr && p.op->op_class == OpClass::kCache) PlanCacheNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kSkip) PlanSkipNode(node, p);
     if (p.op != nullptr && p.op->op_class == OpClass::kModule) CheckModule(node);
+    if (p.op != nullptr && p.op->name == "weight") CheckWeight(node);
     plan_.index_of[node.id] = plan_.nodes.size();
     if (p.point >= 0) (grad ? plan_.grad_at_point : plan_.at_point)[p.point].push_back(plan_.nodes.size());
     if (p.point >= 0 && p.op->op_class == OpClass::kSkip) plan_.skipped_points.insert(p.point);
@@ -404,6 +405,17 @@ class Planner {
     const std::vector<std::string> modules = model_.ModuleNames();
     if (std::find(modules.begin(), modules.end(), name->second.string_value) == modules.end()) {
       Fail(&node, "no callable module " + Quoted(name->second.string_value) + "; callable: " + ModuleList(modules));
+    }
+  }
+
+  void CheckWeight(const protocol::Node& node) {
+    auto name = node.kwargs.find("name");
+    if (name == node.kwargs.end() || name->second.kind != Value::Kind::kString) {
+      Fail(&node, "weight needs name=\"<parameter name>\", e.g. \"lm_head.weight\"");
+    } else if (TooLong(name->second.string_value)) {
+      Fail(&node, TooLongMessage("weight name", name->second.string_value));
+    } else if (auto w = model_.WeightShape(name->second.string_value); !w.ok()) {
+      Fail(&node, w.status().message());
     }
   }
 

@@ -78,6 +78,17 @@ int64_t DefaultMaxJobBytes(const std::string& meminfo) {
 std::string CatalogueJson(const Model& model) {
   nlohmann::json out = nlohmann::json::parse(model.catalogue().ToJson());
   out["model"] = ConfigJson(model);
+  nlohmann::json weights = nlohmann::json::array();
+  for (const std::string& name : model.WeightNames()) {
+    nlohmann::json entry = {{"name", name}, {"shape", model.WeightShape(name).value()}};
+    const WeightRole role = model.WeightRoleOf(name);
+    if (role == WeightRole::kLinearOutIn) entry["linear"] = "out_in";
+    if (role == WeightRole::kLinearInOut) entry["linear"] = "in_out";
+    if (role == WeightRole::kLinearBias) entry["linear"] = "bias";
+    if (role == WeightRole::kTransformerLens) entry["transformer_lens"] = true;
+    weights.push_back(std::move(entry));
+  }
+  out["weights"] = std::move(weights);
   if (model.tokenizer() != nullptr) {
     out["tokenizer"] = TokenizerJson(*model.tokenizer());
     AddChatTemplate(model.chat_template(), out["tokenizer"]);

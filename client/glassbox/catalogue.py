@@ -34,13 +34,33 @@ class HookPoint:
     last_position: bool = False  # while generating, only the last position is computed
 
 
+@dataclass(frozen=True)
+class WeightSpec:
+    """One weight the model has: a Hugging Face parameter name (``lm_head.weight``) or a
+    TransformerLens one (``blocks.3.attn.W_Q``), its shape, and for a linear layer's weight
+    or bias how it acts (``out_in``: output = input·Wᵀ, ``in_out``: input·W (GPT-2's
+    Conv1D), ``bias``), else None (norms, embeddings, a tied unembedding, TransformerLens
+    names)."""
+
+    name: str
+    shape: Tuple[int, ...]
+    linear: Optional[str] = None
+    transformer_lens: bool = False  # computed on the service from the Hugging Face weights
+
+    @property
+    def module(self) -> str:
+        return self.name.rpartition(".")[0]
+
+
 @dataclass
 class ModuleSpec:
-    """One module of the tree: its dotted path, its submodules and its hook points."""
+    """One module of the tree: its dotted path, its submodules, its hook points and its
+    weights."""
 
     path: str
     children: Dict[str, "ModuleSpec"] = field(default_factory=dict)
     points: Dict[str, str] = field(default_factory=dict)  # attribute -> canonical point name
+    weights: Dict[str, str] = field(default_factory=dict)  # attribute -> weight name
 
     def is_list(self) -> bool:
         return bool(self.children) and all(key.isdigit() for key in self.children)
@@ -74,7 +94,12 @@ class Catalogue:
             self.points[point.name] = point
             for alias in point.aliases:
                 self._by_alias[alias] = point.name
+        self.weights: Dict[str, WeightSpec] = {
+            w["name"]: WeightSpec(w["name"], tuple(int(d) for d in w.get("shape", ())),
+                                  w.get("linear"), bool(w.get("transformer_lens", False)))
+            for w in info.get("weights", [])}
         self.tree = _build_tree(self.points.values())
+        _add_weights(self.tree, self.weights)
 
     def find(self, name: str) -> Optional[HookPoint]:
         """The point called ``name`` or aliased so; None if there is none."""
@@ -132,6 +157,17 @@ class Catalogue:
 # How a TransformerLens module name finds its Hugging Face module (see module_path).
 _MODULE_ALIASES = (("hook_input", ".input"), ("hook_normalized", ".output"),
                    ("hook_resid_pre", ".input"))
+
+
+def _add_weights(root: ModuleSpec, weights: Dict[str, WeightSpec]) -> None:
+    """``lm_head.weight`` becomes attribute ``weight`` of module ``lm_head``; ``W_U`` an
+    attribute of the model; ``blocks.3.attn.W_Q`` one of ``blocks.3.attn``."""
+    for name in weights:
+        *module_path, attribute = name.split(".")
+        spec = root
+        for part in module_path:
+            spec = spec.child(part)
+        spec.weights[attribute] = name
 
 
 def _build_tree(points: Iterable[HookPoint]) -> ModuleSpec:

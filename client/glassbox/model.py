@@ -69,11 +69,16 @@ class Envoy:
         if name == "inputs" and "input" in spec.points:
             # nnsight: (args, kwargs) of the module's call; its one tensor argument here.
             return (self._tracer(name).read(spec.points["input"]),), {}
+        if name in spec.weights:
+            return self._tracer(name).weight(spec.weights[name])
         if name in spec.children:
             return self._child(name)
         raise AttributeError(self._no_such(name))
 
     def __setattr__(self, name: str, value) -> None:
+        if name in self._spec.weights:
+            self._tracer(name).write_weight(self._spec.weights[name], value)
+            return
         if name not in self._spec.points:
             raise AttributeError(f"cannot set {name!r} on {self._spec.path or 'the model'}: "
                                  f"only its hook points ({', '.join(self._spec.points)}) can be "
@@ -146,12 +151,15 @@ class Envoy:
         return self
 
     def __dir__(self):
-        return sorted(set(self._spec.children) | set(self._spec.points) | set(_MODULE_METHODS))
+        return sorted(set(self._spec.children) | set(self._spec.points) |
+                      set(self._spec.weights) | set(_MODULE_METHODS))
 
     def __repr__(self) -> str:
         parts = []
         if self._spec.points:
             parts.append("points: " + ", ".join(self._spec.points))
+        if self._spec.weights:
+            parts.append("weights: " + ", ".join(self._spec.weights))
         if self._spec.children:
             children = list(self._spec.children)
             shown = children if len(children) <= 8 else children[:3] + ["...", children[-1]]
@@ -161,7 +169,7 @@ class Envoy:
         return f"<glassbox module {self._spec.path or self._model.name}{same}; {'; '.join(parts)}>"
 
     def _no_such(self, name: str) -> str:
-        known = list(self._spec.children) + list(self._spec.points)
+        known = list(self._spec.children) + list(self._spec.points) + list(self._spec.weights)
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; it has {', '.join(known)}"
         return f"{self._spec.path or self._model.name} has no module or hook point {name!r}{hint}"

@@ -58,6 +58,7 @@ class Proxy:
         object.__setattr__(self, "_source", source)
         object.__setattr__(self, "_value", _PENDING)
         object.__setattr__(self, "_scan", None)  # (dtype, shape) reported by a scan
+        object.__setattr__(self, "_weight", None)  # set for reads of a weight (its name)
 
     # State ---------------------------------------------------------------------------------
 

@@ -370,6 +370,7 @@ class Tracer(JobHandle):
         self._prompt_reads: Dict[int, Proxy] = {}
         self._stop_strings: List[str] = []
         self._reads: Dict[tuple, Proxy] = {}
+        self._weights: Dict[str, Proxy] = {}  # weights an edit changed -> their new values
         self._own_builder = True
         self.builder: Optional[RequestBuilder] = None
         self.trace: Optional[wire.Trace] = None
@@ -612,7 +613,54 @@ class Tracer(JobHandle):
                                     **_binding_kwargs(None, self._step)})
 
     def call_module(self, module_path: str, value) -> Proxy:
+        if f"{module_path}.weight" in self._weights or f"{module_path}.bias" in self._weights:
+            return self._linear(module_path, value)  # with the edited weights
         return self.node("module", [value], {"name": module_path})
+
+    # Weights ---------------------------------------------------------------------------------
+
+    def weight(self, name: str) -> Proxy:
+        """A weight's value (``weight`` op), or its edited value in an edited model."""
+        if name in self._weights:
+            return self._weights[name]
+        spec = self.model._catalogue.weights[name]
+        if self._weights and spec.transformer_lens:
+            raise TracingError(f"{name} is computed on the service from the served weights and "
+                               f"does not see this model's weight edits "
+                               f"({', '.join(self._weights)}); read the Hugging Face weights "
+                               "(module.weight) instead")
+        proxy = self.node("weight", [], {"name": name})
+        object.__setattr__(proxy, "_weight", name)
+        return proxy
+
+    def write_weight(self, name: str, value) -> None:
+        """``module.weight = value``: only inside ``model.edit()``, only for linear layers;
+        later traces of the edited model see the new weight in their forward pass (the
+        module's output is computed from its input with it) and when they read it."""
+        spec = self.model._catalogue.weights[name]
+        if not isinstance(self, EditRecorder):
+            raise TracingError(f"weights are changed only inside `with model.edit() as edited:` "
+                               f"(traces of `edited` then use the new {name}; the served model "
+                               "is never changed)")
+        if spec.linear is None:
+            linear = [w for w, s in self.model._catalogue.weights.items() if s.linear][:2]
+            raise TracingError(f"{name} cannot be edited: only the weights and biases of linear "
+                               f"layers can (e.g. {', '.join(linear)}); norms, embeddings, a tied "
+                               "unembedding and TransformerLens-named weights cannot. Write the "
+                               "module's output instead")
+        new = value if isinstance(value, Proxy) else self.call("clone", (value,), {})
+        object.__setattr__(new, "_weight", name)
+        self._weights[name] = new
+        module = spec.module
+        self.write(f"{module}.output", self._linear(module, self.read(f"{module}.input")))
+
+    def _linear(self, module: str, x) -> Proxy:
+        """The linear module ``module`` applied to ``x`` with its current (edited) weights."""
+        weights = self.model._catalogue.weights
+        w = self.weight(f"{module}.weight")
+        layout = weights[f"{module}.weight"].linear
+        y = x @ (w if layout == "in_out" else w.transpose(0, 1))
+        return y + self.weight(f"{module}.bias") if f"{module}.bias" in weights else y
 
     def cache(self, filter: Any = "", modules: Optional[list] = None) -> "Cache":
         """Saves every hook point whose name or alias contains ``filter`` (a string or a
@@ -658,6 +706,10 @@ class Tracer(JobHandle):
                                "change the model through a view; index the hook point once "
                                "instead, e.g. layer.output[0, :, 3] = 0")
         key = to_wire_index(index, self.builder)
+        if proxy._weight is not None:  # module.weight[index] = value
+            self.write_weight(proxy._weight, self.node("setitem", [proxy, key, value]))
+            proxy._rebind(self._weights[proxy._weight]._id, None)
+            return
         hook = proxy._hook
         if hook is not None and hook.owner is self:
             self.node("write", [value], {**self.hook_kwargs(hook), "index": key})
@@ -669,6 +721,9 @@ class Tracer(JobHandle):
     def update_in_place(self, proxy: Proxy, op: str, other) -> Proxy:
         """``x op= other``: writes the result back when x was read at a hook point."""
         result = self.call(op, (proxy, other), {})
+        if proxy._weight is not None:  # module.weight += value
+            self.write_weight(proxy._weight, result)
+            return result
         hook = proxy._hook
         if hook is None or hook.owner is not self:
             return result
@@ -1013,8 +1068,9 @@ class Edit:
 
     _HOOK_OPS = ("read", "write", "skip", "cache")
 
-    def __init__(self, nodes: List[wire.Node]):
+    def __init__(self, nodes: List[wire.Node], weights: Dict[str, int]):
         self.nodes = nodes
+        self.weights = weights  # weight name -> the node holding its new value
 
     def apply_to(self, tracer: Tracer) -> None:
         ids: Dict[int, int] = {}
@@ -1026,6 +1082,11 @@ class Edit:
                 kwargs["step"] = "all"  # an edit holds for every forward pass
             args = [_renumber(a, ids) for a in node.args]
             tracer.trace.nodes.append(wire.Node(ids[node.id], node.op, args, kwargs, node.source))
+        for name, node_id in self.weights.items():
+            proxy = Proxy(tracer.builder, ids[node_id], op="weight")
+            object.__setattr__(proxy, "_weight", name)
+            tracer.builder.proxies[proxy._id] = proxy
+            tracer._weights[name] = proxy
 
 
 def _renumber(value, ids: Dict[int, int]):
@@ -1058,7 +1119,8 @@ class EditRecorder(Tracer):
         _stack().pop()
         self._target.__dict__.pop("_edit_pair", None)
         if exc_type is None:
-            self._target._edits.append(Edit(self.trace.nodes))
+            weights = {name: proxy._id for name, proxy in self._weights.items()}
+            self._target._edits.append(Edit(self.trace.nodes, weights))
         return False
 
     def save(self, proxy: Proxy, name: Optional[str]) -> None:

@@ -128,6 +128,7 @@ class GemmaTransformer : public Transformer {
         embed_scale_(at::scalar_tensor(std::sqrt(static_cast<double>(o.config.hidden_size)),
                                        at::TensorOptions().dtype(at::kFloat).device(device)).to(dtype)) {
     (void)LayerPoints(kLayerPoints, kPointCount, o.config, KeepPoint(o), index_);
+    AddWeights();
   }
 
   at::Tensor Forward(const PassInputs& in) const override;
@@ -144,6 +145,36 @@ class GemmaTransformer : public Transformer {
   at::Tensor Mlp(const LayerWeights& l, const at::Tensor& x) const {
     at::Tensor act = Activate(o_.activation, at::linear(x, l.gate_proj)) * at::linear(x, l.up_proj);
     return at::linear(act, l.down_proj);
+  }
+
+  void AddWeights() {
+    AddWeight("model.embed_tokens.weight", w_.embed_tokens);
+    for (size_t i = 0; i < w_.layers.size(); ++i) {
+      const LayerWeights& l = w_.layers[i];
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      AddWeight(p + "input_layernorm.weight", l.input_layernorm);
+      AddWeight(p + "self_attn.q_proj.weight", l.q_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "self_attn.k_proj.weight", l.k_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "self_attn.v_proj.weight", l.v_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "self_attn.o_proj.weight", l.o_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "self_attn.q_norm.weight", l.q_norm);
+      AddWeight(p + "self_attn.k_norm.weight", l.k_norm);
+      AddWeight(p + "post_attention_layernorm.weight", l.post_attention_layernorm);
+      AddWeight(p + "pre_feedforward_layernorm.weight", l.pre_feedforward_layernorm);
+      AddWeight(p + "mlp.gate_proj.weight", l.gate_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "mlp.up_proj.weight", l.up_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "mlp.down_proj.weight", l.down_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "post_feedforward_layernorm.weight", l.post_feedforward_layernorm);
+    }
+    AddWeight("model.norm.weight", w_.norm);
+    AddWeight("lm_head.weight", w_.embed_tokens);  // tied
+    TlWeightLayout tl;
+    tl.embed = "model.embed_tokens", tl.unembed = "lm_head", tl.final_norm = "model.norm";
+    tl.layer = "model.layers.", tl.ln1 = "input_layernorm", tl.ln2 = "pre_feedforward_layernorm";
+    tl.q = "self_attn.q_proj", tl.k = "self_attn.k_proj", tl.v = "self_attn.v_proj", tl.o = "self_attn.o_proj";
+    tl.mlp_in = "mlp.up_proj", tl.mlp_gate = "mlp.gate_proj", tl.mlp_out = "mlp.down_proj";
+    tl.norm_weight_offset = 1;  // TransformerLens holds Gemma's norm weights as 1 + w
+    SetTlLayout(tl);
   }
 
   Options o_;

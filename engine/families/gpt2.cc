@@ -94,7 +94,9 @@ struct Weights {
 class Gpt2Transformer : public Transformer {
  public:
   Gpt2Transformer(const Options& o, Weights w, at::Device device, at::ScalarType dtype)
-      : Transformer(o.config, Gpt2Catalogue(o), device, dtype), o_(o), w_(std::move(w)) {}
+      : Transformer(o.config, Gpt2Catalogue(o), device, dtype), o_(o), w_(std::move(w)) {
+    AddWeights();
+  }
 
   at::Tensor Forward(const PassInputs& in) const override;
   StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const override;
@@ -109,6 +111,37 @@ class Gpt2Transformer : public Transformer {
   at::Tensor Ln(const Norm& n, const at::Tensor& x) const { return LayerNorm(x, n.weight, n.bias, o_.eps); }
   at::Tensor Mlp(const Block& b, const at::Tensor& x) const {
     return b.mlp_proj(Activate(o_.activation, b.c_fc(x)));
+  }
+
+  // Conv1D weights are listed as transformers holds them, [in, out] (a view, no copy).
+  void AddWeights() {
+    AddWeight("transformer.wte.weight", w_.wte);
+    AddWeight("transformer.wpe.weight", w_.wpe);
+    for (size_t i = 0; i < w_.blocks.size(); ++i) {
+      const Block& b = w_.blocks[i];
+      const std::string p = "transformer.h." + std::to_string(i) + ".";
+      const std::pair<const char*, const Linear*> convs[] = {
+          {"attn.c_attn", &b.c_attn}, {"attn.c_proj", &b.attn_proj}, {"mlp.c_fc", &b.c_fc}, {"mlp.c_proj", &b.mlp_proj}};
+      AddWeight(p + "ln_1.weight", b.ln_1.weight);
+      AddWeight(p + "ln_1.bias", b.ln_1.bias);
+      for (int k = 0; k < 4; ++k) {
+        if (k == 2) {
+          AddWeight(p + "ln_2.weight", b.ln_2.weight);
+          AddWeight(p + "ln_2.bias", b.ln_2.bias);
+        }
+        AddWeight(p + convs[k].first + ".weight", convs[k].second->weight.t(), WeightRole::kLinearInOut);
+        AddWeight(p + convs[k].first + ".bias", convs[k].second->bias, WeightRole::kLinearBias);
+      }
+    }
+    AddWeight("transformer.ln_f.weight", w_.ln_f.weight);
+    AddWeight("transformer.ln_f.bias", w_.ln_f.bias);
+    AddWeight("lm_head.weight", w_.wte);  // tied
+    TlWeightLayout tl;
+    tl.embed = "transformer.wte", tl.pos = "transformer.wpe", tl.unembed = "lm_head", tl.final_norm = "transformer.ln_f";
+    tl.layer = "transformer.h.", tl.ln1 = "ln_1", tl.ln2 = "ln_2";
+    tl.qkv = TlWeightLayout::Qkv::kConv1D, tl.q = "attn.c_attn", tl.o = "attn.c_proj";
+    tl.mlp_in = "mlp.c_fc", tl.mlp_out = "mlp.c_proj", tl.conv1d = true;
+    SetTlLayout(tl);
   }
 
   Options o_;

@@ -103,6 +103,7 @@ class LlamaTransformer : public Transformer {
       : Transformer(o.config, LlamaCatalogue(o), device, dtype), o_(o),
         w_(std::move(w)), rotary_(o.rope, device) {
     (void)LayerPoints(kLayerPoints, kPointCount, o.config, KeepPoint(o), index_);
+    AddWeights();
   }
 
   at::Tensor Forward(const PassInputs& in) const override;
@@ -120,6 +121,40 @@ class LlamaTransformer : public Transformer {
   at::Tensor Mlp(const LayerWeights& l, const at::Tensor& x) const {
     at::Tensor act = Activate(o_.activation, at::linear(x, l.gate_proj, l.gate_bias));
     return at::linear(act * at::linear(x, l.up_proj, l.up_bias), l.down_proj, l.down_bias);
+  }
+
+  void AddWeights() {
+    AddWeight("model.embed_tokens.weight", w_.embed_tokens);
+    for (size_t i = 0; i < w_.layers.size(); ++i) {
+      const LayerWeights& l = w_.layers[i];
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      AddWeight(p + "input_layernorm.weight", l.input_layernorm);
+      AddWeight(p + "self_attn.q_proj.weight", l.q_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "self_attn.q_proj.bias", l.q_bias, WeightRole::kLinearBias);
+      AddWeight(p + "self_attn.k_proj.weight", l.k_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "self_attn.k_proj.bias", l.k_bias, WeightRole::kLinearBias);
+      AddWeight(p + "self_attn.v_proj.weight", l.v_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "self_attn.v_proj.bias", l.v_bias, WeightRole::kLinearBias);
+      AddWeight(p + "self_attn.o_proj.weight", l.o_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "self_attn.o_proj.bias", l.o_bias, WeightRole::kLinearBias);
+      AddWeight(p + "self_attn.q_norm.weight", l.q_norm);
+      AddWeight(p + "self_attn.k_norm.weight", l.k_norm);
+      AddWeight(p + "post_attention_layernorm.weight", l.post_attention_layernorm);
+      AddWeight(p + "mlp.gate_proj.weight", l.gate_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "mlp.gate_proj.bias", l.gate_bias, WeightRole::kLinearBias);
+      AddWeight(p + "mlp.up_proj.weight", l.up_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "mlp.up_proj.bias", l.up_bias, WeightRole::kLinearBias);
+      AddWeight(p + "mlp.down_proj.weight", l.down_proj, WeightRole::kLinearOutIn);
+      AddWeight(p + "mlp.down_proj.bias", l.down_bias, WeightRole::kLinearBias);
+    }
+    AddWeight("model.norm.weight", w_.norm);
+    AddWeight("lm_head.weight", w_.lm_head, o_.config.tie_word_embeddings ? WeightRole::kOther : WeightRole::kLinearOutIn);
+    TlWeightLayout tl;
+    tl.embed = "model.embed_tokens", tl.unembed = "lm_head", tl.final_norm = "model.norm";
+    tl.layer = "model.layers.", tl.ln1 = "input_layernorm", tl.ln2 = "post_attention_layernorm";
+    tl.q = "self_attn.q_proj", tl.k = "self_attn.k_proj", tl.v = "self_attn.v_proj", tl.o = "self_attn.o_proj";
+    tl.mlp_in = "mlp.up_proj", tl.mlp_gate = "mlp.gate_proj", tl.mlp_out = "mlp.down_proj";
+    SetTlLayout(tl);
   }
 
   LlamaOptions o_;

@@ -101,7 +101,9 @@ class NeoxTransformer : public Transformer {
  public:
   NeoxTransformer(const Options& o, Weights w, at::Device device, at::ScalarType dtype)
       : Transformer(o.config, NeoxCatalogue(o), device, dtype), o_(o), w_(std::move(w)),
-        rotary_(o.rope, device) {}
+        rotary_(o.rope, device) {
+    AddWeights();
+  }
 
   at::Tensor Forward(const PassInputs& in) const override;
   StatusOr<at::Tensor> ApplyModule(const std::string& name, const at::Tensor& x) const override;
@@ -116,6 +118,36 @@ class NeoxTransformer : public Transformer {
   at::Tensor Ln(const Norm& n, const at::Tensor& x) const { return LayerNorm(x, n.weight, n.bias, o_.eps); }
   at::Tensor Mlp(const Layer& l, const at::Tensor& x) const {
     return l.dense_4h_to_h(Activate(o_.activation, l.dense_h_to_4h(x)));
+  }
+
+  void AddWeights() {
+    AddWeight("gpt_neox.embed_in.weight", w_.embed_in);
+    for (size_t i = 0; i < w_.layers.size(); ++i) {
+      const Layer& l = w_.layers[i];
+      const std::string p = "gpt_neox.layers." + std::to_string(i) + ".";
+      AddNorm(p + "input_layernorm", l.input_layernorm);
+      AddNorm(p + "post_attention_layernorm", l.post_attention_layernorm);
+      AddLinear(p + "attention.query_key_value", l.query_key_value);
+      AddLinear(p + "attention.dense", l.dense);
+      AddLinear(p + "mlp.dense_h_to_4h", l.dense_h_to_4h);
+      AddLinear(p + "mlp.dense_4h_to_h", l.dense_4h_to_h);
+    }
+    AddNorm("gpt_neox.final_layer_norm", w_.final_layer_norm);
+    AddWeight("embed_out.weight", w_.embed_out, o_.config.tie_word_embeddings ? WeightRole::kOther : WeightRole::kLinearOutIn);
+    TlWeightLayout tl;
+    tl.embed = "gpt_neox.embed_in", tl.unembed = "embed_out", tl.final_norm = "gpt_neox.final_layer_norm";
+    tl.layer = "gpt_neox.layers.", tl.ln1 = "input_layernorm", tl.ln2 = "post_attention_layernorm";
+    tl.qkv = TlWeightLayout::Qkv::kFusedPerHead, tl.q = "attention.query_key_value", tl.o = "attention.dense";
+    tl.mlp_in = "mlp.dense_h_to_4h", tl.mlp_out = "mlp.dense_4h_to_h";
+    SetTlLayout(tl);
+  }
+  void AddNorm(const std::string& name, const Norm& n) {
+    AddWeight(name + ".weight", n.weight);
+    AddWeight(name + ".bias", n.bias);
+  }
+  void AddLinear(const std::string& name, const Linear& l) {
+    AddWeight(name + ".weight", l.weight, WeightRole::kLinearOutIn);
+    AddWeight(name + ".bias", l.bias, WeightRole::kLinearBias);
   }
 
   Options o_;

@@ -166,6 +166,42 @@ TEST_CASE("validation finds impossible shapes, all at once, before anything runs
   CHECK_THAT(run.status().message(), Catch::StartsWith("5 problem(s) in the request"));
 }
 
+TEST_CASE("weights: scanned shapes, unknown names refused, values never changed by ops", "[intervention]") {
+  auto model = TinyModel();
+  const std::string o_proj = "model.layers.0.self_attn.o_proj.weight";
+  const at::Tensor before = model->Weight(o_proj).value().clone();
+  protocol::Request request;
+  GraphBuilder g(request);
+  g.Trace({kClean});
+  int64_t w = g.Add("weight", {}, {{"name", Value::String(o_proj)}});
+  int64_t zeroed = g.Add("setitem", {Value::Ref(w), Value::List({Slice(), Slice(0, 16)}), Value::Float(0.0)});
+  int64_t w_k = g.Add("weight", {}, {{"name", Value::String("blocks.2.attn.W_K")}});
+  g.Save(w, "w");
+  g.Save(zeroed, "zeroed");
+  g.Save(w_k, "w_k");
+  protocol::Result scan = Scan(*model, request);
+  protocol::Result run = RunOk(*model, request);
+  CheckSavedMatchesScan(run, scan);
+  CHECK(Sizes(Saved(run, "w_k").value.tensor->shape) == "[4, 64, 16]");  // 2 key/value heads repeated to 4
+  CHECK(MaxAbsDiff(TensorOf(Saved(run, "w").value), before) == 0);
+  CHECK(TensorOf(Saved(run, "zeroed").value).narrow(1, 0, 16).abs().max().item<float>() == 0);
+  CHECK(MaxAbsDiff(model->Weight(o_proj).value(), before) == 0);  // the model's own tensor
+
+  protocol::Request wrong;
+  GraphBuilder bad(wrong);
+  bad.Trace({kClean});
+  int64_t typo = bad.Add("weight", {}, {{"name", Value::String("model.layers.0.self_attn.o_prj.weight")}});
+  int64_t unnamed = bad.Add("weight", {});
+  auto errors = Validate(*model, wrong);
+  std::string all;
+  for (const auto& e : errors) all += e.ToString() + "\n";
+  INFO(all);
+  CHECK(errors.size() == 2);
+  CHECK_THAT(all, Catch::Contains("node " + std::to_string(typo) + " (interpreter_test.cc): the model has no weight "
+                                  "'model.layers.0.self_attn.o_prj.weight'; did you mean: model.layers.0.self_attn.o_proj.weight"));
+  CHECK_THAT(all, Catch::Contains("node " + std::to_string(unnamed) + " (interpreter_test.cc): weight needs name="));
+}
+
 TEST_CASE("write_grad replaces the gradient flowing back, as autograd by hand", "[intervention]") {
   auto model = TinyModel();
   const std::string z_point = "model.layers.1.self_attn.z";
