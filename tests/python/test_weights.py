@@ -174,7 +174,7 @@ def test_weight_edits_change_the_edited_model_only(tiny_model):
         w[:, :8] = 0
     with edited.trace(PROMPT):
         o_weight = edited.model.layers[1].self_attn.o_proj.weight.save()
-        attn = edited.model.layers[1].self_attn.output.save()
+        attn = edited.model.layers[1].self_attn.output[0].save()
         down_in = edited.model.layers[2].mlp.down_proj.input.save()
         down_out = edited.model.layers[2].mlp.output.save()
         edited_logits = edited.lm_head.output.save()
