@@ -86,6 +86,19 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
       ->capture_default_str();
   serve->add_option("--curve-secret-key-file", p->curve_secret_key_file,
                     "encrypt client connections (CURVE) with the secret key in this file");
+  serve->add_option("--worker-curve-secret-key-file", p->worker_curve_secret_key_file,
+                    "authenticate workers (CURVE): the broker's secret key for the worker "
+                    "socket (with --worker-keys)");
+  serve->add_option("--worker-keys", p->worker_public_keys_file,
+                    "file of the public keys of the workers that may connect, one per line");
+  serve->add_option("--max-workers", p->max_workers, "workers registered at once")
+      ->capture_default_str();
+  serve->add_option("--max-models", p->max_models, "models (catalogues) remembered")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-worker-message-bytes", p->max_worker_message_bytes,
+                   "largest frame a worker may send")
+      ->capture_default_str();
   serve
       ->add_option("--dev-max-request-bytes", p->default_limits.max_request_bytes,
                    "development mode: request size limit")

@@ -86,6 +86,14 @@ std::string CatalogueJson(const Model& model) {
 }
 
 Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
+  broker::WorkerParams link;
+  if (params.broker_key_file.empty() != params.worker_key_file.empty()) {
+    return InvalidArgument("--broker-key and --worker-key go together (CURVE authentication)");
+  }
+  if (!params.broker_key_file.empty()) {
+    GLASSBOX_RETURN_IF_ERROR(
+        broker::ReadWorkerCurveKeys(params.broker_key_file, params.worker_key_file, &link));
+  }
   std::cerr << "loading " << params.model_path << " ..." << std::flush;
   StatusOr<std::unique_ptr<Model>> loaded = Model::Load(params.model_path, params.engine);
   if (!loaded.ok()) {
@@ -99,7 +107,6 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
             << params.broker_endpoint << "; jobs estimated over " << limits.max_job_bytes
             << " bytes of memory are refused\n";
 
-  broker::WorkerParams link;
   link.broker_endpoint = params.broker_endpoint;
   link.model_name = params.name;
   link.catalogue_json = CatalogueJson(model);

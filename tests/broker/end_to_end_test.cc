@@ -869,5 +869,66 @@ TEST_CASE("E2E: CURVE-encrypted client connections, plain clients get no answer"
   CHECK(plain->Submit(Request("x")).status().code() == StatusCode::kUnavailable);
 }
 
+// Waits until the file at `path` holds `text`; whether it does.
+bool WaitForText(const std::string& path, const std::string& text) {
+  for (int i = 0; i < 5000 && ReadFile(path).find(text) == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return ReadFile(path).find(text) != std::string::npos;
+}
+
+TEST_CASE("E2E: only workers with an authorised CURVE key register, get prompts, send results",
+          "[broker]") {
+  testing::TempDir keys;
+  const std::string k = keys.path() + "/";
+  for (const char* name : {"broker", "good", "rogue"}) {
+    Run(testing::BinDir() + "/glassbox-broker curve-keygen --out " + k + name);
+  }
+  {
+    std::ofstream authorised(k + "authorised");
+    authorised << "# the workers this broker admits\n\n" << ReadFile(k + "good.pub");
+  }
+  Cluster cluster(
+      {"--worker-curve-secret-key-file", k + "broker.key", "--worker-keys", k + "authorised"});
+  ApiKey key = cluster.CreateKey("alice");
+  auto client = cluster.NewClient(key.secret);
+  // A worker without keys and one whose key is not listed: each is refused at the handshake
+  // (the broker logs each kind), so neither registers, sees a job or can send a result.
+  cluster.StartWorker("plain");
+  cluster.StartWorker("rogue",
+                      {"--broker-key", k + "broker.pub", "--worker-key", k + "rogue.key"});
+  const std::string log = cluster.Path("broker.log");
+  REQUIRE(WaitForText(log, "its CURVE key is not among the authorised worker keys"));
+  REQUIRE(WaitForText(log, "its handshake was not CURVE with the broker's worker key"));
+  auto models = client->ListModels();
+  REQUIRE(models.ok());
+  CHECK(models->empty());
+  CHECK(client->Submit(Request("x")).status().code() == StatusCode::kNotFound);
+  cluster.StartWorker("good", {"--broker-key", k + "broker.pub", "--worker-key", k + "good.key"});
+  cluster.WaitForWorkers(*client, 1);
+  for (int i = 0; i < 3; ++i) {
+    const std::string job = SubmitOk(*client, "private prompt " + std::to_string(i));
+    CHECK(WaitDone(*client, job).state == JobState::kCompleted);
+    CHECK(Saved(*client->FetchResult(job), "worker") == "good");
+  }
+  cluster.WaitForWorkers(*client, 1);  // still the one
+}
+
+TEST_CASE("E2E: the broker refuses worker authentication files that do not hold keys",
+          "[broker]") {
+  testing::TempDir keys;
+  const std::string k = keys.path() + "/";
+  Run(testing::BinDir() + "/glassbox-broker curve-keygen --out " + k + "broker");
+  {
+    std::ofstream authorised(k + "authorised");
+    authorised << "not a key\n";
+  }
+  const std::string out = Run(testing::BinDir() + "/glassbox-broker serve --clients tcp://127.0.0.1:" +
+                              std::to_string(testing::FreePort()) + " --worker-curve-secret-key-file " +
+                              k + "broker.key --worker-keys " + k + "authorised 2>&1");
+  CHECK(out.find("INVALID_ARGUMENT: line 1 of " + k +
+                 "authorised is not a 40-character Z85 CURVE public key") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace glassbox::broker
