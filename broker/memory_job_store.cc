@@ -4,8 +4,8 @@
 #include <sodium.h>
 
 #include <algorithm>
-#include <cassert>
 
+#include "base/check.h"
 #include "broker/job_store_impl.h"
 
 namespace glassbox::broker::internal {
@@ -166,8 +166,7 @@ std::string ToHex(const unsigned char* data, size_t size) {
 
 void InitSodium() {
   static const int init = sodium_init();  // thread-safe, idempotent
-  assert(init >= 0 && "libsodium failed to initialise");
-  (void)init;
+  GLASSBOX_CHECK(init >= 0, "libsodium failed to initialise");
 }
 }  // namespace
 

@@ -101,7 +101,7 @@ struct BrokerDecodeLimits {
   size_t max_models = 10000;                     // entries of a models list
 };
 
-// Encodes `message` deterministically (keys in SPEC.md §9's order). Precondition (asserted):
+// Encodes `message` deterministically (keys in SPEC.md §9's order). Precondition (checked in every build):
 // the required fields of its type are set.
 std::string EncodeBrokerMessage(const BrokerMessage& message);
 
