@@ -22,7 +22,9 @@ namespace glassbox::broker {
 struct KeyLimits {
   int64_t max_queued = 1000;                      // jobs waiting in queues
   int64_t max_running = 4;                        // jobs on workers at once
-  int64_t max_request_bytes = int64_t{64} << 20;  // one encoded request
+  // One submission as stored: the encoded request plus the client-chosen strings stored
+  // with it (its ref, twice, and the model name).
+  int64_t max_request_bytes = int64_t{64} << 20;
 };
 
 struct BrokerParams {
@@ -93,6 +95,8 @@ struct KeyUsage {
   int64_t jobs = 0;
   int64_t compute_ms = 0;
   int64_t bytes_returned = 0;
+  // Bytes of client-chosen data the key's submissions stored in Redis (StoredBytes).
+  int64_t bytes_stored = 0;
 };
 struct ApiKeyInfo {
   std::string id;  // public: names the key in `keys list` / `keys revoke`, and owns its jobs

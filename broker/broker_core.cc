@@ -252,6 +252,16 @@ Status BrokerCore::CheckSubmission(const Caller& caller, const BrokerMessage& m,
                              " bytes is over this API key's limit of " +
                              std::to_string(caller.limits.max_request_bytes) + " bytes");
   }
+  JobRecord as_stored;
+  as_stored.ref = m.ref;
+  as_stored.model = model;
+  const int64_t stored = StoredBytes(as_stored, m.payload);
+  if (stored > caller.limits.max_request_bytes) {
+    return ResourceExhausted("request of " + std::to_string(m.payload.size()) +
+                             " bytes with its ref and model name (" + std::to_string(stored) +
+                             " bytes stored) is over this API key's limit of " +
+                             std::to_string(caller.limits.max_request_bytes) + " bytes");
+  }
   if (LiveWorkersFor(model) == 0 && catalogues_.count(model) == 0 && queues_.count(model) == 0) {
     return NotFound("no worker serves model \"" + Shorten(model) +
                     "\" (served now: " + ServedModels() + ")");

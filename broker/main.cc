@@ -144,16 +144,17 @@ int Fail(const glassbox::Status& status) {
 int ListKeys(const std::string& redis) {
   auto keys = glassbox::broker::ListApiKeys(redis);
   if (!keys.ok()) return Fail(keys.status());
-  std::printf("%-16s  %-20s  %-20s  %-7s  %10s %11s %17s  %8s %10s %14s\n", "ID", "NAME", "CREATED",
-              "STATE", "MAX_QUEUED", "MAX_RUNNING", "MAX_REQUEST_BYTES", "JOBS", "COMPUTE_S",
-              "BYTES_RETURNED");
+  std::printf("%-16s  %-20s  %-20s  %-7s  %10s %11s %17s  %8s %10s %14s %14s\n", "ID", "NAME",
+              "CREATED", "STATE", "MAX_QUEUED", "MAX_RUNNING", "MAX_REQUEST_BYTES", "JOBS",
+              "COMPUTE_S", "BYTES_RETURNED", "BYTES_STORED");
   for (const auto& k : *keys) {
     std::printf(
-        "%-16s  %-20s  %-20s  %-7s  %10lld %11lld %17lld  %8lld %10.1f %14lld\n", k.id.c_str(),
+        "%-16s  %-20s  %-20s  %-7s  %10lld %11lld %17lld  %8lld %10.1f %14lld %14lld\n", k.id.c_str(),
         k.name.c_str(), FormatTime(k.created_ms).c_str(), k.revoked ? "revoked" : "active",
         static_cast<long long>(k.limits.max_queued), static_cast<long long>(k.limits.max_running),
         static_cast<long long>(k.limits.max_request_bytes), static_cast<long long>(k.usage.jobs),
-        k.usage.compute_ms / 1000.0, static_cast<long long>(k.usage.bytes_returned));
+        k.usage.compute_ms / 1000.0, static_cast<long long>(k.usage.bytes_returned),
+        static_cast<long long>(k.usage.bytes_stored));
   }
   return 0;
 }

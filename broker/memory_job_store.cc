@@ -55,6 +55,7 @@ class MemoryJobStore : public JobStore {
     jobs_[job.id] = {stored, request, {}, 0};
     if (!job.ref.empty()) refs_[ref_key] = {job.id, clock_->NowMs() + ttls_.ref_ms};
     ++usage_[job.owner].jobs;
+    usage_[job.owner].bytes_stored += StoredBytes(job, request);
     return job.id;
   }
 
