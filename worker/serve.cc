@@ -6,12 +6,15 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "broker/worker_link.h"
+#include "protocol/codec.h"
 #include "worker/job.h"
 
 namespace glassbox::worker {
@@ -112,6 +115,13 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
   link.catalogue_json = CatalogueJson(model);
   link.heartbeat_interval_ms = params.heartbeat_interval_ms;
   auto handler = [&](const broker::JobContext& job, const std::string& request) {
+    while (!params.hold_file.empty() && std::filesystem::exists(params.hold_file)) {
+      if (job.ShouldStop()) {
+        return protocol::EncodeErrorReport(
+            protocol::ErrorReport::FromStatus(Cancelled(job.StopReason())));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     intervention::RunControl control;
     control.interrupt = [&job]() -> Status {
       return job.ShouldStop() ? Cancelled(job.StopReason()) : Status::Ok();

@@ -24,6 +24,9 @@ struct ServeParams {
   // this worker's secret key, as files. Both or neither.
   std::string broker_key_file;
   std::string worker_key_file;
+  // Tests only: while this file exists, a job waits before it runs (until the file goes, or
+  // the job is cancelled or out of time), so a test controls when a job can finish.
+  std::string hold_file;
 };
 
 // The per-job memory budget a worker takes when given none: half of the MemAvailable line of
