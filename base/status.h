@@ -3,8 +3,8 @@
 // Anything a user, a file or a peer can cause is returned as a Status with a code and a
 // message naming the cause; the code tells a caller (the broker, later) whether a retry can
 // help. Bugs are checks (base/check.h), not statuses. Both types are [[nodiscard]]: a status
-// that is deliberately dropped says why, with a (void) cast and a comment. Header-only and free of LibTorch so every room,
-// the broker included, can use it.
+// that is deliberately dropped says why, with a (void) cast and a comment. Header-only and
+// free of LibTorch so every room, the broker included, can use it.
 #ifndef GLASSBOX_BASE_STATUS_H_
 #define GLASSBOX_BASE_STATUS_H_
 

@@ -217,8 +217,9 @@ class WorkerGate {
   void Start(zmq::socket_t& workers, bool watch) {
     if (watch) {
       const char* endpoint = "inproc://glassbox-worker-monitor";
-      zmq_socket_monitor(workers.handle(), endpoint,
-                         ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL);
+      zmq_socket_monitor(
+          workers.handle(), endpoint,
+          ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL);
       monitor_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pair);
       monitor_->set(zmq::sockopt::linger, 0);
       monitor_->connect(endpoint);

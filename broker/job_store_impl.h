@@ -84,8 +84,9 @@ class JobStore {
   virtual StatusOr<KeyUsage> GetUsage(const std::string& key_id) = 0;
 
   // Stores a new job in state QUEUED (times of RECEIVED and QUEUED set), its request bytes,
-  // its place in its model's queue, and counts it (and its StoredBytes) in the owner's usage. If the owner already
-  // stored a job with the same non-empty `ref`, stores nothing and returns that job's id.
+  // its place in its model's queue, and counts it (and its StoredBytes) in the owner's usage.
+  // If the owner already stored a job with the same non-empty `ref`, stores nothing and
+  // returns that job's id.
   virtual StatusOr<std::string> CreateJob(const JobRecord& job, const std::string& request) = 0;
   virtual StatusOr<std::optional<JobRecord>> GetJob(const std::string& id) = 0;
   // QUEUED -> RUNNING: leaves its queue, joins the running set. Returns the request bytes.

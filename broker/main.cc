@@ -149,8 +149,9 @@ int ListKeys(const std::string& redis) {
               "COMPUTE_S", "BYTES_RETURNED", "BYTES_STORED");
   for (const auto& k : *keys) {
     std::printf(
-        "%-16s  %-20s  %-20s  %-7s  %10lld %11lld %17lld  %8lld %10.1f %14lld %14lld\n", k.id.c_str(),
-        k.name.c_str(), FormatTime(k.created_ms).c_str(), k.revoked ? "revoked" : "active",
+        "%-16s  %-20s  %-20s  %-7s  %10lld %11lld %17lld  %8lld %10.1f %14lld %14lld\n",
+        k.id.c_str(), k.name.c_str(), FormatTime(k.created_ms).c_str(),
+        k.revoked ? "revoked" : "active",
         static_cast<long long>(k.limits.max_queued), static_cast<long long>(k.limits.max_running),
         static_cast<long long>(k.limits.max_request_bytes), static_cast<long long>(k.usage.jobs),
         k.usage.compute_ms / 1000.0, static_cast<long long>(k.usage.bytes_returned),

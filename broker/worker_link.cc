@@ -305,7 +305,9 @@ class Link {
         Log("broker says: " + m->reason + "; registering again");
         // The endpoint and keys were good at the first Connect, so this cannot fail unless
         // ZeroMQ itself does; then the next silent interval tries again.
-        if (Status status = Connect(); !status.ok()) Log("cannot register again: " + status.ToString());
+        if (Status status = Connect(); !status.ok()) {
+          Log("cannot register again: " + status.ToString());
+        }
         return;
       case BrokerMessageType::kError:
         return Log("broker says: " + m->code + ": " + m->message);

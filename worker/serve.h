@@ -35,7 +35,8 @@ int64_t DefaultMaxJobBytes(const std::string& meminfo);
 
 // Loads the model, registers with the broker and serves jobs until `stop` becomes true
 // (e.g. from a signal handler). Returns an error if the key files cannot be read (before
-// loading anything), the model cannot be loaded or the broker endpoint is unusable; job failures go back to their users and never end the loop.
+// loading anything), the model cannot be loaded or the broker endpoint is unusable; job
+// failures go back to their users and never end the loop.
 Status Serve(const ServeParams& params, const std::atomic<bool>& stop);
 
 // The catalogue the worker announces: the engine's hook catalogue JSON with the model's

@@ -969,9 +969,10 @@ TEST_CASE("E2E: the broker refuses worker authentication files that do not hold 
     std::ofstream authorised(k + "authorised");
     authorised << "not a key\n";
   }
-  const std::string out = Run(testing::BinDir() + "/glassbox-broker serve --clients tcp://127.0.0.1:" +
-                              std::to_string(testing::FreePort()) + " --worker-curve-secret-key-file " +
-                              k + "broker.key --worker-keys " + k + "authorised 2>&1");
+  const std::string out =
+      Run(testing::BinDir() + "/glassbox-broker serve --clients tcp://127.0.0.1:" +
+          std::to_string(testing::FreePort()) + " --worker-curve-secret-key-file " + k +
+          "broker.key --worker-keys " + k + "authorised 2>&1");
   CHECK(out.find("INVALID_ARGUMENT: line 1 of " + k +
                  "authorised is not a 40-character Z85 CURVE public key") != std::string::npos);
 }
