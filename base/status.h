@@ -2,8 +2,9 @@
 //
 // Anything a user, a file or a peer can cause is returned as a Status with a code and a
 // message naming the cause; the code tells a caller (the broker, later) whether a retry can
-// help. Bugs are assertions, not statuses. Header-only and free of LibTorch so every room,
-// the broker included, can use it.
+// help. Bugs are checks (base/check.h), not statuses. Both types are [[nodiscard]]: a status
+// that is deliberately dropped says why, with a (void) cast and a comment. Header-only and
+// free of LibTorch so every room, the broker included, can use it.
 #ifndef GLASSBOX_BASE_STATUS_H_
 #define GLASSBOX_BASE_STATUS_H_
 
@@ -30,7 +31,7 @@ enum class StatusCode {
 
 const char* StatusCodeName(StatusCode code);
 
-class Status {
+class [[nodiscard]] Status {
  public:
   Status() = default;
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
@@ -84,7 +85,7 @@ inline std::string Status::ToString() const {
 // Either a value or a non-OK Status. Building one from an OK status, or reading the value
 // of an error, is a bug: checked in every build (GLASSBOX_CHECK), not only with asserts on.
 template <typename T>
-class StatusOr {
+class [[nodiscard]] StatusOr {
  public:
   StatusOr(Status status) : status_(std::move(status)) {  // NOLINT
     GLASSBOX_CHECK(!status_.ok(), "StatusOr built from an OK status");

@@ -1,15 +1,18 @@
 // RunBroker: the broker's ZeroMQ side. Two ROUTER sockets (clients, workers) with
 // ZMQ_ROUTER_MANDATORY, so a send to a vanished peer fails loudly instead of vanishing, and
 // ZMQ_MAXMSGSIZE on the public one; frames are checked and handed to BrokerCore. Also the
-// API-key management behind `glassbox-broker keys`.
+// API-key management behind `glassbox-broker keys`, and the ZAP handler that admits only
+// authorised workers (CURVE) to the worker socket.
 #include "broker/broker.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <memory>
 #include <set>
+#include <thread>
 #include <unordered_map>
 #include <zmq.hpp>
 
@@ -19,6 +22,11 @@ namespace glassbox::broker {
 namespace {
 
 using internal::LogLine;
+
+// The ZAP domain of the worker socket: its CURVE handshakes are checked against the
+// authorised worker keys. Other sockets (the client one, whose users authenticate by API key
+// in every message) have another domain and are admitted.
+constexpr char kWorkerZapDomain[] = "glassbox-workers";
 
 // Sends [routing id, message]; remembers workers it could not reach for the core, and counts
 // the bytes each client connection has not taken yet (ZeroMQ frees a message once it is
@@ -119,13 +127,16 @@ class ZmqOutbox : public internal::Outbox {
 };
 
 StatusOr<zmq::socket_t> BindRouter(zmq::context_t& ctx, const std::string& endpoint,
-                                   int64_t max_message_bytes,
-                                   const std::string& curve_secret = "") {
+                                   int64_t max_message_bytes, const std::string& curve_secret,
+                                   bool workers) {
   zmq::socket_t socket(ctx, zmq::socket_type::router);
   if (!curve_secret.empty()) {
     socket.set(zmq::sockopt::curve_server, 1);
     socket.set(zmq::sockopt::curve_secretkey, curve_secret);
+    if (workers) socket.set(zmq::sockopt::zap_domain, kWorkerZapDomain);
   }
+  // A worker reconnecting keeps its identity.
+  if (workers) socket.set(zmq::sockopt::router_handover, 1);
   socket.set(zmq::sockopt::router_mandatory, 1);
   socket.set(zmq::sockopt::linger, 0);
   socket.set(zmq::sockopt::sndhwm, 100000);
@@ -177,6 +188,144 @@ int64_t SteadyMs() {
       .count();
 }
 
+std::string Z85Decoded(const std::string& key) {
+  uint8_t raw[32];
+  if (key.size() != 40 || zmq_z85_decode(raw, key.c_str()) == nullptr) return {};
+  return std::string(reinterpret_cast<const char*>(raw), sizeof raw);
+}
+
+// Guards the worker socket when workers authenticate (CURVE). On a thread of its own, so a
+// broker stalled on Redis does not stall handshakes, it answers ZeroMQ's authentication
+// requests (ZAP, ZeroMQ RFC 27) at inproc://zeromq.zap.01 (one handler per context): a
+// worker connection is admitted only with an authorised public key; any other domain (the
+// client socket, whose users authenticate by API key in every message) is admitted. It also
+// watches the worker socket for handshakes that fail before ZAP (a worker without CURVE) and
+// logs every refusal, at most one line per kind per 10 s.
+class WorkerGate {
+ public:
+  WorkerGate(zmq::context_t& ctx, std::set<std::string> worker_keys)
+      : ctx_(ctx), zap_(ctx, zmq::socket_type::rep), worker_keys_(std::move(worker_keys)) {
+    zap_.set(zmq::sockopt::linger, 0);
+    zap_.bind("inproc://zeromq.zap.01");
+  }
+  ~WorkerGate() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Starts answering; `workers` (the bound worker socket) is watched when `watch`.
+  void Start(zmq::socket_t& workers, bool watch) {
+    if (watch) {
+      const char* endpoint = "inproc://glassbox-worker-monitor";
+      zmq_socket_monitor(
+          workers.handle(), endpoint,
+          ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL);
+      monitor_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pair);
+      monitor_->set(zmq::sockopt::linger, 0);
+      monitor_->connect(endpoint);
+    }
+    thread_ = std::thread([this] { Run(); });
+  }
+
+ private:
+  void Run() {
+    while (!stop_.load()) {
+      zmq::pollitem_t items[] = {{zap_.handle(), 0, ZMQ_POLLIN, 0},
+                                 {monitor_ ? monitor_->handle() : nullptr, 0, ZMQ_POLLIN, 0}};
+      try {
+        zmq::poll(items, monitor_ ? 2 : 1, std::chrono::milliseconds(50));
+        if (items[0].revents & ZMQ_POLLIN) Answer();
+        if (monitor_ && (items[1].revents & ZMQ_POLLIN)) Watch();
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EINTR) LogLine(std::string("worker authentication: ") + e.what());
+      }
+    }
+  }
+
+  // All frames of one message on `socket`, at most 16 kept.
+  static std::vector<zmq::message_t> Receive(zmq::socket_t& socket) {
+    std::vector<zmq::message_t> frames;
+    do {
+      frames.emplace_back();
+      if (!socket.recv(frames.back(), zmq::recv_flags::none)) return {};
+    } while (frames.back().more() && frames.size() < 16);
+    while (frames.back().more()) (void)socket.recv(frames.back(), zmq::recv_flags::none);
+    return frames;
+  }
+
+  // Request: version, request id, domain, address, routing id, mechanism, credentials.
+  void Answer() {
+    std::vector<zmq::message_t> frames = Receive(zap_);
+    if (frames.size() < 2) return;
+    bool admit = true;
+    if (frames.size() >= 7 && frames[2].to_string() == kWorkerZapDomain) {
+      admit = frames[5].to_string() == "CURVE" && worker_keys_.count(frames[6].to_string()) > 0;
+      if (!admit) {
+        Refused(0, "refused a worker connection from " + frames[3].to_string() +
+                       ": its CURVE key is not among the authorised worker keys");
+      }
+    }
+    const std::string reply[] = {"1.0", frames[1].to_string(), admit ? "200" : "400",
+                                 admit ? "OK" : "not an authorised worker", "", ""};
+    for (size_t i = 0; i < std::size(reply); ++i) {
+      (void)zap_.send(zmq::buffer(reply[i]), i + 1 < std::size(reply) ? zmq::send_flags::sndmore
+                                                                      : zmq::send_flags::none);
+    }
+  }
+
+  // Monitor event: [uint16 event, uint32 value], then the endpoint.
+  void Watch() {
+    std::vector<zmq::message_t> frames = Receive(*monitor_);
+    if (frames.empty() || frames[0].size() < 2) return;
+    uint16_t event = 0;
+    std::memcpy(&event, frames[0].data(), sizeof event);
+    if (event & (ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)) {
+      Refused(1, "refused a worker connection: its handshake was not CURVE with the broker's "
+                 "worker key (a worker started without --broker-key/--worker-key?)");
+    }
+  }
+
+  void Refused(int kind, const std::string& line) {
+    const int64_t now = SteadyMs();
+    if (now - last_logged_ms_[kind] < 10000 && last_logged_ms_[kind] != 0) {
+      ++suppressed_[kind];
+      return;
+    }
+    LogLine(line + (suppressed_[kind] ? " (and " + std::to_string(suppressed_[kind]) +
+                                            " more like it since the last such line)"
+                                      : ""));
+    last_logged_ms_[kind] = now;
+    suppressed_[kind] = 0;
+  }
+
+  zmq::context_t& ctx_;
+  zmq::socket_t zap_;
+  std::unique_ptr<zmq::socket_t> monitor_;
+  const std::set<std::string> worker_keys_;  // raw 32-byte public keys
+  int64_t last_logged_ms_[2] = {0, 0};
+  int64_t suppressed_[2] = {0, 0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// The worker socket's CURVE secret and the authorised worker keys (raw), from the files
+// BrokerParams names; both empty when worker authentication is off.
+Status ReadWorkerAuth(const BrokerParams& params, std::string* secret,
+                      std::set<std::string>* keys) {
+  const bool has_secret = !params.worker_curve_secret_key_file.empty();
+  if (has_secret != !params.worker_public_keys_file.empty()) {
+    return InvalidArgument(
+        "worker authentication needs both the broker's worker secret key file and the file "
+        "of authorised worker public keys");
+  }
+  if (!has_secret) return Status::Ok();
+  GLASSBOX_ASSIGN_OR_RETURN(*secret, ReadCurveKeyFile(params.worker_curve_secret_key_file));
+  GLASSBOX_ASSIGN_OR_RETURN(std::vector<std::string> z85,
+                            ReadCurveKeyListFile(params.worker_public_keys_file));
+  for (const std::string& key : z85) keys->insert(Z85Decoded(key));
+  return Status::Ok();
+}
+
 internal::StoreTtls TtlsOf(const BrokerParams& params) {
   internal::StoreTtls ttls;
   ttls.result_ms = params.result_ttl_ms;
@@ -192,11 +341,20 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   if (!params.curve_secret_key_file.empty()) {
     GLASSBOX_ASSIGN_OR_RETURN(curve_secret, ReadCurveKeyFile(params.curve_secret_key_file));
   }
+  std::string worker_secret;
+  std::set<std::string> worker_keys;
+  GLASSBOX_RETURN_IF_ERROR(ReadWorkerAuth(params, &worker_secret, &worker_keys));
+  // Before any socket binds: ZeroMQ asks the handler about every CURVE handshake.
+  WorkerGate gate(ctx, std::move(worker_keys));
   GLASSBOX_ASSIGN_OR_RETURN(
       zmq::socket_t clients,
-      BindRouter(ctx, params.client_endpoint, params.max_client_message_bytes, curve_secret));
-  GLASSBOX_ASSIGN_OR_RETURN(zmq::socket_t workers, BindRouter(ctx, params.worker_endpoint, -1));
-  workers.set(zmq::sockopt::router_handover, 1);  // a worker reconnecting keeps its identity
+      BindRouter(ctx, params.client_endpoint, params.max_client_message_bytes, curve_secret,
+                 /*workers=*/false));
+  GLASSBOX_ASSIGN_OR_RETURN(
+      zmq::socket_t workers,
+      BindRouter(ctx, params.worker_endpoint, params.max_worker_message_bytes, worker_secret,
+                 /*workers=*/true));
+  gate.Start(workers, /*watch=*/!worker_secret.empty());
   std::unique_ptr<internal::JobStore> store =
       internal::NewRedisJobStore(params.redis_address, TtlsOf(params),
                                  {params.redis_timeout_ms, params.redis_retry_ms});
@@ -208,7 +366,11 @@ Status RunBroker(const BrokerParams& params, const std::atomic<bool>& stop) {
   if (!recovered.ok()) LogLine("cannot reload queues yet (will retry): " + recovered.ToString());
   LogLine("serving clients on " + params.client_endpoint +
           (curve_secret.empty() ? "" : " (CURVE encrypted)") + ", workers on " +
-          params.worker_endpoint + ", redis at " + params.redis_address);
+          params.worker_endpoint +
+          (worker_secret.empty()
+               ? " (UNAUTHENTICATED: any process that reaches it can register as a worker)"
+               : " (CURVE, authorised worker keys only)") +
+          ", redis at " + params.redis_address);
 
   auto on_client = [&](const std::string& peer, std::string_view b) {
     core.OnClientMessage(peer, b);
@@ -304,6 +466,25 @@ StatusOr<std::string> ReadCurveKeyFile(const std::string& path) {
                            "makes one)");
   }
   return key;
+}
+
+StatusOr<std::vector<std::string>> ReadCurveKeyListFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("cannot read the CURVE key list " + path);
+  std::vector<std::string> keys;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    const size_t begin = line.find_first_not_of(" \t\r");
+    if (begin == std::string::npos || line[begin] == '#') continue;
+    const std::string key = line.substr(begin, line.find_last_not_of(" \t\r") + 1 - begin);
+    if (Z85Decoded(key).empty()) {
+      return InvalidArgument("line " + std::to_string(number) + " of " + path +
+                             " is not a 40-character Z85 CURVE public key");
+    }
+    keys.push_back(key);
+  }
+  if (keys.empty()) return InvalidArgument("the CURVE key list " + path + " holds no key");
+  return keys;
 }
 
 }  // namespace glassbox::broker

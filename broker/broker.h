@@ -22,7 +22,9 @@ namespace glassbox::broker {
 struct KeyLimits {
   int64_t max_queued = 1000;                      // jobs waiting in queues
   int64_t max_running = 4;                        // jobs on workers at once
-  int64_t max_request_bytes = int64_t{64} << 20;  // one encoded request
+  // One submission as stored: the encoded request plus the client-chosen strings stored
+  // with it (its ref, twice, and the model name).
+  int64_t max_request_bytes = int64_t{64} << 20;
 };
 
 struct BrokerParams {
@@ -66,6 +68,21 @@ struct BrokerParams {
   // key (40 characters; `glassbox-broker curve-keygen` makes one). Clients then need the
   // matching public key (ClientParams::curve_server_key); plain clients get no answer.
   std::string curve_secret_key_file;
+  // Worker authentication (CURVE): with both set, the worker socket is encrypted with the
+  // secret key in worker_curve_secret_key_file and only workers whose public key is a line
+  // of worker_public_keys_file may connect (`glassbox-broker curve-keygen` makes the pairs;
+  // a worker takes the broker's public key and its own secret key, WorkerParams::curve_*).
+  // Any other process is refused during the handshake (logged): it never registers, gets no
+  // job and cannot send a result. With neither set, any process that reaches
+  // worker_endpoint may register as a worker (development; the broker says so at start).
+  std::string worker_curve_secret_key_file;
+  std::string worker_public_keys_file;
+  // What registered workers may make the broker hold: workers at once, models remembered
+  // (each with the catalogue its last worker sent), and one frame from a worker. A READY
+  // over a limit is answered DISCONNECT with the reason.
+  int64_t max_workers = 1024;
+  int64_t max_models = 256;
+  int64_t max_worker_message_bytes = int64_t{64} << 20;
 };
 
 // Serves until `stop` becomes true (checked at least every 50 ms), then returns OK. Errors:
@@ -78,6 +95,8 @@ struct KeyUsage {
   int64_t jobs = 0;
   int64_t compute_ms = 0;
   int64_t bytes_returned = 0;
+  // Bytes of client-chosen data the key's submissions stored in Redis (StoredBytes).
+  int64_t bytes_stored = 0;
 };
 struct ApiKeyInfo {
   std::string id;  // public: names the key in `keys list` / `keys revoke`, and owns its jobs
@@ -105,6 +124,9 @@ struct CurveKeyPair {
 StatusOr<CurveKeyPair> MakeCurveKeyPair();  // UNIMPLEMENTED if libzmq lacks CURVE
 // The key stored in `path` (surrounding whitespace ignored); INVALID_ARGUMENT if it is not one.
 StatusOr<std::string> ReadCurveKeyFile(const std::string& path);
+// The keys stored in `path`, one per line (blank lines and lines starting with '#' ignored);
+// INVALID_ARGUMENT naming the line that is not a key, or if there is none.
+StatusOr<std::vector<std::string>> ReadCurveKeyListFile(const std::string& path);
 
 }  // namespace glassbox::broker
 

@@ -252,6 +252,16 @@ Status BrokerCore::CheckSubmission(const Caller& caller, const BrokerMessage& m,
                              " bytes is over this API key's limit of " +
                              std::to_string(caller.limits.max_request_bytes) + " bytes");
   }
+  JobRecord as_stored;
+  as_stored.ref = m.ref;
+  as_stored.model = model;
+  const int64_t stored = StoredBytes(as_stored, m.payload);
+  if (stored > caller.limits.max_request_bytes) {
+    return ResourceExhausted("request of " + std::to_string(m.payload.size()) +
+                             " bytes with its ref and model name (" + std::to_string(stored) +
+                             " bytes stored) is over this API key's limit of " +
+                             std::to_string(caller.limits.max_request_bytes) + " bytes");
+  }
   if (LiveWorkersFor(model) == 0 && catalogues_.count(model) == 0 && queues_.count(model) == 0) {
     return NotFound("no worker serves model \"" + Shorten(model) +
                     "\" (served now: " + ServedModels() + ")");
@@ -540,6 +550,14 @@ void BrokerCore::Ready(const std::string& peer, const BrokerMessage& m) {
     return;
   }
   if (known != workers_.end()) RemoveWorker(peer, /*died=*/false);
+  const std::string refusal = RegistrationRefusal(m.model);
+  if (!refusal.empty()) {
+    LogLine("refused a worker of \"" + Shorten(m.model) + "\": " + refusal);
+    BrokerMessage bye = Simple(BrokerMessageType::kDisconnect);
+    bye.reason = refusal;
+    outbox_->ToWorker(peer, bye);
+    return;
+  }
   Worker& w = workers_[peer];
   w.peer = peer;
   w.model = m.model;
@@ -816,6 +834,27 @@ BrokerCore::Start BrokerCore::StartJob(Worker& worker, LiveJob& job) {
   worker.job = job.record.id;
   Push(job, StatusOf(job.record));
   return Start::kRunning;
+}
+
+// Why a new worker of `model` may not register (empty: it may): the broker holds at most
+// max_workers workers and max_models catalogues. A catalogue no worker or queue needs any
+// more makes room for a new model.
+std::string BrokerCore::RegistrationRefusal(const std::string& model) {
+  if (static_cast<int64_t>(workers_.size()) >= params_.max_workers) {
+    return "the broker has " + std::to_string(workers_.size()) + " workers, its limit";
+  }
+  if (catalogues_.count(model) || static_cast<int64_t>(catalogues_.size()) < params_.max_models) {
+    return {};
+  }
+  for (auto it = catalogues_.begin(); it != catalogues_.end(); ++it) {
+    auto queue = queues_.find(it->first);
+    if (LiveWorkersFor(it->first) == 0 &&
+        (queue == queues_.end() || queue->second.by_owner.empty())) {
+      catalogues_.erase(it);
+      return {};
+    }
+  }
+  return "the broker serves " + std::to_string(catalogues_.size()) + " models, its limit";
 }
 
 size_t BrokerCore::LiveWorkersFor(const std::string& model) const {

@@ -139,6 +139,7 @@ class BrokerCore {
   enum class Start { kRunning, kStoreDown, kUnreachable };
   Start StartJob(Worker& worker, LiveJob& job);
   size_t LiveWorkersFor(const std::string& model) const;
+  std::string RegistrationRefusal(const std::string& model);
   std::string ServedModels() const;
 
   // Ends.

@@ -62,6 +62,13 @@ struct JobRecord {
   int64_t seq = 0;      // order of arrival, for rebuilding queues after a restart
 };
 
+// The bytes a submission stores that its client chose: the request, the ref (in the record
+// and in the ref index) and the model name. Counted against the key: checked against
+// KeyLimits::max_request_bytes and added to KeyUsage::bytes_stored.
+inline int64_t StoredBytes(const JobRecord& job, const std::string& request) {
+  return static_cast<int64_t>(request.size() + 2 * job.ref.size() + job.model.size());
+}
+
 // Every method is one atomic step (a Redis transaction or script). Failures to reach the
 // store are UNAVAILABLE with a message starting "job store unavailable"; callers retry
 // later. Not thread-safe: the broker calls it from one thread.
@@ -77,8 +84,9 @@ class JobStore {
   virtual StatusOr<KeyUsage> GetUsage(const std::string& key_id) = 0;
 
   // Stores a new job in state QUEUED (times of RECEIVED and QUEUED set), its request bytes,
-  // its place in its model's queue, and counts it in the owner's usage. If the owner already
-  // stored a job with the same non-empty `ref`, stores nothing and returns that job's id.
+  // its place in its model's queue, and counts it (and its StoredBytes) in the owner's usage.
+  // If the owner already stored a job with the same non-empty `ref`, stores nothing and
+  // returns that job's id.
   virtual StatusOr<std::string> CreateJob(const JobRecord& job, const std::string& request) = 0;
   virtual StatusOr<std::optional<JobRecord>> GetJob(const std::string& id) = 0;
   // QUEUED -> RUNNING: leaves its queue, joins the running set. Returns the request bytes.

@@ -86,6 +86,19 @@ void AddServeFlags(CLI::App* serve, glassbox::broker::BrokerParams* p) {
       ->capture_default_str();
   serve->add_option("--curve-secret-key-file", p->curve_secret_key_file,
                     "encrypt client connections (CURVE) with the secret key in this file");
+  serve->add_option("--worker-curve-secret-key-file", p->worker_curve_secret_key_file,
+                    "authenticate workers (CURVE): the broker's secret key for the worker "
+                    "socket (with --worker-keys)");
+  serve->add_option("--worker-keys", p->worker_public_keys_file,
+                    "file of the public keys of the workers that may connect, one per line");
+  serve->add_option("--max-workers", p->max_workers, "workers registered at once")
+      ->capture_default_str();
+  serve->add_option("--max-models", p->max_models, "models (catalogues) remembered")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-worker-message-bytes", p->max_worker_message_bytes,
+                   "largest frame a worker may send")
+      ->capture_default_str();
   serve
       ->add_option("--dev-max-request-bytes", p->default_limits.max_request_bytes,
                    "development mode: request size limit")
@@ -131,16 +144,18 @@ int Fail(const glassbox::Status& status) {
 int ListKeys(const std::string& redis) {
   auto keys = glassbox::broker::ListApiKeys(redis);
   if (!keys.ok()) return Fail(keys.status());
-  std::printf("%-16s  %-20s  %-20s  %-7s  %10s %11s %17s  %8s %10s %14s\n", "ID", "NAME", "CREATED",
-              "STATE", "MAX_QUEUED", "MAX_RUNNING", "MAX_REQUEST_BYTES", "JOBS", "COMPUTE_S",
-              "BYTES_RETURNED");
+  std::printf("%-16s  %-20s  %-20s  %-7s  %10s %11s %17s  %8s %10s %14s %14s\n", "ID", "NAME",
+              "CREATED", "STATE", "MAX_QUEUED", "MAX_RUNNING", "MAX_REQUEST_BYTES", "JOBS",
+              "COMPUTE_S", "BYTES_RETURNED", "BYTES_STORED");
   for (const auto& k : *keys) {
     std::printf(
-        "%-16s  %-20s  %-20s  %-7s  %10lld %11lld %17lld  %8lld %10.1f %14lld\n", k.id.c_str(),
-        k.name.c_str(), FormatTime(k.created_ms).c_str(), k.revoked ? "revoked" : "active",
+        "%-16s  %-20s  %-20s  %-7s  %10lld %11lld %17lld  %8lld %10.1f %14lld %14lld\n",
+        k.id.c_str(), k.name.c_str(), FormatTime(k.created_ms).c_str(),
+        k.revoked ? "revoked" : "active",
         static_cast<long long>(k.limits.max_queued), static_cast<long long>(k.limits.max_running),
         static_cast<long long>(k.limits.max_request_bytes), static_cast<long long>(k.usage.jobs),
-        k.usage.compute_ms / 1000.0, static_cast<long long>(k.usage.bytes_returned));
+        k.usage.compute_ms / 1000.0, static_cast<long long>(k.usage.bytes_returned),
+        static_cast<long long>(k.usage.bytes_stored));
   }
   return 0;
 }

@@ -4,8 +4,8 @@
 #include <sodium.h>
 
 #include <algorithm>
-#include <cassert>
 
+#include "base/check.h"
 #include "broker/job_store_impl.h"
 
 namespace glassbox::broker::internal {
@@ -55,6 +55,7 @@ class MemoryJobStore : public JobStore {
     jobs_[job.id] = {stored, request, {}, 0};
     if (!job.ref.empty()) refs_[ref_key] = {job.id, clock_->NowMs() + ttls_.ref_ms};
     ++usage_[job.owner].jobs;
+    usage_[job.owner].bytes_stored += StoredBytes(job, request);
     return job.id;
   }
 
@@ -166,8 +167,7 @@ std::string ToHex(const unsigned char* data, size_t size) {
 
 void InitSodium() {
   static const int init = sodium_init();  // thread-safe, idempotent
-  assert(init >= 0 && "libsodium failed to initialise");
-  (void)init;
+  GLASSBOX_CHECK(init >= 0, "libsodium failed to initialise");
 }
 }  // namespace
 

@@ -10,7 +10,7 @@
 //   ref:<owner>:<ref>     a submit's client request id -> job id (idempotent retries)
 //   key:<sha256>   hash   an API key (id, name, limits, created, revoked); keyid:<id> -> sha256;
 //   keys           set    key ids
-//   usage:<key id> hash   jobs, compute_ms, bytes_returned
+//   usage:<key id> hash   jobs, compute_ms, bytes_returned, bytes_stored
 #include <hiredis/hiredis.h>
 
 #include <algorithm>
@@ -183,11 +183,12 @@ if ARGV[1] == '1' then
   if existing then return existing end
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
 redis.call('SET', KEYS[3], ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[2])
 redis.call('SADD', KEYS[6], ARGV[6])
 redis.call('HINCRBY', KEYS[5], 'jobs', 1)
+redis.call('HINCRBY', KEYS[5], 'bytes_stored', ARGV[7])
 return ARGV[2]
 )lua";
 
@@ -310,7 +311,8 @@ class RedisJobStore : public JobStore {
   StatusOr<KeyUsage> GetUsage(const std::string& key_id) override {
     GLASSBOX_ASSIGN_OR_RETURN(auto replies, redis_.Run({{"HGETALL", UsageKey(key_id)}}));
     auto h = HashOf(replies[0]);
-    return KeyUsage{ToInt(h["jobs"]), ToInt(h["compute_ms"]), ToInt(h["bytes_returned"])};
+    return KeyUsage{ToInt(h["jobs"]), ToInt(h["compute_ms"]), ToInt(h["bytes_returned"]),
+                    ToInt(h["bytes_stored"])};
   }
 
   StatusOr<std::string> CreateJob(const JobRecord& job, const std::string& request) override {
@@ -330,7 +332,8 @@ class RedisJobStore : public JobStore {
                     std::to_string(ttls_.ref_ms),
                     request,
                     std::to_string(job.seq),
-                    job.model};
+                    job.model,
+                    std::to_string(StoredBytes(job, request))};
     GLASSBOX_ASSIGN_OR_RETURN(auto replies, redis_.Run({Cat(eval, RecordFields(stored))}));
     return replies[0].str;
   }

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <random>
@@ -44,6 +45,20 @@ std::string RandomIdentity() {
 }
 
 bool Interrupted(const zmq::error_t& e) { return e.num() == EINTR; }
+
+StatusOr<std::string> ReadKey(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound("cannot read the CURVE key file " + path);
+  std::string key;
+  in >> key;
+  uint8_t raw[32];
+  if (key.size() != 40 || zmq_z85_decode(raw, key.c_str()) == nullptr) {
+    return InvalidArgument("the file " + path +
+                           " does not hold a 40-character Z85 CURVE key (glassbox-broker "
+                           "curve-keygen makes them)");
+  }
+  return key;
+}
 
 // A blocking receive that a signal does not abort.
 void ReceiveThroughSignals(zmq::socket_t& socket, zmq::message_t& message) {
@@ -205,6 +220,15 @@ class Link {
     socket_->set(zmq::sockopt::sndhwm, std::max(1, params_.send_queue_chunks));
     // The same identity on every reconnect: the broker knows it is this worker again.
     socket_->set(zmq::sockopt::routing_id, zmq::buffer(identity_));
+    if (!params_.curve_server_key.empty()) {
+      char public_key[41];
+      if (zmq_curve_public(public_key, params_.curve_secret_key.c_str()) != 0) {
+        return InvalidArgument("the worker's CURVE secret key is not a Z85 key");
+      }
+      socket_->set(zmq::sockopt::curve_serverkey, params_.curve_server_key);
+      socket_->set(zmq::sockopt::curve_publickey, std::string(public_key));
+      socket_->set(zmq::sockopt::curve_secretkey, params_.curve_secret_key);
+    }
     try {
       socket_->connect(params_.broker_endpoint);
     } catch (const zmq::error_t& e) {
@@ -279,7 +303,11 @@ class Link {
         // a heartbeat interval has passed since (the broker repeats it if it still applies).
         if (NowMs() - connected_ms_ < params_.heartbeat_interval_ms) return;
         Log("broker says: " + m->reason + "; registering again");
-        Connect();
+        // The endpoint and keys were good at the first Connect, so this cannot fail unless
+        // ZeroMQ itself does; then the next silent interval tries again.
+        if (Status status = Connect(); !status.ok()) {
+          Log("cannot register again: " + status.ToString());
+        }
         return;
       case BrokerMessageType::kError:
         return Log("broker says: " + m->code + ": " + m->message);
@@ -424,6 +452,13 @@ Status ServeJobs(const WorkerParams& params, const JobHandler& handler,
   } catch (const zmq::error_t& e) {
     return Internal(std::string("worker connection failed: ") + e.what());
   }
+}
+
+Status ReadWorkerCurveKeys(const std::string& broker_public_key_file,
+                           const std::string& worker_secret_key_file, WorkerParams* params) {
+  GLASSBOX_ASSIGN_OR_RETURN(params->curve_server_key, ReadKey(broker_public_key_file));
+  GLASSBOX_ASSIGN_OR_RETURN(params->curve_secret_key, ReadKey(worker_secret_key_file));
+  return Status::Ok();
 }
 
 }  // namespace glassbox::broker

@@ -29,7 +29,19 @@ struct WorkerParams {
   // Result chunks queued for the broker at most (ZeroMQ's send high-water mark): a bigger
   // result waits for the broker to take them, so memory stays near this many chunks.
   int send_queue_chunks = 16;
+  // CURVE authentication (BrokerParams::worker_*): the broker's public key for the worker
+  // socket and this worker's secret key, Z85 (40 characters each). Both empty: a plain
+  // connection, which a broker that authenticates workers refuses.
+  std::string curve_server_key;
+  std::string curve_secret_key;
 };
+
+// Fills params->curve_server_key and curve_secret_key from the files `glassbox-broker
+// curve-keygen` writes: the broker's worker public key (PREFIX.pub) and this worker's
+// secret key (PREFIX.key). NOT_FOUND / INVALID_ARGUMENT naming a file that cannot be read or
+// does not hold a key.
+Status ReadWorkerCurveKeys(const std::string& broker_public_key_file,
+                           const std::string& worker_secret_key_file, WorkerParams* params);
 
 // One job, as the handler sees it. Thread-safe: the link stops it from its own thread.
 class JobContext {

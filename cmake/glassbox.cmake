@@ -10,9 +10,10 @@ function(glassbox_add_library name)
 endfunction()
 
 # glassbox_add_test(NAME SOURCES ... [DEPS ...] [LABELS ...])
-# A Catch2 executable; each TEST_CASE becomes a ctest test carrying LABELS, so
-# `ctest -L engine` or `ctest -L model` runs one layer. Tests run from the repository root
-# so fixture paths like tests/fixtures/... resolve.
+# A Catch2 executable; each TEST_CASE becomes a ctest test carrying LABELS, plus the labels
+# `model` and `slow` when the test case has the Catch tags [model] (needs the real models
+# under models/) or [slow], so `ctest -L engine`, `ctest -L model` or `ctest -LE slow` run one
+# layer. Tests run from the repository root so fixture paths like tests/fixtures/... resolve.
 function(glassbox_add_test name)
   cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;LABELS" ${ARGN})
   # catch_discover_tests splits test names at ';', leaving ctest entries that run nothing.
@@ -25,7 +26,44 @@ function(glassbox_add_test name)
   endforeach()
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE glassbox_catch_main ${ARG_DEPS})
-  catch_discover_tests(${name}
-    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
-    PROPERTIES LABELS "${ARG_LABELS}")
+  # Catch2 2.x cannot turn tags into labels, so discovery runs once per combination of the
+  # two tags that the sources' TEST_CASE headers use, each with a test spec that selects
+  # exactly the cases of that combination.
+  set(combinations "")
+  foreach(source ${ARG_SOURCES})
+    file(READ ${CMAKE_CURRENT_SOURCE_DIR}/${source} text)
+    string(REGEX MATCHALL "TEST_CASE\\([^{]*" headers "${text}")
+    foreach(header ${headers})
+      set(combination "none")
+      foreach(tag model slow)
+        string(FIND "${header}" "[${tag}]" at)
+        if(at GREATER -1)
+          string(APPEND combination "_${tag}")
+        endif()
+      endforeach()
+      list(APPEND combinations ${combination})
+    endforeach()
+  endforeach()
+  list(REMOVE_DUPLICATES combinations)
+  foreach(combination ${combinations})
+    string(REPLACE "_" ";" tags "${combination}")
+    list(REMOVE_ITEM tags none)
+    set(spec "")
+    foreach(tag model slow)
+      if(tag IN_LIST tags)
+        string(APPEND spec "[${tag}]")
+      else()
+        string(APPEND spec "~[${tag}]")
+      endif()
+    endforeach()
+    # The labels travel as one list through catch_discover_tests' argument parsing and its
+    # discovery script, each of which removes one level of backslashes before the ";".
+    set(labels ${ARG_LABELS} ${tags})
+    string(REPLACE ";" "\\\\\\\\;" labels "${labels}")
+    catch_discover_tests(${name}
+      TEST_SPEC "${spec}"
+      TEST_LIST ${name}_TESTS_${combination}
+      WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
+      PROPERTIES LABELS "${labels}")
+  endforeach()
 endfunction()

@@ -6,7 +6,6 @@
 // items they announce, so a corrupt count fails before anything is reserved.
 #include "engine/gguf.h"
 
-#include <cassert>
 #include <cstdio>
 #include <cstring>
 #include <iterator>
@@ -14,6 +13,8 @@
 #include <set>
 #include <type_traits>
 #include <utility>
+
+#include "base/check.h"
 
 namespace glassbox {
 namespace {
@@ -369,7 +370,7 @@ Status GgufParser::ReadValue(uint32_t type, int depth, GgufValue* value) {
     case kTypeArray:
       return ReadArray(depth + 1, value);
   }
-  assert(false && "ReadValueType admits only known types");
+  GLASSBOX_CHECK(false, "ReadValueType admits only known types");
   return Internal("unknown metadata value type");
 }
 

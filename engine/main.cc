@@ -218,6 +218,13 @@ int main(int argc, char** argv) {
   serve->add_option("--broker", serve_params.broker_endpoint, "the broker's worker endpoint")
       ->capture_default_str();
   serve->add_option("--heartbeat-ms", serve_params.heartbeat_interval_ms)->capture_default_str();
+  serve->add_option("--broker-key", serve_params.broker_key_file,
+                    "file with the broker's worker public key (CURVE; with --worker-key)");
+  serve->add_option("--worker-key", serve_params.worker_key_file,
+                    "file with this worker's CURVE secret key, whose public key the broker "
+                    "lists (glassbox-broker serve --worker-keys)");
+  serve->add_option("--hold-file", serve_params.hold_file,
+                    "tests only: while this file exists, jobs wait before running");
   serve->add_option("--max-new-tokens", serve_params.limits.max_new_tokens,
                     "the most new tokens a job may generate")->capture_default_str();
   serve->add_option("--max-saved-bytes", serve_params.limits.max_saved_bytes,

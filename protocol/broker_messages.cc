@@ -4,7 +4,6 @@
 #include "protocol/broker_messages.h"
 
 #include <array>
-#include <cassert>
 #include <exception>
 #include <msgpack.hpp>
 #include <new>
@@ -98,7 +97,7 @@ const TypeSpec& SpecOf(BrokerMessageType type) {
   for (const TypeSpec& spec : TypeSpecs()) {
     if (spec.type == type) return spec;
   }
-  assert(false && "every type has a spec");
+  GLASSBOX_CHECK(false, "every type has a spec");
   return TypeSpecs().front();
 }
 
@@ -194,7 +193,7 @@ void PackField(Packer& pk, const BrokerMessage& m, Field f) {
     case Field::kModels:
       return PackModels(pk, m.models);
     default:
-      assert(false && "unhandled field");
+      GLASSBOX_CHECK(false, "unhandled field");
   }
 }
 
@@ -469,8 +468,10 @@ std::string EncodeBrokerMessage(const BrokerMessage& message) {
   PackStr(pk, "body");
   uint32_t present = 0;
   for (const FieldSpec& f : spec.fields) {
-    assert(!f.required || IntField(const_cast<BrokerMessage&>(message), f.field) == nullptr ||
-           IsPresent(message, f.field));
+    GLASSBOX_CHECK(!f.required ||
+                       IntField(const_cast<BrokerMessage&>(message), f.field) == nullptr ||
+                       IsPresent(message, f.field),
+                   std::string("required field missing in a ") + spec.name + " message");
     if (f.required || IsPresent(message, f.field)) ++present;
   }
   pk.pack_map(present);

@@ -101,8 +101,8 @@ struct BrokerDecodeLimits {
   size_t max_models = 10000;                     // entries of a models list
 };
 
-// Encodes `message` deterministically (keys in SPEC.md §9's order). Precondition (asserted):
-// the required fields of its type are set.
+// Encodes `message` deterministically (keys in SPEC.md §9's order). Precondition (checked in
+// every build): the required fields of its type are set.
 std::string EncodeBrokerMessage(const BrokerMessage& message);
 
 // Decodes one broker message. Refused: bytes that are not one msgpack map, an envelope of

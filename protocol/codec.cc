@@ -7,7 +7,6 @@
 //   3. SchemaDecoder (schema_impl.h) reads the tree into protocol structs, checking types.
 #include "protocol/codec.h"
 
-#include <cassert>
 #include <cstring>
 #include <exception>
 #include <msgpack.hpp>
@@ -183,7 +182,7 @@ void PackValue(Writer& w, const Value& value) {
       w.pk.pack_true();
       return;
     case Value::Kind::kTensor:
-      assert(value.tensor != nullptr);
+      GLASSBOX_CHECK(value.tensor != nullptr, "a tensor Value without a tensor");
       PackTensor(w, *value.tensor);
       return;
   }

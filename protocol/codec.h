@@ -63,8 +63,9 @@ struct ErrorReport {
 };
 
 // Encoders write `version` fields into the envelope as given (kProtocolVersion by default).
-// Precondition (asserted): no string or tensor reaches 4 GiB, msgpack's size field limit;
-// peers refuse far smaller ones anyway (DecodeLimits), so check sizes before building results.
+// Precondition (checked in every build): no string or tensor reaches 4 GiB, msgpack's size
+// field limit; peers refuse far smaller ones anyway (DecodeLimits), so check sizes before
+// building results.
 std::string EncodeRequest(const Request& request);
 std::string EncodeResult(const Result& result);
 std::string EncodeErrorReport(const ErrorReport& error);

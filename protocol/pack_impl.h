@@ -4,11 +4,12 @@
 #ifndef GLASSBOX_PROTOCOL_PACK_IMPL_H_
 #define GLASSBOX_PROTOCOL_PACK_IMPL_H_
 
-#include <cassert>
 #include <cstdint>
 #include <msgpack.hpp>
 #include <string>
 #include <string_view>
+
+#include "base/check.h"
 
 namespace glassbox::protocol::internal {
 
@@ -23,15 +24,15 @@ class StringSink {
 
 using Packer = msgpack::packer<StringSink>;
 
-// Precondition (asserted): under 4 GiB, msgpack's length limit.
+// Precondition (checked in every build): under 4 GiB, msgpack's length limit.
 inline void PackStr(Packer& pk, std::string_view s) {
-  assert(s.size() <= UINT32_MAX);
+  GLASSBOX_CHECK(s.size() <= UINT32_MAX, "a string of " + std::to_string(s.size()) + " bytes");
   pk.pack_str(static_cast<uint32_t>(s.size()));
   pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
 }
 
 inline void PackBin(Packer& pk, std::string_view s) {
-  assert(s.size() <= UINT32_MAX);
+  GLASSBOX_CHECK(s.size() <= UINT32_MAX, "binary data of " + std::to_string(s.size()) + " bytes");
   pk.pack_bin(static_cast<uint32_t>(s.size()));
   pk.pack_bin_body(s.data(), static_cast<uint32_t>(s.size()));
 }

@@ -6,12 +6,15 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "broker/worker_link.h"
+#include "protocol/codec.h"
 #include "worker/job.h"
 
 namespace glassbox::worker {
@@ -97,6 +100,14 @@ std::string CatalogueJson(const Model& model) {
 }
 
 Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
+  broker::WorkerParams link;
+  if (params.broker_key_file.empty() != params.worker_key_file.empty()) {
+    return InvalidArgument("--broker-key and --worker-key go together (CURVE authentication)");
+  }
+  if (!params.broker_key_file.empty()) {
+    GLASSBOX_RETURN_IF_ERROR(
+        broker::ReadWorkerCurveKeys(params.broker_key_file, params.worker_key_file, &link));
+  }
   std::cerr << "loading " << params.model_path << " ..." << std::flush;
   StatusOr<std::unique_ptr<Model>> loaded = Model::Load(params.model_path, params.engine);
   if (!loaded.ok()) {
@@ -110,12 +121,18 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
             << params.broker_endpoint << "; jobs estimated over " << limits.max_job_bytes
             << " bytes of memory are refused\n";
 
-  broker::WorkerParams link;
   link.broker_endpoint = params.broker_endpoint;
   link.model_name = params.name;
   link.catalogue_json = CatalogueJson(model);
   link.heartbeat_interval_ms = params.heartbeat_interval_ms;
   auto handler = [&](const broker::JobContext& job, const std::string& request) {
+    while (!params.hold_file.empty() && std::filesystem::exists(params.hold_file)) {
+      if (job.ShouldStop()) {
+        return protocol::EncodeErrorReport(
+            protocol::ErrorReport::FromStatus(Cancelled(job.StopReason())));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     intervention::RunControl control;
     control.interrupt = [&job]() -> Status {
       return job.ShouldStop() ? Cancelled(job.StopReason()) : Status::Ok();

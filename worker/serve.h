@@ -20,6 +20,13 @@ struct ServeParams {
   EngineParams engine;
   intervention::InterventionLimits limits;  // max_job_bytes 0: DefaultMaxJobBytes at start
   int heartbeat_interval_ms = 1000;
+  // Worker authentication (CURVE, broker/worker_link.h): the broker's worker public key and
+  // this worker's secret key, as files. Both or neither.
+  std::string broker_key_file;
+  std::string worker_key_file;
+  // Tests only: while this file exists, a job waits before it runs (until the file goes, or
+  // the job is cancelled or out of time), so a test controls when a job can finish.
+  std::string hold_file;
 };
 
 // The per-job memory budget a worker takes when given none: half of the MemAvailable line of
@@ -27,8 +34,9 @@ struct ServeParams {
 int64_t DefaultMaxJobBytes(const std::string& meminfo);
 
 // Loads the model, registers with the broker and serves jobs until `stop` becomes true
-// (e.g. from a signal handler). Returns an error if the model cannot be loaded or the broker
-// endpoint is unusable; job failures go back to their users and never end the loop.
+// (e.g. from a signal handler). Returns an error if the key files cannot be read (before
+// loading anything), the model cannot be loaded or the broker endpoint is unusable; job
+// failures go back to their users and never end the loop.
 Status Serve(const ServeParams& params, const std::atomic<bool>& stop);
 
 // The catalogue the worker announces: the engine's hook catalogue JSON with the model's

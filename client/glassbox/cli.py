@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                     "127.0.0.1 with --dev)")
     up.add_argument("--worker-bind", default="127.0.0.1", help="the workers' interface "
                     "(default: %(default)s, this machine only); '*' lets workers on other "
-                    "machines connect (the worker port has no authentication: private networks "
-                    "only)")
+                    "machines connect; workers authenticate with the CURVE keys in "
+                    "DATA/worker-keys (README: a worker on another machine)")
     up.add_argument("--restart-delay", type=float, default=1.0, help="seconds before a worker "
                     "that exited is started again, doubled for each exit in a row (default: "
                     "%(default)s)")

@@ -119,7 +119,8 @@ class ServiceParams:
     encrypt: bool = False  # CURVE on client connections (key pair kept in data_dir)
     bind: str = ""  # client interface; default "*" (127.0.0.1 with dev)
     # The workers' interface: this machine only unless workers on other machines must reach
-    # the broker ("*"); the worker port has no authentication.
+    # the broker ("*"). Workers authenticate either way (CURVE keys kept in
+    # data_dir/worker-keys, see LocalService.worker_keys_dir).
     worker_bind: str = "127.0.0.1"
     # A worker that exits is started again after restart_delay seconds, doubled for each
     # exit in a row up to max_restart_delay; one that ran max_restart_delay seconds or more
@@ -202,6 +203,7 @@ class LocalService:
                     raise GlassboxError("UNAVAILABLE", f"port {port} is in use (is a service "
                                         "already up? try `glassbox status`, or choose --port)")
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.make_worker_keys()
             self.start_redis()
             self.start_broker()
             for path, name in self.params.models:
@@ -245,8 +247,32 @@ class LocalService:
         argv = [find_binary("glassbox-broker"), "serve", "--clients", f"tcp://{bind}:{p.port}",
                 "--workers", f"tcp://{p.worker_bind or '127.0.0.1'}:{p.worker_port}",
                 "--redis", self.redis_address,
+                "--worker-curve-secret-key-file", str(self.worker_keys_dir / "broker.key"),
+                "--worker-keys", str(self.worker_keys_dir / "authorised"),
                 *(["--dev-no-auth"] if p.dev else []), *self._curve_args(), *p.broker_args]
         self._spawn("broker", argv, p.port)
+
+    @property
+    def worker_keys_dir(self) -> pathlib.Path:
+        """The workers' CURVE keys (made by ``make_worker_keys`` on the first start): the
+        broker's pair for the worker socket (``broker.key``, ``broker.pub``), one pair its
+        workers share (``worker.key``, ``worker.pub``) and ``authorised``, the public keys of
+        the workers the broker admits, one per line (add a remote worker's ``.pub`` there)."""
+        return self.data_dir / "worker-keys"
+
+    def make_worker_keys(self) -> None:
+        """Makes the missing worker keys (secret files readable by their owner only)."""
+        keys = self.worker_keys_dir
+        keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in ("broker", "worker"):
+            if not (keys / f"{name}.key").is_file():
+                subprocess.run([find_binary("glassbox-broker"), "curve-keygen", "--out",
+                                str(keys / name)], check=True, capture_output=True, timeout=30)
+        authorised = keys / "authorised"
+        if not authorised.is_file():
+            authorised.write_text("# Public keys of the workers this broker admits, one per "
+                                  "line (glassbox-broker curve-keygen makes pairs).\n"
+                                  + (keys / "worker.pub").read_text())
 
     @property
     def server_key_path(self) -> pathlib.Path:
@@ -272,6 +298,8 @@ class LocalService:
     def _spawn_worker(self, model_path: str, name: str) -> subprocess.Popen:
         argv = [find_binary("glassbox-engine"), "serve", "--model", model_path, "--name", name,
                 "--broker", f"tcp://127.0.0.1:{self.params.worker_port}",
+                "--broker-key", str(self.worker_keys_dir / "broker.pub"),
+                "--worker-key", str(self.worker_keys_dir / "worker.key"),
                 *self.params.engine_args]
         return self._spawn(f"worker-{name}", argv, None)
 

@@ -365,6 +365,54 @@ TEST_CASE("Core: a model nobody serves is refused, naming the served ones", "[br
   CHECK(models[0].models[0].catalogue_json == "{\"points\":[]}");
 }
 
+// The reason of the DISCONNECT sent to `peer`, or "" if none was.
+std::string DisconnectReason(Harness& h, const std::string& peer) {
+  for (const BrokerMessage& m : h.outbox.Take(peer)) {
+    if (m.type == BrokerMessageType::kDisconnect) return m.reason;
+  }
+  return "";
+}
+
+std::vector<std::string> ListedModels(Harness& h, const std::string& key) {
+  BrokerMessage list;
+  list.type = BrokerMessageType::kListModels;
+  list.api_key = key;
+  h.Client("c", list);
+  std::vector<std::string> names;
+  for (const BrokerMessage& m : h.outbox.Take("c")) {
+    for (const auto& model : m.models) names.push_back(model.name);
+  }
+  return names;
+}
+
+TEST_CASE("Core: registrations cannot grow the broker: workers and models are bounded",
+          "[broker]") {
+  BrokerParams p;
+  p.max_workers = 3;
+  p.max_models = 2;
+  Harness h(p);
+  const std::string key = h.AddKey("alice");
+  h.Ready("w1", "a");
+  h.Ready("w2", "b");
+  CHECK(DisconnectReason(h, "w1").empty());
+  CHECK(DisconnectReason(h, "w3").empty());
+  h.Ready("w3", "c");
+  CHECK(DisconnectReason(h, "w3") == "the broker serves 2 models, its limit");
+  // One peer registering again and again under new names: the catalogue of a model nobody
+  // serves or waits for makes room; the broker never remembers more than two.
+  for (int i = 0; i < 100; ++i) h.Ready("w2", "fake" + std::to_string(i));
+  CHECK(DisconnectReason(h, "w2").empty());
+  CHECK(ListedModels(h, key) == std::vector<std::string>{"a", "fake99"});
+  h.Ready("w3", "a");
+  CHECK(DisconnectReason(h, "w3").empty());
+  h.Ready("w4", "a");
+  CHECK(DisconnectReason(h, "w4") == "the broker has 3 workers, its limit");
+  // A refused worker got no job: w1 and w3 serve "a".
+  BrokerMessage ack = h.Submit("c", key, "a");
+  REQUIRE(ack.type == BrokerMessageType::kAck);
+  CHECK(h.JobFor("w4").empty());
+}
+
 TEST_CASE("Core: a silent worker's job runs again, up to the retry limit", "[broker]") {
   BrokerParams params;
   params.max_attempts = 2;

@@ -304,11 +304,15 @@ TEST_CASE("E2E: a worker killed mid-job: the job runs again on another worker", 
   cluster.WaitForWorkers(*client, 1);
   std::vector<JobStatus> seen;
   client->OnStatus([&](const JobStatus& s) { seen.push_back(s); });
-  const std::string job = SubmitOk(*client, "sleep_ms=1500");
-  WaitState(*client, job, JobState::kRunning);
+  // The job holds until released; it is released only once its first worker is dead.
+  const std::string release = cluster.Path("release");
+  const std::string job =
+      SubmitOk(*client, "touch=" + cluster.Path("started") + ";wait_file=" + release);
+  REQUIRE(testing::WaitForFile(cluster.Path("started")));
   cluster.StartWorker("second");
   cluster.WaitForWorkers(*client, 2);
   first.Stop(SIGKILL);
+  std::ofstream(release).put('\n');
   JobStatus done = WaitDone(*client, job);
   CHECK(done.state == JobState::kCompleted);
   CHECK(Saved(*client->FetchResult(job), "worker") == "second");
@@ -383,16 +387,17 @@ TEST_CASE("E2E: a frozen worker (SIGSTOP) is noticed by heartbeat, its job runs 
   ChildProcess& frozen = cluster.StartWorker("frozen");
   auto client = cluster.NewClient(key.secret);
   cluster.WaitForWorkers(*client, 1);
-  const std::string job = SubmitOk(*client, "sleep_ms=1000");
-  WaitState(*client, job, JobState::kRunning);
+  const std::string release = cluster.Path("release");
+  const std::string job =
+      SubmitOk(*client, "touch=" + cluster.Path("started") + ";wait_file=" + release);
+  REQUIRE(testing::WaitForFile(cluster.Path("started")));
   cluster.StartWorker("alive");
   cluster.WaitForWorkers(*client, 2);
-  const auto stopped_at = std::chrono::steady_clock::now();
   frozen.Signal(SIGSTOP);  // the connection stays open: only missing heartbeats tell
+  std::ofstream(release).put('\n');  // a frozen worker cannot finish it; "alive" can
   JobStatus done = WaitDone(*client, job);
   CHECK(done.state == JobState::kCompleted);
   CHECK(Saved(*client->FetchResult(job), "worker") == "alive");
-  CHECK(std::chrono::steady_clock::now() - stopped_at < std::chrono::seconds(5));
   frozen.Signal(SIGCONT);  // it comes back, is told it is unknown, and registers again
   cluster.WaitForWorkers(*client, 2);
 }
@@ -405,7 +410,7 @@ TEST_CASE("E2E: a job whose workers keep dying fails, saying why", "[broker][slo
   cluster.WaitForWorkers(*client, 1);
   int runs = 0;
   client->OnStatus([&](const JobStatus& s) { runs += s.state == JobState::kRunning; });
-  const std::string job = SubmitOk(*client, "sleep_ms=5000");
+  const std::string job = SubmitOk(*client, "wait_file=" + cluster.Path("never-created"));
   for (int death = 1; death <= 2; ++death) {
     REQUIRE(client->WaitForStatus(job, [&](const JobStatus&) { return runs >= death; }).ok());
     worker->Stop(SIGKILL);
@@ -451,11 +456,14 @@ TEST_CASE("E2E: the broker killed and restarted: acknowledged jobs complete, res
   cluster.WaitForWorkers(*client, 1);
   const std::string finished = SubmitOk(*client, "result_bytes=1000");
   WaitDone(*client, finished);
+  // Held until released, so all four are unfinished when the broker dies.
+  const std::string release = cluster.Path("release");
   std::vector<std::string> pending;
-  for (int i = 0; i < 4; ++i) pending.push_back(SubmitOk(*client, "sleep_ms=300"));
+  for (int i = 0; i < 4; ++i) pending.push_back(SubmitOk(*client, "wait_file=" + release));
   WaitState(*client, pending[0], JobState::kRunning);
   cluster.broker().Stop(SIGKILL);
   cluster.StartBroker();
+  std::ofstream(release).put('\n');
   auto after = cluster.NewClient(key.secret, 15000);
   for (const std::string& job : pending) {
     CHECK(WaitDone(*after, job, 15000).state == JobState::kCompleted);
@@ -473,13 +481,19 @@ TEST_CASE("E2E: Redis stopped: submissions refused as unavailable, nothing ackno
   cluster.StartWorker("a");
   auto client = cluster.NewClient(key.secret);
   cluster.WaitForWorkers(*client, 1);
-  const std::string running = SubmitOk(*client, "sleep_ms=1500");
-  const std::string queued = SubmitOk(*client, "sleep_ms=10");
+  // The running job ends while Redis is down (released, and its result returned to the
+  // broker, during the outage).
+  const std::string release = cluster.Path("release");
+  const std::string running =
+      SubmitOk(*client, "wait_file=" + release + ";done_file=" + cluster.Path("done"));
+  const std::string queued = SubmitOk(*client, "queued");
   WaitState(*client, running, JobState::kRunning);
   cluster.redis().Stop(SIGKILL);
   auto refused = client->Submit(Request("x"));
   CHECK(refused.status().code() == StatusCode::kUnavailable);
   CHECK(refused.status().message().find("job store unavailable") != std::string::npos);
+  std::ofstream(release).put('\n');
+  REQUIRE(testing::WaitForFile(cluster.Path("done")));
   cluster.redis().Start();
   CHECK(WaitDone(*client, running, 15000).state == JobState::kCompleted);
   CHECK(WaitDone(*client, queued, 15000).state == JobState::kCompleted);
@@ -711,6 +725,36 @@ TEST_CASE("E2E: a client's ref is capped in size and never stored beyond it", "[
   CHECK(WaitDone(*client, *job).state == JobState::kCompleted);
 }
 
+TEST_CASE("E2E: a ref and the model name count against the key's request limit and usage",
+          "[broker]") {
+  Cluster cluster;
+  const std::string request = Request("x");
+  const int64_t model_bytes = std::string("test-model").size();
+  // Room for the request, its model name and a 100-byte ref (stored twice), not one more.
+  const int64_t limit = static_cast<int64_t>(request.size()) + model_bytes + 200;
+  ApiKey key = cluster.CreateKey("alice", "--max-request-bytes " + std::to_string(limit));
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  auto refused = client->Submit(request, std::string(101, 'r'));
+  CHECK(refused.status().code() == StatusCode::kResourceExhausted);
+  CHECK(refused.status().message().find("(" + std::to_string(limit + 2) + " bytes stored)") !=
+        std::string::npos);
+  auto job = client->Submit(request, std::string(100, 'r'));
+  REQUIRE(job.ok());
+  CHECK(WaitDone(*client, *job).state == JobState::kCompleted);
+  auto plain = client->Submit(request);  // no ref
+  REQUIRE(plain.ok());
+  CHECK(WaitDone(*client, *plain).state == JobState::kCompleted);
+  const int64_t stored = limit + static_cast<int64_t>(request.size()) + model_bytes;
+  auto keys = ListApiKeys(cluster.redis().address());
+  REQUIRE(keys.ok());
+  REQUIRE(keys->size() == 1);
+  CHECK((*keys)[0].usage.bytes_stored == stored);
+  const std::string row = Field(cluster.Keys("list"), "alice");  // BYTES_STORED comes last
+  CHECK(row.substr(row.find_last_of(' ') + 1) == std::to_string(stored));
+}
+
 TEST_CASE("E2E: users take turns: one user's many jobs do not starve another's one",
           "[broker][slow]") {
   Cluster cluster;
@@ -799,7 +843,8 @@ TEST_CASE("E2E: a job past its time limit is stopped and reported, the worker go
   cluster.StartWorker("a");
   auto client = cluster.NewClient(key.secret);
   cluster.WaitForWorkers(*client, 1);
-  const std::string slow = SubmitOk(*client, "sleep_ms=20000");
+  // Held until stopped: only the time limit can end it.
+  const std::string slow = SubmitOk(*client, "wait_file=" + cluster.Path("never-created"));
   const JobStatus failed = WaitDone(*client, slow);
   CHECK(failed.state == JobState::kError);
   CHECK(failed.message == "time limit of 0.5 s exceeded");
@@ -829,14 +874,15 @@ TEST_CASE("E2E: cancelling a running job stops it, the worker takes the next", "
   cluster.StartWorker("a");
   auto client = cluster.NewClient(key.secret);
   cluster.WaitForWorkers(*client, 1);
-  const std::string slow = SubmitOk(*client, "sleep_ms=20000");
+  // Held until stopped: only the cancellation can end it.
+  const std::string slow = SubmitOk(*client, "wait_file=" + cluster.Path("never-created"));
   WaitState(*client, slow, JobState::kRunning);
   auto cancelled = client->Cancel(slow);
   REQUIRE(cancelled.ok());
   CHECK(cancelled->state == JobState::kCancelled);
   CHECK(cancelled->message == "cancelled by the user");
   const std::string next = SubmitOk(*client, "quick");
-  CHECK(WaitDone(*client, next, 3000).state == JobState::kCompleted);
+  CHECK(WaitDone(*client, next).state == JobState::kCompleted);
   CHECK(client->FetchResult(slow).status().code() == StatusCode::kNotFound);
 }
 
@@ -867,6 +913,68 @@ TEST_CASE("E2E: CURVE-encrypted client connections, plain clients get no answer"
   CHECK(Saved(*client->FetchResult(job), "prompt") == "encrypted");
   auto plain = cluster.NewClient(key.secret, 300);
   CHECK(plain->Submit(Request("x")).status().code() == StatusCode::kUnavailable);
+}
+
+// Waits until the file at `path` holds `text`; whether it does.
+bool WaitForText(const std::string& path, const std::string& text) {
+  for (int i = 0; i < 5000 && ReadFile(path).find(text) == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return ReadFile(path).find(text) != std::string::npos;
+}
+
+TEST_CASE("E2E: only workers with an authorised CURVE key register, get prompts, send results",
+          "[broker]") {
+  testing::TempDir keys;
+  const std::string k = keys.path() + "/";
+  for (const char* name : {"broker", "good", "rogue"}) {
+    Run(testing::BinDir() + "/glassbox-broker curve-keygen --out " + k + name);
+  }
+  {
+    std::ofstream authorised(k + "authorised");
+    authorised << "# the workers this broker admits\n\n" << ReadFile(k + "good.pub");
+  }
+  Cluster cluster(
+      {"--worker-curve-secret-key-file", k + "broker.key", "--worker-keys", k + "authorised"});
+  ApiKey key = cluster.CreateKey("alice");
+  auto client = cluster.NewClient(key.secret);
+  // A worker without keys and one whose key is not listed: each is refused at the handshake
+  // (the broker logs each kind), so neither registers, sees a job or can send a result.
+  cluster.StartWorker("plain");
+  cluster.StartWorker("rogue",
+                      {"--broker-key", k + "broker.pub", "--worker-key", k + "rogue.key"});
+  const std::string log = cluster.Path("broker.log");
+  REQUIRE(WaitForText(log, "its CURVE key is not among the authorised worker keys"));
+  REQUIRE(WaitForText(log, "its handshake was not CURVE with the broker's worker key"));
+  auto models = client->ListModels();
+  REQUIRE(models.ok());
+  CHECK(models->empty());
+  CHECK(client->Submit(Request("x")).status().code() == StatusCode::kNotFound);
+  cluster.StartWorker("good", {"--broker-key", k + "broker.pub", "--worker-key", k + "good.key"});
+  cluster.WaitForWorkers(*client, 1);
+  for (int i = 0; i < 3; ++i) {
+    const std::string job = SubmitOk(*client, "private prompt " + std::to_string(i));
+    CHECK(WaitDone(*client, job).state == JobState::kCompleted);
+    CHECK(Saved(*client->FetchResult(job), "worker") == "good");
+  }
+  cluster.WaitForWorkers(*client, 1);  // still the one
+}
+
+TEST_CASE("E2E: the broker refuses worker authentication files that do not hold keys",
+          "[broker]") {
+  testing::TempDir keys;
+  const std::string k = keys.path() + "/";
+  Run(testing::BinDir() + "/glassbox-broker curve-keygen --out " + k + "broker");
+  {
+    std::ofstream authorised(k + "authorised");
+    authorised << "not a key\n";
+  }
+  const std::string out =
+      Run(testing::BinDir() + "/glassbox-broker serve --clients tcp://127.0.0.1:" +
+          std::to_string(testing::FreePort()) + " --worker-curve-secret-key-file " + k +
+          "broker.key --worker-keys " + k + "authorised 2>&1");
+  CHECK(out.find("INVALID_ARGUMENT: line 1 of " + k +
+                 "authorised is not a 40-character Z85 CURVE public key") != std::string::npos);
 }
 
 }  // namespace

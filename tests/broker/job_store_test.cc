@@ -78,6 +78,9 @@ void CheckContract(JobStore& store) {
   CHECK(usage->jobs == 2);
   CHECK(usage->compute_ms == 1500);
   CHECK(usage->bytes_returned == 2);
+  // "abc" with ref "r1" (record and ref index) and model "m"; "def" with model "m"; the
+  // retry with the same ref stored nothing.
+  CHECK(usage->bytes_stored == (3 + 2 * 2 + 1) + (3 + 1));
 }
 
 TEST_CASE("JobStore contract: in memory", "[broker]") {

@@ -119,7 +119,17 @@ int main(int argc, char** argv) {
   app.add_option("--chunk-bytes", params.result_chunk_bytes)->capture_default_str();
   app.add_option("--send-queue", params.send_queue_chunks)->capture_default_str();
   app.add_option("--tag", tag, "saved in every result, to tell workers apart");
+  std::string broker_key, worker_key;
+  app.add_option("--broker-key", broker_key, "the broker's worker public key file (CURVE)");
+  app.add_option("--worker-key", worker_key, "this worker's CURVE secret key file");
   CLI11_PARSE(app, argc, argv);
+  if (!broker_key.empty()) {
+    Status keys = broker::ReadWorkerCurveKeys(broker_key, worker_key, &params);
+    if (!keys.ok()) {
+      std::fprintf(stderr, "glassbox-test-worker: %s\n", keys.ToString().c_str());
+      return 1;
+    }
+  }
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   auto handler = [&](const broker::JobContext& job, const std::string& request) {

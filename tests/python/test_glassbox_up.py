@@ -27,7 +27,8 @@ import glassbox
 from glassbox import launcher
 
 from conftest import ROOT, TINY_LLAMA, bin_dir
-from test_service import glassbox_cli, missing_binaries
+from glassbox.service import ServiceBackend
+from test_service import glassbox_cli, missing_binaries, wait_for_model
 
 NAME = "tiny-llama"
 PROMPT = [1, 5, 9, 3]
@@ -134,6 +135,52 @@ def test_a_killed_worker_is_restarted_after_its_back_off_and_serves(data_dir):
         up.stop()
     for pid in children:
         assert not launcher.pid_alive(pid)
+
+
+def wait_for_text(path: pathlib.Path, text: str, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_workers_need_the_keys_up_keeps_and_gives_its_own_workers(data_dir):
+    up = Up(data_dir, "--dev")
+    engine = str(bin_dir() / "glassbox-engine")
+    broker = f"tcp://127.0.0.1:{up.worker_port}"
+    keys = data_dir / "worker-keys"
+    started = []
+    backend = ServiceBackend(f"tcp://127.0.0.1:{up.port}", quiet=True)
+    try:
+        assert keys.stat().st_mode & 0o077 == 0
+        for name in ("broker.key", "worker.key"):
+            assert (keys / name).stat().st_mode & 0o077 == 0, name
+        assert (keys / "worker.pub").read_text().strip() in (keys / "authorised").read_text()
+        log = data_dir / "logs" / "broker.log"
+        assert "(CURVE, authorised worker keys only)" in log.read_text()
+        wait_for_model(backend, NAME)  # up's own worker got the keys
+        # A worker without keys is refused at the handshake: it never registers.
+        with open(data_dir / "rogue.log", "w") as rogue_log:
+            started.append(subprocess.Popen(
+                [engine, "serve", "--model", str(TINY_LLAMA), "--name", "rogue", "--broker",
+                 broker], stdout=rogue_log, stderr=subprocess.STDOUT))
+        assert wait_for_text(log, "refused a worker connection"), log.read_text()
+        # One given up's keys, as a worker on another machine would be, registers.
+        with open(data_dir / "extra.log", "w") as extra_log:
+            started.append(subprocess.Popen(
+                [engine, "serve", "--model", str(TINY_LLAMA), "--name", "extra", "--broker",
+                 broker, "--broker-key", str(keys / "broker.pub"), "--worker-key",
+                 str(keys / "worker.key")], stdout=extra_log, stderr=subprocess.STDOUT))
+        wait_for_model(backend, "extra")
+        assert sorted(m.name for m in backend.models()) == ["extra", NAME]
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+        backend.close()
+        up.stop()
 
 
 def test_a_second_up_on_the_same_data_is_refused_naming_the_first(data_dir):

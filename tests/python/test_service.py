@@ -35,7 +35,7 @@ from test_client_readme import README
 PROMPT = [1, 5, 9, 3]
 OTHER = [1, 7, 2, 3]
 NAME = "tiny-llama"
-SLOW_STEPS = 250  # a generation doing 3 matmuls of 512 x 512 at every step: ~5 s of work
+HELD_STEPS = 5
 
 
 def missing_binaries() -> str:
@@ -82,9 +82,22 @@ def running_service(binaries, data_dir):
     """A development-mode service (no API keys) serving the tiny model as "tiny-llama"."""
     params = launcher.ServiceParams(
         model_path=str(TINY_LLAMA), model_name=NAME, port=launcher.free_port(),
-        worker_port=launcher.free_port(), data_dir=str(data_dir / "service"), dev=True)
+        worker_port=launcher.free_port(), data_dir=str(data_dir / "service"), dev=True,
+        engine_args=("--threads", "1", "--hold-file", str(data_dir / "hold")))
     with launcher.LocalService(params) as running:
         yield running
+
+
+@pytest.fixture
+def held(data_dir):
+    """While this fixture is active, jobs wait at the worker before running (the worker's
+    --hold-file), until cancelled or out of time: no timer in a test can race them."""
+    hold = data_dir / "hold"
+    hold.touch()
+    try:
+        yield
+    finally:
+        hold.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +137,8 @@ def experiment(model, **wait):
 
 
 def slow_generation(model, **wait):
-    """A job that takes seconds (and returns a few bytes), for cancelling."""
-    with model.generate(PROMPT, max_new_tokens=SLOW_STEPS, **wait) as tr:
+    """A generation for cancelling; under the ``held`` fixture it cannot finish."""
+    with model.generate(PROMPT, max_new_tokens=HELD_STEPS, **wait) as tr:
         with tr.all():
             work = glassbox.randn([512, 512], 0) * model.lm_head.output[0, -1, :1]
             for _ in range(3):
@@ -266,7 +279,7 @@ def test_non_blocking_trace_is_a_future(remote):
     assert logits.value.shape[:2] == (1, 4)
 
 
-def test_cancel_through_the_future(remote, service):
+def test_cancel_through_the_future(remote, service, held):
     tr = slow_generation(remote, blocking=False)
     wait_for_state(service, tr.job_id, ("RUNNING",))
     assert tr.cancel()
@@ -275,21 +288,41 @@ def test_cancel_through_the_future(remote, service):
     assert service.status(tr.job_id).state == "CANCELLED"
 
 
-def test_ctrl_c_while_waiting_cancels_the_job(remote, service):
-    # A real SIGINT to this process while the trace waits: Python raises KeyboardInterrupt
-    # in the main thread, inside the wait loop.
-    timer = threading.Timer(0.7, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+def test_ctrl_c_while_waiting_cancels_the_job(remote, service, monkeypatch, held):
+    # A real SIGINT to this process while the trace waits for its (held) running job: Python
+    # raises KeyboardInterrupt in the main thread, inside the wait loop.
+    acknowledged = []
+    real_wait = service._connection.wait_reply
+
+    def recording(ref, timeout):
+        reply = real_wait(ref, timeout)
+        acknowledged.append(reply.job)
+        return reply
+
+    monkeypatch.setattr(service._connection, "wait_reply", recording)
+    done = threading.Event()
+
+    def interrupt_once_running():
+        while not acknowledged and not done.is_set():
+            time.sleep(0.01)
+        if not done.is_set():
+            wait_for_state(service, acknowledged[0], ("RUNNING",))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_once_running)
+    interrupter.start()
     try:
         with pytest.raises(KeyboardInterrupt) as caught:
             slow_generation(remote)
     finally:
-        timer.cancel()
+        done.set()
+        interrupter.join()
+    monkeypatch.undo()
     job = re.search(r"job ([0-9a-f]{32}) was cancelled", str(caught.value)).group(1)
     assert wait_for_state(service, job, ("CANCELLED",)).code == "CANCELLED"
 
 
-def test_ctrl_c_before_the_ack_still_cancels_the_job(remote, service, monkeypatch):
+def test_ctrl_c_before_the_ack_still_cancels_the_job(remote, service, monkeypatch, held):
     acknowledged = []
     real_wait = service._connection.wait_reply
 
@@ -310,7 +343,7 @@ def test_ctrl_c_before_the_ack_still_cancels_the_job(remote, service, monkeypatc
     assert wait_for_state(service, acknowledged[0], ("CANCELLED",)).state == "CANCELLED"
 
 
-def test_timeout_names_the_job_and_its_state_and_cancels_it(remote, service):
+def test_timeout_names_the_job_and_its_state_and_cancels_it(remote, service, held):
     with pytest.raises(JobTimeoutError) as caught:
         slow_generation(remote, timeout=0.5)
     error = caught.value
@@ -319,7 +352,7 @@ def test_timeout_names_the_job_and_its_state_and_cancels_it(remote, service):
     assert wait_for_state(service, error.job, ("CANCELLED",)).state == "CANCELLED"
 
 
-def test_future_timeout_leaves_the_job_running(remote):
+def test_future_timeout_leaves_the_job_running(remote, held):
     tr = slow_generation(remote, blocking=False)
     with pytest.raises(JobTimeoutError, match=tr.job_id):
         tr.future.result(timeout=0.2)
@@ -384,16 +417,25 @@ def slow_experiment(model, submitted: list):
     return run
 
 
-def test_ctrl_c_during_run_all_cancels_every_job(remote, service):
+def test_ctrl_c_during_run_all_cancels_every_job(remote, service, held):
     submitted = []
     slow = slow_experiment(remote, submitted)
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    done = threading.Event()
+
+    def interrupt_once_two_are_in():  # held, neither can finish: a third never starts
+        while len(submitted) < 2 and not done.is_set():
+            time.sleep(0.01)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_once_two_are_in)
+    interrupter.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             glassbox.run_all([slow, slow, slow], max_concurrency=2, quiet=True)
     finally:
-        timer.cancel()
+        done.set()
+        interrupter.join()
     assert len(submitted) == 2
     for tr in submitted:
         assert wait_for_state(service, tr.job_id, ("CANCELLED",)).state == "CANCELLED"

@@ -249,8 +249,8 @@ TEST_CASE("a worker refuses graph ops that cannot finish within the job's time l
 
 TEST_CASE("a long generation is stopped between hook points by its time limit or a cancel",
           "[worker][service][model][smollm2][slow]") {
-  // The broker itself would give up only after 60 s of grace: a quick end proves the worker
-  // stopped the forward pass on its own.
+  // The broker itself would give up only after 60 s of grace, saying that the worker did not
+  // stop: the worker's own message proves it stopped the forward pass itself.
   Service service({"--time-limit-ms", "4000", "--time-limit-grace-ms", "60000"});
   service.StartEngine(testing::kSmolLm2Path, "smollm2");
   auto client = service.NewClient();
@@ -266,15 +266,12 @@ TEST_CASE("a long generation is stopped between hook points by its time limit or
   const std::string request =
       protocol::EncodeRequest(ReadAndSave("smollm2", "model.norm.output", long_generation));
 
-  auto start = std::chrono::steady_clock::now();
   auto timed = client->Submit(request);
   REQUIRE(timed.ok());
-  const broker::JobStatus out_of_time = WaitDone(*client, *timed, 30000);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const broker::JobStatus out_of_time = WaitDone(*client, *timed, 120000);
   CHECK(out_of_time.state == JobState::kError);
   CHECK(out_of_time.message.find("time limit of 4 s exceeded") != std::string::npos);
-  CHECK(seconds < 20);  // far below the broker's own 64 s backstop
+  CHECK(out_of_time.message.find("did not stop") == std::string::npos);  // not the broker's
 
   auto cancelled = client->Submit(request);
   REQUIRE(cancelled.ok());
