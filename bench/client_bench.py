@@ -28,7 +28,7 @@ import argparse
 import multiprocessing
 import os
 import pathlib
-import statistics
+import signal
 import sys
 import tempfile
 import time
@@ -241,6 +241,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
+    # SIGTERM (a time-out's) unwinds like Ctrl-C, so the service's processes are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     os.environ.setdefault("GLASSBOX_BIN_DIR", str(ROOT / "build" / "bin"))
     with tempfile.TemporaryDirectory(prefix="glassbox-client-bench-") as data_dir:
         params = launcher.ServiceParams(

@@ -151,7 +151,12 @@ class Tokenizer:
 
     def _encode_on_server(self, text: str) -> List[int]:
         if self._encode_text is not None:
-            return list(self._encode_text(text))
+            try:
+                return list(self._encode_text(text))
+            except GlassboxError as e:
+                if not _tokenize_unsupported(e):
+                    raise
+                self._encode_text = None  # an older broker or worker: encode with a job
         read = wire.Node(0, "read", [], {"point": "model.embed_tokens.input", "invoke": 0})
         save = wire.Node(1, "save", [wire.Ref(0)], {"name": "ids"})
         trace = wire.Trace(invokes=[wire.Invoke(prompt=text)], nodes=[read, save])
@@ -166,6 +171,12 @@ class Tokenizer:
             raise ValueError(f"token id {token_id} is outside the vocabulary "
                              f"[0, {len(self._tokens)})")
         return int(token_id)
+
+
+def _tokenize_unsupported(error: GlassboxError) -> bool:
+    """An older broker refuses the message type; an older worker never answers it."""
+    return ((error.code == "INVALID_ARGUMENT" and "unknown message type" in error.message)
+            or (error.code == "UNAVAILABLE" and "did not tokenize" in error.message))
 
 
 def _optional_id(value) -> Optional[int]:

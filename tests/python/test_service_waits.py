@@ -8,10 +8,14 @@ processes on SmolLM2 (the session's service, see conftest.py).
 import json
 import time
 
+import numpy as np
 import pytest
 
 import glassbox
+from glassbox import wire
+from glassbox.errors import GlassboxError
 from glassbox.service import ServiceBackend
+from glassbox.tokenizer import Tokenizer
 
 from conftest import ROOT
 
@@ -76,6 +80,35 @@ def long_generation(model):
     with model.generate("Once upon a time", max_new_tokens=512, blocking=False) as tr:
         model.lm_head.output.save()
     return tr
+
+
+@pytest.mark.parametrize("refusal", [
+    GlassboxError("INVALID_ARGUMENT", 'type: unknown message type "tokenize"'),  # older broker
+    GlassboxError("UNAVAILABLE", "the worker did not tokenize the text within 10 s; try again"),
+])
+def test_an_older_service_without_tokenize_still_encodes_with_a_job(refusal):
+    asked, ran = [], []
+
+    def tokenize(text):
+        asked.append(text)
+        raise refusal
+
+    def run(request):
+        ran.append(request.traces[0].invokes[0].prompt)
+        return wire.Result(saved=[wire.SavedValue("ids", 1, np.array([[5, 6]], np.int64))])
+
+    tokenizer = Tokenizer({"tokens": ["a"] * 8}, run, NAME, tokenize)
+    assert tokenizer.encode("one") == [5, 6] and tokenizer.encode("two") == [5, 6]
+    assert asked == ["one"] and ran == ["one", "two"]  # asked once, then jobs only
+
+
+def test_other_tokenize_errors_are_raised():
+    def tokenize(text):
+        raise GlassboxError("INVALID_ARGUMENT", "a text of 2000000 bytes is over the limit")
+
+    tokenizer = Tokenizer({"tokens": ["a"]}, lambda r: None, NAME, tokenize)
+    with pytest.raises(GlassboxError, match="over the limit"):
+        tokenizer.encode("x")
 
 
 def wait_until_running(future, timeout=60.0):
