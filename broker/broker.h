@@ -64,6 +64,10 @@ struct BrokerParams {
   // (oldest dropped first), so fetching right after completion does not read them back from
   // Redis. 0 turns this off.
   int64_t result_cache_bytes = int64_t{256} << 20;
+  // A `tokenize` goes to a worker of its model at once (not through the job queue; the worker
+  // answers between its jobs' steps). Unanswered after this long, the client is told
+  // UNAVAILABLE.
+  int64_t tokenize_timeout_ms = 10000;
   // Optional CURVE encryption of the client socket: a file holding the broker's Z85 secret
   // key (40 characters; `glassbox-broker curve-keygen` makes one). Clients then need the
   // matching public key (ClientParams::curve_server_key); plain clients get no answer.

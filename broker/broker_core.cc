@@ -83,6 +83,7 @@ void BrokerCore::Tick(int64_t workers_heard_until_ms) {
   }
   CheckWorkers(now, std::min(now, workers_heard_until_ms));
   CheckTimeLimits(now);
+  CheckTokenizes(now);
   FlushFinishing();
   FlushBytesReturned();
   DispatchAll();
@@ -181,13 +182,14 @@ void BrokerCore::HandleClient(const std::string& peer, const BrokerMessage& m) {
     case BrokerMessageType::kFetch:
     case BrokerMessageType::kCancel:
     case BrokerMessageType::kListModels:
+    case BrokerMessageType::kTokenize:
       break;
     default:
       ReplyError(peer,
                  InvalidArgument(std::string("a client may not send a \"") +
                                  protocol::BrokerMessageTypeName(m.type) +
                                  "\" message (clients send submit, query, fetch, cancel, "
-                                 "list_models or heartbeat)"),
+                                 "list_models, tokenize or heartbeat)"),
                  m);
       return;
   }
@@ -209,6 +211,8 @@ void BrokerCore::HandleClient(const std::string& peer, const BrokerMessage& m) {
       return Fetch(peer, *caller, m);
     case BrokerMessageType::kCancel:
       return Cancel(peer, *caller, m);
+    case BrokerMessageType::kTokenize:
+      return Tokenize(peer, m);
     default:
       return ListModels(peer, m);
   }
@@ -448,6 +452,71 @@ void BrokerCore::ListModels(const std::string& peer, const BrokerMessage& m) {
   outbox_->ToClient(peer, reply);
 }
 
+void BrokerCore::Tokenize(const std::string& peer, const BrokerMessage& m) {
+  const Worker* worker = PickTokenizer(m.model);
+  if (worker == nullptr) {
+    if (catalogues_.count(m.model) == 0) {
+      return ReplyError(peer,
+                        NotFound("no worker serves model \"" + Shorten(m.model) +
+                                 "\" (served now: " + ServedModels() + ")"),
+                        m);
+    }
+    return ReplyError(peer,
+                      Unavailable("no worker serves model \"" + Shorten(m.model) +
+                                  "\" at the moment; try again when one has registered"),
+                      m);
+  }
+  BrokerMessage forward = Simple(BrokerMessageType::kTokenize);
+  forward.ref = "tokenize-" + std::to_string(++tokenize_counter_);
+  forward.model = m.model;
+  forward.text = m.text;
+  if (!outbox_->ToWorker(worker->peer, forward)) {
+    return ReplyError(peer, Unavailable("the worker of \"" + Shorten(m.model) +
+                                        "\" could not be reached; try again"),
+                      m);
+  }
+  tokenizes_[forward.ref] =
+      PendingTokenize{peer, m.ref, worker->peer, clock_->NowMs() + params_.tokenize_timeout_ms};
+}
+
+// An idle worker if there is one (it answers at once), else any reachable one: a busy
+// worker answers between the steps of the job it runs.
+const BrokerCore::Worker* BrokerCore::PickTokenizer(const std::string& model) const {
+  const Worker* busy = nullptr;
+  for (const auto& [peer, w] : workers_) {
+    if (w.model != model || !w.reachable) continue;
+    if (!w.busy) return &w;
+    if (busy == nullptr) busy = &w;
+  }
+  return busy;
+}
+
+void BrokerCore::AnswerTokenize(const Worker& worker, const BrokerMessage& m) {
+  auto it = tokenizes_.find(m.ref);
+  if (it == tokenizes_.end() || it->second.worker != worker.peer) return;  // timed out
+  BrokerMessage answer = m;
+  answer.ref = it->second.client_ref;
+  outbox_->ToClient(it->second.client, answer);
+  tokenizes_.erase(it);
+}
+
+void BrokerCore::CheckTokenizes(int64_t now) {
+  for (auto it = tokenizes_.begin(); it != tokenizes_.end();) {
+    const bool gone = workers_.count(it->second.worker) == 0;
+    if (!gone && now < it->second.deadline_ms) {
+      ++it;
+      continue;
+    }
+    const std::string why = gone ? "the worker asked to tokenize the text went away"
+                                 : "the worker did not tokenize the text within " +
+                                       FormatSeconds(params_.tokenize_timeout_ms);
+    outbox_->ToClient(it->second.client, protocol::MakeErrorMessage(
+                                             Unavailable(why + "; try again"), "",
+                                             it->second.client_ref));
+    it = tokenizes_.erase(it);
+  }
+}
+
 StatusOr<JobRecord> BrokerCore::FindOwnedJob(const Caller& caller, const std::string& id) {
   if (!IsJobId(id)) return NoSuchJob(id);
   if (auto live = jobs_.find(id); live != jobs_.end()) {
@@ -526,6 +595,10 @@ void BrokerCore::OnWorkerMessage(const std::string& peer, std::string_view bytes
 void BrokerCore::HandleWorker(Worker& worker, const BrokerMessage& m) {
   if (m.type == BrokerMessageType::kHeartbeat) return;
   if (m.type == BrokerMessageType::kJobResult) return JobResult(worker, m);
+  if (m.type == BrokerMessageType::kTokens ||
+      (m.type == BrokerMessageType::kError && tokenizes_.count(m.ref) > 0)) {
+    return AnswerTokenize(worker, m);
+  }
   if (m.type == BrokerMessageType::kError) {
     LogLine("worker of " + worker.model + " reports: " + m.code + ": " + m.message);
     return;

@@ -97,6 +97,13 @@ class BrokerCore {
     std::string owner;
     KeyLimits limits;
   };
+  // A tokenize passed to a worker, by the broker's own ref for it.
+  struct PendingTokenize {
+    std::string client;      // connection to answer
+    std::string client_ref;  // the client's ref, echoed in the answer
+    std::string worker;      // peer it was sent to
+    int64_t deadline_ms = 0;
+  };
   struct CachedKey {
     std::optional<ApiKeyRecord> record;
     int64_t fetched_ms = 0;
@@ -114,6 +121,13 @@ class BrokerCore {
   Status CheckUnread(const std::string& peer, int64_t chunk_bytes) const;
   void Cancel(const std::string& peer, const Caller& caller, const BrokerMessage& m);
   void ListModels(const std::string& peer, const BrokerMessage& m);
+  // Passes a tokenize to a worker of its model, idle or busy (never queued); the worker's
+  // reply goes back to `peer` under the client's ref (AnswerTokenize).
+  void Tokenize(const std::string& peer, const BrokerMessage& m);
+  const Worker* PickTokenizer(const std::string& model) const;
+  void AnswerTokenize(const Worker& worker, const BrokerMessage& m);
+  // Fails tokenizes whose worker is gone or that passed tokenize_timeout_ms (UNAVAILABLE).
+  void CheckTokenizes(int64_t now);
   // The job as its owner may see it; NOT_FOUND for other owners and unknown ids alike.
   StatusOr<JobRecord> FindOwnedJob(const Caller& caller, const std::string& id);
   BrokerMessage StatusOf(const JobRecord& record);
@@ -170,6 +184,8 @@ class BrokerCore {
   std::map<std::string, ModelQueue> queues_;
   std::map<std::string, Worker> workers_;          // by peer
   std::map<std::string, std::string> catalogues_;  // by model, latest READY
+  std::map<std::string, PendingTokenize> tokenizes_;
+  int64_t tokenize_counter_ = 0;
   std::map<std::string, int64_t> queued_by_owner_;
   std::map<std::string, int64_t> running_by_owner_;
   std::map<std::string, KeyLimits> limits_by_owner_;

@@ -251,6 +251,16 @@ StatusOr<std::vector<protocol::ModelInfo>> Client::ListModels() {
   return reply.models;
 }
 
+StatusOr<std::vector<int64_t>> Client::Tokenize(const std::string& model,
+                                                const std::string& text) {
+  BrokerMessage m;
+  m.type = BrokerMessageType::kTokenize;
+  m.model = model;
+  m.text = text;
+  GLASSBOX_ASSIGN_OR_RETURN(BrokerMessage reply, impl_->Call(std::move(m)));
+  return protocol::DecodeTokenIds(reply.payload);
+}
+
 StatusOr<BrokerMessage> Client::SendRawForTest(const std::string& bytes) {
   impl_->SendBytes(bytes);
   const int64_t deadline = NowMs() + impl_->params_.timeout_ms;

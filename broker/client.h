@@ -72,6 +72,9 @@ class Client {
   StatusOr<JobStatus> Cancel(const std::string& job_id);
   // The models served now, with their hook catalogues.
   StatusOr<std::vector<protocol::ModelInfo>> ListModels();
+  // The token ids a trace of `text` on `model` would see, answered by a worker of the model
+  // at once (not queued behind jobs).
+  StatusOr<std::vector<int64_t>> Tokenize(const std::string& model, const std::string& text);
 
   // Sends raw bytes as one message (tests of malformed input) and returns the next reply.
   StatusOr<protocol::BrokerMessage> SendRawForTest(const std::string& bytes);

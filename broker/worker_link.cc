@@ -3,6 +3,7 @@
 // and cancellations, and sends results (in chunks, waiting for room in the send queue rather
 // than dropping any). The handler runs on a compute thread of its own,
 // which signals a finished job over an inproc PAIR socket so the result leaves at once.
+// `tokenize` requests are answered on the calling thread, so they never wait for a job.
 // A signal (the SIGTERM that sets `stop`) makes ZeroMQ calls fail with EINTR; that is no
 // error here: the loop looks at `stop` next, and the shutdown still stops the job and says
 // goodbye.
@@ -298,6 +299,8 @@ class Link {
       case BrokerMessageType::kCancel:
         if (job_ && job_->job_id() == m->job) job_->RequestStop(m->reason);
         return;
+      case BrokerMessageType::kTokenize:
+        return Tokenize(*m);
       case BrokerMessageType::kDisconnect:
         // Answers to messages sent before our last READY arrive too: act on one only after
         // a heartbeat interval has passed since (the broker repeats it if it still applies).
@@ -313,6 +316,31 @@ class Link {
         return Log("broker says: " + m->code + ": " + m->message);
       default:
         return;  // heartbeats: being heard is enough
+    }
+  }
+
+  void Tokenize(const BrokerMessage& m) {
+    StatusOr<std::vector<int64_t>> ids = TokenizeText(m.text);
+    if (!ids.ok()) return Send(protocol::MakeErrorMessage(ids.status(), "", m.ref));
+    BrokerMessage answer = Simple(BrokerMessageType::kTokens);
+    answer.ref = m.ref;
+    answer.payload = protocol::EncodeTokenIds(*ids);
+    Send(answer);
+  }
+
+  StatusOr<std::vector<int64_t>> TokenizeText(const std::string& text) const {
+    if (!params_.tokenizer) {
+      return Unimplemented("the worker of \"" + params_.model_name + "\" does not tokenize");
+    }
+    if (text.size() > params_.max_tokenize_bytes) {
+      return InvalidArgument("a text of " + std::to_string(text.size()) +
+                             " bytes is over the worker's limit of " +
+                             std::to_string(params_.max_tokenize_bytes) + " bytes for tokenize");
+    }
+    try {
+      return params_.tokenizer(text);
+    } catch (const std::exception& e) {
+      return Internal(std::string("tokenizing threw: ") + e.what());
     }
   }
 

@@ -14,10 +14,15 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "base/status.h"
 
 namespace glassbox::broker {
+
+// The token ids a trace would give `text` as its prompt. Called on the link's thread, also
+// while a job's handler computes on another: it must be safe to run beside the handler.
+using TextTokenizer = std::function<StatusOr<std::vector<int64_t>>(const std::string& text)>;
 
 struct WorkerParams {
   std::string broker_endpoint = "tcp://127.0.0.1:5556";
@@ -34,6 +39,11 @@ struct WorkerParams {
   // connection, which a broker that authenticates workers refuses.
   std::string curve_server_key;
   std::string curve_secret_key;
+  // Answers the broker's `tokenize` at once, between or during jobs (empty: answered
+  // UNIMPLEMENTED). Texts over max_tokenize_bytes are refused (INVALID_ARGUMENT) so that
+  // tokenizing never holds up heartbeats for long.
+  TextTokenizer tokenizer;
+  size_t max_tokenize_bytes = size_t{1} << 20;
 };
 
 // Fills params->curve_server_key and curve_secret_key from the files `glassbox-broker

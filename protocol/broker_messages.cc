@@ -35,13 +35,14 @@ enum class Field {
   kHeartbeatMs,
   kTimeLimitMs,
   kModels,
+  kText,
 };
 
 const char* FieldKey(Field f) {
-  static constexpr std::array<const char*, 19> kKeys = {
+  static constexpr std::array<const char*, 20> kKeys = {
       "api_key", "ref",         "job",          "model",         "catalogue", "state",    "code",
       "message", "reason",      "request",      "data",          "time_ms",   "position", "index",
-      "count",   "total_bytes", "heartbeat_ms", "time_limit_ms", "models"};
+      "count",   "total_bytes", "heartbeat_ms", "time_limit_ms", "models",    "text"};
   return kKeys[static_cast<size_t>(f)];
 }
 // clang-format on
@@ -69,6 +70,8 @@ const std::vector<TypeSpec>& TypeSpecs() {
       {T::kCancel, "cancel",
        {{F::kApiKey, false}, {F::kRef, false}, {F::kJob, true}, {F::kReason, false}}},
       {T::kListModels, "list_models", {{F::kApiKey, false}, {F::kRef, false}}},
+      {T::kTokenize, "tokenize",
+       {{F::kApiKey, false}, {F::kRef, false}, {F::kModel, true}, {F::kText, true}}},
       {T::kAck, "ack", {{F::kRef, false}, {F::kJob, true}, {F::kTimeMs, true}}},
       {T::kStatus, "status",
        {{F::kRef, false}, {F::kJob, true}, {F::kState, true}, {F::kTimeMs, true},
@@ -78,6 +81,7 @@ const std::vector<TypeSpec>& TypeSpecs() {
        {{F::kRef, false}, {F::kJob, true}, {F::kIndex, true}, {F::kCount, true},
         {F::kTotalBytes, true}, {F::kData, true}}},
       {T::kModels, "models", {{F::kRef, false}, {F::kModels, true}}},
+      {T::kTokens, "tokens", {{F::kRef, false}, {F::kData, true}}},
       {T::kError, "error",
        {{F::kCode, true}, {F::kMessage, true}, {F::kRef, false}, {F::kJob, false}}},
       {T::kHeartbeat, "heartbeat", {}},
@@ -119,6 +123,8 @@ std::string* StringField(BrokerMessage& m, Field f) {
       return &m.message;
     case Field::kReason:
       return &m.reason;
+    case Field::kText:
+      return &m.text;
     default:
       return nullptr;
   }
@@ -445,10 +451,37 @@ bool IsTerminal(JobState state) {
          state == JobState::kCancelled || state == JobState::kExpired;
 }
 
+std::string EncodeTokenIds(const std::vector<int64_t>& ids) {
+  std::string out;
+  out.reserve(ids.size() * 8);
+  for (int64_t id : ids) {
+    const auto bits = static_cast<uint64_t>(id);
+    for (int byte = 0; byte < 8; ++byte) out.push_back(static_cast<char>((bits >> (8 * byte)) & 0xff));
+  }
+  return out;
+}
+
+StatusOr<std::vector<int64_t>> DecodeTokenIds(std::string_view data) {
+  if (data.size() % 8 != 0) {
+    return InvalidArgument("body.data: token ids take 8 bytes each, got " +
+                           std::to_string(data.size()) + " bytes");
+  }
+  std::vector<int64_t> ids(data.size() / 8);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    uint64_t bits = 0;
+    for (int byte = 7; byte >= 0; --byte) {
+      bits = (bits << 8) | static_cast<unsigned char>(data[i * 8 + byte]);
+    }
+    ids[i] = static_cast<int64_t>(bits);
+  }
+  return ids;
+}
+
 bool BrokerMessage::operator==(const BrokerMessage& o) const {
   return version == o.version && type == o.type && api_key == o.api_key && ref == o.ref &&
          job == o.job && model == o.model && catalogue == o.catalogue && state == o.state &&
-         code == o.code && message == o.message && reason == o.reason && payload == o.payload &&
+         code == o.code && message == o.message && reason == o.reason && text == o.text &&
+         payload == o.payload &&
          time_ms == o.time_ms && position == o.position && index == o.index && count == o.count &&
          total_bytes == o.total_bytes && heartbeat_ms == o.heartbeat_ms &&
          time_limit_ms == o.time_limit_ms && models == o.models;

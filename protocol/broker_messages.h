@@ -30,11 +30,13 @@ enum class BrokerMessageType {
   kFetch,       // one chunk of a finished job's result
   kCancel,      // client -> broker: cancel a job; broker -> worker: stop the running job
   kListModels,  // the models served now, with their hook catalogues
+  kTokenize,    // client -> broker -> a worker of the model: the token ids of a text
   // broker -> client
   kAck,          // the job is stored (state RECEIVED); carries its id
   kStatus,       // a job's state, pushed on every change and sent in reply to query/cancel
   kResultChunk,  // reply to fetch
   kModels,       // reply to list_models
+  kTokens,       // reply to tokenize (worker -> broker -> client): ids as int64 little-endian
   // any direction
   kError,       // the request was refused or a peer sent garbage: code + message
   kHeartbeat,   // broker <-> worker (and client -> broker, answered in kind)
@@ -81,7 +83,8 @@ struct BrokerMessage {
   std::string code;          // error, status (ERROR...), job_result (last chunk of an error report)
   std::string message;       // error, status, job_result
   std::string reason;        // cancel, disconnect
-  std::string payload;       // "request" of submit/job, "data" of result_chunk/job_result
+  std::string text;          // tokenize: the text to encode as a trace's prompt is
+  std::string payload;  // "request" of submit/job, "data" of result_chunk/job_result/tokens
   int64_t time_ms = -1;      // ack, status: when the state was entered (ms since the Unix epoch)
   int64_t position = -1;     // status QUEUED: jobs ahead of this one in its model's queue
   int64_t index = -1;        // fetch, result_chunk, job_result: chunk index (from 0)
@@ -115,6 +118,11 @@ StatusOr<BrokerMessage> DecodeBrokerMessage(std::string_view bytes,
 // Builders for the messages peers send most.
 BrokerMessage MakeErrorMessage(const Status& status, std::string job = {}, std::string ref = {});
 BrokerMessage MakeStatusMessage(std::string job, JobState state, int64_t time_ms);
+
+// The `data` of a `tokens` message: each id as 8 bytes, little-endian two's complement.
+std::string EncodeTokenIds(const std::vector<int64_t>& ids);
+// Refuses data whose length is not a multiple of 8 (INVALID_ARGUMENT naming the length).
+StatusOr<std::vector<int64_t>> DecodeTokenIds(std::string_view data);
 
 // The `body.model` of an encoded request, read with a minimal msgpack walk (the graph is not
 // decoded). Errors name what is missing ("request has no body.model").

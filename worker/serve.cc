@@ -125,6 +125,17 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
   link.model_name = params.name;
   link.catalogue_json = CatalogueJson(model);
   link.heartbeat_interval_ms = params.heartbeat_interval_ms;
+  if (model.tokenizer() != nullptr) {
+    // As a trace's text prompt is encoded (intervention/validate.cc); the tokenizer is
+    // immutable, so this runs safely beside a job.
+    link.tokenizer = [&model](const std::string& text) -> StatusOr<std::vector<int64_t>> {
+      return model.tokenizer()->Encode(text, /*add_special_tokens=*/true);
+    };
+  } else {
+    link.tokenizer = [&params](const std::string&) -> StatusOr<std::vector<int64_t>> {
+      return NotFound("model " + params.name + " has no tokenizer: send token ids");
+    };
+  }
   auto handler = [&](const broker::JobContext& job, const std::string& request) {
     while (!params.hold_file.empty() && std::filesystem::exists(params.hold_file)) {
       if (job.ShouldStop()) {

@@ -27,6 +27,7 @@ FIELDS: Dict[str, Tuple[Tuple[str, bool], ...]] = {
     "fetch": (("api_key", False), ("ref", False), ("job", True), ("index", True)),
     "cancel": (("api_key", False), ("ref", False), ("job", True), ("reason", False)),
     "list_models": (("api_key", False), ("ref", False)),
+    "tokenize": (("api_key", False), ("ref", False), ("model", True), ("text", True)),
     "ack": (("ref", False), ("job", True), ("time_ms", True)),
     "status": (("ref", False), ("job", True), ("state", True), ("time_ms", True),
                ("position", False), ("code", False), ("message", False), ("count", False),
@@ -34,6 +35,7 @@ FIELDS: Dict[str, Tuple[Tuple[str, bool], ...]] = {
     "result_chunk": (("ref", False), ("job", True), ("index", True), ("count", True),
                      ("total_bytes", True), ("data", True)),
     "models": (("ref", False), ("models", True)),
+    "tokens": (("ref", False), ("data", True)),
     "error": (("code", True), ("message", True), ("ref", False), ("job", False)),
     "heartbeat": (),
     "disconnect": (("reason", False),),
@@ -43,7 +45,8 @@ FIELDS: Dict[str, Tuple[Tuple[str, bool], ...]] = {
     "job": (("job", True), ("request", True), ("time_limit_ms", True)),
 }  # fmt: skip
 
-STRING_KEYS = ("api_key", "ref", "job", "model", "catalogue", "code", "message", "reason")
+STRING_KEYS = ("api_key", "ref", "job", "model", "catalogue", "code", "message", "reason",
+               "text")
 INT_KEYS = ("time_ms", "position", "index", "count", "total_bytes", "heartbeat_ms",
             "time_limit_ms")
 PAYLOAD_KEYS = ("request", "data")  # both are BrokerMessage.payload
@@ -81,7 +84,8 @@ class BrokerMessage:
     code: str = ""
     message: str = ""
     reason: str = ""
-    payload: bytes = b""  # "request" of submit / job, "data" of result_chunk / job_result
+    text: str = ""  # tokenize: the text to encode, as a trace's prompt is encoded
+    payload: bytes = b""  # "request" of submit / job, "data" of result_chunk / job_result / tokens
     time_ms: Optional[int] = None
     position: Optional[int] = None
     index: Optional[int] = None

@@ -152,11 +152,6 @@ class BrokerConnection:
             self._statuses.pop(job, None)
             self._listeners.pop(job, None)
 
-    def wait_for_change(self, job: str, seen: Optional[JobStatus], timeout: float) -> None:
-        """Returns when ``job``'s status is no longer ``seen``, or after ``timeout`` seconds."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._statuses.get(job) is not seen, timeout)
-
     def close(self) -> None:
         """Stops the I/O thread and closes the socket; pending waits time out."""
         if not self._closed:

@@ -506,7 +506,10 @@ class Model(Envoy):
             if info is None:
                 raise GlassboxError("NOT_FOUND", f"model {self.name} has no tokenizer: send "
                                     "token ids instead of text")
-            object.__setattr__(self, "_tokenizer", Tokenizer(info, self._backend.run, self.name))
+            tokenize = getattr(self._backend, "tokenize", None)  # the service's: no queue
+            encode_text = (lambda text: tokenize(self.name, text)) if tokenize else None
+            object.__setattr__(self, "_tokenizer",
+                               Tokenizer(info, self._backend.run, self.name, encode_text))
         return self.__dict__["_tokenizer"]
 
     def __dir__(self):

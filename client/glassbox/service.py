@@ -27,6 +27,8 @@ import threading
 import time
 from typing import List, Optional
 
+import numpy as np
+
 from . import _broker as broker
 from . import _wire as wire
 from . import batch
@@ -36,7 +38,6 @@ from .errors import GlassboxError
 from .progress import ProgressLine, elapsed
 
 DEFAULT_URL = "tcp://127.0.0.1:5555"
-_REQUERY_SECONDS = 2.0  # ask for a job's status when nothing was pushed for this long
 
 
 class JobTimeoutError(TimeoutError):
@@ -62,13 +63,18 @@ class ServiceBackend(Backend):
     ``--max-message-bytes``): bigger requests are refused here, not dropped there.
     ``server_key`` (default ``$GLASSBOX_SERVER_KEY``): the broker's CURVE public key (40
     Z85 characters, or the path of its ``.pub`` file) when it encrypts client connections.
+    A waiting job wakes the moment its outcome is in (the status the broker pushes, then
+    the fetch); besides that, a wait redraws its progress line every ``progress_interval``
+    seconds and asks the broker for the job's status after ``requery_interval`` seconds
+    without news (a lost push, a restarted broker).
     """
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
                  timeout: Optional[float] = None, quiet: Optional[bool] = None,
                  call_timeout: float = 15.0, connect_timeout: float = 2.0,
                  fetch_window: int = 4,
-                 max_request_bytes: int = 80 << 20, server_key: Optional[str] = None):
+                 max_request_bytes: int = 80 << 20, server_key: Optional[str] = None,
+                 progress_interval: float = 0.1, requery_interval: float = 2.0):
         self.url = url or os.environ.get("GLASSBOX_URL") or DEFAULT_URL
         key = os.environ.get("GLASSBOX_API_KEY", "") if api_key is None else api_key
         self.timeout = timeout
@@ -78,6 +84,8 @@ class ServiceBackend(Backend):
         self._answered = False  # whether the broker has replied once
         self.fetch_window = max(1, fetch_window)
         self.max_request_bytes = max_request_bytes - 4096  # room for the submit's envelope
+        self.progress_interval = progress_interval
+        self.requery_interval = requery_interval
         self._connection = BrokerConnection(
             self.url, key, server_key=read_server_key(server_key or os.environ.get(
                 "GLASSBOX_SERVER_KEY", "")))
@@ -158,6 +166,15 @@ class ServiceBackend(Backend):
             return self._call(broker.BrokerMessage("list_models")).models
         except GlassboxError as e:
             raise self._explained(e) from None
+
+    def tokenize(self, model: str, text: str) -> List[int]:
+        """The token ids a trace of ``text`` on ``model`` sees, asked of a worker of the model
+        directly: answered at once, not queued behind jobs (SPEC.md §9.2 ``tokenize``)."""
+        reply = self._call(broker.BrokerMessage("tokenize", model=model, text=text))
+        if len(reply.payload) % 8:
+            raise GlassboxError("DATA_LOSS", f"tokens of {len(reply.payload)} bytes from the "
+                                "broker: ids take 8 bytes each")
+        return [int(i) for i in np.frombuffer(reply.payload, dtype="<i8")]
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current status, asked of the broker (later changes come here too)."""
@@ -276,8 +293,10 @@ class JobFuture(concurrent.futures.Future):
         self._finishing = threading.Lock()
         self._finished = False
         self._cancel_requested = False
+        self._news = threading.Condition()  # notified on every status and on the outcome
         self._last_status: Optional[JobStatus] = backend._connection.status(job_id)
         backend._connection.watch(job_id, self._on_status)
+        self.add_done_callback(lambda _: self._notify())
         batch.note_job(self)
 
     # The Future interface ----------------------------------------------------------------
@@ -337,29 +356,38 @@ class JobFuture(concurrent.futures.Future):
         progress.close()  # the line goes: the results (or the error) speak for the job
 
     def _wait_until(self, deadline: Optional[float], progress: ProgressLine) -> None:
-        """Waits for the outcome. Asks for the status when nothing was pushed for a while
-        (which also routes pushes to this connection again after a broker restart)."""
-        connection = self._backend._connection
-        seen, last_heard = connection.status(self.job_id), time.monotonic()
+        """Waits for the outcome, woken by each status the broker pushes and by the outcome
+        itself (never a poll interval late). Redraws the progress line every
+        ``progress_interval``; asks for the status when nothing was pushed for
+        ``requery_interval`` (which also routes pushes to this connection again after a
+        broker restart)."""
+        backend = self._backend
+        seen, last_heard = self._last_status, time.monotonic()
         last_asked = last_heard
         while not self.done():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise self._timed_out(deadline)
-            if now - max(last_heard, last_asked) > _REQUERY_SECONDS:
-                connection.send(broker.BrokerMessage("query", job=self.job_id), want_reply=False)
+            if now - max(last_heard, last_asked) >= backend.requery_interval:
+                backend._connection.send(broker.BrokerMessage("query", job=self.job_id),
+                                         want_reply=False)
                 last_asked = now
             self._show(progress, silence=now - last_heard)
-            step = 0.1 if deadline is None else max(0.0, min(0.1, deadline - now))
-            connection.wait_for_change(self.job_id, seen, step)
-            latest = connection.status(self.job_id)
-            if latest is not seen:
-                seen, last_heard = latest, time.monotonic()
+            wake_at = max(last_heard, last_asked) + backend.requery_interval
+            if progress.active:
+                wake_at = min(wake_at, now + backend.progress_interval)
+            if deadline is not None:
+                wake_at = min(wake_at, deadline)
+            with self._news:
+                self._news.wait_for(lambda: self.done() or self._last_status is not seen,
+                                    max(0.0, wake_at - now))
+            if self._last_status is not seen:
+                seen, last_heard = self._last_status, time.monotonic()
 
     def _show(self, progress: ProgressLine, silence: float) -> None:
         status = self.status()
         state = status.describe() if status else "submitted"
-        silent = silence > 3 * _REQUERY_SECONDS
+        silent = silence > 3 * self._backend.requery_interval
         note = f" (no word from the broker for {elapsed(silence)})" if silent else ""
         waited = elapsed(time.monotonic() - self._started)
         progress.show(f"glassbox: job {self.job_id[:8]} {state}{note} · {waited}",
@@ -374,8 +402,13 @@ class JobFuture(concurrent.futures.Future):
 
     # Completion (on the connection's I/O thread, then a fetch thread) ---------------------
 
+    def _notify(self) -> None:
+        with self._news:
+            self._news.notify_all()
+
     def _on_status(self, status: JobStatus) -> None:
         self._last_status = status
+        self._notify()
         if status.done and not self._finished:
             try:
                 self._backend._completer.submit(self._complete, status)

@@ -3,8 +3,10 @@
 Decoding happens here, from the vocabulary the service sends with the model's catalogue
 (each token in GPT-2's byte-level form, or SentencePiece's with "▁" for a space and <0xNN>
 byte tokens; special tokens literally). Encoding is done by the
-server itself — one tiny request that reads the token ids the engine gives the text — so
-``model.tokenizer.encode(text)`` can never disagree with what a trace of ``text`` sees.
+server itself — through the service, a ``tokenize`` message a worker of the model answers
+at once (never queued behind other users' jobs); elsewhere one tiny request that reads the
+token ids the engine gives the text — so ``model.tokenizer.encode(text)`` can never disagree
+with what a trace of ``text`` sees.
 Encodings are cached per text. Chat templates come from the model's files through the
 catalogue and are rendered here (glassbox.chat_template), as transformers renders them.
 """
@@ -44,10 +46,13 @@ class Tokenizer:
 
     ``info`` is the catalogue's ``tokenizer`` entry; ``run_request`` runs a wire.Request and
     returns its wire.Result (the model's backend); ``model_name`` names the model in it.
+    ``encode_text`` (the service's ``tokenize``, optional) gives a text's ids without a job;
+    without it, encoding runs a tiny request.
     """
 
     def __init__(self, info: dict, run_request: Callable[[wire.Request], wire.Result],
-                 model_name: str):
+                 model_name: str,
+                 encode_text: Optional[Callable[[str], List[int]]] = None):
         self._tokens: List[str] = list(info["tokens"])
         self._kind: str = info.get("kind", "byte_level_bpe")
         if self._kind not in ("byte_level_bpe", "sentencepiece_bpe"):
@@ -62,6 +67,7 @@ class Tokenizer:
         self.bos_token: Optional[str] = info.get("bos_token") or None
         self.eos_token: Optional[str] = info.get("eos_token") or None
         self._run = run_request
+        self._encode_text = encode_text
         self._model_name = model_name
         self._encoded: Dict[str, List[int]] = {}
 
@@ -144,6 +150,13 @@ class Tokenizer:
         return {"input_ids": out} if return_dict else out
 
     def _encode_on_server(self, text: str) -> List[int]:
+        if self._encode_text is not None:
+            try:
+                return list(self._encode_text(text))
+            except GlassboxError as e:
+                if not _tokenize_unsupported(e):
+                    raise
+                self._encode_text = None  # an older broker or worker: encode with a job
         read = wire.Node(0, "read", [], {"point": "model.embed_tokens.input", "invoke": 0})
         save = wire.Node(1, "save", [wire.Ref(0)], {"name": "ids"})
         trace = wire.Trace(invokes=[wire.Invoke(prompt=text)], nodes=[read, save])
@@ -158,6 +171,12 @@ class Tokenizer:
             raise ValueError(f"token id {token_id} is outside the vocabulary "
                              f"[0, {len(self._tokens)})")
         return int(token_id)
+
+
+def _tokenize_unsupported(error: GlassboxError) -> bool:
+    """An older broker refuses the message type; an older worker never answers it."""
+    return ((error.code == "INVALID_ARGUMENT" and "unknown message type" in error.message)
+            or (error.code == "UNAVAILABLE" and "did not tokenize" in error.message))
 
 
 def _optional_id(value) -> Optional[int]:

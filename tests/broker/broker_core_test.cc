@@ -411,6 +411,103 @@ TEST_CASE("Core: registrations cannot grow the broker: workers and models are bo
   BrokerMessage ack = h.Submit("c", key, "a");
   REQUIRE(ack.type == BrokerMessageType::kAck);
   CHECK(h.JobFor("w4").empty());
+BrokerMessage TokenizeMessage(const std::string& ref, const std::string& model) {
+  BrokerMessage m;
+  m.type = BrokerMessageType::kTokenize;
+  m.ref = ref;
+  m.model = model;
+  m.text = "Hello";
+  return m;
+}
+
+// The one message of `type` the core sent to `peer` (removed from the outbox).
+BrokerMessage TakeOnly(Harness& h, const std::string& peer, BrokerMessageType type) {
+  std::vector<BrokerMessage> out;
+  for (BrokerMessage& m : h.outbox.Take(peer)) {
+    if (m.type == type) out.push_back(std::move(m));
+  }
+  REQUIRE(out.size() == 1);
+  return out[0];
+}
+
+TEST_CASE("Core: tokenize goes straight to a worker, busy or not, and its answer back",
+          "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  Harness h(params);
+  h.Ready("w1");
+  const std::string job = h.Submit("c", "").job;
+  REQUIRE(h.JobFor("w1") == job);  // w1 is busy with it, the only worker
+  h.Submit("c", "");               // and another job waits in the queue
+  h.Client("c", TokenizeMessage("mine", "m"));
+  BrokerMessage asked = TakeOnly(h, "w1", BrokerMessageType::kTokenize);
+  CHECK(asked.text == "Hello");
+  CHECK(asked.model == "m");
+  CHECK(!asked.ref.empty());
+  BrokerMessage answer;
+  answer.type = BrokerMessageType::kTokens;
+  answer.ref = asked.ref;
+  answer.payload = protocol::EncodeTokenIds({15496, 7});
+  h.Worker("w1", answer);
+  BrokerMessage got = TakeOnly(h, "c", BrokerMessageType::kTokens);
+  CHECK(got.ref == "mine");
+  CHECK(*protocol::DecodeTokenIds(got.payload) == std::vector<int64_t>{15496, 7});
+  // A worker's error goes back the same way, under the client's ref.
+  h.Client("c", TokenizeMessage("second", "m"));
+  asked = TakeOnly(h, "w1", BrokerMessageType::kTokenize);
+  h.Worker("w1", protocol::MakeErrorMessage(InvalidArgument("too long"), "", asked.ref));
+  got = TakeOnly(h, "c", BrokerMessageType::kError);
+  CHECK(got.ref == "second");
+  CHECK(got.message == "too long");
+}
+
+TEST_CASE("Core: an idle worker of the model is asked first", "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  Harness h(params);
+  h.Ready("w1");
+  h.Submit("c", "");  // w1 busy
+  h.Ready("w2");
+  h.Client("c", TokenizeMessage("t", "m"));
+  TakeOnly(h, "w2", BrokerMessageType::kTokenize);
+}
+
+TEST_CASE("Core: a tokenize without an answer fails UNAVAILABLE, an unknown model NOT_FOUND",
+          "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  params.tokenize_timeout_ms = 3000;
+  Harness h(params);
+  h.Ready("w1");
+  h.Client("c", TokenizeMessage("late", "m"));
+  TakeOnly(h, "w1", BrokerMessageType::kTokenize);
+  h.clock.now += 2999;
+  h.Worker("w1", BrokerMessage{});  // a heartbeat keeps it alive
+  h.core->Tick();
+  CHECK(h.outbox.Take("c").empty());
+  h.clock.now += 1;
+  h.core->Tick();
+  BrokerMessage timed_out = TakeOnly(h, "c", BrokerMessageType::kError);
+  CHECK(timed_out.ref == "late");
+  CHECK(timed_out.code == "UNAVAILABLE");
+  CHECK(timed_out.message == "the worker did not tokenize the text within 3 s; try again");
+  // Its worker gone before answering.
+  h.Client("c", TokenizeMessage("orphan", "m"));
+  TakeOnly(h, "w1", BrokerMessageType::kTokenize);
+  BrokerMessage bye;
+  bye.type = BrokerMessageType::kDisconnect;
+  h.Worker("w1", bye);
+  h.core->Tick();
+  BrokerMessage orphaned = TakeOnly(h, "c", BrokerMessageType::kError);
+  CHECK(orphaned.ref == "orphan");
+  CHECK(orphaned.code == "UNAVAILABLE");
+  // No worker now, but the model was served: UNAVAILABLE; never served: NOT_FOUND.
+  h.Client("c", TokenizeMessage("none", "m"));
+  CHECK(TakeOnly(h, "c", BrokerMessageType::kError).code == "UNAVAILABLE");
+  h.Client("c", TokenizeMessage("typo", "gpt-9"));
+  BrokerMessage typo = TakeOnly(h, "c", BrokerMessageType::kError);
+  CHECK(typo.code == "NOT_FOUND");
+  CHECK(typo.message == "no worker serves model \"gpt-9\" (served now: none)");
 }
 
 TEST_CASE("Core: a silent worker's job runs again, up to the retry limit", "[broker]") {

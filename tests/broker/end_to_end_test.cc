@@ -886,6 +886,33 @@ TEST_CASE("E2E: cancelling a running job stops it, the worker takes the next", "
   CHECK(client->FetchResult(slow).status().code() == StatusCode::kNotFound);
 }
 
+TEST_CASE("E2E: tokenize and the catalogue are answered while the only worker runs a job",
+          "[broker]") {
+  Cluster cluster;
+  ApiKey key = cluster.CreateKey("alice");
+  cluster.StartWorker("a");
+  auto client = cluster.NewClient(key.secret);
+  cluster.WaitForWorkers(*client, 1);
+  const std::string release = cluster.Path("release");
+  const std::string held = SubmitOk(*client, "wait_file=" + release);
+  const std::string queued = SubmitOk(*client, "quick");
+  WaitState(*client, held, JobState::kRunning);
+  // Held until the file appears: the answers below cannot have waited for it.
+  auto ids = client->Tokenize("test-model", "Hi!");
+  REQUIRE(ids.ok());
+  CHECK(*ids == std::vector<int64_t>{'H', 'i', '!'});
+  auto models = client->ListModels();
+  REQUIRE(models.ok());
+  REQUIRE(models->size() == 1);
+  CHECK((*models)[0].catalogue_json == R"({"points":[{"name":"model.norm.output"}]})");
+  CHECK((*models)[0].queued == 1);
+  CHECK(client->QueryStatus(held)->state == JobState::kRunning);
+  CHECK(client->Tokenize("no-such-model", "x").status().code() == StatusCode::kNotFound);
+  std::ofstream(release).put('x');
+  CHECK(WaitDone(*client, held).state == JobState::kCompleted);
+  CHECK(WaitDone(*client, queued).state == JobState::kCompleted);
+}
+
 TEST_CASE("E2E: development mode needs no key, and an error report is an ERROR state", "[broker]") {
   Cluster cluster({"--dev-no-auth"});
   cluster.StartWorker("a");

@@ -12,7 +12,8 @@
 //   crash=1          kill the worker process (SIGSEGV) as soon as the job starts
 //   done_file=PATH   create the file PATH just before returning the result
 // The result also saves the prompt (as "prompt") and the worker's --tag, so a test can tell
-// which worker ran a job.
+// which worker ran a job. `tokenize` is answered with one id per byte of the text (the byte's
+// value), at once, also while a job runs.
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdio>
@@ -111,6 +112,9 @@ int main(int argc, char** argv) {
   broker::WorkerParams params;
   params.model_name = "test-model";
   params.catalogue_json = R"({"points":[{"name":"model.norm.output"}]})";
+  params.tokenizer = [](const std::string& text) -> StatusOr<std::vector<int64_t>> {
+    return std::vector<int64_t>(text.begin(), text.end());  // char: bytes under 0x80 in tests
+  };
   std::string tag = "worker";
   app.add_option("--broker", params.broker_endpoint)->capture_default_str();
   app.add_option("--name", params.model_name)->capture_default_str();

@@ -43,6 +43,13 @@ std::vector<BrokerMessage> OneOfEach() {
   cancel.job = "ab";
   cancel.reason = "cancelled by the user";
   add(BrokerMessageType::kListModels).ref = "x";
+  auto& tokenize = add(BrokerMessageType::kTokenize);
+  tokenize.api_key = "gbk_abc";
+  tokenize.model = "smollm2";
+  tokenize.text = "The capital of France is";
+  auto& tokens = add(BrokerMessageType::kTokens);
+  tokens.ref = "r2";
+  tokens.payload = EncodeTokenIds({1, 504, -3});
   auto& ack = add(BrokerMessageType::kAck);
   ack.job = "ab";
   ack.time_ms = 1700000000000;
@@ -102,6 +109,16 @@ TEST_CASE("Broker messages use the documented envelope and keys", "[protocol]") 
   const std::string bytes = EncodeBrokerMessage(ack);
   json j = json::from_msgpack(std::vector<uint8_t>(bytes.begin(), bytes.end()));
   CHECK(j == json::parse(R"({"glassbox":1,"type":"ack","body":{"job":"0123","time_ms":42}})"));
+}
+
+TEST_CASE("Token ids travel as 8 little-endian bytes each", "[protocol]") {
+  const std::string bytes = EncodeTokenIds({1, 0x0102, -1});
+  CHECK(bytes == std::string("\x01\0\0\0\0\0\0\0\x02\x01\0\0\0\0\0\0", 16) +
+                     std::string(8, '\xff'));
+  CHECK(*DecodeTokenIds(bytes) == std::vector<int64_t>{1, 0x0102, -1});
+  CHECK(DecodeTokenIds("").value().empty());
+  CHECK(DecodeTokenIds(std::string(9, '\0')).status().ToString() ==
+        "INVALID_ARGUMENT: body.data: token ids take 8 bytes each, got 9 bytes");
 }
 
 TEST_CASE("An error message decodes as a protocol error report too", "[protocol]") {

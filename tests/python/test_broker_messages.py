@@ -17,6 +17,8 @@ EXAMPLES = [
     BrokerMessage("fetch", ref="r", job=JOB, index=0),
     BrokerMessage("cancel", job=JOB, reason="because"),
     BrokerMessage("list_models", api_key="k", ref="r"),
+    BrokerMessage("tokenize", api_key="k", ref="r", model="smollm2", text="The capital of"),
+    BrokerMessage("tokens", ref="r", payload=(504).to_bytes(8, "little") * 2),
     BrokerMessage("ack", ref="r", job=JOB, time_ms=1795590391604),
     BrokerMessage("status", job=JOB, state="QUEUED", time_ms=5, position=0),
     BrokerMessage("status", ref="r", job=JOB, state="COMPLETED", time_ms=2**40, count=3,
