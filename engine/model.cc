@@ -338,7 +338,8 @@ StatusOr<GenerateResult> Model::Generate(const std::vector<std::vector<int64_t>>
         }
       }
       if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
-      ids = picked.defined() ? picked : at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
+      // (A split model's logits are on the head's device; ids go in on the embedding's.)
+      ids = picked.defined() ? picked.to(device) : at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
       positions = positions.narrow(1, positions.size(1) - 1, 1) + 1;
       mask = at::cat({mask, at::ones({batch_size, 1}, mask.options())}, 1);
     }
