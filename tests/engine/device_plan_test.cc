@@ -1,9 +1,9 @@
 // The layer-to-device planner on fake device budgets (no devices, no model), and the sizes
 // it is given from a checkpoint's tensor names.
-#include <catch2/catch.hpp>
-
-#include "engine/device_plan.h"
+#include "engine/device_plan.h"  // LibTorch's headers before Catch's (they #undef CHECK)
 #include "engine/stored_tensor.h"
+
+#include <catch2/catch.hpp>
 
 namespace glassbox {
 namespace {
