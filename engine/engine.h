@@ -28,7 +28,9 @@
 namespace glassbox {
 
 struct EngineParams {
-  std::string device = "auto";    // "cpu", "cuda", "cuda:N", or "auto" (CUDA when present)
+  // "cpu", "cuda", "cuda:N", "auto" (CUDA when present), or a list "cuda:0,cuda:1,..." to
+  // split the layers across those GPUs by memory (each GPU's free memory, or memory_budget).
+  std::string device = "auto";
   std::string dtype = "float32";  // "float32", "bfloat16" or "float16"
   int intra_op_threads = 1;       // LibTorch threads; 1 is fastest on small CPUs (see bench/)
   // glibc only, process-wide: allocations of at least this many bytes are mmapped and go back
@@ -43,6 +45,9 @@ struct EngineParams {
   // fixed budget (a share of a node), < 0 no check. A model that does not fit is refused
   // before any weight is read, with the bytes needed and available.
   int64_t memory_budget = 0;
+  // Tests only: > 1 splits the layers across this many CPU "devices" (placements on the
+  // CPU) through the code a multi-GPU split runs, with unlimited budgets. Needs the CPU.
+  int testing_cpu_placements = 0;
 };
 
 // The sizes every family has (what clients, validation and the benchmarks read); a family
@@ -111,9 +116,12 @@ class Model {
   // The chat template the files carry (source empty when they carry none), for clients to
   // render; the engine never renders it.
   const ChatTemplate& chat_template() const;
-  std::string device() const;  // "cpu", "cuda:0"
+  std::string device() const;  // "cpu", "cuda:0"; a split's list "cuda:0,cuda:1"
+  // Which device holds what: "cuda:0: embedding, layers 0-11; cuda:1: layers 12-23, head".
+  std::string placement() const;
   std::string dtype() const;   // "float32", "bfloat16", "float16"
-  // Where the weights live and every tensor of a pass is made.
+  // Where the weights live and every tensor of a pass is made (a split's first device, which
+  // holds the embedding).
   at::Device torch_device() const;
 
   StatusOr<ForwardResult> Forward(const ForwardRequest& request,

@@ -22,7 +22,7 @@ CatalogueSpec WithDtype(CatalogueSpec spec, at::ScalarType dtype) {
 Transformer::Transformer(const ModelConfig& config, CatalogueSpec catalogue, at::Device device,
                          at::ScalarType dtype)
     : config_(config), catalogue_(WithDtype(std::move(catalogue), dtype)), device_(device),
-      dtype_(dtype) {}
+      dtype_(dtype), plan_(device) {}
 
 void Transformer::AddWeight(const std::string& name, const at::Tensor& weight, WeightRole role) {
   if (!weight.defined()) return;
@@ -62,8 +62,8 @@ StatusOr<at::Tensor> Transformer::TlWeight(const std::string& name) const {
 
 KvCache Transformer::NewCache(int64_t batch, int64_t capacity) const {
   KvCache cache;
-  auto options = at::TensorOptions().device(device_).dtype(dtype_);
   for (int64_t i = 0; i < config_.num_layers; ++i) {
+    auto options = at::TensorOptions().device(plan_.layer_device(i)).dtype(dtype_);
     cache.keys.push_back(at::empty({batch, config_.num_kv_heads, capacity, config_.head_dim}, options));
     cache.values.push_back(at::empty({batch, config_.num_kv_heads, capacity, config_.head_dim}, options));
   }

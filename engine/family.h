@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "engine/device_plan.h"
 #include "engine/engine.h"
 #include "engine/hook_catalogue.h"
 #include "engine/hooks.h"
@@ -30,7 +31,8 @@ class GgufFile;
 
 // Keys and values after the position embedding for every layer, preallocated to a capacity.
 struct KvCache {
-  std::vector<at::Tensor> keys, values;  // per layer [batch, kv_heads, capacity, head_dim]
+  // per layer [batch, kv_heads, capacity, head_dim], on the layer's device
+  std::vector<at::Tensor> keys, values;
   int64_t length = 0;                    // positions filled
 };
 
@@ -75,6 +77,9 @@ class Transformer {
   // Bytes of the weights as held (run dtype, on the device; tied tensors once).
   int64_t weight_bytes() const { return weight_bytes_; }
   void set_weight_bytes(int64_t bytes) { weight_bytes_ = bytes; }
+  // Where the embedding, each layer and the head live (set once, after loading).
+  const DevicePlan& plan() const { return plan_; }
+  void set_plan(DevicePlan plan) { plan_ = std::move(plan); }
 
   // The weights under their Hugging Face parameter names ("model.norm.weight",
   // "model.layers.0.self_attn.o_proj.weight"), in the shapes transformers gives its parameters
@@ -94,7 +99,7 @@ class Transformer {
   KvCache NewCache(int64_t batch, int64_t capacity) const;
   const ModelConfig& config() const { return config_; }
   const HookCatalogue& catalogue() const { return catalogue_; }
-  at::Device device() const { return device_; }
+  at::Device device() const { return device_; }  // the embedding's (placement 0)
   at::ScalarType dtype() const { return dtype_; }
 
  protected:
@@ -102,6 +107,7 @@ class Transformer {
   HookCatalogue catalogue_;
   at::Device device_;
   at::ScalarType dtype_;
+  DevicePlan plan_;
   int64_t weight_bytes_ = 0;
 
   // For a family's constructor: lists `weight` under `name` (skipped when undefined, as an
@@ -117,8 +123,10 @@ class Transformer {
   std::vector<std::pair<std::string, std::vector<int64_t>>> tl_weights_;
 };
 
-// The checkpoint's tensors, each taken once: placed on the run's device in its dtype and
-// checked against the shape the config implies. Tensors nobody takes are an error.
+// The checkpoint's tensors, each taken once: placed in the run's dtype on the device of the
+// model part being read (the embedding's until a family says otherwise: PlaceLayer,
+// PlaceHead) and checked against the shape the config implies. Tensors nobody takes are an
+// error.
 class TensorSource {
  public:
   // Rewrites a tensor as stored (float32, CPU) into the model's layout, e.g. llama.cpp's
@@ -136,6 +144,12 @@ class TensorSource {
   virtual std::vector<std::string> Untaken() const = 0;
   // Bytes of every tensor taken so far, as placed.
   virtual int64_t TakenBytes() const = 0;
+  // Tensors taken from now on belong to layer `layer` / to the head (the final norm and
+  // unembedding; with `tied`, the head uses the embedding and goes where it is).
+  virtual void PlaceLayer(int64_t layer) = 0;
+  virtual void PlaceHead(bool tied) = 0;
+  // Where the parts went (the plan the model keeps).
+  virtual const DevicePlan& plan() const = 0;
 };
 
 // Reads a Hugging Face config.json for one family. Every key the family reads is marked;
@@ -236,7 +250,7 @@ struct CheckpointInfo {
   std::string path;
   const nlohmann::json* hf_config = nullptr;  // config.json for a Hugging Face directory
   const GgufFile* gguf = nullptr;             // the file, for GGUF
-  at::Device device = at::kCPU;
+  at::Device device = at::kCPU;  // the embedding's (tensors.plan() has the layers')
   at::ScalarType dtype = at::kFloat;
 };
 

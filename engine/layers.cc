@@ -53,6 +53,19 @@ void PassHooks::CheckInterrupt() const {
   if (!go_on.ok()) throw HookFailure{go_on};
 }
 
+PassPlacement::PassPlacement(const DevicePlan& plan, const PassInputs& in)
+    : plan_(plan), placed_(plan.size(), in) {}
+
+at::Tensor PassPlacement::Move(int placement, const at::Tensor& x) {
+  const at::Device to = plan_.device(placement);
+  PassInputs& there = placed_[placement];  // (no copies where the devices are the same)
+  there.ids = there.ids.to(to);
+  there.positions = there.positions.to(to);
+  there.attention_mask = there.attention_mask.to(to);
+  current_ = placement;
+  return MoveResidual(x, to);
+}
+
 // Without autograd, temporaries are updated in place and mean(h^2) comes from the 2-norm (one
 // pass, no squared copy); with it, Hugging Face's ops exactly (the norm's gradient is
 // singular at zero, and autograd needs the intermediates).
@@ -170,7 +183,9 @@ Rotary::Rotary(const RopeSpec& spec, at::Device device)
 }
 
 Rotary::Tables Rotary::For(const at::Tensor& positions, at::ScalarType dtype) const {
-  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq_;
+  // inv_freq_ is on the embedding's device; a split model's later placements copy it.
+  const at::Tensor inv_freq = inv_freq_.device() == positions.device() ? inv_freq_ : inv_freq_.to(positions.device());
+  at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv_freq;
   Tables t;
   t.cos = at::cat({freqs, freqs}, -1).unsqueeze(2).cos().to(dtype);
   // rotate_half(x) * sin == roll(x, half) * sin with the first half of sin negated.
@@ -205,29 +220,32 @@ double LowestValue(at::ScalarType dtype) {
 
 }  // namespace
 
-AttentionCore::AttentionCore(const PassInputs& in, const PassHooks& hooks, int64_t heads,
+AttentionCore::AttentionCore(const PassPlacement& where, const PassHooks& hooks, int64_t heads,
                              int64_t kv_heads, int64_t head_dim, double scale, at::ScalarType dtype,
                              double softcap)
-    : in_(in), hooks_(hooks), heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim),
-      batch_(in.ids.size(0)), seq_(in.ids.size(1)), past_(in.cache ? in.cache->length : 0),
-      scale_(scale), softcap_(softcap), dtype_(dtype) {
-  has_padding_ = !in.attention_mask.all().item<bool>();
+    : where_(where), hooks_(hooks), heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim),
+      batch_(where.in().ids.size(0)), seq_(where.in().ids.size(1)),
+      past_(where.in().cache ? where.in().cache->length : 0), scale_(scale), softcap_(softcap),
+      dtype_(dtype), masks_(where.size()) {
+  has_padding_ = !where.in().attention_mask.all().item<bool>();
 }
 
 const at::Tensor& AttentionCore::Mask(int64_t window) {
-  auto found = masks_.find(window);
-  if (found != masks_.end()) return found->second;
-  at::Tensor& grouped = masks_[window];
+  std::map<int64_t, at::Tensor>& masks = masks_[where_.current()];
+  auto found = masks.find(window);
+  if (found != masks.end()) return found->second;
+  const PassInputs& in = where_.in();
+  at::Tensor& grouped = masks[window];
   const int64_t k_seq = past_ + seq_;
   const bool window_bites = window > 0 && k_seq > window;
   if (seq_ == 1 && !has_padding_ && !window_bites) return grouped;  // nothing masked
-  auto options = at::TensorOptions().device(in_.ids.device()).dtype(at::kLong);
+  auto options = at::TensorOptions().device(in.ids.device()).dtype(at::kLong);
   at::Tensor key_pos = at::arange(k_seq, options).unsqueeze(0);
   at::Tensor query_pos = (at::arange(seq_, options) + past_).unsqueeze(1);
   at::Tensor allowed = key_pos <= query_pos;  // [seq, k_seq]
   // Hugging Face's sliding window: a query sees the `window` most recent keys, itself included.
   if (window > 0) allowed = allowed.logical_and(query_pos - key_pos < window);
-  allowed = allowed.unsqueeze(0) & in_.attention_mask.to(at::kBool).unsqueeze(1);  // [b, seq, k_seq]
+  allowed = allowed.unsqueeze(0) & in.attention_mask.to(at::kBool).unsqueeze(1);  // [b, seq, k_seq]
   at::Tensor mask = at::zeros({batch_, 1, 1, seq_, k_seq}, options.dtype(dtype_))
                         .masked_fill(allowed.logical_not().view({batch_, 1, 1, seq_, k_seq}),
                                      LowestValue(dtype_));
@@ -240,13 +258,14 @@ const at::Tensor& AttentionCore::Mask(int64_t window) {
 
 void AttentionCore::CacheKeysValues(int layer, const at::Tensor& k_rot, const at::Tensor& v,
                                     at::Tensor& keys, at::Tensor& values) const {
-  if (in_.cache == nullptr) {
+  KvCache* cache = where_.in().cache;
+  if (cache == nullptr) {
     keys = k_rot.transpose(1, 2);
     values = v.transpose(1, 2);
     return;
   }
-  at::Tensor& cached_k = in_.cache->keys[layer];
-  at::Tensor& cached_v = in_.cache->values[layer];
+  at::Tensor& cached_k = cache->keys[layer];
+  at::Tensor& cached_v = cache->values[layer];
   cached_k.narrow(2, past_, seq_).copy_(k_rot.transpose(1, 2));
   cached_v.narrow(2, past_, seq_).copy_(v.transpose(1, 2));
   keys = cached_k.narrow(2, 0, past_ + seq_);

@@ -13,6 +13,7 @@
 #include <vector>
 #include <string>
 
+#include "engine/device_plan.h"
 #include "engine/family.h"
 
 namespace glassbox {
@@ -46,6 +47,35 @@ class PassHooks {
 
  private:
   const PassInputs& in_;
+};
+
+// Where one pass is among the model's placements: the pass inputs as placed on each
+// placement reached so far (ids, positions and the attention mask copied there once), and
+// the residual stream's moves from one placement to the next. Unsplit, nothing is placed
+// or moved. Every family's pass enters each layer and the head through here.
+class PassPlacement {
+ public:
+  PassPlacement(const DevicePlan& plan, const PassInputs& in);
+
+  // `x` on the placement of `layer` (moved by MoveResidual when it was elsewhere).
+  at::Tensor EnterLayer(int64_t layer, const at::Tensor& x) { return Enter(plan_.layer(layer), x); }
+  at::Tensor EnterHead(const at::Tensor& x) { return Enter(plan_.head(), x); }
+
+  int current() const { return current_; }
+  int size() const { return plan_.size(); }
+  // The pass inputs on the current placement.
+  const PassInputs& in() const { return placed_[current_]; }
+
+ private:
+  at::Tensor Enter(int placement, const at::Tensor& x) {
+    if (placement == current_) return x;
+    return Move(placement, x);
+  }
+  at::Tensor Move(int placement, const at::Tensor& x);
+
+  const DevicePlan& plan_;
+  std::vector<PassInputs> placed_;  // [0]: the caller's inputs; others filled on arrival
+  int current_ = 0;
 };
 
 // Hugging Face's RMSNorm: computed in float32, scaled by the weight in the input dtype.
@@ -93,18 +123,39 @@ class Rotary {
   at::Tensor inv_freq_;  // [rotary_dims / 2] float32
 };
 
+// A pass's rotary tables, made for each placement the pass reaches from the positions
+// placed there.
+class PassRope {
+ public:
+  PassRope(const Rotary& rotary, const PassPlacement& where, at::ScalarType dtype)
+      : rotary_(rotary), where_(where), dtype_(dtype), tables_(where.size()) {}
+  const Rotary::Tables& Get() {
+    Rotary::Tables& t = tables_[where_.current()];
+    if (!t.cos.defined()) t = rotary_.For(where_.in().positions, dtype_);
+    return t;
+  }
+
+ private:
+  const Rotary& rotary_;
+  const PassPlacement& where_;
+  at::ScalarType dtype_;
+  std::vector<Rotary::Tables> tables_;  // per placement
+};
+
 // The ids of the attention internals of one layer.
 struct AttentionPoints {
   int scores = -1, pattern = -1, z = -1;
 };
 
 // Scaled dot-product attention of one layer in one pass, with grouped-query heads, left
-// padding, causal and optional sliding-window masks, and a KV cache.
+// padding, causal and optional sliding-window masks, and a KV cache. Masks are made on the
+// placement of the layer that needs them (once per placement and window).
 class AttentionCore {
  public:
   // `softcap` > 0: scores are soft-capped, cap * tanh(scores / cap), before the mask (Gemma 2).
-  AttentionCore(const PassInputs& in, const PassHooks& hooks, int64_t heads, int64_t kv_heads,
-                int64_t head_dim, double scale, at::ScalarType dtype, double softcap = 0.0);
+  AttentionCore(const PassPlacement& where, const PassHooks& hooks, int64_t heads,
+                int64_t kv_heads, int64_t head_dim, double scale, at::ScalarType dtype,
+                double softcap = 0.0);
 
   // q_rot [batch, seq, heads, head_dim], k_rot and v [batch, seq, kv_heads, head_dim];
   // `window` 0 for full attention, else keys at distance >= window are masked.
@@ -118,13 +169,13 @@ class AttentionCore {
   // The additive mask in the grouped score layout, undefined when nothing is masked.
   const at::Tensor& Mask(int64_t window);
 
-  const PassInputs& in_;
+  const PassPlacement& where_;
   const PassHooks& hooks_;
   int64_t heads_, kv_heads_, head_dim_, batch_, seq_, past_;
   double scale_, softcap_;
   at::ScalarType dtype_;
   bool has_padding_ = false;
-  std::map<int64_t, at::Tensor> masks_;  // by window
+  std::vector<std::map<int64_t, at::Tensor>> masks_;  // per placement, by window
 };
 
 // Hands the heap pages a pass's activations used and freed back to the OS before an output

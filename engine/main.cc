@@ -30,7 +30,7 @@ struct CommonFlags {
 void AddCommonFlags(CLI::App* command, CommonFlags& flags) {
   command->add_option("--model", flags.model_path, "a .gguf file or a Hugging Face directory")
       ->required();
-  command->add_option("--device", flags.engine.device, "cpu, cuda, cuda:N, or auto (CUDA when this LibTorch and machine have it)")
+  command->add_option("--device", flags.engine.device, "cpu, cuda, cuda:N, auto (CUDA when this LibTorch and machine have it), or cuda:0,cuda:1,... to split the layers across GPUs")
       ->capture_default_str();
   command->add_option("--dtype", flags.engine.dtype, "float32, bfloat16 or float16")
       ->capture_default_str();

@@ -1,6 +1,7 @@
 // Model: loading onto a device, batching prompts with left padding, the generation loop and
 // sampling. Every LibTorch or hook failure is caught here and returned as a Status.
 #include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/cat.h>
@@ -18,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "engine/engine.h"
@@ -45,6 +47,57 @@ StatusOr<at::Device> ParseDevice(const std::string& name) {
   } catch (const c10::Error&) {
     return InvalidArgument("unknown device '" + name + "'; expected cpu, cuda, cuda:N or auto");
   }
+}
+
+// A split: distinct CUDA devices, each named cuda:N, into `placement`.
+Status ParseDeviceList(const std::string& list, Placement& placement) {
+  if (!at::hasCUDA()) {
+    return InvalidArgument("device list '" + list + "' splits the layers across CUDA devices, but "
+                           "this LibTorch build or machine has no CUDA; use --device cpu");
+  }
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t end = std::min(list.find(',', start), list.size());
+    const std::string name = list.substr(start, end - start);
+    start = end + 1;
+    GLASSBOX_ASSIGN_OR_RETURN(at::Device device, ParseDevice(name));
+    if (!device.is_cuda() || !device.has_index()) {
+      return InvalidArgument("device list '" + list + "': '" + name + "' is not cuda:N (a split "
+                             "names each GPU with its index)");
+    }
+    const int gpus = at::detail::getCUDAHooks().getNumGPUs();
+    if (device.index() >= gpus) {
+      return InvalidArgument("device list '" + list + "': " + name + " does not exist (" +
+                             std::to_string(gpus) + " CUDA devices)");
+    }
+    if (std::find(placement.split.begin(), placement.split.end(), device) != placement.split.end()) {
+      return InvalidArgument("device list '" + list + "' names " + name + " twice");
+    }
+    placement.split.push_back(device);
+    placement.names.push_back(name);
+  }
+  placement.device = placement.split[0];
+  return Status::Ok();
+}
+
+// The device (or devices) from --device, or the CPU placements of the test option.
+Status ParseDevices(const EngineParams& params, Placement& placement) {
+  if (params.testing_cpu_placements > 1) {
+    GLASSBOX_ASSIGN_OR_RETURN(at::Device device, ParseDevice(params.device));
+    if (!device.is_cpu()) {
+      return InvalidArgument("testing_cpu_placements needs the CPU, not device '" + params.device + "'");
+    }
+    for (int i = 0; i < params.testing_cpu_placements; ++i) {
+      placement.split.push_back(at::kCPU);
+      placement.names.push_back("cpu[" + std::to_string(i) + "]");
+    }
+    placement.device = at::kCPU;
+    placement.memory_budget = -1;  // the placements share the machine's memory
+    return Status::Ok();
+  }
+  if (params.device.find(',') != std::string::npos) return ParseDeviceList(params.device, placement);
+  GLASSBOX_ASSIGN_OR_RETURN(placement.device, ParseDevice(params.device));
+  return Status::Ok();
 }
 
 StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
@@ -141,15 +194,34 @@ int64_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& s,
   return order[pick(rng)];
 }
 
+// The device of a callable module's weights: its layer's, the head's (its points come after
+// the layers), or the embedding's.
+at::Device ModuleDevice(const Transformer& t, const std::string& module) {
+  const DevicePlan& plan = t.plan();
+  if (!plan.split()) return t.device();
+  for (const char* end : {".input", ".output"}) {
+    std::optional<int> id = t.catalogue().Find(module + end);
+    if (!id) continue;
+    const HookPointInfo& point = t.catalogue().point(*id);
+    if (point.layer >= 0) return plan.layer_device(point.layer);
+    return *id < t.catalogue().AfterId(0) ? plan.device(0) : plan.device(plan.head());
+  }
+  return t.device();
+}
+
 }  // namespace
 
 Model::Model() = default;
 Model::~Model() = default;
 
 StatusOr<std::unique_ptr<Model>> ModelLoader::Load(const std::string& path, const EngineParams& params) {
-  GLASSBOX_ASSIGN_OR_RETURN(at::Device device, ParseDevice(params.device));
-  GLASSBOX_ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDtype(params.dtype));
-  GLASSBOX_RETURN_IF_ERROR(CheckDtypeSupported(device, dtype, params.dtype));
+  Placement placement;
+  placement.memory_budget = params.memory_budget;
+  GLASSBOX_RETURN_IF_ERROR(ParseDevices(params, placement));
+  GLASSBOX_ASSIGN_OR_RETURN(placement.dtype, ParseDtype(params.dtype));
+  for (const at::Device& device : placement.split.empty() ? std::vector<at::Device>{placement.device} : placement.split) {
+    GLASSBOX_RETURN_IF_ERROR(CheckDtypeSupported(device, placement.dtype, params.dtype));
+  }
   if (params.intra_op_threads > 0) at::set_num_threads(params.intra_op_threads);
 #if defined(__GLIBC__)
   if (params.malloc_mmap_threshold > 0) {
@@ -162,7 +234,7 @@ StatusOr<std::unique_ptr<Model>> ModelLoader::Load(const std::string& path, cons
   }
 #endif
   GLASSBOX_ASSIGN_OR_RETURN(LoadedModel loaded,
-                            LoadModelFiles(path, Placement{device, dtype, params.memory_budget}));
+                            LoadModelFiles(path, placement));
   std::unique_ptr<Model> model(new Model());
   model->transformer_ = std::move(loaded.transformer);
   model->tokenizer_ = std::move(loaded.tokenizer);
@@ -185,13 +257,14 @@ const ModelConfig& Model::config() const { return transformer_->config(); }
 const HookCatalogue& Model::catalogue() const { return transformer_->catalogue(); }
 const Tokenizer* Model::tokenizer() const { return tokenizer_.get(); }
 const ChatTemplate& Model::chat_template() const { return chat_template_; }
-std::string Model::device() const { return transformer_->device().str(); }
+std::string Model::device() const { return transformer_->plan().DeviceNames(); }
+std::string Model::placement() const { return transformer_->plan().ToString(); }
 std::string Model::dtype() const { return DtypeName(transformer_->dtype()); }
 at::Device Model::torch_device() const { return transformer_->device(); }
 
 StatusOr<at::Tensor> Model::ApplyModule(const std::string& name, const at::Tensor& input) const {
   try {
-    return transformer_->ApplyModule(name, input.to(transformer_->device()));
+    return transformer_->ApplyModule(name, input.to(ModuleDevice(*transformer_, name)));
   } catch (const c10::Error& e) {
     return InvalidArgument("module " + name + " cannot take a tensor of shape " +
                            c10::str(input.sizes()) + ": " + FirstLine(e.what()));
@@ -312,7 +385,8 @@ StatusOr<GenerateResult> Model::Generate(const std::vector<std::vector<int64_t>>
         }
       }
       if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
-      ids = picked.defined() ? picked : at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
+      // (A split model's logits are on the head's device; ids go in on the embedding's.)
+      ids = picked.defined() ? picked.to(device) : at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
       positions = positions.narrow(1, positions.size(1) - 1, 1) + 1;
       mask = at::cat({mask, at::ones({batch_size, 1}, mask.options())}, 1);
     }

@@ -148,11 +148,18 @@ Status CheckShape(const std::string& file, const std::string& name, at::IntArray
 // The bookkeeping both sources share: which stored tensors exist and which were taken.
 class StoredTensors : public TensorSource {
  public:
-  StoredTensors(std::string path, const std::vector<StoredTensor>& tensors, at::Device device,
+  StoredTensors(std::string path, const std::vector<StoredTensor>& tensors, DevicePlan plan,
                 at::ScalarType dtype)
-      : path_(std::move(path)), device_(device), dtype_(dtype) {
+      : path_(std::move(path)), plan_(std::move(plan)), device_(plan_.device(0)), dtype_(dtype) {
     for (const StoredTensor& t : tensors) by_name_[t.name] = &t;
   }
+
+  void PlaceLayer(int64_t layer) override { device_ = plan_.layer_device(layer); }
+  void PlaceHead(bool tied) override {
+    if (tied) plan_.TieHead();
+    device_ = plan_.device(plan_.head());
+  }
+  const DevicePlan& plan() const override { return plan_; }
 
   bool Has(const std::string& name) const override { return by_name_.count(name) > 0; }
   void Discard(const std::string& name) override {
@@ -186,7 +193,8 @@ class StoredTensors : public TensorSource {
   std::string path_;
 
  private:
-  at::Device device_;
+  DevicePlan plan_;
+  at::Device device_;  // of the part being read
   at::ScalarType dtype_;
   std::map<std::string, const StoredTensor*> by_name_;
   std::set<std::string> taken_;
@@ -206,9 +214,9 @@ class SafetensorsSource : public StoredTensors {
 
 class GgufSource : public StoredTensors {
  public:
-  GgufSource(const GgufFile& file, std::shared_ptr<WeightArena> arena, at::Device device,
+  GgufSource(const GgufFile& file, std::shared_ptr<WeightArena> arena, DevicePlan plan,
              at::ScalarType dtype)
-      : StoredTensors(file.path(), file.tensors(), device, dtype), arena_(std::move(arena)) {}
+      : StoredTensors(file.path(), file.tensors(), std::move(plan), dtype), arena_(std::move(arena)) {}
 
  protected:
   StatusOr<at::Tensor> Read(const StoredTensor& stored, const Reorder& reorder) override {
@@ -268,7 +276,14 @@ StatusOr<std::unique_ptr<Transformer>> LoadFamily(const std::string& arch, bool 
   }
   GLASSBOX_ASSIGN_OR_RETURN(std::unique_ptr<Transformer> model, family->load(info, tensors));
   GLASSBOX_RETURN_IF_ERROR(CheckAllTaken(info.path, family->name, tensors));
+  const DevicePlan& plan = tensors.plan();
+  if (plan.split() && plan.num_layers() != model->config().num_layers) {
+    return Internal(info.path + ": the layer split found " + std::to_string(plan.num_layers()) +
+                    " layers in the tensor names but the config has " +
+                    std::to_string(model->config().num_layers));
+  }
   model->set_weight_bytes(tensors.TakenBytes());
+  model->set_plan(plan);
   return model;
 }
 
@@ -307,12 +322,35 @@ Status CheckFits(const std::string& path, const std::vector<StoredTensor>& tenso
       "; use a smaller dtype (--dtype bfloat16), another device, or more devices");
 }
 
+// One device: everything there (CheckFits has checked it). Several: the layers split by
+// their sizes as they will be held, within each device's budget.
+StatusOr<DevicePlan> PlanDevices(const std::string& path, const std::vector<StoredTensor>& stored,
+                                 const Placement& placement) {
+  if (placement.split.size() < 2) return DevicePlan(placement.device);
+  std::vector<DeviceBudget> budgets;
+  for (size_t i = 0; i < placement.split.size(); ++i) {
+    const int64_t bytes = placement.memory_budget > 0 ? placement.memory_budget
+                          : placement.memory_budget < 0 ? INT64_MAX / 4
+                                                        : DeviceFreeBytes(placement.split[i]);
+    if (bytes < 0) {
+      return Unavailable(path + ": cannot tell how much memory " + placement.names[i] +
+                         " has free; give a memory budget per device");
+    }
+    budgets.push_back({placement.names[i], bytes});
+  }
+  const SplitSizes sizes = SizesOfStored(stored, static_cast<int64_t>(c10::elementSize(placement.dtype)));
+  StatusOr<SplitAssignment> assignment = PlanSplit(sizes, budgets);
+  if (!assignment.ok()) return assignment.status().WithContext(path + ": cannot split the layers");
+  return DevicePlan(placement.split, placement.names, *assignment);
+}
+
 StatusOr<LoadedModel> LoadGguf(const std::string& path, const Placement& placement) {
   const at::Device device = placement.device;
   const at::ScalarType dtype = placement.dtype;
   GLASSBOX_ASSIGN_OR_RETURN(GgufFile file, GgufFile::Open(path));
   GLASSBOX_ASSIGN_OR_RETURN(std::string arch, file.GetString("general.architecture"));
-  GLASSBOX_RETURN_IF_ERROR(CheckFits(path, file.tensors(), placement));
+  GLASSBOX_ASSIGN_OR_RETURN(DevicePlan plan, PlanDevices(path, file.tensors(), placement));
+  if (!plan.split()) GLASSBOX_RETURN_IF_ERROR(CheckFits(path, file.tensors(), placement));
   // The arena holds the weights themselves only when they stay float32 on the CPU; otherwise
   // each tensor is dequantized into a temporary and converted, so loading never holds a
   // float32 copy of the whole model.
@@ -322,8 +360,8 @@ StatusOr<LoadedModel> LoadGguf(const std::string& path, const Placement& placeme
       WeightArena::Create(path, in_place ? WeightArena::BytesFor(file.tensors()) : 0));
   LoadedModel loaded;
   {
-    GgufSource tensors(file, std::move(arena), device, dtype);
     CheckpointInfo info{path, nullptr, &file, device, dtype};
+    GgufSource tensors(file, std::move(arena), std::move(plan), dtype);
     GLASSBOX_ASSIGN_OR_RETURN(loaded.transformer, LoadFamily(arch, true, info, tensors));
   }
   GLASSBOX_ASSIGN_OR_RETURN(loaded.tokenizer, GgufTokenizer(file));
@@ -342,9 +380,10 @@ StatusOr<LoadedModel> LoadHfDirectory(const std::string& dir, const Placement& p
                          KnownFamilies());
   }
   GLASSBOX_ASSIGN_OR_RETURN(std::vector<StoredTensor> stored, LoadSafetensorsDirectory(dir));
-  GLASSBOX_RETURN_IF_ERROR(CheckFits(dir, stored, placement));
+  GLASSBOX_ASSIGN_OR_RETURN(DevicePlan plan, PlanDevices(dir, stored, placement));
+  if (!plan.split()) GLASSBOX_RETURN_IF_ERROR(CheckFits(dir, stored, placement));
   LoadedModel loaded;
-  SafetensorsSource tensors(dir, stored, device, dtype);
+  SafetensorsSource tensors(dir, stored, std::move(plan), dtype);
   CheckpointInfo info{dir, &config, nullptr, device, dtype};
   try {
     GLASSBOX_ASSIGN_OR_RETURN(loaded.transformer, LoadFamily(model_type, false, info, tensors));

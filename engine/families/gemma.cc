@@ -188,11 +188,11 @@ class GemmaTransformer : public Transformer {
 class GemmaTransformer::Pass {
  public:
   Pass(const GemmaTransformer& m, const PassInputs& in)
-      : m_(m), in_(in), hooks_(in), c_(m.config_),
-        attention_(in, hooks_, c_.num_heads, c_.num_kv_heads, c_.head_dim,
+      : m_(m), in_(in), hooks_(in), c_(m.config_), where_(m.plan(), in),
+        attention_(where_, hooks_, c_.num_heads, c_.num_kv_heads, c_.head_dim,
                    1.0 / std::sqrt(m.o_.query_pre_attn_scalar), m.dtype_, m.o_.attn_softcap),
-        local_(m.local_rope_.For(in.positions, m.dtype_)),
-        global_(m.global_rope_.For(in.positions, m.dtype_)), batch_(in.ids.size(0)), seq_(in.ids.size(1)) {}
+        local_(m.local_rope_, where_, m.dtype_), global_(m.global_rope_, where_, m.dtype_),
+        batch_(in.ids.size(0)), seq_(in.ids.size(1)) {}
 
   at::Tensor Run() {
     const HookCatalogue& cat = m_.catalogue_;
@@ -200,8 +200,8 @@ class GemmaTransformer::Pass {
     hooks_.At(cat.BeforeId(0), ids);
     at::Tensor x = at::embedding(m_.w_.embed_tokens, ids) * m_.embed_scale_;
     hooks_.At(cat.BeforeId(1), x);
-    for (int layer = 0; layer < c_.num_layers; ++layer) x = Layer(layer, x);
-    return Head(x);
+    for (int layer = 0; layer < c_.num_layers; ++layer) x = Layer(layer, where_.EnterLayer(layer, x));
+    return Head(where_.EnterHead(x));
   }
 
  private:
@@ -248,7 +248,7 @@ class GemmaTransformer::Pass {
     hooks_.At(Id(layer, kV), v);
     const bool sliding = m_.o_.sliding[layer];
     const Rotary& rotary = sliding ? m_.local_rope_ : m_.global_rope_;
-    const Rotary::Tables& tables = sliding ? local_ : global_;
+    const Rotary::Tables& tables = sliding ? local_.Get() : global_.Get();
     at::Tensor q_rot = rotary.Apply(q, tables);
     at::Tensor k_rot = rotary.Apply(k, tables);
     hooks_.At(Id(layer, kQRot), q_rot);
@@ -280,8 +280,9 @@ class GemmaTransformer::Pass {
   const PassInputs& in_;
   PassHooks hooks_;
   const ModelConfig& c_;
+  PassPlacement where_;
   AttentionCore attention_;
-  Rotary::Tables local_, global_;
+  PassRope local_, global_;
   int64_t batch_, seq_;
 };
 
@@ -477,6 +478,7 @@ Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& 
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     LayerWeights& l = w.layers[i];
+    tensors.PlaceLayer(i);
     GLASSBOX_RETURN_IF_ERROR(get(p + "input_layernorm.weight", {d}, l.input_layernorm, true));
     GLASSBOX_RETURN_IF_ERROR(get(p + "self_attn.q_proj.weight", {q, d}, l.q_proj));
     GLASSBOX_RETURN_IF_ERROR(get(p + "self_attn.k_proj.weight", {kv, d}, l.k_proj));
@@ -493,6 +495,7 @@ Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& 
     GLASSBOX_RETURN_IF_ERROR(get(p + "mlp.up_proj.weight", {m, d}, l.up_proj));
     GLASSBOX_RETURN_IF_ERROR(get(p + "mlp.down_proj.weight", {d, m}, l.down_proj));
   }
+  tensors.PlaceHead(/*tied=*/true);
   return get("model.norm.weight", {d}, w.norm, true);
 }
 

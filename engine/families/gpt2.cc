@@ -151,8 +151,8 @@ class Gpt2Transformer : public Transformer {
 class Gpt2Transformer::Pass {
  public:
   Pass(const Gpt2Transformer& m, const PassInputs& in)
-      : m_(m), in_(in), hooks_(in), c_(m.config_),
-        attention_(in, hooks_, c_.num_heads, c_.num_heads, c_.head_dim,
+      : m_(m), in_(in), hooks_(in), c_(m.config_), where_(m.plan(), in),
+        attention_(where_, hooks_, c_.num_heads, c_.num_heads, c_.head_dim,
                    1.0 / std::sqrt(static_cast<double>(c_.head_dim)), m.dtype_),
         batch_(in.ids.size(0)), seq_(in.ids.size(1)) {}
 
@@ -165,8 +165,8 @@ class Gpt2Transformer::Pass {
     at::Tensor positions = at::embedding(m_.w_.wpe, in_.positions);
     hooks_.At(cat.BeforeId(2), positions);
     at::Tensor x = tokens + positions;
-    for (int layer = 0; layer < c_.num_layers; ++layer) x = Block(layer, x);
-    return Head(x);
+    for (int layer = 0; layer < c_.num_layers; ++layer) x = Block(layer, where_.EnterLayer(layer, x));
+    return Head(where_.EnterHead(x));
   }
 
  private:
@@ -227,6 +227,7 @@ class Gpt2Transformer::Pass {
   const PassInputs& in_;
   PassHooks hooks_;
   const ModelConfig& c_;
+  PassPlacement where_;
   AttentionCore attention_;
   int64_t batch_, seq_;
 };
@@ -365,6 +366,7 @@ Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& 
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "transformer.h." + std::to_string(i) + ".";
     Block& b = w.blocks[i];
+    tensors.PlaceLayer(i);
     for (const char* buffer : {"attn.bias", "attn.masked_bias"}) r.Discard(p + buffer);  // causal masks
     GLASSBOX_RETURN_IF_ERROR(r.Norm(p + "ln_1", d, b.ln_1.weight, b.ln_1.bias));
     GLASSBOX_RETURN_IF_ERROR(GetConv1D(r, gguf, p + "attn.c_attn", d, 3 * d, b.c_attn));
@@ -373,6 +375,7 @@ Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& 
     GLASSBOX_RETURN_IF_ERROR(GetConv1D(r, gguf, p + "mlp.c_fc", d, c.intermediate_size, b.c_fc));
     GLASSBOX_RETURN_IF_ERROR(GetConv1D(r, gguf, p + "mlp.c_proj", c.intermediate_size, d, b.mlp_proj));
   }
+  tensors.PlaceHead(/*tied=*/true);
   GLASSBOX_RETURN_IF_ERROR(r.Norm("transformer.ln_f", d, w.ln_f.weight, w.ln_f.bias));
   if (r.Has("lm_head.weight")) {  // a tied copy some checkpoints store
     at::Tensor head;

@@ -167,18 +167,18 @@ class LlamaTransformer : public Transformer {
 class LlamaTransformer::Pass {
  public:
   Pass(const LlamaTransformer& m, const PassInputs& in)
-      : m_(m), in_(in), hooks_(in), c_(m.config_),
-        attention_(in, hooks_, c_.num_heads, c_.num_kv_heads, c_.head_dim,
+      : m_(m), in_(in), hooks_(in), c_(m.config_), where_(m.plan(), in),
+        attention_(where_, hooks_, c_.num_heads, c_.num_kv_heads, c_.head_dim,
                    1.0 / std::sqrt(static_cast<double>(c_.head_dim)), m.dtype_),
-        rope_(m.rotary_.For(in.positions, m.dtype_)), batch_(in.ids.size(0)), seq_(in.ids.size(1)) {}
+        rope_(m.rotary_, where_, m.dtype_), batch_(in.ids.size(0)), seq_(in.ids.size(1)) {}
 
   at::Tensor Run() {
     at::Tensor ids = in_.ids;
     hooks_.At(m_.catalogue_.BeforeId(0), ids);
     at::Tensor x = at::embedding(m_.w_.embed_tokens, ids);
     hooks_.At(m_.catalogue_.BeforeId(1), x);
-    for (int layer = 0; layer < c_.num_layers; ++layer) x = Layer(layer, x);
-    return Head(x);
+    for (int layer = 0; layer < c_.num_layers; ++layer) x = Layer(layer, where_.EnterLayer(layer, x));
+    return Head(where_.EnterHead(x));
   }
 
  private:
@@ -238,8 +238,8 @@ class LlamaTransformer::Pass {
     hooks_.At(Id(layer, kQ), q);
     hooks_.At(Id(layer, kK), k);
     hooks_.At(Id(layer, kV), v);
-    at::Tensor q_rot = m_.rotary_.Apply(q, rope_);
-    at::Tensor k_rot = m_.rotary_.Apply(k, rope_);
+    at::Tensor q_rot = m_.rotary_.Apply(q, rope_.Get());
+    at::Tensor k_rot = m_.rotary_.Apply(k, rope_.Get());
     hooks_.At(Id(layer, kQRot), q_rot);
     hooks_.At(Id(layer, kKRot), k_rot);
     const AttentionPoints points{Id(layer, kScores), Id(layer, kPattern), Id(layer, kZ)};
@@ -272,8 +272,9 @@ class LlamaTransformer::Pass {
   const PassInputs& in_;
   PassHooks hooks_;
   const ModelConfig& c_;
+  PassPlacement where_;
   AttentionCore attention_;
-  Rotary::Tables rope_;
+  PassRope rope_;
   int64_t batch_, seq_;
 };
 
@@ -384,7 +385,11 @@ Status ReadWeights(const LlamaOptions& o, TensorSource& tensors, bool gguf, Weig
   WeightReader r(tensors, gguf ? WeightReader::Rename(GgufName) : nullptr);
   GLASSBOX_RETURN_IF_ERROR(r.Get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, w.embed_tokens));
   w.layers.resize(c.num_layers);
-  for (int64_t i = 0; i < c.num_layers; ++i) GLASSBOX_RETURN_IF_ERROR(ReadLayer(o, r, i, w.layers[i]));
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    tensors.PlaceLayer(i);
+    GLASSBOX_RETURN_IF_ERROR(ReadLayer(o, r, i, w.layers[i]));
+  }
+  tensors.PlaceHead(c.tie_word_embeddings);
   GLASSBOX_RETURN_IF_ERROR(r.Get("model.norm.weight", {c.hidden_size}, w.norm));
   if (c.tie_word_embeddings) {
     w.lm_head = w.embed_tokens;

@@ -158,10 +158,10 @@ class NeoxTransformer : public Transformer {
 class NeoxTransformer::Pass {
  public:
   Pass(const NeoxTransformer& m, const PassInputs& in)
-      : m_(m), in_(in), hooks_(in), c_(m.config_),
-        attention_(in, hooks_, c_.num_heads, c_.num_heads, c_.head_dim,
+      : m_(m), in_(in), hooks_(in), c_(m.config_), where_(m.plan(), in),
+        attention_(where_, hooks_, c_.num_heads, c_.num_heads, c_.head_dim,
                    1.0 / std::sqrt(static_cast<double>(c_.head_dim)), m.dtype_),
-        rope_(m.rotary_.For(in.positions, m.dtype_)), batch_(in.ids.size(0)), seq_(in.ids.size(1)) {}
+        rope_(m.rotary_, where_, m.dtype_), batch_(in.ids.size(0)), seq_(in.ids.size(1)) {}
 
   at::Tensor Run() {
     const HookCatalogue& cat = m_.catalogue_;
@@ -169,8 +169,8 @@ class NeoxTransformer::Pass {
     hooks_.At(cat.BeforeId(0), ids);
     at::Tensor x = at::embedding(m_.w_.embed_in, ids);
     hooks_.At(cat.BeforeId(1), x);
-    for (int layer = 0; layer < c_.num_layers; ++layer) x = DecoderLayer(layer, x);
-    return Head(x);
+    for (int layer = 0; layer < c_.num_layers; ++layer) x = DecoderLayer(layer, where_.EnterLayer(layer, x));
+    return Head(where_.EnterHead(x));
   }
 
  private:
@@ -210,8 +210,8 @@ class NeoxTransformer::Pass {
     hooks_.At(Id(layer, kQ), q);
     hooks_.At(Id(layer, kK), k);
     hooks_.At(Id(layer, kV), v);
-    at::Tensor q_rot = m_.rotary_.Apply(q, rope_);
-    at::Tensor k_rot = m_.rotary_.Apply(k, rope_);
+    at::Tensor q_rot = m_.rotary_.Apply(q, rope_.Get());
+    at::Tensor k_rot = m_.rotary_.Apply(k, rope_.Get());
     hooks_.At(Id(layer, kQRot), q_rot);
     hooks_.At(Id(layer, kKRot), k_rot);
     const AttentionPoints points{Id(layer, kScores), Id(layer, kPattern), Id(layer, kZ)};
@@ -239,8 +239,9 @@ class NeoxTransformer::Pass {
   const PassInputs& in_;
   PassHooks hooks_;
   const ModelConfig& c_;
+  PassPlacement where_;
   AttentionCore attention_;
-  Rotary::Tables rope_;
+  PassRope rope_;
   int64_t batch_, seq_;
 };
 
@@ -400,6 +401,7 @@ Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& 
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "gpt_neox.layers." + std::to_string(i) + ".";
     Layer& l = w.layers[i];
+    tensors.PlaceLayer(i);
     for (const char* b : {"attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq"}) {
       r.Discard(p + b);  // buffers some checkpoints saved: causal masks, rotary frequencies
     }
@@ -411,6 +413,7 @@ Status ReadWeights(const Options& o, TensorSource& tensors, bool gguf, Weights& 
     GLASSBOX_RETURN_IF_ERROR(GetLinear(r, p + "mlp.dense_h_to_4h", d, m, true, l.dense_h_to_4h));
     GLASSBOX_RETURN_IF_ERROR(GetLinear(r, p + "mlp.dense_4h_to_h", m, d, true, l.dense_4h_to_h));
   }
+  tensors.PlaceHead(c.tie_word_embeddings);
   GLASSBOX_RETURN_IF_ERROR(r.Norm("gpt_neox.final_layer_norm", d, w.final_layer_norm.weight, w.final_layer_norm.bias));
   if (c.tie_word_embeddings) {
     w.embed_out = w.embed_in;
