@@ -411,6 +411,8 @@ TEST_CASE("Core: registrations cannot grow the broker: workers and models are bo
   BrokerMessage ack = h.Submit("c", key, "a");
   REQUIRE(ack.type == BrokerMessageType::kAck);
   CHECK(h.JobFor("w4").empty());
+}
+
 BrokerMessage TokenizeMessage(const std::string& ref, const std::string& model) {
   BrokerMessage m;
   m.type = BrokerMessageType::kTokenize;
