@@ -73,11 +73,11 @@ TEST_CASE("Planner: enough bytes in total but not in layer order names the part 
   s.embedding = 10;
   s.layers = {10, 10, 50, 10};
   s.head = 5;
-  // 85 bytes of 110, but after 10+10+10 | 50 the last layer fits nowhere.
+  // 95 bytes (10 + 80 + 5) of 110, but after 10+10+10 | 50 the last layer fits nowhere.
   auto plan = PlanSplit(s, Budgets({55, 55}));
   REQUIRE(!plan.ok());
   CHECK(plan.status().code() == StatusCode::kResourceExhausted);
-  CHECK_THAT(plan.status().message(), Catch::Contains("needs 85 bytes") && Catch::Contains("have 110") &&
+  CHECK_THAT(plan.status().message(), Catch::Contains("needs 95 bytes") && Catch::Contains("have 110") &&
                                           Catch::Contains("layer 3 (10 bytes)"));
 }
 

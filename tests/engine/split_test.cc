@@ -119,8 +119,13 @@ std::vector<at::Tensor> Gradients(const Model& model) {
   for (int i = 0; i < 2; ++i) {
     const std::string point = "blocks." + std::to_string(i == 0 ? 0 : last) + ".hook_resid_pre";
     REQUIRE(hooks.Add(point, [&leaves, i](const HookContext&, at::Tensor& v) {
-      leaves[i] = v.detach().clone().requires_grad_(true);
-      v = leaves[i];
+      if (i == 0) {  // a leaf at the first layer
+        leaves[i] = v.detach().clone().requires_grad_(true);
+        v = leaves[i];
+      } else {  // the last layer's input stays in the graph (a new leaf would cut it)
+        v.retain_grad();
+        leaves[i] = v;
+      }
       return Status::Ok();
     }).ok());
   }
