@@ -343,10 +343,13 @@ class JobHandle:
     def cancel(self) -> bool:
         return self.future is not None and self.future.cancel()
 
-    def status(self):
-        """The job's latest status (``JobStatus``), when the backend reports one."""
+    def status(self, refresh: bool = False):
+        """The job's latest status (``JobStatus``), when the backend reports one
+        (``refresh``: asked of the service now)."""
         status = getattr(self.future, "status", None)
-        return status() if callable(status) else None
+        if not callable(status):
+            return None
+        return status(refresh=True) if refresh else status()
 
 
 class Tracer(JobHandle):
