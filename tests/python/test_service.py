@@ -441,7 +441,8 @@ def test_ctrl_c_during_run_all_cancels_every_job(remote, service, held):
         assert wait_for_state(service, tr.job_id, ("CANCELLED",)).state == "CANCELLED"
 
 
-def test_run_all_time_out_cancels_what_is_in_flight(remote, service):
+def test_run_all_time_out_cancels_what_is_in_flight(remote, service, held):
+    # held: neither job can finish, however fast the machine, before run_all's timeout.
     started = []
     slow = slow_experiment(remote, started)
     with pytest.raises(TimeoutError, match="0 of 2 experiments finished"):
