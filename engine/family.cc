@@ -7,13 +7,14 @@
 #include <algorithm>
 
 #include "engine/gguf.h"
+#include "engine/weights.h"
 
 namespace glassbox {
 
 namespace {
 
 CatalogueSpec WithDtype(CatalogueSpec spec, at::ScalarType dtype) {
-  spec.dtype = dtype == at::kBFloat16 ? "bfloat16" : dtype == at::kHalf ? "float16" : "float32";
+  spec.dtype = DtypeName(dtype);
   return spec;
 }
 
