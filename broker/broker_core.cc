@@ -442,6 +442,7 @@ void BrokerCore::ListModels(const std::string& peer, const BrokerMessage& m) {
     protocol::ModelInfo info;
     info.name = model;
     info.workers = static_cast<int64_t>(LiveWorkersFor(model));
+    for (const auto& [peer, w] : workers_) info.running += w.model == model && w.busy;
     auto q = queues_.find(model);
     if (q != queues_.end()) {
       for (const auto& [owner, ids] : q->second.by_owner) info.queued += ids.size();
@@ -540,6 +541,7 @@ BrokerMessage BrokerCore::StatusOf(const JobRecord& record) {
   m.code = record.code;
   m.message = record.message;
   auto live = jobs_.find(record.id);
+  if (live != jobs_.end() && live->second.batch > 0 && state != JobState::kQueued) m.batch = live->second.batch;
   if (state == JobState::kQueued && live != jobs_.end()) {
     m.position = PositionOf(live->second);
     if (LiveWorkersFor(record.model) == 0) {
@@ -595,6 +597,7 @@ void BrokerCore::OnWorkerMessage(const std::string& peer, std::string_view bytes
 void BrokerCore::HandleWorker(Worker& worker, const BrokerMessage& m) {
   if (m.type == BrokerMessageType::kHeartbeat) return;
   if (m.type == BrokerMessageType::kJobResult) return JobResult(worker, m);
+  if (m.type == BrokerMessageType::kRunning) return Running(worker, m);
   if (m.type == BrokerMessageType::kTokens ||
       (m.type == BrokerMessageType::kError && tokenizes_.count(m.ref) > 0)) {
     return AnswerTokenize(worker, m);
@@ -606,6 +609,14 @@ void BrokerCore::HandleWorker(Worker& worker, const BrokerMessage& m) {
   outbox_->ToWorker(worker.peer, protocol::MakeErrorMessage(InvalidArgument(
                                      std::string("a worker may not send a \"") +
                                      protocol::BrokerMessageTypeName(m.type) + "\" message")));
+}
+
+// The worker runs its job batched with others: its owner sees how many share the pass.
+void BrokerCore::Running(const Worker& worker, const BrokerMessage& m) {
+  auto it = jobs_.find(m.job);
+  if (!worker.busy || worker.job != m.job || it == jobs_.end() || it->second.finishing) return;
+  it->second.batch = m.batch;
+  Push(it->second, StatusOf(it->second.record));
 }
 
 void BrokerCore::Ready(const std::string& peer, const BrokerMessage& m) {
@@ -905,6 +916,7 @@ BrokerCore::Start BrokerCore::StartJob(Worker& worker, LiveJob& job) {
   }
   worker.busy = true;
   worker.job = job.record.id;
+  job.batch = 0;  // until this worker says otherwise
   Push(job, StatusOf(job.record));
   return Start::kRunning;
 }

@@ -76,6 +76,7 @@ class BrokerCore {
     int64_t received_bytes = 0;
     bool finishing = false;  // terminal, waiting for the store
     int64_t compute_ms = 0;
+    int64_t batch = 0;  // jobs in its engine pass, as its worker reported (0: not reported)
   };
   struct Worker {
     std::string peer;
@@ -138,6 +139,7 @@ class BrokerCore {
   void Ready(const std::string& peer, const BrokerMessage& m);
   void AdoptBusyJob(Worker& worker, const std::string& job_id);
   void JobResult(Worker& worker, const BrokerMessage& m);
+  void Running(const Worker& worker, const BrokerMessage& m);
   void ReleaseWorker(Worker& worker);
   void ResultStalled(const std::string& peer);
   void RemoveWorker(const std::string& peer, bool died);

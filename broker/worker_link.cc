@@ -276,6 +276,7 @@ class Link {
     zmq::pollitem_t items[] = {{socket_->handle(), 0, socket_events, 0},
                                {signal_.handle(), 0, ZMQ_POLLIN, 0}};
     zmq::poll(items, 2, std::chrono::milliseconds(std::min<int64_t>(wait, 50)));
+    if (job_) ReportBatch();  // before the job's result, which may have just come
     if (items[1].revents & ZMQ_POLLIN) FinishJob();
     if (outgoing_) SendResultChunks();
     zmq::message_t frame;
@@ -348,6 +349,15 @@ class Link {
     if (job_ || outgoing_) return Log("broker sent job " + m.job + " while busy; ignored");
     job_ = std::make_shared<JobContext>(m.job, m.time_limit_ms);
     compute_->Start(job_, std::move(m.payload));
+  }
+
+  void ReportBatch() {
+    const int64_t jobs = job_->TakeBatchReport();
+    if (jobs <= 0) return;
+    BrokerMessage m = Simple(BrokerMessageType::kRunning);
+    m.job = job_->job_id();
+    m.batch = jobs;
+    Send(m);
   }
 
   void FinishJob() {

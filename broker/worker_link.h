@@ -67,12 +67,19 @@ class JobContext {
   std::string StopReason() const;  // "cancelled by the user" / "time limit of 60 s exceeded"
   // Makes ShouldStop true with `reason` (the first reason given wins).
   void RequestStop(const std::string& reason);
+  // The handler's note that the job shares one engine pass with others, `jobs` in all
+  // (worker/batcher.h); the link tells the broker (a `running` message), which shows it to
+  // the job's owner. Any thread.
+  void ReportBatch(int64_t jobs) const { batch_report_.store(jobs); }
+  // The last ReportBatch not yet taken, or 0.
+  int64_t TakeBatchReport() { return batch_report_.exchange(0); }
 
  private:
   const std::string job_id_;
   const int64_t time_limit_ms_;
   const std::chrono::steady_clock::time_point deadline_;
   std::atomic<bool> stopped_{false};
+  mutable std::atomic<int64_t> batch_report_{0};
   mutable std::mutex mu_;
   std::string reason_;  // guarded by mu_
 };

@@ -223,6 +223,10 @@ int main(int argc, char** argv) {
   serve->add_option("--worker-key", serve_params.worker_key_file,
                     "file with this worker's CURVE secret key, whose public key the broker "
                     "lists (glassbox-broker serve --worker-keys)");
+  serve->add_option("--batch-slots", serve_params.batch_slots,
+                    "jobs taken at once; they share forward passes and generations where their "
+                    "graphs allow (see the README's batching section)")
+      ->capture_default_str();
   serve->add_option("--hold-file", serve_params.hold_file,
                     "tests only: while this file exists, jobs wait before running");
   serve->add_option("--max-new-tokens", serve_params.limits.max_new_tokens,

@@ -341,52 +341,95 @@ StatusOr<ForwardResult> Model::Forward(const ForwardRequest& request, const Hook
 
 StatusOr<GenerateResult> Model::Generate(const std::vector<std::vector<int64_t>>& prompts,
                                          const SamplingParams& sampling, const HookSet* hooks) const {
-  if (sampling.max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
-  GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(prompts, config(), sampling.max_new_tokens));
-  std::vector<int64_t> stop_ids = sampling.stop_ids;
-  if (stop_ids.empty() && config().eos_id >= 0) stop_ids.push_back(config().eos_id);
+  return GenerateGroups(prompts, {{static_cast<int64_t>(prompts.size()), sampling}}, hooks);
+}
+
+StatusOr<GenerateResult> Model::GenerateGroups(const std::vector<std::vector<int64_t>>& prompts,
+                                               const std::vector<RowGroup>& groups,
+                                               const HookSet* hooks,
+                                               std::vector<bool>* finished) const {
   const int64_t batch_size = static_cast<int64_t>(prompts.size());
+  int64_t grouped = 0, max_new_tokens = 0;
+  bool sampled = false;
+  for (const RowGroup& g : groups) {
+    if (g.sampling.max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
+    if (g.rows <= 0) return InvalidArgument("a row group has no rows");
+    grouped += g.rows;
+    max_new_tokens = std::max<int64_t>(max_new_tokens, g.sampling.max_new_tokens);
+    sampled |= g.sampling.temperature > 0.0;
+  }
+  if (grouped != batch_size) {
+    return InvalidArgument("the row groups cover " + std::to_string(grouped) + " rows, the prompts are " +
+                           std::to_string(batch_size));
+  }
+  for (size_t g = 0, row = 0; g < groups.size(); row += groups[g].rows, ++g) {
+    const std::vector<std::vector<int64_t>> rows(prompts.begin() + row, prompts.begin() + row + groups[g].rows);
+    GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(rows, config(), groups[g].sampling.max_new_tokens));
+  }
+  // Per row: its group's sampling, stop ids and generator (one generator per group, drawn in
+  // row order, so a group samples exactly as it would alone).
+  std::vector<const SamplingParams*> row_sampling;
+  std::vector<std::vector<int64_t>> stop_ids(groups.size());
+  std::vector<std::mt19937_64> rngs;
+  std::vector<size_t> row_group;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    stop_ids[g] = groups[g].sampling.stop_ids;
+    if (stop_ids[g].empty() && config().eos_id >= 0) stop_ids[g].push_back(config().eos_id);
+    rngs.emplace_back(groups[g].sampling.seed);
+    for (int64_t r = 0; r < groups[g].rows; ++r) {
+      row_sampling.push_back(&groups[g].sampling);
+      row_group.push_back(g);
+    }
+  }
   GenerateResult result;
   result.new_tokens.resize(batch_size);
   result.stop_reasons.assign(batch_size, "max_new_tokens");
-  if (sampling.max_new_tokens == 0) return result;
+  std::vector<bool> own_done(batch_size, false);
+  std::vector<bool>& done = finished != nullptr ? *finished : own_done;
+  done.assign(batch_size, false);
+  for (int64_t row = 0; row < batch_size; ++row) done[row] = row_sampling[row]->max_new_tokens == 0;
+  auto all_done = [&done] { return std::all_of(done.begin(), done.end(), [](bool d) { return d; }); };
+  if (all_done()) return result;
   try {
     const at::Device device = transformer_->device();
     PaddedBatch batch = PadLeft(prompts, std::max<int64_t>(config().eos_id, 0), device);
-    KvCache cache = transformer_->NewCache(batch_size, batch.ids.size(1) + sampling.max_new_tokens);
-    std::mt19937_64 rng(sampling.seed);
-    std::vector<bool> done(batch_size, false);
+    KvCache cache = transformer_->NewCache(batch_size, batch.ids.size(1) + max_new_tokens);
     at::Tensor ids = batch.ids, mask = batch.mask, positions = batch.positions;
-    for (int step = 0; step < sampling.max_new_tokens; ++step) {
+    for (int step = 0; step < max_new_tokens; ++step) {
       PassInputs in{ids, positions, mask, &cache, hooks, step, /*all_logits=*/false};
       at::Tensor logits = transformer_->Forward(in);
       cache.length += ids.size(1);
       // Greedy picks on the device and brings back one id per row; sampling brings the last
       // position's logits to the CPU, where each job's seeded generator lives.
-      at::Tensor picked;
+      at::Tensor picked = logits.argmax(-1).view({batch_size, 1});
       std::vector<int64_t> next(batch_size);
-      if (sampling.temperature <= 0.0) {
-        picked = logits.argmax(-1).view({batch_size, 1});
-        at::Tensor host = picked.to(at::kCPU);
-        std::copy(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + batch_size, next.begin());
-      } else {
+      at::Tensor host_ids = picked.to(at::kCPU);
+      std::copy(host_ids.data_ptr<int64_t>(), host_ids.data_ptr<int64_t>() + batch_size, next.begin());
+      if (sampled) {
         at::Tensor host = logits.to(at::kCPU, at::kFloat).contiguous();
         for (int64_t row = 0; row < batch_size; ++row) {
+          // Finished rows draw too, as they would alone in a batch of their own group.
+          const SamplingParams& s = *row_sampling[row];
+          if (s.temperature <= 0.0) continue;
           next[row] = SampleToken(host.data_ptr<float>() + row * config().vocab_size,
-                                  config().vocab_size, sampling, rng);
+                                  config().vocab_size, s, rngs[row_group[row]]);
         }
+        picked = at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
       }
       for (int64_t row = 0; row < batch_size; ++row) {
         if (done[row]) continue;
         result.new_tokens[row].push_back(next[row]);
-        if (std::find(stop_ids.begin(), stop_ids.end(), next[row]) != stop_ids.end()) {
+        const std::vector<int64_t>& stops = stop_ids[row_group[row]];
+        if (std::find(stops.begin(), stops.end(), next[row]) != stops.end()) {
           done[row] = true;
           result.stop_reasons[row] = "stop_token";
+        } else if (static_cast<int64_t>(result.new_tokens[row].size()) >= row_sampling[row]->max_new_tokens) {
+          done[row] = true;
         }
       }
-      if (std::all_of(done.begin(), done.end(), [](bool d) { return d; })) break;
+      if (all_done()) break;
       // (A split model's logits are on the head's device; ids go in on the embedding's.)
-      ids = picked.defined() ? picked.to(device) : at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
+      ids = picked.to(device);
       positions = positions.narrow(1, positions.size(1) - 1, 1) + 1;
       mask = at::cat({mask, at::ones({batch_size, 1}, mask.options())}, 1);
     }

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <new>
 #include <set>
 #include <sstream>
 
@@ -87,18 +88,38 @@ class TraceRunner {
   }
 
   Status Run() {
+    GLASSBOX_RETURN_IF_ERROR(RunConstants());
+    return Finish(check_ ? RunShapes(Points()) : RunModel(Points()));
+  }
+
+  // The pieces of Run, for a pass shared with other jobs (SharedPass): the nodes that depend
+  // on no hook point; the points this trace wants called; after the pass (its status), the
+  // check that every node ran.
+  Status RunConstants() {
     for (size_t i = 0; i < plan_.nodes.size(); ++i) {
       if (plan_.nodes[i].steps.constant) {
         GLASSBOX_RETURN_IF_ERROR(RunNode(i, 0));
       }
     }
+    return Status::Ok();
+  }
+  std::set<int> Points() const {
     std::set<int> points;
     for (const auto& entry : plan_.at_point) points.insert(entry.first);
     for (const auto& entry : plan_.grad_at_point) points.insert(entry.first);
     for (const auto& entry : plan_.cache_at_point) points.insert(entry.first);
-    Status status = check_ ? RunShapes(points) : RunModel(points);
-    if (!status.ok() && !(status.code() == StatusCode::kCancelled && stopped_early_)) return status;
+    return points;
+  }
+  Status Finish(const Status& pass) {
+    if (!pass.ok() && !(pass.code() == StatusCode::kCancelled && stopped_early_)) return pass;
     return CheckEverythingRan();
+  }
+  // True once a forward pass may stop for this trace: every node has run (Fire then returns
+  // Cancelled("every node has run")).
+  bool stopped_early() const { return stopped_early_; }
+  int64_t padded() const { return padded_; }
+  void AddGenerated(std::vector<std::vector<int64_t>> tokens) {
+    for (auto& row : tokens) result_.generated.push_back(std::move(row));
   }
 
  private:
@@ -191,6 +212,7 @@ class TraceRunner {
 
   // Called by the engine at a hook point: runs the reads and writes bound there in order,
   // and every node that becomes ready.
+ public:
   Status Fire(int point, int step, at::Tensor& value) {
     TrackGradient(point, step, value);
     GLASSBOX_RETURN_IF_ERROR(Cache(point, step, value));
@@ -218,6 +240,7 @@ class TraceRunner {
     return Status::Ok();
   }
 
+ private:
   // Saves the value at `point` for every cache node bound there (a copy: later writes at the
   // same point do not change what was cached).
   Status Cache(int point, int step, const at::Tensor& value) {
@@ -650,19 +673,31 @@ std::vector<ValidationError> CheckShapes(const Model& model, const protocol::Req
   return check.errors;
 }
 
-StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
-                               const InterventionLimits& limits, const RunControl& control) {
+namespace {
+
+// A request that passed every check before running: its plans, and for a scan its answer.
+struct Prepared {
   std::vector<TracePlan> plans;
   protocol::Result result;
+};
+
+// Validation, the shape pass and the memory and time estimates: every refusal Run gives
+// before anything runs.
+StatusOr<Prepared> Prepare(const Model& model, const protocol::Request& request,
+                           const InterventionLimits& limits, const RunControl& control) {
+  Prepared prepared;
   MemoryEstimate estimate;
-  std::vector<ValidationError> errors = PlanRequest(model, request, limits, plans);
-  if (errors.empty()) errors = CheckShapes(model, request, plans, limits, request.scan ? &result.shapes : nullptr, &estimate);
+  std::vector<ValidationError> errors = PlanRequest(model, request, limits, prepared.plans);
+  if (errors.empty()) {
+    errors = CheckShapes(model, request, prepared.plans, limits,
+                         request.scan ? &prepared.result.shapes : nullptr, &estimate);
+  }
   if (!errors.empty()) {
     std::string message = std::to_string(errors.size()) + " problem(s) in the request:";
     for (const ValidationError& e : errors) message += "\n  " + e.ToString();
     return InvalidArgument(message);
   }
-  if (request.scan) return result;
+  if (request.scan) return prepared;
   if (limits.max_job_bytes > 0 && estimate.Total() > limits.max_job_bytes) {
     return ResourceExhausted("this job needs an estimated " + estimate.ToString() +
                              " of memory; this worker's limit is " + std::to_string(limits.max_job_bytes) +
@@ -676,14 +711,297 @@ StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& requ
             << " FLOP/s (--flops-per-second); its time limit is " << control.time_limit_ms / 1000.0 << " s";
     return ResourceExhausted(message.str());
   }
+  return prepared;
+}
+
+StatusOr<protocol::Result> RunPrepared(const Model& model, const protocol::Request& request,
+                                       Prepared& prepared, const InterventionLimits& limits,
+                                       const RunControl& control) {
+  if (request.scan) return std::move(prepared.result);
   Environment env;
-  CountUses(plans, env);
-  for (size_t t = 0; t < plans.size(); ++t) {
-    TraceRunner runner(model, plans[t], request.traces[t], env, limits, control, result);
+  CountUses(prepared.plans, env);
+  for (size_t t = 0; t < prepared.plans.size(); ++t) {
+    TraceRunner runner(model, prepared.plans[t], request.traces[t], env, limits, control, prepared.result);
     Status status = runner.Run();
     if (!status.ok()) return status.WithContext("trace " + std::to_string(t));
   }
-  return result;
+  return std::move(prepared.result);
+}
+
+// Why a prepared request must have a pass of its own ("" if it can share one).
+std::string WhyAlone(const protocol::Request& request, const Prepared& prepared) {
+  if (request.scan) return "a scan runs no pass";
+  if (request.traces.size() != 1) return "a session of several traces";
+  const TracePlan& plan = prepared.plans[0];
+  if (!plan.skipped_points.empty()) return "skipping a module skips it for every row of the pass";
+  for (const NodePlan& p : plan.nodes) {
+    const OpClass c = p.op->op_class;
+    if (c == OpClass::kBackward || c == OpClass::kGrad || c == OpClass::kWriteGrad) {
+      return "gradients run in a pass of their own";
+    }
+  }
+  return "";
+}
+
+// One job's place in a shared pass: its rows [row0, row0 + rows) of the batch, left-padded
+// to the job's own longest prompt (`padded`) inside the batch's (every job's rows are
+// left-padded, so a job's positions are the last `padded` of the batch's).
+struct Member {
+  size_t job = 0;
+  const protocol::Request* request = nullptr;
+  const RunControl* control = nullptr;
+  Prepared prepared;
+  Environment env;
+  std::unique_ptr<TraceRunner> runner;
+  std::set<int> points;
+  int64_t row0 = 0, rows = 0;
+  bool active = true;  // still called at hook points
+  Status failure;      // the job's own failure, if any
+};
+
+// The part of a batch tensor at `point` that is `m`'s: its rows, and of the sequence the
+// last positions (its own prompt length at step 0, every key position it has).
+at::Tensor MemberView(const HookCatalogue& catalogue, int point, int64_t step, int64_t batch_padded,
+                      const Member& m, const at::Tensor& value) {
+  const int64_t pad = batch_padded - m.runner->padded();
+  at::Tensor out = value;
+  const std::vector<std::string>& shape = catalogue.point(point).shape;
+  for (size_t d = 0; d < shape.size() && static_cast<int64_t>(d) < out.dim(); ++d) {
+    if (shape[d] == "batch") out = out.narrow(d, m.row0, m.rows);
+    if (pad == 0) continue;
+    if (shape[d] == "seq" && step == 0 && out.size(d) == batch_padded) out = out.narrow(d, pad, m.runner->padded());
+    if (shape[d] == "k_seq") out = out.narrow(d, pad, out.size(d) - pad);
+  }
+  return out;
+}
+
+// Several jobs' traces in one engine pass (all forwards, or all generations): the engine
+// sees one batch; at every hook point each job's runner sees, and may replace, only its
+// own part of the value. A job that fails or is stopped leaves the pass without
+// disturbing the others; the pass stops early once no job needs it any more.
+class SharedPass {
+ public:
+  SharedPass(const Model& model, std::vector<Member*> members, bool generate)
+      : model_(model), members_(std::move(members)), generate_(generate) {}
+
+  void Run() {
+    std::vector<std::vector<int64_t>> prompts;
+    std::vector<RowGroup> groups;
+    std::set<int> points;
+    for (Member* m : members_) {
+      const TracePlan& plan = m->prepared.plans[0];
+      m->row0 = static_cast<int64_t>(prompts.size());
+      m->rows = static_cast<int64_t>(plan.prompts.size());
+      prompts.insert(prompts.end(), plan.prompts.begin(), plan.prompts.end());
+      padded_ = std::max(padded_, m->runner->padded());
+      if (generate_) groups.push_back({m->rows, Sampling(*m->request->traces[0].generate)});
+      m->points = m->runner->Points();
+      points.insert(m->points.begin(), m->points.end());
+      Guard(*m, [&] { return m->runner->RunConstants(); });
+    }
+    HookSet hooks(model_.catalogue());
+    hooks.SetInterrupt([this]() -> Status {
+      for (Member* m : members_) {
+        if (!m->active || !m->control->interrupt) continue;
+        Status go_on = m->control->interrupt();
+        if (!go_on.ok()) Leave(*m, go_on);
+      }
+      return Active() ? Status::Ok() : AllStopped();
+    });
+    for (int point : points) {
+      Status added = hooks.Add(model_.catalogue().point(point).name,
+                               [this, point](const HookContext& ctx, at::Tensor& value) { return Fire(point, ctx.step, value); });
+      if (!added.ok()) return Fail(added);
+    }
+    Status pass = Status::Ok();
+    if (Active() && !generate_) {
+      pass = model_.Forward({prompts, /*all_logits=*/true, /*return_logits=*/false}, &hooks).status();
+    } else if (Active()) {
+      StatusOr<GenerateResult> r = model_.GenerateGroups(prompts, groups, &hooks, &finished_);
+      if (r.ok()) {
+        for (Member* m : members_) {
+          m->runner->AddGenerated({r->new_tokens.begin() + m->row0, r->new_tokens.begin() + m->row0 + m->rows});
+        }
+      }
+      pass = r.status();
+    }
+    if (!pass.ok() && !(pass.code() == StatusCode::kCancelled && all_stopped_)) return Fail(pass);
+    for (Member* m : members_) {
+      if (m->failure.ok()) Guard(*m, [&] { return m->runner->Finish(Status::Ok()); });
+    }
+  }
+
+ private:
+  static SamplingParams Sampling(const protocol::GenerateOptions& g) {
+    SamplingParams s;
+    s.max_new_tokens = static_cast<int>(g.max_new_tokens);
+    s.temperature = g.temperature;
+    s.top_k = static_cast<int>(g.top_k);
+    s.top_p = g.top_p;
+    s.seed = g.seed;
+    s.stop_ids = g.stop_ids;
+    return s;
+  }
+
+  Status Fire(int point, int step, at::Tensor& value) {
+    at::Tensor replaced;  // the batch's value once some job replaced its part
+    for (Member* m : members_) {
+      if (!m->active || !m->points.count(point)) continue;
+      if (generate_ && RowsFinished(*m)) {  // alone, its generation would have ended
+        m->active = false;
+        continue;
+      }
+      const at::Tensor view = MemberView(model_.catalogue(), point, step, padded_, *m, value);
+      at::Tensor part = view;
+      Guard(*m, [&] { return m->runner->Fire(point, step, part); });
+      if (!m->active || part.unsafeGetTensorImpl() == view.unsafeGetTensorImpl()) continue;
+      Guard(*m, [&] {
+        if (!replaced.defined()) replaced = value.clone();
+        MemberView(model_.catalogue(), point, step, padded_, *m, replaced).copy_(part);
+        return Status::Ok();
+      });
+    }
+    if (replaced.defined()) value = replaced;
+    return Active() ? Status::Ok() : AllStopped();
+  }
+
+  // Stops the engine's pass: no job needs it any more.
+  Status AllStopped() {
+    all_stopped_ = true;
+    return Cancelled("every job of the shared pass has stopped");
+  }
+
+  // Runs `work` for `m`: a failure (a status or an exception) ends m's part in the pass; a
+  // forward trace whose every node has run leaves it too, successfully.
+  template <typename Work>
+  void Guard(Member& m, Work work) {
+    if (!m.active) return;
+    Status status;
+    try {
+      status = work();
+    } catch (const std::bad_alloc&) {
+      status = ResourceExhausted("the worker ran out of memory running this job");
+    } catch (const std::exception& e) {
+      status = Internal(std::string("the worker failed running this job: ") + FirstLine(e.what()));
+    }
+    if (status.ok()) return;
+    if (status.code() == StatusCode::kCancelled && m.runner->stopped_early()) {
+      m.active = false;
+      return;
+    }
+    Leave(m, status);
+  }
+
+  void Leave(Member& m, const Status& why) {
+    m.active = false;
+    if (m.failure.ok()) m.failure = why.WithContext("trace 0");
+  }
+
+  void Fail(const Status& why) {
+    for (Member* m : members_) {
+      if (m->failure.ok()) m->failure = why.WithContext("trace 0");
+    }
+  }
+
+  bool RowsFinished(const Member& m) const {
+    for (int64_t r = m.row0; r < m.row0 + m.rows; ++r) {
+      if (r >= static_cast<int64_t>(finished_.size()) || !finished_[r]) return false;
+    }
+    return true;
+  }
+
+  bool Active() const {
+    return std::any_of(members_.begin(), members_.end(), [](const Member* m) { return m->active; });
+  }
+
+  const Model& model_;
+  std::vector<Member*> members_;
+  const bool generate_;
+  int64_t padded_ = 0;
+  std::vector<bool> finished_;  // generation: rows that have stopped (GenerateGroups)
+  bool all_stopped_ = false;
+};
+
+// `work`'s result, or the status of what it threw (out of memory, a LibTorch error).
+template <typename T, typename Work>
+StatusOr<T> Guarded(Work work) {
+  try {
+    return work();
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("the worker ran out of memory running this job");
+  } catch (const std::exception& e) {
+    return Internal(std::string("the worker failed running this job: ") + FirstLine(e.what()));
+  }
+}
+
+}  // namespace
+
+StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
+                               const InterventionLimits& limits, const RunControl& control) {
+  GLASSBOX_ASSIGN_OR_RETURN(Prepared prepared, Prepare(model, request, limits, control));
+  return RunPrepared(model, request, prepared, limits, control);
+}
+
+std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std::vector<BatchJob>& jobs,
+                                                   BatchReport* report) {
+  std::vector<StatusOr<protocol::Result>> results(jobs.size(), Internal("not run"));
+  std::vector<std::unique_ptr<Member>> members;
+  std::vector<Member*> forwards, generations;
+  std::vector<std::pair<size_t, Prepared>> alone;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const BatchJob& job = jobs[j];
+    StatusOr<Prepared> prepared = Guarded<Prepared>([&] { return Prepare(model, *job.request, job.limits, job.control); });
+    if (!prepared.ok()) {
+      results[j] = prepared.status();
+      continue;
+    }
+    if (!WhyAlone(*job.request, *prepared).empty()) {
+      alone.emplace_back(j, std::move(*prepared));
+      continue;
+    }
+    auto m = std::make_unique<Member>();
+    m->job = j;
+    m->request = job.request;
+    m->control = &job.control;
+    m->prepared = std::move(*prepared);
+    CountUses(m->prepared.plans, m->env);
+    m->runner = std::make_unique<TraceRunner>(model, m->prepared.plans[0], job.request->traces[0], m->env,
+                                              job.limits, job.control, m->prepared.result);
+    (job.request->traces[0].generate ? generations : forwards).push_back(m.get());
+    members.push_back(std::move(m));
+  }
+  for (std::vector<Member*>* pass : {&forwards, &generations}) {
+    if (pass->size() == 1) {  // a pass of its own, exactly as Run would run it
+      const size_t j = pass->front()->job;
+      alone.emplace_back(j, std::move(pass->front()->prepared));
+      members.erase(std::find_if(members.begin(), members.end(), [j](const auto& m) { return m->job == j; }));
+      pass->clear();
+    }
+    if (pass->empty()) continue;
+    if (report != nullptr) report->passes.push_back([&] {
+      std::vector<size_t> ids;
+      for (const Member* m : *pass) ids.push_back(m->job);
+      return ids;
+    }());
+    for (const Member* m : *pass) {
+      if (m->control->on_pass) m->control->on_pass(static_cast<int64_t>(pass->size()));
+    }
+    SharedPass(model, *pass, pass == &generations).Run();
+  }
+  for (const auto& m : members) {
+    if (m->failure.ok()) {
+      results[m->job] = std::move(m->prepared.result);
+    } else {
+      results[m->job] = m->failure;
+    }
+  }
+  for (auto& [j, prepared] : alone) {
+    if (report != nullptr) report->passes.push_back({j});
+    if (jobs[j].control.on_pass) jobs[j].control.on_pass(1);
+    Prepared& p = prepared;
+    results[j] = Guarded<protocol::Result>([&] { return RunPrepared(model, *jobs[j].request, p, jobs[j].limits, jobs[j].control); });
+  }
+  return results;
 }
 
 }  // namespace glassbox::intervention

@@ -64,6 +64,8 @@ struct RunControl {
   // InterventionLimits::flops_per_second). 0: none. `interrupt` is also asked before every
   // graph op of a real run, so the clock is checked between ops as well as between layers.
   int64_t time_limit_ms = 0;
+  // RunBatched: told as the job's engine pass starts how many jobs share it (1: alone).
+  std::function<void(int64_t jobs)> on_pass;
 };
 
 // Validates, then runs every trace in order. A validation failure returns kInvalidArgument
@@ -73,6 +75,31 @@ struct RunControl {
 StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
                                const InterventionLimits& limits = InterventionLimits(),
                                const RunControl& control = RunControl());
+
+// One job of a batch (RunBatched): its request, limits and control, as Run takes them.
+struct BatchJob {
+  const protocol::Request* request = nullptr;
+  InterventionLimits limits;
+  RunControl control;
+};
+
+// Which jobs ran in which engine pass (indices into the batch), in order.
+struct BatchReport {
+  std::vector<std::vector<size_t>> passes;
+};
+
+// Runs several jobs (different users' requests, different graphs) with as few engine passes
+// as it can: every job is validated and estimated as Run does; single-trace forwards share
+// one forward pass and single-trace generations one generation (each job with its own
+// sampling and seeded generator); the others run alone after them (scans, sessions of
+// several traces, gradients, skipped modules). In a shared pass a job's rows are its own:
+// its reads, writes, caches and saves see only its rows (a whole-batch read gives its rows,
+// indexed from 0) and its own prompt positions. Results, errors and cancellation
+// (RunControl::interrupt) stay per job: a job that fails or is stopped leaves the pass and
+// the others go on. Each result equals Run's within the engine's batched-vs-solo tolerance.
+// One result per job, in order; never throws.
+std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std::vector<BatchJob>& jobs,
+                                                   BatchReport* report = nullptr);
 
 }  // namespace glassbox::intervention
 

@@ -36,13 +36,14 @@ enum class Field {
   kTimeLimitMs,
   kModels,
   kText,
+  kBatch,
 };
 
 const char* FieldKey(Field f) {
-  static constexpr std::array<const char*, 20> kKeys = {
+  static constexpr std::array<const char*, 21> kKeys = {
       "api_key", "ref",         "job",          "model",         "catalogue", "state",    "code",
       "message", "reason",      "request",      "data",          "time_ms",   "position", "index",
-      "count",   "total_bytes", "heartbeat_ms", "time_limit_ms", "models",    "text"};
+      "count",   "total_bytes", "heartbeat_ms", "time_limit_ms", "models",    "text",     "batch"};
   return kKeys[static_cast<size_t>(f)];
 }
 // clang-format on
@@ -76,7 +77,7 @@ const std::vector<TypeSpec>& TypeSpecs() {
       {T::kStatus, "status",
        {{F::kRef, false}, {F::kJob, true}, {F::kState, true}, {F::kTimeMs, true},
         {F::kPosition, false}, {F::kCode, false}, {F::kMessage, false}, {F::kCount, false},
-        {F::kTotalBytes, false}}},
+        {F::kTotalBytes, false}, {F::kBatch, false}}},
       {T::kResultChunk, "result_chunk",
        {{F::kRef, false}, {F::kJob, true}, {F::kIndex, true}, {F::kCount, true},
         {F::kTotalBytes, true}, {F::kData, true}}},
@@ -92,6 +93,7 @@ const std::vector<TypeSpec>& TypeSpecs() {
        {{F::kJob, true}, {F::kIndex, true}, {F::kCount, true}, {F::kData, true},
         {F::kCode, false}, {F::kMessage, false}}},
       {T::kJob, "job", {{F::kJob, true}, {F::kRequest, true}, {F::kTimeLimitMs, true}}},
+      {T::kRunning, "running", {{F::kJob, true}, {F::kBatch, true}}},
   };
   return kSpecs;
 }
@@ -146,6 +148,8 @@ int64_t* IntField(BrokerMessage& m, Field f) {
       return &m.heartbeat_ms;
     case Field::kTimeLimitMs:
       return &m.time_limit_ms;
+    case Field::kBatch:
+      return &m.batch;
     default:
       return nullptr;
   }
@@ -162,11 +166,13 @@ using internal::StringSink;
 void PackModels(Packer& pk, const std::vector<ModelInfo>& models) {
   pk.pack_array(static_cast<uint32_t>(models.size()));
   for (const ModelInfo& m : models) {
-    pk.pack_map(4);
+    pk.pack_map(5);
     PackStr(pk, "name");
     PackStr(pk, m.name);
     PackStr(pk, "workers");
     pk.pack_int64(m.workers);
+    PackStr(pk, "running");
+    pk.pack_int64(m.running);
     PackStr(pk, "queued");
     pk.pack_int64(m.queued);
     PackStr(pk, "catalogue");
@@ -281,6 +287,8 @@ StatusOr<ModelInfo> ReadModel(const object& o, const std::string& path) {
       has_name = true;
     } else if (key == "workers") {
       GLASSBOX_ASSIGN_OR_RETURN(model.workers, ReadNonNegative(v, sub));
+    } else if (key == "running") {
+      GLASSBOX_ASSIGN_OR_RETURN(model.running, ReadNonNegative(v, sub));
     } else if (key == "queued") {
       GLASSBOX_ASSIGN_OR_RETURN(model.queued, ReadNonNegative(v, sub));
     } else if (key == "catalogue") {
@@ -484,7 +492,7 @@ bool BrokerMessage::operator==(const BrokerMessage& o) const {
          payload == o.payload &&
          time_ms == o.time_ms && position == o.position && index == o.index && count == o.count &&
          total_bytes == o.total_bytes && heartbeat_ms == o.heartbeat_ms &&
-         time_limit_ms == o.time_limit_ms && models == o.models;
+         time_limit_ms == o.time_limit_ms && batch == o.batch && models == o.models;
 }
 
 std::string EncodeBrokerMessage(const BrokerMessage& message) {

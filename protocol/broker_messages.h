@@ -44,6 +44,7 @@ enum class BrokerMessageType {
   // worker -> broker
   kReady,      // a worker of `model` is ready (or busy with `job` after a reconnect)
   kJobResult,  // one chunk of the encoded result (or error report) of a job
+  kRunning,    // `job` runs in one engine pass with others: `batch` jobs in all
   // broker -> worker
   kJob,  // run this request within time_limit_ms
 };
@@ -60,11 +61,12 @@ bool IsTerminal(JobState state);  // COMPLETED, ERROR, CANCELLED, EXPIRED
 // One served model in a `models` reply.
 struct ModelInfo {
   std::string name;
-  int64_t workers = 0;         // live workers serving it
+  int64_t workers = 0;         // live workers serving it (a worker per batch slot)
   int64_t queued = 0;          // jobs waiting for it
   std::string catalogue_json;  // the hook catalogue, as the worker gave it (JSON text)
+  int64_t running = 0;         // jobs its workers run now
   bool operator==(const ModelInfo& o) const {
-    return name == o.name && workers == o.workers && queued == o.queued &&
+    return name == o.name && workers == o.workers && running == o.running && queued == o.queued &&
            catalogue_json == o.catalogue_json;
   }
 };
@@ -92,6 +94,7 @@ struct BrokerMessage {
   int64_t total_bytes = -1;  // result_chunk; status when finished: result size
   int64_t heartbeat_ms = -1;      // ready: the worker's heartbeat interval
   int64_t time_limit_ms = -1;     // job: the worker must stop after this long
+  int64_t batch = -1;  // running; status RUNNING or finished: jobs sharing the job's engine pass
   std::vector<ModelInfo> models;  // models
 
   bool operator==(const BrokerMessage& o) const;

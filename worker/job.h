@@ -6,6 +6,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "engine/engine.h"
 #include "intervention/intervention.h"
@@ -22,6 +23,21 @@ std::string RunJob(const Model& model, const std::string& served_name,
                    std::string_view request_bytes,
                    const intervention::InterventionLimits& limits,
                    const intervention::RunControl& control);
+
+// One job of a batch (RunJobs): its request bytes and how to stop it.
+struct JobInput {
+  std::string_view request_bytes;
+  intervention::RunControl control;
+};
+
+// RunJob for several jobs at once (a batch of different users' jobs, worker/batcher.h):
+// each is decoded and checked on its own, then they run with as few engine passes as
+// intervention::RunBatched can manage. One encoded result or error report per job, in
+// order; `report` (optional) says which jobs shared which pass. Never throws.
+std::vector<std::string> RunJobs(const Model& model, const std::string& served_name,
+                                 const std::vector<JobInput>& jobs,
+                                 const intervention::InterventionLimits& limits,
+                                 intervention::BatchReport* report = nullptr);
 
 }  // namespace glassbox::worker
 

@@ -15,7 +15,7 @@
 
 #include "broker/worker_link.h"
 #include "protocol/codec.h"
-#include "worker/job.h"
+#include "worker/batcher.h"
 
 namespace glassbox::worker {
 namespace {
@@ -62,6 +62,8 @@ std::string ReadFile(const std::string& path) {
   return text.str();
 }
 
+constexpr int kMaxBatchSlots = 64;
+
 }  // namespace
 
 int64_t DefaultMaxJobBytes(const std::string& meminfo) {
@@ -100,6 +102,10 @@ std::string CatalogueJson(const Model& model) {
 }
 
 Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
+  if (params.batch_slots < 1 || params.batch_slots > kMaxBatchSlots) {
+    return InvalidArgument("--batch-slots must be between 1 and " + std::to_string(kMaxBatchSlots) + ", got " +
+                           std::to_string(params.batch_slots));
+  }
   broker::WorkerParams link;
   if (params.broker_key_file.empty() != params.worker_key_file.empty()) {
     return InvalidArgument("--broker-key and --worker-key go together (CURVE authentication)");
@@ -119,7 +125,8 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
   if (limits.max_job_bytes <= 0) limits.max_job_bytes = DefaultMaxJobBytes(ReadFile("/proc/meminfo"));
   std::cerr << " done; serving '" << params.name << "' to the broker at "
             << params.broker_endpoint << "; jobs estimated over " << limits.max_job_bytes
-            << " bytes of memory are refused\n";
+            << " bytes of memory are refused; " << params.batch_slots
+            << (params.batch_slots == 1 ? " job at a time\n" : " jobs at a time, batched\n");
 
   link.broker_endpoint = params.broker_endpoint;
   link.model_name = params.name;
@@ -136,23 +143,20 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
       return NotFound("model " + params.name + " has no tokenizer: send token ids");
     };
   }
-  auto handler = [&](const broker::JobContext& job, const std::string& request) {
-    while (!params.hold_file.empty() && std::filesystem::exists(params.hold_file)) {
-      if (job.ShouldStop()) {
-        return protocol::EncodeErrorReport(
-            protocol::ErrorReport::FromStatus(Cancelled(job.StopReason())));
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    intervention::RunControl control;
-    control.interrupt = [&job]() -> Status {
-      return job.ShouldStop() ? Cancelled(job.StopReason()) : Status::Ok();
-    };
-    // Graph ops that cannot finish in the time left at --flops-per-second are refused.
-    control.time_limit_ms = std::max<int64_t>(job.RemainingMs(), 1);
-    return RunJob(model, params.name, request, limits, control);
+  Batcher batcher(model, params.name, limits, static_cast<size_t>(params.batch_slots), params.hold_file);
+  auto handler = [&batcher](const broker::JobContext& job, const std::string& request) {
+    return batcher.Run(job, request);
   };
-  return broker::ServeJobs(link, handler, stop);
+  // One link per slot, each on a thread of its own; the first error any of them returns.
+  std::vector<Status> statuses(params.batch_slots);
+  std::vector<std::thread> links;
+  for (int slot = 1; slot < params.batch_slots; ++slot) {
+    links.emplace_back([&, slot] { statuses[slot] = broker::ServeJobs(link, handler, stop); });
+  }
+  statuses[0] = broker::ServeJobs(link, handler, stop);
+  for (std::thread& t : links) t.join();
+  for (const Status& s : statuses) GLASSBOX_RETURN_IF_ERROR(s);
+  return Status::Ok();
 }
 
 }  // namespace glassbox::worker

@@ -1,5 +1,6 @@
 // The worker room's front door: `glassbox-engine serve` keeps one model resident and runs
-// the jobs a broker hands it, one at a time, until told to stop.
+// the jobs a broker hands it until told to stop: with --batch-slots N, up to N jobs at once
+// (N links to the broker, one batch at a time; worker/batcher.h).
 #ifndef GLASSBOX_WORKER_SERVE_H_
 #define GLASSBOX_WORKER_SERVE_H_
 
@@ -20,12 +21,16 @@ struct ServeParams {
   EngineParams engine;
   intervention::InterventionLimits limits;  // max_job_bytes 0: DefaultMaxJobBytes at start
   int heartbeat_interval_ms = 1000;
+  // Jobs this worker takes at once (each slot is a link to the broker, which hands it one
+  // job at a time); the jobs a batch holds share engine passes where they can.
+  int batch_slots = 1;
   // Worker authentication (CURVE, broker/worker_link.h): the broker's worker public key and
   // this worker's secret key, as files. Both or neither.
   std::string broker_key_file;
   std::string worker_key_file;
-  // Tests only: while this file exists, a job waits before it runs (until the file goes, or
-  // the job is cancelled or out of time), so a test controls when a job can finish.
+  // Tests only: while this file exists, jobs wait before they run (until the file goes, or
+  // a job is cancelled or out of time), so a test controls when jobs can finish and which
+  // jobs gather into one batch.
   std::string hold_file;
 };
 

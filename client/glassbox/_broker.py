@@ -31,7 +31,7 @@ FIELDS: Dict[str, Tuple[Tuple[str, bool], ...]] = {
     "ack": (("ref", False), ("job", True), ("time_ms", True)),
     "status": (("ref", False), ("job", True), ("state", True), ("time_ms", True),
                ("position", False), ("code", False), ("message", False), ("count", False),
-               ("total_bytes", False)),
+               ("total_bytes", False), ("batch", False)),
     "result_chunk": (("ref", False), ("job", True), ("index", True), ("count", True),
                      ("total_bytes", True), ("data", True)),
     "models": (("ref", False), ("models", True)),
@@ -43,12 +43,13 @@ FIELDS: Dict[str, Tuple[Tuple[str, bool], ...]] = {
     "job_result": (("job", True), ("index", True), ("count", True), ("data", True),
                    ("code", False), ("message", False)),
     "job": (("job", True), ("request", True), ("time_limit_ms", True)),
+    "running": (("job", True), ("batch", True)),
 }  # fmt: skip
 
 STRING_KEYS = ("api_key", "ref", "job", "model", "catalogue", "code", "message", "reason",
                "text")
 INT_KEYS = ("time_ms", "position", "index", "count", "total_bytes", "heartbeat_ms",
-            "time_limit_ms")
+            "time_limit_ms", "batch")
 PAYLOAD_KEYS = ("request", "data")  # both are BrokerMessage.payload
 
 JOB_STATES = ("RECEIVED", "QUEUED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED", "EXPIRED")
@@ -65,9 +66,10 @@ class ModelInfo:
     """One served model in a ``models`` reply; ``catalogue`` is the hook catalogue's JSON text."""
 
     name: str
-    workers: int = 0
+    workers: int = 0  # a worker per batch slot
     queued: int = 0
     catalogue: str = ""
+    running: int = 0  # jobs its workers run now
 
 
 @dataclass
@@ -93,6 +95,7 @@ class BrokerMessage:
     total_bytes: Optional[int] = None
     heartbeat_ms: Optional[int] = None
     time_limit_ms: Optional[int] = None
+    batch: Optional[int] = None  # running; status: jobs sharing the job's engine pass
     models: List[ModelInfo] = field(default_factory=list)
     version: int = wire.PROTOCOL_VERSION
 
@@ -130,7 +133,7 @@ def _field_value(message: BrokerMessage, key: str):
     if key in PAYLOAD_KEYS:
         return bytes(message.payload)
     if key == "models":
-        return [{"name": m.name, "workers": m.workers, "queued": m.queued,
+        return [{"name": m.name, "workers": m.workers, "running": m.running, "queued": m.queued,
                  "catalogue": m.catalogue} for m in message.models]
     return getattr(message, key)
 
@@ -218,10 +221,11 @@ def _non_negative(value, path) -> int:
 
 
 def _read_model(reader, item, path) -> ModelInfo:
-    found = reader.fields(item, path, "a model map", ("name", "workers", "queued", "catalogue"))
+    found = reader.fields(item, path, "a model map",
+                          ("name", "workers", "running", "queued", "catalogue"))
     reader.require(found, path, "name")
     model = ModelInfo(name=reader.string(found["name"], path / "name"))
-    for key in ("workers", "queued"):
+    for key in ("workers", "running", "queued"):
         if found[key] is not wire._MISSING:
             setattr(model, key, _non_negative(found[key], path / key))
     if found["catalogue"] is not wire._MISSING:

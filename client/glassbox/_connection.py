@@ -37,21 +37,26 @@ class JobStatus:
     message: str = ""  # why; while QUEUED, a note such as "no worker serves ..."
     result_chunks: Optional[int] = None
     result_bytes: Optional[int] = None
+    batch: Optional[int] = None  # RUNNING or finished: jobs in its engine pass (with others)
 
     @classmethod
     def from_message(cls, m: broker.BrokerMessage) -> "JobStatus":
         return cls(m.job, m.state or "RECEIVED", m.time_ms or 0, m.position, m.code, m.message,
-                   m.count, m.total_bytes)
+                   m.count, m.total_bytes, m.batch)
 
     @property
     def done(self) -> bool:
         return broker.is_terminal(self.state)
 
     def describe(self) -> str:
-        """``queued (position 2)``, ``running``, ``error: INVALID_ARGUMENT``, ..."""
+        """``queued (position 2)``, ``running``, ``running, batched with 3 other jobs``,
+        ``error: INVALID_ARGUMENT``, ..."""
         text = self.state.lower()
         if self.state == "QUEUED" and self.position is not None:
             text += f" (position {self.position})"
+        if self.state == "RUNNING" and self.batch and self.batch > 1:
+            others = self.batch - 1
+            text += f", batched with {others} other job{'s' if others > 1 else ''}"
         if self.code and self.state != "COMPLETED":
             text += f": {self.code}"
         if self.message and self.state == "QUEUED":

@@ -286,12 +286,15 @@ def _status(args) -> int:
         return 1
     if args.json:
         print(json.dumps({"url": url, "up": True, "models": [
-            {"name": m.name, "workers": m.workers, "queued": m.queued} for m in models]}))
+            {"name": m.name, "workers": m.workers, "running": m.running, "queued": m.queued}
+            for m in models]}))
         return 0
     workers = sum(m.workers for m in models)
     print(f"broker at {url}: up; {len(models)} model(s), {workers} worker(s)")
     for m in models:
-        print(f"  {m.name:24} {m.workers} worker(s)  {m.queued} queued")
+        # A worker with --batch-slots N counts as N workers (N broker links), so running /
+        # workers is the batch occupancy.
+        print(f"  {m.name:24} {m.workers} worker(s)  {m.running} running  {m.queued} queued")
     return 0
 
 

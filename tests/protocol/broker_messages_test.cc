@@ -59,6 +59,7 @@ std::vector<BrokerMessage> OneOfEach() {
   BrokerMessage done = MakeStatusMessage("ab", JobState::kCompleted, 6);
   done.count = 2;
   done.total_bytes = 2000000;
+  done.batch = 3;
   all.push_back(done);
   auto& chunk = add(BrokerMessageType::kResultChunk);
   chunk.job = "ab";
@@ -67,7 +68,7 @@ std::vector<BrokerMessage> OneOfEach() {
   chunk.total_bytes = 10;
   chunk.payload = "hello";
   auto& models = add(BrokerMessageType::kModels);
-  models.models = {{"smollm2", 2, 7, R"({"points":[]})"}, {"tiny", 1, 0, ""}};
+  models.models = {{"smollm2", 2, 7, R"({"points":[]})", 1}, {"tiny", 1, 0, ""}};
   all.push_back(MakeErrorMessage(ResourceExhausted("too many"), "ab", "r"));
   add(BrokerMessageType::kHeartbeat);
   add(BrokerMessageType::kDisconnect).reason = "bye";
@@ -86,6 +87,9 @@ std::vector<BrokerMessage> OneOfEach() {
   job.job = "ab";
   job.payload = "req";
   job.time_limit_ms = 60000;
+  auto& running = add(BrokerMessageType::kRunning);
+  running.job = "ab";
+  running.batch = 4;
   return all;
 }
 

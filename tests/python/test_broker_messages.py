@@ -27,7 +27,7 @@ EXAMPLES = [
                   message="node 3: no"),
     BrokerMessage("result_chunk", job=JOB, index=2, count=3, total_bytes=10,
                   payload=b"\x00" * 10),
-    BrokerMessage("models", models=[ModelInfo("tiny", 2, 7, '{"hook_points": []}'),
+    BrokerMessage("models", models=[ModelInfo("tiny", 2, 7, '{"hook_points": []}', running=1),
                                     ModelInfo("empty")]),
     BrokerMessage("error", code="UNAUTHENTICATED", message="no API key", ref="r", job=JOB),
     BrokerMessage("heartbeat"),
@@ -36,6 +36,8 @@ EXAMPLES = [
     BrokerMessage("job_result", job=JOB, index=0, count=1, payload=b"x", code="CANCELLED",
                   message="time limit"),
     BrokerMessage("job", job=JOB, payload=b"req", time_limit_ms=60000),
+    BrokerMessage("running", job=JOB, batch=4),
+    BrokerMessage("status", job=JOB, state="RUNNING", time_ms=9, batch=4),
 ]
 
 

@@ -1,0 +1,100 @@
+// Gathers the jobs of a worker's links and runs them batch by batch on one thread.
+#include "worker/batcher.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+
+#include "protocol/codec.h"
+#include "worker/job.h"
+
+namespace glassbox::worker {
+namespace {
+
+std::string ErrorBytes(const Status& status) {
+  return protocol::EncodeErrorReport(protocol::ErrorReport::FromStatus(status));
+}
+
+}  // namespace
+
+Batcher::Batcher(const Model& model, std::string served_name, intervention::InterventionLimits limits,
+                 size_t max_jobs, std::string hold_file)
+    : model_(model), served_name_(std::move(served_name)), limits_(limits),
+      max_jobs_(std::max<size_t>(max_jobs, 1)), hold_file_(std::move(hold_file)),
+      thread_([this] { Loop(); }) {}
+
+Batcher::~Batcher() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closing_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+  for (Waiting* w : waiting_) w->result.set_value(ErrorBytes(Unavailable("the worker is stopping")));
+}
+
+std::string Batcher::Run(const broker::JobContext& job, const std::string& request) {
+  Waiting waiting{&job, &request, {}};
+  std::future<std::string> result = waiting.result.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closing_) return ErrorBytes(Unavailable("the worker is stopping"));
+    waiting_.push_back(&waiting);
+  }
+  wake_.notify_all();
+  return result.get();
+}
+
+bool Batcher::Held() {
+  if (hold_file_.empty() || !std::filesystem::exists(hold_file_)) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if ((*it)->job->ShouldStop()) {
+      (*it)->result.set_value(ErrorBytes(Cancelled((*it)->job->StopReason())));
+      it = waiting_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return true;
+}
+
+void Batcher::Loop() {
+  for (;;) {
+    std::vector<Waiting*> batch;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait_for(lock, std::chrono::milliseconds(hold_file_.empty() ? 1000 : 5),
+                     [this] { return closing_ || (!waiting_.empty() && hold_file_.empty()); });
+      if (closing_) return;
+      if (waiting_.empty()) continue;
+    }
+    if (Held()) continue;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while (!waiting_.empty() && batch.size() < max_jobs_) {
+        batch.push_back(waiting_.front());
+        waiting_.pop_front();
+      }
+    }
+    if (batch.empty()) continue;
+    std::vector<JobInput> inputs;
+    for (Waiting* w : batch) {
+      JobInput input{*w->request, {}};
+      const broker::JobContext* job = w->job;
+      input.control.interrupt = [job]() -> Status {
+        return job->ShouldStop() ? Cancelled(job->StopReason()) : Status::Ok();
+      };
+      // Graph ops that cannot finish in the time left at --flops-per-second are refused.
+      input.control.time_limit_ms = std::max<int64_t>(job->RemainingMs(), 1);
+      input.control.on_pass = [job](int64_t jobs) {
+        if (jobs > 1) job->ReportBatch(jobs);
+      };
+      inputs.push_back(std::move(input));
+    }
+    std::vector<std::string> results = RunJobs(model_, served_name_, inputs, limits_);
+    for (size_t j = 0; j < batch.size(); ++j) batch[j]->result.set_value(std::move(results[j]));
+  }
+}
+
+}  // namespace glassbox::worker
