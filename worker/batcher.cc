@@ -18,9 +18,10 @@ std::string ErrorBytes(const Status& status) {
 }  // namespace
 
 Batcher::Batcher(const Model& model, std::string served_name, intervention::InterventionLimits limits,
-                 size_t max_jobs, std::string hold_file)
+                 size_t max_jobs, std::string hold_file, std::function<void()> at_layer)
     : model_(model), served_name_(std::move(served_name)), limits_(limits),
       max_jobs_(std::max<size_t>(max_jobs, 1)), hold_file_(std::move(hold_file)),
+      at_layer_(std::move(at_layer)),
       thread_([this] { Loop(); }) {}
 
 Batcher::~Batcher() {
@@ -30,11 +31,11 @@ Batcher::~Batcher() {
   }
   wake_.notify_all();
   thread_.join();
-  for (Waiting* w : waiting_) w->result.set_value(ErrorBytes(Unavailable("the worker is stopping")));
+  for (WaitingJob* w : waiting_) w->result.set_value(ErrorBytes(Unavailable("the worker is stopping")));
 }
 
 std::string Batcher::Run(const broker::JobContext& job, const std::string& request) {
-  Waiting waiting{&job, &request, {}};
+  WaitingJob waiting{&job, &request, IsGeneration(request), {}};
   std::future<std::string> result = waiting.result.get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -43,6 +44,11 @@ std::string Batcher::Run(const broker::JobContext& job, const std::string& reque
   }
   wake_.notify_all();
   return result.get();
+}
+
+size_t Batcher::Waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waiting_.size();
 }
 
 bool Batcher::Held() {
@@ -61,7 +67,7 @@ bool Batcher::Held() {
 
 void Batcher::Loop() {
   for (;;) {
-    std::vector<Waiting*> batch;
+    std::vector<WaitingJob*> batch;
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait_for(lock, std::chrono::milliseconds(hold_file_.empty() ? 1000 : 5),
@@ -78,23 +84,52 @@ void Batcher::Loop() {
       }
     }
     if (batch.empty()) continue;
-    std::vector<JobInput> inputs;
-    for (Waiting* w : batch) {
-      JobInput input{*w->request, {}};
-      const broker::JobContext* job = w->job;
-      input.control.interrupt = [job]() -> Status {
-        return job->ShouldStop() ? Cancelled(job->StopReason()) : Status::Ok();
-      };
-      // Graph ops that cannot finish in the time left at --flops-per-second are refused.
-      input.control.time_limit_ms = std::max<int64_t>(job->RemainingMs(), 1);
-      input.control.on_pass = [job](int64_t jobs) {
-        if (jobs > 1) job->ReportBatch(jobs);
-      };
-      inputs.push_back(std::move(input));
-    }
-    std::vector<std::string> results = RunJobs(model_, served_name_, inputs, limits_);
-    for (size_t j = 0; j < batch.size(); ++j) batch[j]->result.set_value(std::move(results[j]));
+    outer_generates_ = std::any_of(batch.begin(), batch.end(), [](const WaitingJob* w) { return w->generates; });
+    RunBatch(batch);
+    outer_generates_ = false;
   }
+}
+
+void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
+  std::vector<JobInput> inputs;
+  for (WaitingJob* w : batch) {
+    JobInput input{*w->request, {}};
+    const broker::JobContext* job = w->job;
+    input.control.interrupt = [this, job]() -> Status {
+      if (job->ShouldStop()) return Cancelled(job->StopReason());
+      if (at_layer_) at_layer_();
+      RunWaitingForwards();
+      return Status::Ok();
+    };
+    // Graph ops that cannot finish in the time left at --flops-per-second are refused.
+    input.control.time_limit_ms = std::max<int64_t>(job->RemainingMs(), 1);
+    input.control.on_pass = [job](int64_t jobs) {
+      if (jobs > 1) job->ReportBatch(jobs);
+    };
+    inputs.push_back(std::move(input));
+  }
+  std::vector<std::string> results = RunJobs(model_, served_name_, inputs, limits_);
+  for (size_t j = 0; j < batch.size(); ++j) batch[j]->result.set_value(std::move(results[j]));
+}
+
+void Batcher::RunWaitingForwards() {
+  if (!outer_generates_ || nested_ || Held()) return;
+  std::vector<WaitingJob*> batch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = waiting_.begin(); it != waiting_.end() && batch.size() < max_jobs_;) {
+      if ((*it)->generates) {
+        ++it;
+        continue;
+      }
+      batch.push_back(*it);
+      it = waiting_.erase(it);
+    }
+  }
+  if (batch.empty()) return;
+  nested_ = true;
+  RunBatch(batch);
+  nested_ = false;
 }
 
 }  // namespace glassbox::worker

@@ -1,16 +1,21 @@
 // The worker's batcher: jobs that arrive on the worker's broker links (one link per batch
 // slot, each an ordinary worker to the broker) run together, as few engine passes as
 // intervention::RunBatched manages. While one batch runs, the jobs that arrive wait for the
-// next; an idle batcher starts a lone job at once (no waiting for company).
+// next; an idle batcher starts a lone job at once (no waiting for company). Short jobs are
+// not stuck behind long generations: while a batch with a generation runs, jobs that arrive
+// and do not generate run at the next layer boundary of its pass, as a batch of their own
+// (the generation pauses meanwhile, on the same thread).
 #ifndef GLASSBOX_WORKER_BATCHER_H_
 #define GLASSBOX_WORKER_BATCHER_H_
 
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "broker/worker_link.h"
 #include "engine/engine.h"
@@ -22,8 +27,10 @@ class Batcher {
  public:
   // `hold_file` (tests only): while it exists, jobs gather and none runs (cancelled ones are
   // answered), so a test decides which jobs make up a batch.
+  // `at_layer` (tests only): called on the batch thread at every layer boundary of a
+  // running batch, before the waiting jobs that may run there are looked at.
   Batcher(const Model& model, std::string served_name, intervention::InterventionLimits limits,
-          size_t max_jobs, std::string hold_file = "");
+          size_t max_jobs, std::string hold_file = "", std::function<void()> at_layer = nullptr);
   ~Batcher();  // finishes the running batch; jobs still waiting get UNAVAILABLE
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
@@ -31,14 +38,21 @@ class Batcher {
   // Runs `request` (encoded) in the next batch and returns its encoded result or error
   // report; blocks until then. Thread-safe: each link's compute thread calls it.
   std::string Run(const broker::JobContext& job, const std::string& request);
+  // Jobs handed to Run that have not started yet.
+  size_t Waiting() const;
 
  private:
-  struct Waiting {
+  struct WaitingJob {
     const broker::JobContext* job;
     const std::string* request;
+    bool generates;  // a generation (never run inside another batch's pass)
     std::promise<std::string> result;
   };
   void Loop();
+  void RunBatch(const std::vector<WaitingJob*>& batch);
+  // Called between layers of a running batch: runs the waiting jobs that do not generate,
+  // when the running batch generates (and is not itself such a nested batch).
+  void RunWaitingForwards();
   // Answers waiting jobs that were stopped while held; true if the hold file still exists.
   bool Held();
 
@@ -47,10 +61,13 @@ class Batcher {
   const intervention::InterventionLimits limits_;
   const size_t max_jobs_;
   const std::string hold_file_;
-  std::mutex mu_;
+  const std::function<void()> at_layer_;
+  mutable std::mutex mu_;
   std::condition_variable wake_;
-  std::deque<Waiting*> waiting_;  // guarded by mu_
+  std::deque<WaitingJob*> waiting_;  // guarded by mu_
   bool closing_ = false;          // guarded by mu_
+  bool outer_generates_ = false;  // the batch thread's: its running batch has a generation
+  bool nested_ = false;           // the batch thread's: a nested batch runs
   std::thread thread_;
 };
 

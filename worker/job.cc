@@ -39,6 +39,15 @@ std::string Encoded(const StatusOr<protocol::Result>& result) {
 
 }  // namespace
 
+bool IsGeneration(std::string_view request_bytes) {
+  StatusOr<protocol::Request> request = protocol::DecodeRequest(request_bytes);
+  if (!request.ok()) return false;
+  for (const protocol::Trace& trace : request->traces) {
+    if (trace.generate) return true;
+  }
+  return false;
+}
+
 std::vector<std::string> RunJobs(const Model& model, const std::string& served_name,
                                  const std::vector<JobInput>& jobs,
                                  const intervention::InterventionLimits& limits,

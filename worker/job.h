@@ -30,6 +30,10 @@ struct JobInput {
   intervention::RunControl control;
 };
 
+// Whether the encoded request generates (a trace with generate options); false for bytes
+// that do not decode (RunJob then reports why).
+bool IsGeneration(std::string_view request_bytes);
+
 // RunJob for several jobs at once (a batch of different users' jobs, worker/batcher.h):
 // each is decoded and checked on its own, then they run with as few engine passes as
 // intervention::RunBatched can manage. One encoded result or error report per job, in

@@ -1,0 +1,147 @@
+// The worker's batcher on the tiny checkpoint: jobs handed to it from several threads (as
+// the worker's links hand them) run together, and a short job is not stuck behind a long
+// generation.
+// LibTorch brings glog, whose CHECK would replace Catch's: it goes first, so Catch's wins.
+#include <c10/util/Logging.h>
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+#include <unistd.h>
+
+#include "protocol/codec.h"
+#include "tests/engine/tensor_fixtures.h"
+#include "worker/batcher.h"
+#include "worker/job.h"
+
+namespace glassbox::worker {
+namespace {
+
+using protocol::Value;
+
+std::string Forward(std::vector<int64_t> prompt) {
+  protocol::Request request;
+  request.model = "tiny";
+  protocol::Trace trace;
+  trace.invokes.push_back({std::nullopt, std::move(prompt)});
+  trace.nodes.push_back({0, "read", {}, {{"point", Value::String("lm_head.output")}}, ""});
+  trace.nodes.push_back({1, "save", {Value::Ref(0)}, {{"name", Value::String("logits")}}, ""});
+  request.traces.push_back(trace);
+  return protocol::EncodeRequest(request);
+}
+
+std::string Generation(int64_t max_new_tokens) {
+  protocol::Request request;
+  request.model = "tiny";
+  protocol::Trace trace;
+  trace.invokes.push_back({std::nullopt, std::vector<int64_t>{1, 5, 9}});
+  trace.generate = protocol::GenerateOptions{};
+  trace.generate->max_new_tokens = max_new_tokens;
+  trace.generate->stop_ids = {-1};
+  request.traces.push_back(trace);
+  return protocol::EncodeRequest(request);
+}
+
+protocol::Result ExpectResult(const std::string& bytes) {
+  auto result = protocol::DecodeResult(bytes);
+  INFO((result.ok() ? std::string() : result.status().ToString()));
+  REQUIRE(result.ok());
+  return *result;
+}
+
+std::unique_ptr<Model> Tiny() {
+  auto loaded = Model::Load(testing::kTinyLlamaDir);
+  REQUIRE(loaded.ok());
+  return std::move(loaded).value();
+}
+
+TEST_CASE("jobs handed to the batcher while held run as one batch, each with its own result", "[worker]") {
+  auto model = Tiny();
+  const std::string hold = (std::filesystem::temp_directory_path() / ("glassbox-batcher-hold-" +
+                            std::to_string(::getpid()))).string();
+  std::ofstream(hold).put('x');
+  Batcher batcher(*model, "tiny", {}, 3, hold);
+  const std::vector<std::string> requests = {Forward({1, 5, 9}), Forward({1, 7}), Forward({1, 5, 9, 3, 2})};
+  std::vector<std::unique_ptr<broker::JobContext>> jobs;
+  std::vector<std::string> results(requests.size());
+  std::vector<std::thread> links;
+  for (size_t j = 0; j < requests.size(); ++j) {
+    jobs.push_back(std::make_unique<broker::JobContext>("job" + std::to_string(j), 60000));
+    links.emplace_back([&, j] { results[j] = batcher.Run(*jobs[j], requests[j]); });
+  }
+  while (batcher.Waiting() < requests.size()) std::this_thread::yield();  // all three handed over
+  std::filesystem::remove(hold);
+  for (std::thread& t : links) t.join();
+  for (size_t j = 0; j < requests.size(); ++j) {
+    INFO("job " << j);
+    // Batched with the two others, reported to the link for the broker.
+    CHECK(jobs[j]->TakeBatchReport() == 3);
+    protocol::Result batched = ExpectResult(results[j]);
+    protocol::Result alone = ExpectResult(RunJob(*model, "tiny", requests[j], {}, {}));
+    REQUIRE(batched.saved.size() == 1);
+    const protocol::TensorData& a = *batched.saved[0].value.tensor;
+    const protocol::TensorData& b = *alone.saved[0].value.tensor;
+    REQUIRE(a.shape == b.shape);
+    const float* x = reinterpret_cast<const float*>(a.bytes.data());
+    const float* y = reinterpret_cast<const float*>(b.bytes.data());
+    float worst = 0, scale = 1;
+    for (size_t i = 0; i < a.bytes.size() / 4; ++i) {
+      worst = std::max(worst, std::abs(x[i] - y[i]));
+      scale = std::max(scale, std::abs(y[i]));
+    }
+    CHECK(worst <= 1e-4f * scale);
+  }
+}
+
+TEST_CASE("a short job runs at a layer boundary of a running generation, not after it", "[worker]") {
+  auto model = Tiny();
+  std::mutex mu;
+  std::condition_variable changed;
+  bool generating = false;
+  Batcher* batcher_ptr = nullptr;
+  // At the generation's first layer boundary: wait until the short job has been handed over.
+  auto at_layer = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (generating) return;
+    generating = true;
+    changed.notify_all();
+    changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
+  };
+  Batcher batcher(*model, "tiny", {}, 4, "", at_layer);
+  batcher_ptr = &batcher;
+  broker::JobContext long_job("long", 60000), short_job("short", 60000);
+  std::atomic<int> finished{0};
+  int long_done = 0, short_done = 0;
+  std::string long_result, short_result;
+  std::thread generation([&] {
+    long_result = batcher.Run(long_job, Generation(40));
+    long_done = ++finished;
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    changed.wait(lock, [&] { return generating; });
+  }
+  std::thread trace([&] {
+    short_result = batcher.Run(short_job, Forward({1, 7}));
+    short_done = ++finished;
+  });
+  {
+    // Wakes the boundary's wait once the short job is with the batcher (Waiting() > 0).
+    while (batcher.Waiting() == 0) std::this_thread::yield();
+    std::lock_guard<std::mutex> lock(mu);
+    changed.notify_all();
+  }
+  trace.join();
+  generation.join();
+  CHECK(short_done == 1);  // before the generation's 40 steps were through
+  CHECK(long_done == 2);
+  CHECK(ExpectResult(short_result).saved.size() == 1);
+  CHECK(ExpectResult(long_result).generated.at(0).size() == 40);
+}
+
+}  // namespace
+}  // namespace glassbox::worker
