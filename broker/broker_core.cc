@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <set>
 
 #include "broker/broker_core_impl.h"
 #include "protocol/codec.h"
@@ -441,8 +442,15 @@ void BrokerCore::ListModels(const std::string& peer, const BrokerMessage& m) {
   for (const auto& [model, catalogue] : catalogues_) {
     protocol::ModelInfo info;
     info.name = model;
-    info.workers = static_cast<int64_t>(LiveWorkersFor(model));
-    for (const auto& [peer, w] : workers_) info.running += w.model == model && w.busy;
+    // A worker process with N batch slots holds N connections, one group.
+    std::set<std::string> processes;
+    for (const auto& [peer, w] : workers_) {
+      if (w.model != model) continue;
+      ++info.slots;
+      info.running += w.busy;
+      processes.insert(w.group.empty() ? "peer:" + peer : "group:" + w.group);
+    }
+    info.workers = static_cast<int64_t>(processes.size());
     auto q = queues_.find(model);
     if (q != queues_.end()) {
       for (const auto& [owner, ids] : q->second.by_owner) info.queued += ids.size();
@@ -645,6 +653,7 @@ void BrokerCore::Ready(const std::string& peer, const BrokerMessage& m) {
   Worker& w = workers_[peer];
   w.peer = peer;
   w.model = m.model;
+  w.group = m.group.substr(0, 64);
   w.heartbeat_ms = m.heartbeat_ms > 0 ? m.heartbeat_ms : params_.heartbeat_interval_ms;
   w.last_seen_ms = now;
   w.next_heartbeat_ms = now + w.heartbeat_ms;

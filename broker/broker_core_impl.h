@@ -81,6 +81,7 @@ class BrokerCore {
   struct Worker {
     std::string peer;
     std::string model;
+    std::string group;  // the worker process it is a batch slot of ("": a process of its own)
     int64_t heartbeat_ms = 1000;
     int64_t last_seen_ms = 0;
     int64_t next_heartbeat_ms = 0;

@@ -240,6 +240,7 @@ class Link {
     ready.model = params_.model_name;
     ready.catalogue = params_.catalogue_json;
     ready.heartbeat_ms = params_.heartbeat_interval_ms;
+    ready.group = params_.group;
     if (job_) ready.job = job_->job_id();
     if (outgoing_) {  // chunks queued on the old connection are gone: start again
       ready.job = outgoing_->job_id;

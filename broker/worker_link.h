@@ -27,6 +27,9 @@ using TextTokenizer = std::function<StatusOr<std::vector<int64_t>>(const std::st
 struct WorkerParams {
   std::string broker_endpoint = "tcp://127.0.0.1:5556";
   std::string model_name;      // the name clients ask for
+  // The worker process this link is a batch slot of (the same for every link of a process;
+  // "" for a process with one link): `glassbox status` counts processes by it.
+  std::string group;
   std::string catalogue_json;  // the model's hook catalogue, served to clients by the broker
   int heartbeat_interval_ms = 1000;
   int heartbeat_liveness = 5;  // missed heartbeats before the broker is presumed dead (reconnect)

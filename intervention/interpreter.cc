@@ -679,6 +679,7 @@ namespace {
 struct Prepared {
   std::vector<TracePlan> plans;
   protocol::Result result;
+  int64_t bytes = 0;  // the memory estimate's total
 };
 
 // Validation, the shape pass and the memory and time estimates: every refusal Run gives
@@ -692,6 +693,7 @@ StatusOr<Prepared> Prepare(const Model& model, const protocol::Request& request,
     errors = CheckShapes(model, request, prepared.plans, limits,
                          request.scan ? &prepared.result.shapes : nullptr, &estimate);
   }
+  prepared.bytes = estimate.Total();
   if (!errors.empty()) {
     std::string message = std::to_string(errors.size()) + " problem(s) in the request:";
     for (const ValidationError& e : errors) message += "\n  " + e.ToString();
@@ -947,6 +949,7 @@ std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std
   std::vector<StatusOr<protocol::Result>> results(jobs.size(), Internal("not run"));
   std::vector<std::unique_ptr<Member>> members;
   std::vector<Member*> forwards, generations;
+  int64_t forward_bytes = 0, generation_bytes = 0;
   std::vector<std::pair<size_t, Prepared>> alone;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const BatchJob& job = jobs[j];
@@ -959,6 +962,16 @@ std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std
       alone.emplace_back(j, std::move(*prepared));
       continue;
     }
+    // A shared pass holds its jobs' memory at once: it takes a job only while their
+    // estimates together stay within the job's own budget; the rest run alone, after.
+    std::vector<Member*>& pass = job.request->traces[0].generate ? generations : forwards;
+    int64_t& pass_bytes = job.request->traces[0].generate ? generation_bytes : forward_bytes;
+    if (job.limits.max_job_bytes > 0 && !pass.empty() &&
+        SaturatingAdd(pass_bytes, prepared->bytes) > job.limits.max_job_bytes) {
+      alone.emplace_back(j, std::move(*prepared));
+      continue;
+    }
+    pass_bytes = SaturatingAdd(pass_bytes, prepared->bytes);
     auto m = std::make_unique<Member>();
     m->job = j;
     m->request = job.request;
@@ -967,7 +980,7 @@ std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std
     CountUses(m->prepared.plans, m->env);
     m->runner = std::make_unique<TraceRunner>(model, m->prepared.plans[0], job.request->traces[0], m->env,
                                               job.limits, job.control, m->prepared.result);
-    (job.request->traces[0].generate ? generations : forwards).push_back(m.get());
+    pass.push_back(m.get());
     members.push_back(std::move(m));
   }
   for (std::vector<Member*>* pass : {&forwards, &generations}) {

@@ -92,7 +92,8 @@ struct BatchReport {
 // as it can: every job is validated and estimated as Run does; single-trace forwards share
 // one forward pass and single-trace generations one generation (each job with its own
 // sampling and seeded generator); the others run alone after them (scans, sessions of
-// several traces, gradients, skipped modules). In a shared pass a job's rows are its own:
+// several traces, gradients, skipped modules, and a job whose memory estimate would take a
+// shared pass over a job's max_job_bytes). In a shared pass a job's rows are its own:
 // its reads, writes, caches and saves see only its rows (a whole-batch read gives its rows,
 // indexed from 0) and its own prompt positions. Results, errors and cancellation
 // (RunControl::interrupt) stay per job: a job that fails or is stopped leaves the pass and

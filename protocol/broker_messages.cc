@@ -37,13 +37,15 @@ enum class Field {
   kModels,
   kText,
   kBatch,
+  kGroup,
 };
 
 const char* FieldKey(Field f) {
-  static constexpr std::array<const char*, 21> kKeys = {
+  static constexpr std::array<const char*, 22> kKeys = {
       "api_key", "ref",         "job",          "model",         "catalogue", "state",    "code",
       "message", "reason",      "request",      "data",          "time_ms",   "position", "index",
-      "count",   "total_bytes", "heartbeat_ms", "time_limit_ms", "models",    "text",     "batch"};
+      "count",   "total_bytes", "heartbeat_ms", "time_limit_ms", "models",    "text",     "batch",
+      "group"};
   return kKeys[static_cast<size_t>(f)];
 }
 // clang-format on
@@ -88,7 +90,8 @@ const std::vector<TypeSpec>& TypeSpecs() {
       {T::kHeartbeat, "heartbeat", {}},
       {T::kDisconnect, "disconnect", {{F::kReason, false}}},
       {T::kReady, "ready",
-       {{F::kModel, true}, {F::kCatalogue, true}, {F::kHeartbeatMs, false}, {F::kJob, false}}},
+       {{F::kModel, true}, {F::kCatalogue, true}, {F::kHeartbeatMs, false}, {F::kJob, false},
+        {F::kGroup, false}}},
       {T::kJobResult, "job_result",
        {{F::kJob, true}, {F::kIndex, true}, {F::kCount, true}, {F::kData, true},
         {F::kCode, false}, {F::kMessage, false}}},
@@ -127,6 +130,8 @@ std::string* StringField(BrokerMessage& m, Field f) {
       return &m.reason;
     case Field::kText:
       return &m.text;
+    case Field::kGroup:
+      return &m.group;
     default:
       return nullptr;
   }
@@ -166,11 +171,13 @@ using internal::StringSink;
 void PackModels(Packer& pk, const std::vector<ModelInfo>& models) {
   pk.pack_array(static_cast<uint32_t>(models.size()));
   for (const ModelInfo& m : models) {
-    pk.pack_map(5);
+    pk.pack_map(6);
     PackStr(pk, "name");
     PackStr(pk, m.name);
     PackStr(pk, "workers");
     pk.pack_int64(m.workers);
+    PackStr(pk, "slots");
+    pk.pack_int64(m.slots);
     PackStr(pk, "running");
     pk.pack_int64(m.running);
     PackStr(pk, "queued");
@@ -287,6 +294,8 @@ StatusOr<ModelInfo> ReadModel(const object& o, const std::string& path) {
       has_name = true;
     } else if (key == "workers") {
       GLASSBOX_ASSIGN_OR_RETURN(model.workers, ReadNonNegative(v, sub));
+    } else if (key == "slots") {
+      GLASSBOX_ASSIGN_OR_RETURN(model.slots, ReadNonNegative(v, sub));
     } else if (key == "running") {
       GLASSBOX_ASSIGN_OR_RETURN(model.running, ReadNonNegative(v, sub));
     } else if (key == "queued") {
@@ -489,6 +498,7 @@ bool BrokerMessage::operator==(const BrokerMessage& o) const {
   return version == o.version && type == o.type && api_key == o.api_key && ref == o.ref &&
          job == o.job && model == o.model && catalogue == o.catalogue && state == o.state &&
          code == o.code && message == o.message && reason == o.reason && text == o.text &&
+         group == o.group &&
          payload == o.payload &&
          time_ms == o.time_ms && position == o.position && index == o.index && count == o.count &&
          total_bytes == o.total_bytes && heartbeat_ms == o.heartbeat_ms &&

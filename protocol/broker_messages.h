@@ -61,12 +61,14 @@ bool IsTerminal(JobState state);  // COMPLETED, ERROR, CANCELLED, EXPIRED
 // One served model in a `models` reply.
 struct ModelInfo {
   std::string name;
-  int64_t workers = 0;         // live workers serving it (a worker per batch slot)
+  int64_t workers = 0;         // live worker processes serving it
   int64_t queued = 0;          // jobs waiting for it
   std::string catalogue_json;  // the hook catalogue, as the worker gave it (JSON text)
   int64_t running = 0;         // jobs its workers run now
+  int64_t slots = 0;           // jobs its workers can take at once (their batch slots)
   bool operator==(const ModelInfo& o) const {
-    return name == o.name && workers == o.workers && running == o.running && queued == o.queued &&
+    return name == o.name && workers == o.workers && running == o.running && slots == o.slots &&
+           queued == o.queued &&
            catalogue_json == o.catalogue_json;
   }
 };
@@ -86,6 +88,7 @@ struct BrokerMessage {
   std::string message;       // error, status, job_result
   std::string reason;        // cancel, disconnect
   std::string text;          // tokenize: the text to encode as a trace's prompt is
+  std::string group;         // ready: the worker process this connection is a batch slot of
   std::string payload;  // "request" of submit/job, "data" of result_chunk/job_result/tokens
   int64_t time_ms = -1;      // ack, status: when the state was entered (ms since the Unix epoch)
   int64_t position = -1;     // status QUEUED: jobs ahead of this one in its model's queue

@@ -6,12 +6,16 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <thread>
+
+#include <unistd.h>
 
 #include "broker/worker_link.h"
 #include "protocol/codec.h"
@@ -63,6 +67,16 @@ std::string ReadFile(const std::string& path) {
 }
 
 constexpr int kMaxBatchSlots = 64;
+
+// What names this process to the broker for all its links: host, pid and a random part.
+std::string ProcessGroup() {
+  char host[256] = {0};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  std::random_device random;
+  char suffix[17];
+  std::snprintf(suffix, sizeof(suffix), "%08x%08x", random(), random());
+  return std::string(host).substr(0, 32) + ":" + std::to_string(getpid()) + ":" + suffix;
+}
 
 }  // namespace
 
@@ -132,6 +146,7 @@ Status Serve(const ServeParams& params, const std::atomic<bool>& stop) {
   link.model_name = params.name;
   link.catalogue_json = CatalogueJson(model);
   link.heartbeat_interval_ms = params.heartbeat_interval_ms;
+  if (params.batch_slots > 1) link.group = ProcessGroup();
   if (model.tokenizer() != nullptr) {
     // As a trace's text prompt is encoded (intervention/validate.cc); the tokenizer is
     // immutable, so this runs safely beside a job.

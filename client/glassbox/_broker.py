@@ -39,7 +39,8 @@ FIELDS: Dict[str, Tuple[Tuple[str, bool], ...]] = {
     "error": (("code", True), ("message", True), ("ref", False), ("job", False)),
     "heartbeat": (),
     "disconnect": (("reason", False),),
-    "ready": (("model", True), ("catalogue", True), ("heartbeat_ms", False), ("job", False)),
+    "ready": (("model", True), ("catalogue", True), ("heartbeat_ms", False), ("job", False),
+              ("group", False)),
     "job_result": (("job", True), ("index", True), ("count", True), ("data", True),
                    ("code", False), ("message", False)),
     "job": (("job", True), ("request", True), ("time_limit_ms", True)),
@@ -47,7 +48,7 @@ FIELDS: Dict[str, Tuple[Tuple[str, bool], ...]] = {
 }  # fmt: skip
 
 STRING_KEYS = ("api_key", "ref", "job", "model", "catalogue", "code", "message", "reason",
-               "text")
+               "text", "group")
 INT_KEYS = ("time_ms", "position", "index", "count", "total_bytes", "heartbeat_ms",
             "time_limit_ms", "batch")
 PAYLOAD_KEYS = ("request", "data")  # both are BrokerMessage.payload
@@ -66,10 +67,11 @@ class ModelInfo:
     """One served model in a ``models`` reply; ``catalogue`` is the hook catalogue's JSON text."""
 
     name: str
-    workers: int = 0  # a worker per batch slot
+    workers: int = 0  # worker processes
     queued: int = 0
     catalogue: str = ""
     running: int = 0  # jobs its workers run now
+    slots: int = 0  # jobs its workers can take at once (their batch slots)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class BrokerMessage:
     message: str = ""
     reason: str = ""
     text: str = ""  # tokenize: the text to encode, as a trace's prompt is encoded
+    group: str = ""  # ready: the worker process this connection is a batch slot of
     payload: bytes = b""  # "request" of submit / job, "data" of result_chunk / job_result / tokens
     time_ms: Optional[int] = None
     position: Optional[int] = None
@@ -133,8 +136,8 @@ def _field_value(message: BrokerMessage, key: str):
     if key in PAYLOAD_KEYS:
         return bytes(message.payload)
     if key == "models":
-        return [{"name": m.name, "workers": m.workers, "running": m.running, "queued": m.queued,
-                 "catalogue": m.catalogue} for m in message.models]
+        return [{"name": m.name, "workers": m.workers, "slots": m.slots, "running": m.running,
+                 "queued": m.queued, "catalogue": m.catalogue} for m in message.models]
     return getattr(message, key)
 
 
@@ -222,10 +225,10 @@ def _non_negative(value, path) -> int:
 
 def _read_model(reader, item, path) -> ModelInfo:
     found = reader.fields(item, path, "a model map",
-                          ("name", "workers", "running", "queued", "catalogue"))
+                          ("name", "workers", "slots", "running", "queued", "catalogue"))
     reader.require(found, path, "name")
     model = ModelInfo(name=reader.string(found["name"], path / "name"))
-    for key in ("workers", "running", "queued"):
+    for key in ("workers", "slots", "running", "queued"):
         if found[key] is not wire._MISSING:
             setattr(model, key, _non_negative(found[key], path / key))
     if found["catalogue"] is not wire._MISSING:

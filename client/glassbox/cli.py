@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                     help="the dtype the weights are held in (default: %(default)s; bfloat16 "
                     "halves their memory)")
+    up.add_argument("--batch-slots", type=int, default=4, help="jobs each worker takes at "
+                    "once; jobs of different users share forward passes and generations "
+                    "(README: batching; default: %(default)s, 1: one job at a time)")
     up.add_argument("--port", type=int, default=5555, help="the clients' port")
     up.add_argument("--worker-port", type=int, default=0, help="the workers' port (port + 1)")
     up.add_argument("--data", default=str(launcher.DEFAULT_DATA_DIR),
@@ -125,7 +128,8 @@ def _up(args) -> int:
                                     restart_delay=args.restart_delay,
                                     max_restart_delay=args.max_restart_delay,
                                     engine_args=("--threads", "1", "--device", args.device,
-                                                 "--dtype", args.dtype))
+                                                 "--dtype", args.dtype,
+                                                 "--batch-slots", str(args.batch_slots)))
     stop = _stop_on_signals()
     service = launcher.LocalService(params)
     service.check()
@@ -286,15 +290,15 @@ def _status(args) -> int:
         return 1
     if args.json:
         print(json.dumps({"url": url, "up": True, "models": [
-            {"name": m.name, "workers": m.workers, "running": m.running, "queued": m.queued}
-            for m in models]}))
+            {"name": m.name, "workers": m.workers, "slots": m.slots, "running": m.running,
+             "queued": m.queued} for m in models]}))
         return 0
     workers = sum(m.workers for m in models)
     print(f"broker at {url}: up; {len(models)} model(s), {workers} worker(s)")
     for m in models:
-        # A worker with --batch-slots N counts as N workers (N broker links), so running /
-        # workers is the batch occupancy.
-        print(f"  {m.name:24} {m.workers} worker(s)  {m.running} running  {m.queued} queued")
+        # Batch occupancy: the jobs running over the slots of the model's workers.
+        print(f"  {m.name:24} {m.workers} worker(s)  {m.running}/{m.slots} batch slots busy  "
+              f"{m.queued} queued")
     return 0
 
 

@@ -223,3 +223,35 @@ TEST_CASE("jobs that cannot share a pass run alone, refusals come back per job",
 
 }  // namespace
 }  // namespace glassbox::intervention
+
+namespace glassbox::intervention {
+namespace {
+
+using namespace testing_graphs;
+
+TEST_CASE("a shared pass takes jobs only while their memory estimates fit one job's budget", "[intervention]") {
+  auto model = TinyModel();
+  const protocol::Request lens = LogitLens();
+  // The job's own estimate, from the refusal under a 1-byte budget.
+  InterventionLimits tiny_budget;
+  tiny_budget.max_job_bytes = 1;
+  auto refused = Run(*model, lens, tiny_budget);
+  REQUIRE(refused.status().code() == StatusCode::kResourceExhausted);
+  const std::string& message = refused.status().message();
+  const size_t at = message.find("needs an estimated ") + std::string("needs an estimated ").size();
+  const int64_t estimate = std::stoll(message.substr(at));
+  REQUIRE(estimate > 0);
+  const std::vector<protocol::Request> requests = {lens, lens, lens};
+  for (const auto& [budget, expected] : std::vector<std::pair<int64_t, size_t>>{{estimate * 5 / 2, 2}, {estimate * 3, 1}}) {
+    INFO("budget " << budget);
+    std::vector<BatchJob> jobs = Jobs(requests);
+    for (BatchJob& job : jobs) job.limits.max_job_bytes = budget;
+    BatchReport report;
+    auto results = RunBatched(*model, jobs, &report);
+    CHECK(report.passes.size() == expected);  // 2.5 estimates: two share, one alone; 3: all share
+    for (const auto& r : results) CHECK(r.ok());
+  }
+}
+
+}  // namespace
+}  // namespace glassbox::intervention

@@ -68,7 +68,7 @@ std::vector<BrokerMessage> OneOfEach() {
   chunk.total_bytes = 10;
   chunk.payload = "hello";
   auto& models = add(BrokerMessageType::kModels);
-  models.models = {{"smollm2", 2, 7, R"({"points":[]})", 1}, {"tiny", 1, 0, ""}};
+  models.models = {{"smollm2", 2, 7, R"({"points":[]})", 1, 8}, {"tiny", 1, 0, ""}};
   all.push_back(MakeErrorMessage(ResourceExhausted("too many"), "ab", "r"));
   add(BrokerMessageType::kHeartbeat);
   add(BrokerMessageType::kDisconnect).reason = "bye";
@@ -76,6 +76,7 @@ std::vector<BrokerMessage> OneOfEach() {
   ready.model = "smollm2";
   ready.catalogue = "{}";
   ready.heartbeat_ms = 200;
+  ready.group = "node7:4242:0123456789abcdef";
   auto& result = add(BrokerMessageType::kJobResult);
   result.job = "ab";
   result.index = 0;

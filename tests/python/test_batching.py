@@ -76,7 +76,8 @@ def close(batched, alone):
 
 def test_four_users_jobs_run_at_once_on_one_worker_and_each_equals_its_solo_run(batching_service, local,  # noqa: F811
                                                                                  data_dir):  # noqa: F811
-    assert [m.workers for m in batching_service.models() if m.name == NAME] == [SLOTS]
+    # One worker process, four batch slots.
+    assert [(m.workers, m.slots) for m in batching_service.models() if m.name == NAME] == [(1, SLOTS)]
     remote = glassbox.Model(NAME, backend=batching_service, arrays="numpy")
     hold = data_dir / "hold"
     hold.touch()
