@@ -38,6 +38,18 @@ int64_t KvBytesPerToken(const Model& model) {
   return SaturatingMul(SaturatingMul(SaturatingMul(2 * c.num_layers, heads), head_dim), element);
 }
 
+// The engine's sampling parameters for a trace's generate options.
+SamplingParams Sampling(const protocol::GenerateOptions& g) {
+  SamplingParams s;
+  s.max_new_tokens = static_cast<int>(g.max_new_tokens);
+  s.temperature = g.temperature;
+  s.top_k = static_cast<int>(g.top_k);
+  s.top_p = g.top_p;
+  s.seed = g.seed;
+  s.stop_ids = g.stop_ids;
+  return s;
+}
+
 // What a shape-only pass collects: every problem, and for a scan every node's shape.
 struct ShapeCheck {
   std::vector<ValidationError> errors;
@@ -167,15 +179,7 @@ class TraceRunner {
           model_.Forward({plan_.prompts, /*all_logits=*/true, /*return_logits=*/false}, &hooks);
       return r.status();
     }
-    const protocol::GenerateOptions& g = *trace_.generate;
-    SamplingParams s;
-    s.max_new_tokens = static_cast<int>(g.max_new_tokens);
-    s.temperature = g.temperature;
-    s.top_k = static_cast<int>(g.top_k);
-    s.top_p = g.top_p;
-    s.seed = g.seed;
-    s.stop_ids = g.stop_ids;
-    StatusOr<GenerateResult> r = model_.Generate(plan_.prompts, s, &hooks);
+    StatusOr<GenerateResult> r = model_.Generate(plan_.prompts, Sampling(*trace_.generate), &hooks);
     if (!r.ok()) return r.status();
     for (const auto& tokens : r->new_tokens) result_.generated.push_back(tokens);
     return Status::Ok();
@@ -834,17 +838,6 @@ class SharedPass {
   }
 
  private:
-  static SamplingParams Sampling(const protocol::GenerateOptions& g) {
-    SamplingParams s;
-    s.max_new_tokens = static_cast<int>(g.max_new_tokens);
-    s.temperature = g.temperature;
-    s.top_k = static_cast<int>(g.top_k);
-    s.top_p = g.top_p;
-    s.seed = g.seed;
-    s.stop_ids = g.stop_ids;
-    return s;
-  }
-
   Status Fire(int point, int step, at::Tensor& value) {
     at::Tensor replaced;  // the batch's value once some job replaced its part
     for (Member* m : members_) {
