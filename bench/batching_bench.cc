@@ -11,7 +11,13 @@
 //
 // The broker's share (a few ms per job, bench/service_bench) is left out on both sides.
 //
+// Then, through the worker's batcher (worker/batcher.h, what `serve --batch-slots 4` runs):
+// three users' 200-token generations run as one batch and a fourth user's single-forward
+// trace arrives; prints its latency against the same trace on an idle batcher. Target
+// (issue 14): within 3x.
+//
 // Usage: build/bin/batching_bench [--model PATH] [--rounds N] [--users 1,2,4,8,16]
+//                                 [--long-tokens N]
 #include <CLI/CLI.hpp>
 
 #include <ATen/TensorOperators.h>
@@ -21,10 +27,16 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <thread>
+
+#include <unistd.h>
 
 #include "bench/bench_util.h"
 #include "intervention/intervention.h"
+#include "protocol/codec.h"
+#include "worker/batcher.h"
 
 namespace {
 
@@ -140,6 +152,49 @@ bool SameResult(const protocol::Result& a, const protocol::Result& b, double* wo
   return true;
 }
 
+// Milliseconds for `batcher` to run `request` (submitted now), as a link would hand it over.
+double LatencyMs(worker::Batcher& batcher, const std::string& request, const std::string& id) {
+  broker::JobContext job(id, 600000);
+  const auto start = std::chrono::steady_clock::now();
+  (void)batcher.Run(job, request);
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+// A short trace beside three long generations, against the same trace alone.
+void ShortBesideLong(const Model& model, int long_tokens) {
+  protocol::Request trace = ClassroomJob(model, 0);  // the logit lens
+  trace.model = "bench";
+  const std::string short_request = protocol::EncodeRequest(trace);
+  std::vector<double> idle;
+  {
+    worker::Batcher batcher(model, "bench", {}, 4);
+    for (int i = 0; i < 4; ++i) idle.push_back(LatencyMs(batcher, short_request, "idle"));
+  }
+  idle.erase(idle.begin());  // warm-up
+  const std::string hold = (std::filesystem::temp_directory_path() /
+                            ("glassbox-bench-hold-" + std::to_string(::getpid()))).string();
+  std::ofstream(hold).put('x');
+  worker::Batcher batcher(model, "bench", {}, 4, hold);
+  std::vector<std::thread> users;
+  for (int u = 0; u < 3; ++u) {
+    protocol::Request generation = ClassroomJob(model, 3 + 4 * u);
+    generation.traces[0].generate->max_new_tokens = long_tokens;
+    users.emplace_back([&batcher, request = protocol::EncodeRequest(generation), u] {
+      broker::JobContext job("long" + std::to_string(u), 600000);
+      (void)batcher.Run(job, request);
+    });
+  }
+  while (batcher.Waiting() < 3) std::this_thread::yield();
+  std::filesystem::remove(hold);  // the three start as one batch
+  while (batcher.Waiting() > 0) std::this_thread::yield();
+  std::vector<double> busy;
+  for (int i = 0; i < 3; ++i) busy.push_back(LatencyMs(batcher, short_request, "short"));
+  for (std::thread& t : users) t.join();
+  std::printf("\na logit-lens trace while three %d-token generations run (one batch): %.0f ms, idle "
+              "%.0f ms (medians of 3): %.2fx (target <= 3x)\n",
+              long_tokens, bench::Median(busy), bench::Median(idle), bench::Median(busy) / bench::Median(idle));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -150,6 +205,9 @@ int main(int argc, char** argv) {
   app.add_option("--model", model_path)->capture_default_str();
   app.add_option("--rounds", rounds, "measured rounds per user count (after a warm-up)")->capture_default_str();
   app.add_option("--users", user_counts, "user counts to measure")->delimiter(',');
+  int long_tokens = 200;
+  app.add_option("--long-tokens", long_tokens, "tokens of the long generations (0: skip that part)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   auto loaded = Model::Load(model_path);  // one intra-op thread, as the worker runs
   if (!loaded.ok()) {
@@ -191,5 +249,6 @@ int main(int argc, char** argv) {
                 together, bench::MedianRatio(times[0], times[1]), equal, users, worst);
     std::fflush(stdout);
   }
+  if (long_tokens > 0) ShortBesideLong(model, long_tokens);
   return all_equal ? 0 : 1;
 }
