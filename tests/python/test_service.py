@@ -535,6 +535,8 @@ def test_glassbox_status_models_and_keys(up):
            "GLASSBOX_SERVER_KEY": server_key}
     status = glassbox_cli("status", env=env)
     assert status.returncode == 0 and f"broker at {url}: up; 1 model(s), 1 worker(s)" in status.stdout
+    # `up` starts its worker with 4 batch slots (--batch-slots), all free now.
+    assert re.search(rf"{NAME}\s+1 worker\(s\)\s+0/4 batch slots busy\s+0 queued", status.stdout)
     models = glassbox_cli("models", "--json", env=env)
     assert json.loads(models.stdout)[0] == {"name": NAME, "workers": 1, "queued": 0,
                                             "layers": 3, "hook_points": 102}
