@@ -126,6 +126,20 @@ void BenchGenerate(const Model& model, int new_tokens) {
   std::printf("generate 1x%d greedy: %.1f tokens/s\n", new_tokens, new_tokens / seconds);
 }
 
+// The tokenizer's encoding speed on 1 MiB of ordinary English (a target of >= 1 MB/s, which
+// the tokenizer tests asserted until tests stopped timing things).
+void BenchTokenizer(const Model& model) {
+  if (model.tokenizer() == nullptr) return;
+  const std::string sentence = "The quick brown fox jumps over the lazy dog, and the capital of "
+                               "France is Paris; 1,234 people counted 56.7% of it. ";
+  std::string text;
+  while (text.size() < (1u << 20)) text += sentence;
+  size_t count = 0;
+  const double seconds = Seconds([&] { count = model.tokenizer()->Encode(text, false).size(); }, 3);
+  std::printf("tokenizer: %zu bytes into %zu tokens, %.1f MB/s (target >= 1 MB/s)\n", text.size(), count,
+              text.size() / 1e6 / seconds);
+}
+
 // Writes DIR/config.json and DIR/model.safetensors: TinyLlama-1.1B's shapes (22 layers, width
 // 2048, 32 heads over 4 key/value heads, vocabulary 32000) with random bfloat16 weights
 // (normal, std 0.02; norms 1). Kept when already there. Returns false on a write error.
@@ -257,6 +271,7 @@ int main(int argc, char** argv) {
   }
   const double peak_generate =
       generate ? PeakDuring([&] { BenchGenerate(model, 32); }, rss_before_load) : 0;
+  BenchTokenizer(model);
   std::printf("process RSS before loading (LibTorch itself) %.1f MB\n", rss_before_load / 1e6);
   std::printf("peak RSS above that, as a ratio to the %s weights (target after loading <= "
               "1.15x; passes add their activations):\n"
