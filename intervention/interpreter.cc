@@ -1001,11 +1001,12 @@ std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std
       results[m->job] = m->failure;
     }
   }
-  for (auto& [j, prepared] : alone) {
-    if (report != nullptr) report->passes.push_back({j});
-    if (jobs[j].control.on_pass) jobs[j].control.on_pass(1);
-    Prepared& p = prepared;
-    results[j] = Guarded<protocol::Result>([&] { return RunPrepared(model, *jobs[j].request, p, jobs[j].limits, jobs[j].control); });
+  for (auto& entry : alone) {
+    const BatchJob& job = jobs[entry.first];
+    if (report != nullptr) report->passes.push_back({entry.first});
+    if (job.control.on_pass) job.control.on_pass(1);
+    results[entry.first] = Guarded<protocol::Result>(
+        [&] { return RunPrepared(model, *job.request, entry.second, job.limits, job.control); });
   }
   return results;
 }
