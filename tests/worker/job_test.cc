@@ -90,3 +90,23 @@ TEST_CASE("a worker's default memory budget is half of MemAvailable", "[worker]"
 
 }  // namespace
 }  // namespace glassbox::worker
+
+namespace glassbox::worker {
+namespace {
+
+TEST_CASE("a worker refuses a batch slot count it cannot serve, before loading anything", "[worker]") {
+  for (int slots : {0, -3, 65}) {
+    INFO("slots " << slots);
+    ServeParams params;
+    params.model_path = "/no/such/model";  // never opened: the check comes first
+    params.name = "tiny";
+    params.batch_slots = slots;
+    const std::atomic<bool> stop{true};
+    Status status = Serve(params, stop);
+    CHECK(status.code() == StatusCode::kInvalidArgument);
+    CHECK(status.message() == "--batch-slots must be between 1 and 64, got " + std::to_string(slots));
+  }
+}
+
+}  // namespace
+}  // namespace glassbox::worker
