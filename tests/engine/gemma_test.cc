@@ -79,7 +79,8 @@ TEST_CASE("Gemma 3 270M: logits and top-1 on ten prompts as transformers", "[eng
 
 TEST_CASE("Gemma 3 270M: 20 greedy tokens as transformers", "[engine][gemma][model]") {
   const Model& model = Gemma();
-  for (const auto& run : Reference().at("generation").at("runs")) {
+  const nlohmann::json reference = Reference();  // (a temporary would die before the loop)
+  for (const auto& run : reference.at("generation").at("runs")) {
     SamplingParams sampling;
     sampling.max_new_tokens = 20;
     sampling.stop_ids = {-1};

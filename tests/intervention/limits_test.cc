@@ -40,7 +40,7 @@ std::vector<int64_t> Int64Values(const Value& v) {
   REQUIRE(v.kind == Value::Kind::kTensor);
   REQUIRE(v.tensor->dtype == protocol::DType::kInt64);
   std::vector<int64_t> out(v.tensor->bytes.size() / sizeof(int64_t));
-  std::memcpy(out.data(), v.tensor->bytes.data(), v.tensor->bytes.size());
+  if (!out.empty()) std::memcpy(out.data(), v.tensor->bytes.data(), v.tensor->bytes.size());
   return out;
 }
 
