@@ -913,6 +913,7 @@ BrokerCore::Start BrokerCore::StartJob(Worker& worker, LiveJob& job) {
   run.job = job.record.id;
   run.payload = std::move(*request);
   run.time_limit_ms = params_.time_limit_ms;
+  if (job.record.attempts > 0) run.attempts = job.record.attempts;  // the worker runs it alone
   if (!outbox_->ToWorker(worker.peer, run)) {
     worker.reachable = false;
     --running_by_owner_[job.record.owner];

@@ -348,7 +348,7 @@ class Link {
 
   void StartJob(BrokerMessage& m) {
     if (job_ || outgoing_) return Log("broker sent job " + m.job + " while busy; ignored");
-    job_ = std::make_shared<JobContext>(m.job, m.time_limit_ms);
+    job_ = std::make_shared<JobContext>(m.job, m.time_limit_ms, std::max<int64_t>(m.attempts, 0));
     compute_->Start(job_, std::move(m.payload));
   }
 
@@ -451,9 +451,10 @@ class Link {
 
 }  // namespace
 
-JobContext::JobContext(std::string job_id, int64_t time_limit_ms)
+JobContext::JobContext(std::string job_id, int64_t time_limit_ms, int64_t attempts)
     : job_id_(std::move(job_id)),
       time_limit_ms_(time_limit_ms),
+      attempts_(attempts),
       deadline_(std::chrono::steady_clock::now() + std::chrono::milliseconds(time_limit_ms)) {}
 
 int64_t JobContext::RemainingMs() const {

@@ -59,10 +59,15 @@ Status ReadWorkerCurveKeys(const std::string& broker_public_key_file,
 // One job, as the handler sees it. Thread-safe: the link stops it from its own thread.
 class JobContext {
  public:
-  // `time_limit_ms` counts from construction. (Built by ServeJobs; tests may build their own.)
-  JobContext(std::string job_id, int64_t time_limit_ms);
+  // `time_limit_ms` counts from construction; `attempts`: earlier runs of the job lost with
+  // their worker. (Built by ServeJobs; tests may build their own.)
+  JobContext(std::string job_id, int64_t time_limit_ms, int64_t attempts = 0);
 
   const std::string& job_id() const { return job_id_; }
+  // Earlier runs of this job that died with their worker (the broker counts them): a batching
+  // worker runs such a job alone, so a job that crashes workers cannot take the jobs batched
+  // with it to the poison limit.
+  int64_t attempts() const { return attempts_; }
   // Milliseconds left before the job's deadline; 0 once it has passed.
   int64_t RemainingMs() const;
   // True once the broker cancelled the job or its deadline passed: stop between hook points.
@@ -80,6 +85,7 @@ class JobContext {
  private:
   const std::string job_id_;
   const int64_t time_limit_ms_;
+  const int64_t attempts_;
   const std::chrono::steady_clock::time_point deadline_;
   std::atomic<bool> stopped_{false};
   mutable std::atomic<int64_t> batch_report_{0};

@@ -38,14 +38,15 @@ enum class Field {
   kText,
   kBatch,
   kGroup,
+  kAttempts,
 };
 
 const char* FieldKey(Field f) {
-  static constexpr std::array<const char*, 22> kKeys = {
+  static constexpr std::array<const char*, 23> kKeys = {
       "api_key", "ref",         "job",          "model",         "catalogue", "state",    "code",
       "message", "reason",      "request",      "data",          "time_ms",   "position", "index",
       "count",   "total_bytes", "heartbeat_ms", "time_limit_ms", "models",    "text",     "batch",
-      "group"};
+      "group",   "attempts"};
   return kKeys[static_cast<size_t>(f)];
 }
 // clang-format on
@@ -95,7 +96,8 @@ const std::vector<TypeSpec>& TypeSpecs() {
       {T::kJobResult, "job_result",
        {{F::kJob, true}, {F::kIndex, true}, {F::kCount, true}, {F::kData, true},
         {F::kCode, false}, {F::kMessage, false}}},
-      {T::kJob, "job", {{F::kJob, true}, {F::kRequest, true}, {F::kTimeLimitMs, true}}},
+      {T::kJob, "job",
+       {{F::kJob, true}, {F::kRequest, true}, {F::kTimeLimitMs, true}, {F::kAttempts, false}}},
       {T::kRunning, "running", {{F::kJob, true}, {F::kBatch, true}}},
   };
   return kSpecs;
@@ -155,6 +157,8 @@ int64_t* IntField(BrokerMessage& m, Field f) {
       return &m.time_limit_ms;
     case Field::kBatch:
       return &m.batch;
+    case Field::kAttempts:
+      return &m.attempts;
     default:
       return nullptr;
   }
@@ -502,7 +506,8 @@ bool BrokerMessage::operator==(const BrokerMessage& o) const {
          payload == o.payload &&
          time_ms == o.time_ms && position == o.position && index == o.index && count == o.count &&
          total_bytes == o.total_bytes && heartbeat_ms == o.heartbeat_ms &&
-         time_limit_ms == o.time_limit_ms && batch == o.batch && models == o.models;
+         time_limit_ms == o.time_limit_ms && batch == o.batch && attempts == o.attempts &&
+         models == o.models;
 }
 
 std::string EncodeBrokerMessage(const BrokerMessage& message) {

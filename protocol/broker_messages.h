@@ -98,6 +98,7 @@ struct BrokerMessage {
   int64_t heartbeat_ms = -1;      // ready: the worker's heartbeat interval
   int64_t time_limit_ms = -1;     // job: the worker must stop after this long
   int64_t batch = -1;  // running; status RUNNING or finished: jobs sharing the job's engine pass
+  int64_t attempts = -1;  // job: earlier runs of it lost to dead workers (absent: none)
   std::vector<ModelInfo> models;  // models
 
   bool operator==(const BrokerMessage& o) const;

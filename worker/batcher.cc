@@ -77,16 +77,26 @@ void Batcher::Loop() {
     }
     if (Held()) continue;
     {
+      // A job whose earlier run died with its worker runs alone: if it crashes the worker
+      // again, no other job's run is lost with it (and counted towards the poison limit).
+      // It waits its turn (first come, first run); the others pass it by when it is not first.
       std::lock_guard<std::mutex> lock(mu_);
-      while (!waiting_.empty() && batch.size() < max_jobs_) {
-        batch.push_back(waiting_.front());
-        waiting_.pop_front();
+      for (auto it = waiting_.begin(); it != waiting_.end() && batch.size() < max_jobs_;) {
+        const bool retried = (*it)->job->attempts() > 0;
+        if (retried && !(batch.empty() && it == waiting_.begin())) {
+          ++it;
+          continue;
+        }
+        batch.push_back(*it);
+        it = waiting_.erase(it);
+        if (retried) break;
       }
     }
     if (batch.empty()) continue;
     outer_generates_ = std::any_of(batch.begin(), batch.end(), [](const WaitingJob* w) { return w->generates; });
+    outer_retried_ = batch.front()->job->attempts() > 0;
     RunBatch(batch);
-    outer_generates_ = false;
+    outer_generates_ = outer_retried_ = false;
   }
 }
 
@@ -113,12 +123,12 @@ void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
 }
 
 void Batcher::RunWaitingForwards() {
-  if (!outer_generates_ || nested_ || Held()) return;
+  if (!outer_generates_ || outer_retried_ || nested_ || Held()) return;
   std::vector<WaitingJob*> batch;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = waiting_.begin(); it != waiting_.end() && batch.size() < max_jobs_;) {
-      if ((*it)->generates) {
+      if ((*it)->generates || (*it)->job->attempts() > 0) {
         ++it;
         continue;
       }

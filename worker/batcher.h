@@ -4,7 +4,9 @@
 // next; an idle batcher starts a lone job at once (no waiting for company). Short jobs are
 // not stuck behind long generations: while a batch with a generation runs, jobs that arrive
 // and do not generate run at the next layer boundary of its pass, as a batch of their own
-// (the generation pauses meanwhile, on the same thread).
+// (the generation pauses meanwhile, on the same thread). A job that was running when an
+// earlier worker died (JobContext::attempts) runs alone and shares nothing, so a job that
+// crashes workers takes no other job's run down with it twice.
 #ifndef GLASSBOX_WORKER_BATCHER_H_
 #define GLASSBOX_WORKER_BATCHER_H_
 
@@ -68,6 +70,7 @@ class Batcher {
   bool closing_ = false;          // guarded by mu_
   bool outer_generates_ = false;  // the batch thread's: its running batch has a generation
   bool nested_ = false;           // the batch thread's: a nested batch runs
+  bool outer_retried_ = false;    // the batch thread's: the running batch is a retried job, alone
   std::thread thread_;
 };
 

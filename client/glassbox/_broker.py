@@ -43,14 +43,14 @@ FIELDS: Dict[str, Tuple[Tuple[str, bool], ...]] = {
               ("group", False)),
     "job_result": (("job", True), ("index", True), ("count", True), ("data", True),
                    ("code", False), ("message", False)),
-    "job": (("job", True), ("request", True), ("time_limit_ms", True)),
+    "job": (("job", True), ("request", True), ("time_limit_ms", True), ("attempts", False)),
     "running": (("job", True), ("batch", True)),
 }  # fmt: skip
 
 STRING_KEYS = ("api_key", "ref", "job", "model", "catalogue", "code", "message", "reason",
                "text", "group")
 INT_KEYS = ("time_ms", "position", "index", "count", "total_bytes", "heartbeat_ms",
-            "time_limit_ms", "batch")
+            "time_limit_ms", "batch", "attempts")
 PAYLOAD_KEYS = ("request", "data")  # both are BrokerMessage.payload
 
 JOB_STATES = ("RECEIVED", "QUEUED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED", "EXPIRED")
@@ -99,6 +99,7 @@ class BrokerMessage:
     heartbeat_ms: Optional[int] = None
     time_limit_ms: Optional[int] = None
     batch: Optional[int] = None  # running; status: jobs sharing the job's engine pass
+    attempts: Optional[int] = None  # job: earlier runs of it lost to dead workers
     models: List[ModelInfo] = field(default_factory=list)
     version: int = wire.PROTOCOL_VERSION
 

@@ -88,6 +88,7 @@ std::vector<BrokerMessage> OneOfEach() {
   job.job = "ab";
   job.payload = "req";
   job.time_limit_ms = 60000;
+  job.attempts = 1;
   auto& running = add(BrokerMessageType::kRunning);
   running.job = "ab";
   running.batch = 4;

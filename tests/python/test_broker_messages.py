@@ -38,6 +38,7 @@ EXAMPLES = [
                   message="time limit"),
     BrokerMessage("job", job=JOB, payload=b"req", time_limit_ms=60000),
     BrokerMessage("running", job=JOB, batch=4),
+    BrokerMessage("job", job=JOB, payload=b"req", time_limit_ms=1000, attempts=1),
     BrokerMessage("status", job=JOB, state="RUNNING", time_ms=9, batch=4),
 ]
 

@@ -145,3 +145,35 @@ TEST_CASE("a short job runs at a layer boundary of a running generation, not aft
 
 }  // namespace
 }  // namespace glassbox::worker
+
+namespace glassbox::worker {
+namespace {
+
+TEST_CASE("a job that was running when a worker died runs alone, the others still share", "[worker]") {
+  auto model = Tiny();
+  const std::string hold = (std::filesystem::temp_directory_path() / ("glassbox-batcher-retry-" +
+                            std::to_string(::getpid()))).string();
+  std::ofstream(hold).put('x');
+  Batcher batcher(*model, "tiny", {}, 4, hold);
+  std::vector<std::unique_ptr<broker::JobContext>> jobs;
+  // Handed over in this order: fresh, retried, fresh, fresh.
+  for (int64_t attempts : {0, 1, 0, 0}) {
+    jobs.push_back(std::make_unique<broker::JobContext>("job" + std::to_string(jobs.size()), 60000, attempts));
+  }
+  std::vector<std::string> results(jobs.size());
+  std::vector<std::thread> links;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    links.emplace_back([&, j] { results[j] = batcher.Run(*jobs[j], Forward({1, 5, static_cast<int64_t>(9 + j)})); });
+    while (batcher.Waiting() < j + 1) std::this_thread::yield();  // in this order
+  }
+  std::filesystem::remove(hold);
+  for (std::thread& t : links) t.join();
+  CHECK(jobs[0]->TakeBatchReport() == 3);  // the three fresh jobs shared a pass
+  CHECK(jobs[2]->TakeBatchReport() == 3);
+  CHECK(jobs[3]->TakeBatchReport() == 3);
+  CHECK(jobs[1]->TakeBatchReport() == 0);  // the retried one ran alone (nothing reported)
+  for (const std::string& r : results) CHECK(ExpectResult(r).saved.size() == 1);
+}
+
+}  // namespace
+}  // namespace glassbox::worker
