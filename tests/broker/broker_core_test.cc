@@ -147,9 +147,11 @@ struct Harness {
   }
 
   // The job a worker was given (and clears the worker's messages).
-  std::string JobFor(const std::string& worker) {
+  std::string JobFor(const std::string& worker, int64_t* attempts = nullptr) {
     for (const BrokerMessage& m : outbox.Take(worker)) {
-      if (m.type == BrokerMessageType::kJob) return m.job;
+      if (m.type != BrokerMessageType::kJob) continue;
+      if (attempts != nullptr) *attempts = m.attempts;
+      return m.job;
     }
     return "";
   }
@@ -519,13 +521,16 @@ TEST_CASE("Core: a silent worker's job runs again, up to the retry limit", "[bro
   Harness h(params);
   h.Ready("w1");
   const std::string job = h.Submit("c", "").job;
-  CHECK(h.JobFor("w1") == job);
+  int64_t attempts = 0;
+  CHECK(h.JobFor("w1", &attempts) == job);
+  CHECK(attempts == -1);  // a first run: no attempts key
   h.clock.now += 100 * 5 + 1;  // heartbeat 100 ms, liveness 5
   h.core->Tick();
   CHECK(h.core->Workers() == 0);
   CHECK(h.Ask("c", BrokerMessageType::kQuery, "", job).state == JobState::kQueued);
   h.Ready("w2");
-  CHECK(h.JobFor("w2") == job);
+  CHECK(h.JobFor("w2", &attempts) == job);
+  CHECK(attempts == 1);  // the worker is told, and a batching worker runs it alone
   h.clock.now += 501;
   h.core->Tick();
   BrokerMessage status = h.Ask("c", BrokerMessageType::kQuery, "", job);
