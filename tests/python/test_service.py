@@ -259,11 +259,30 @@ def test_no_service_is_a_quick_clear_error():
 # Waiting: progress, futures, cancel, Ctrl-C, time-outs.
 
 
-def test_progress_shows_states_unless_quiet(remote, capsys):
-    with remote.trace(PROMPT, quiet=False):
-        remote.lm_head.output.save()
+def test_progress_shows_states_unless_quiet(remote, data_dir, capsys, monkeypatch):
+    """The job is held at the worker until its line has said "running" (a job this small
+    can otherwise finish before any state but the last is drawn)."""
+    from glassbox.progress import ProgressLine
+    drawn_running = threading.Event()
+    show = ProgressLine.show
+
+    def recording_show(self, text, *args, **kwargs):
+        show(self, text, *args, **kwargs)
+        if " running" in text:
+            drawn_running.set()
+
+    monkeypatch.setattr(ProgressLine, "show", recording_show)
+    hold = data_dir / "hold"
+    hold.touch()
+    releaser = threading.Thread(target=lambda: (drawn_running.wait(60), hold.unlink()))
+    releaser.start()
+    try:
+        with remote.trace(PROMPT, quiet=False):
+            remote.lm_head.output.save()
+    finally:
+        releaser.join()
     shown = capsys.readouterr().err
-    assert re.search(r"glassbox: job [0-9a-f]{8} (queued|running)", shown), shown
+    assert re.search(r"glassbox: job [0-9a-f]{8} running", shown), shown
     with remote.trace(PROMPT, quiet=True):
         remote.lm_head.output.save()
     assert capsys.readouterr().err == ""
