@@ -59,11 +59,17 @@ std::unique_ptr<Model> Tiny() {
   return std::move(loaded).value();
 }
 
+// A hold file of this test's own (the batcher gathers jobs while it exists); its path.
+std::string NewHoldFile(const std::string& name) {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("glassbox-batcher-" + name + "-" + std::to_string(::getpid()))).string();
+  std::ofstream(path).put('x');
+  return path;
+}
+
 TEST_CASE("jobs handed to the batcher while held run as one batch, each with its own result", "[worker]") {
   auto model = Tiny();
-  const std::string hold = (std::filesystem::temp_directory_path() / ("glassbox-batcher-hold-" +
-                            std::to_string(::getpid()))).string();
-  std::ofstream(hold).put('x');
+  const std::string hold = NewHoldFile("together");
   Batcher batcher(*model, "tiny", {}, 3, hold);
   const std::vector<std::string> requests = {Forward({1, 5, 9}), Forward({1, 7}), Forward({1, 5, 9, 3, 2})};
   std::vector<std::unique_ptr<broker::JobContext>> jobs;
@@ -151,9 +157,7 @@ namespace {
 
 TEST_CASE("a job that was running when a worker died runs alone, the others still share", "[worker]") {
   auto model = Tiny();
-  const std::string hold = (std::filesystem::temp_directory_path() / ("glassbox-batcher-retry-" +
-                            std::to_string(::getpid()))).string();
-  std::ofstream(hold).put('x');
+  const std::string hold = NewHoldFile("retry");
   Batcher batcher(*model, "tiny", {}, 4, hold);
   std::vector<std::unique_ptr<broker::JobContext>> jobs;
   // Handed over in this order: fresh, retried, fresh, fresh.
