@@ -350,13 +350,14 @@ StatusOr<GenerateResult> Model::GenerateGroups(const std::vector<std::vector<int
                                                std::vector<bool>* finished) const {
   const int64_t batch_size = static_cast<int64_t>(prompts.size());
   int64_t grouped = 0, max_new_tokens = 0;
-  bool sampled = false;
+  bool sampled = false, greedy = false;  // some rows sample; some pick the largest logit
   for (const RowGroup& g : groups) {
     if (g.sampling.max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
     if (g.rows <= 0) return InvalidArgument("a row group has no rows");
     grouped += g.rows;
     max_new_tokens = std::max<int64_t>(max_new_tokens, g.sampling.max_new_tokens);
     sampled |= g.sampling.temperature > 0.0;
+    greedy |= g.sampling.temperature <= 0.0;
   }
   if (grouped != batch_size) {
     return InvalidArgument("the row groups cover " + std::to_string(grouped) + " rows, the prompts are " +
@@ -401,10 +402,13 @@ StatusOr<GenerateResult> Model::GenerateGroups(const std::vector<std::vector<int
       cache.length += ids.size(1);
       // Greedy picks on the device and brings back one id per row; sampling brings the last
       // position's logits to the CPU, where each job's seeded generator lives.
-      at::Tensor picked = logits.argmax(-1).view({batch_size, 1});
+      at::Tensor picked;
       std::vector<int64_t> next(batch_size);
-      at::Tensor host_ids = picked.to(at::kCPU);
-      std::copy(host_ids.data_ptr<int64_t>(), host_ids.data_ptr<int64_t>() + batch_size, next.begin());
+      if (greedy) {
+        picked = logits.argmax(-1).view({batch_size, 1});
+        at::Tensor host = picked.to(at::kCPU);
+        std::copy(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + batch_size, next.begin());
+      }
       if (sampled) {
         at::Tensor host = logits.to(at::kCPU, at::kFloat).contiguous();
         for (int64_t row = 0; row < batch_size; ++row) {
@@ -414,7 +418,7 @@ StatusOr<GenerateResult> Model::GenerateGroups(const std::vector<std::vector<int
           next[row] = SampleToken(host.data_ptr<float>() + row * config().vocab_size,
                                   config().vocab_size, s, rngs[row_group[row]]);
         }
-        picked = at::tensor(next, at::kLong).view({batch_size, 1}).to(device);
+        picked = at::tensor(next, at::kLong).view({batch_size, 1});
       }
       for (int64_t row = 0; row < batch_size; ++row) {
         if (done[row]) continue;

@@ -734,19 +734,31 @@ StatusOr<protocol::Result> RunPrepared(const Model& model, const protocol::Reque
   return std::move(prepared.result);
 }
 
-// Why a prepared request must have a pass of its own ("" if it can share one).
-std::string WhyAlone(const protocol::Request& request, const Prepared& prepared) {
-  if (request.scan) return "a scan runs no pass";
-  if (request.traces.size() != 1) return "a session of several traces";
+// Whether a prepared request may share an engine pass with other jobs. Not: a scan (it runs
+// no pass), a session of several traces, gradients (their backward would cross the batch),
+// skipped modules (a skip holds for every row of the pass).
+bool SharesPass(const protocol::Request& request, const Prepared& prepared) {
+  if (request.scan || request.traces.size() != 1) return false;
   const TracePlan& plan = prepared.plans[0];
-  if (!plan.skipped_points.empty()) return "skipping a module skips it for every row of the pass";
+  if (!plan.skipped_points.empty()) return false;
   for (const NodePlan& p : plan.nodes) {
     const OpClass c = p.op->op_class;
-    if (c == OpClass::kBackward || c == OpClass::kGrad || c == OpClass::kWriteGrad) {
-      return "gradients run in a pass of their own";
-    }
+    if (c == OpClass::kBackward || c == OpClass::kGrad || c == OpClass::kWriteGrad) return false;
   }
-  return "";
+  return true;
+}
+
+// `work`'s result (a Status or a StatusOr), or the status of what it threw: out of memory, a
+// LibTorch error.
+template <typename Work>
+auto CatchAll(Work work) -> decltype(work()) {
+  try {
+    return work();
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("the worker ran out of memory running this job");
+  } catch (const std::exception& e) {
+    return Internal(std::string("the worker failed running this job: ") + FirstLine(e.what()));
+  }
 }
 
 // One job's place in a shared pass: its rows [row0, row0 + rows) of the batch, left-padded
@@ -871,14 +883,7 @@ class SharedPass {
   template <typename Work>
   void Guard(Member& m, Work work) {
     if (!m.active) return;
-    Status status;
-    try {
-      status = work();
-    } catch (const std::bad_alloc&) {
-      status = ResourceExhausted("the worker ran out of memory running this job");
-    } catch (const std::exception& e) {
-      status = Internal(std::string("the worker failed running this job: ") + FirstLine(e.what()));
-    }
+    const Status status = CatchAll(work);
     if (status.ok()) return;
     if (status.code() == StatusCode::kCancelled && m.runner->stopped_early()) {
       m.active = false;
@@ -917,18 +922,6 @@ class SharedPass {
   bool all_stopped_ = false;
 };
 
-// `work`'s result, or the status of what it threw (out of memory, a LibTorch error).
-template <typename T, typename Work>
-StatusOr<T> Guarded(Work work) {
-  try {
-    return work();
-  } catch (const std::bad_alloc&) {
-    return ResourceExhausted("the worker ran out of memory running this job");
-  } catch (const std::exception& e) {
-    return Internal(std::string("the worker failed running this job: ") + FirstLine(e.what()));
-  }
-}
-
 }  // namespace
 
 StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& request,
@@ -946,12 +939,12 @@ std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std
   std::vector<std::pair<size_t, Prepared>> alone;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const BatchJob& job = jobs[j];
-    StatusOr<Prepared> prepared = Guarded<Prepared>([&] { return Prepare(model, *job.request, job.limits, job.control); });
+    StatusOr<Prepared> prepared = CatchAll([&] { return Prepare(model, *job.request, job.limits, job.control); });
     if (!prepared.ok()) {
       results[j] = prepared.status();
       continue;
     }
-    if (!WhyAlone(*job.request, *prepared).empty()) {
+    if (!SharesPass(*job.request, *prepared)) {
       alone.emplace_back(j, std::move(*prepared));
       continue;
     }
@@ -1005,8 +998,8 @@ std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std
     const BatchJob& job = jobs[entry.first];
     if (report != nullptr) report->passes.push_back({entry.first});
     if (job.control.on_pass) job.control.on_pass(1);
-    results[entry.first] = Guarded<protocol::Result>(
-        [&] { return RunPrepared(model, *job.request, entry.second, job.limits, job.control); });
+    results[entry.first] =
+        CatchAll([&] { return RunPrepared(model, *job.request, entry.second, job.limits, job.control); });
   }
   return results;
 }

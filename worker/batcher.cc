@@ -5,18 +5,9 @@
 #include <chrono>
 #include <filesystem>
 
-#include "protocol/codec.h"
 #include "worker/job.h"
 
 namespace glassbox::worker {
-namespace {
-
-std::string ErrorBytes(const Status& status) {
-  return protocol::EncodeErrorReport(protocol::ErrorReport::FromStatus(status));
-}
-
-}  // namespace
-
 Batcher::Batcher(const Model& model, std::string served_name, intervention::InterventionLimits limits,
                  size_t max_jobs, std::string hold_file, std::function<void()> at_layer)
     : model_(model), served_name_(std::move(served_name)), limits_(limits),
@@ -31,7 +22,7 @@ Batcher::~Batcher() {
   }
   wake_.notify_all();
   thread_.join();
-  for (WaitingJob* w : waiting_) w->result.set_value(ErrorBytes(Unavailable("the worker is stopping")));
+  for (WaitingJob* w : waiting_) w->result.set_value(ErrorReportBytes(Unavailable("the worker is stopping")));
 }
 
 std::string Batcher::Run(const broker::JobContext& job, const std::string& request) {
@@ -39,7 +30,7 @@ std::string Batcher::Run(const broker::JobContext& job, const std::string& reque
   std::future<std::string> result = waiting.result.get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (closing_) return ErrorBytes(Unavailable("the worker is stopping"));
+    if (closing_) return ErrorReportBytes(Unavailable("the worker is stopping"));
     waiting_.push_back(&waiting);
   }
   wake_.notify_all();
@@ -56,7 +47,7 @@ bool Batcher::Held() {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     if ((*it)->job->ShouldStop()) {
-      (*it)->result.set_value(ErrorBytes(Cancelled((*it)->job->StopReason())));
+      (*it)->result.set_value(ErrorReportBytes(Cancelled((*it)->job->StopReason())));
       it = waiting_.erase(it);
     } else {
       ++it;

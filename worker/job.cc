@@ -11,10 +11,6 @@
 namespace glassbox::worker {
 namespace {
 
-std::string ErrorBytes(const Status& status) {
-  return protocol::EncodeErrorReport(protocol::ErrorReport::FromStatus(status));
-}
-
 StatusOr<protocol::Request> Decode(const std::string& served_name, std::string_view request_bytes) {
   StatusOr<protocol::Request> request = protocol::DecodeRequest(request_bytes);
   if (!request.ok()) return request.status().WithContext("the request could not be decoded");
@@ -27,17 +23,21 @@ StatusOr<protocol::Request> Decode(const std::string& served_name, std::string_v
 
 // The result's bytes, or the error report's when the result is an error (or cannot be encoded).
 std::string Encoded(const StatusOr<protocol::Result>& result) {
-  if (!result.ok()) return ErrorBytes(result.status());
+  if (!result.ok()) return ErrorReportBytes(result.status());
   try {
     return protocol::EncodeResult(*result);
   } catch (const std::bad_alloc&) {
-    return ErrorBytes(ResourceExhausted("the worker ran out of memory encoding this job's result"));
+    return ErrorReportBytes(ResourceExhausted("the worker ran out of memory encoding this job's result"));
   } catch (const std::exception& e) {
-    return ErrorBytes(Internal(std::string("the worker failed encoding this job's result: ") + e.what()));
+    return ErrorReportBytes(Internal(std::string("the worker failed encoding this job's result: ") + e.what()));
   }
 }
 
 }  // namespace
+
+std::string ErrorReportBytes(const Status& status) {
+  return protocol::EncodeErrorReport(protocol::ErrorReport::FromStatus(status));
+}
 
 bool IsGeneration(std::string_view request_bytes) {
   StatusOr<protocol::Request> request = protocol::DecodeRequest(request_bytes);
@@ -59,7 +59,7 @@ std::vector<std::string> RunJobs(const Model& model, const std::string& served_n
   for (size_t j = 0; j < jobs.size(); ++j) {
     StatusOr<protocol::Request> request = Decode(served_name, jobs[j].request_bytes);
     if (!request.ok()) {
-      out[j] = ErrorBytes(request.status());
+      out[j] = ErrorReportBytes(request.status());
       continue;
     }
     requests[j] = std::move(*request);

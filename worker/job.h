@@ -30,6 +30,9 @@ struct JobInput {
   intervention::RunControl control;
 };
 
+// An encoded error report for `status` (what a job that fails returns).
+std::string ErrorReportBytes(const Status& status);
+
 // Whether the encoded request generates (a trace with generate options); false for bytes
 // that do not decode (RunJob then reports why).
 bool IsGeneration(std::string_view request_bytes);
