@@ -86,12 +86,6 @@ struct SamplingParams {
   std::vector<int64_t> stop_ids;  // empty: the model's eos token
 };
 
-// Rows of a batch that generate with their own sampling: the next `rows` prompts.
-struct RowGroup {
-  int64_t rows = 0;
-  SamplingParams sampling;
-};
-
 struct GenerateResult {
   std::vector<std::vector<int64_t>> new_tokens;  // per prompt, stop token included if hit
   std::vector<std::string> stop_reasons;         // "stop_token" or "max_new_tokens"
@@ -159,26 +153,17 @@ class Model {
   int64_t WeightBytes() const;
 
   // Greedy or seeded sampling with a KV cache. Hooks run at every step (HookContext::step).
+  // Several users' generations that join and leave one batch: engine/generation.h.
   StatusOr<GenerateResult> Generate(const std::vector<std::vector<int64_t>>& prompts,
                                     const SamplingParams& sampling,
                                     const HookSet* hooks = nullptr) const;
-  // Generate for several groups of rows in one batch (different users' jobs): each group
-  // has its own sampling, stop ids, max_new_tokens and seeded generator, so it generates
-  // what it would alone (within the batched-vs-solo tolerance of the logits). A row stops at
-  // its group's stop token or max_new_tokens; the batch stops when every row has. With
-  // `finished`, finished[row] says, whenever a hook runs, whether the row had already
-  // stopped before this step (its hooks then see a row that alone would not be computed).
-  StatusOr<GenerateResult> GenerateGroups(const std::vector<std::vector<int64_t>>& prompts,
-                                          const std::vector<RowGroup>& groups,
-                                          const HookSet* hooks = nullptr,
-                                          std::vector<bool>* finished = nullptr) const;
-
  private:
   Model();
   std::unique_ptr<Transformer> transformer_;
   std::unique_ptr<Tokenizer> tokenizer_;
   ChatTemplate chat_template_;
   friend class ModelLoader;
+  friend class Generation;
 };
 
 }  // namespace glassbox

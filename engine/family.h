@@ -36,6 +36,16 @@ struct KvCache {
   int64_t length = 0;                    // positions filled
 };
 
+// Prompts as a batch: ValidatePrompts refuses empty prompts, ids outside the vocabulary and
+// prompts that with `extra_positions` more would not fit the context; PadLeft left-pads them
+// into ids [batch, seq] and a mask (0 at padding), positions counting only real tokens.
+struct PaddedBatch {
+  at::Tensor ids, mask, positions;
+};
+Status ValidatePrompts(const std::vector<std::vector<int64_t>>& prompts, const ModelConfig& c,
+                       int64_t extra_positions);
+PaddedBatch PadLeft(const std::vector<std::vector<int64_t>>& prompts, int64_t pad_id, at::Device device);
+
 // What one forward pass works on.
 struct PassInputs {
   at::Tensor ids;             // [batch, seq] int64 on the model's device

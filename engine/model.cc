@@ -1,5 +1,5 @@
-// Model: loading onto a device, batching prompts with left padding, the generation loop and
-// sampling. Every LibTorch or hook failure is caught here and returned as a Status.
+// Model: loading onto a device, batching prompts with left padding, forward passes (the
+// generation loop and sampling are in generation.cc). Every LibTorch or hook failure is caught here and returned as a Status.
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/Parallel.h>
@@ -24,6 +24,7 @@
 
 #include "engine/engine.h"
 #include "engine/family.h"
+#include "engine/generation.h"
 #include "engine/weights.h"
 
 namespace glassbox {
@@ -123,6 +124,23 @@ Status CheckDtypeSupported(at::Device device, at::ScalarType dtype, const std::s
   }
 }
 
+// The device of a callable module's weights: its layer's, the head's (its points come after
+// the layers), or the embedding's.
+at::Device ModuleDevice(const Transformer& t, const std::string& module) {
+  const DevicePlan& plan = t.plan();
+  if (!plan.split()) return t.device();
+  for (const char* end : {".input", ".output"}) {
+    std::optional<int> id = t.catalogue().Find(module + end);
+    if (!id) continue;
+    const HookPointInfo& point = t.catalogue().point(*id);
+    if (point.layer >= 0) return plan.layer_device(point.layer);
+    return *id < t.catalogue().AfterId(0) ? plan.device(0) : plan.device(plan.head());
+  }
+  return t.device();
+}
+
+}  // namespace
+
 Status ValidatePrompts(const std::vector<std::vector<int64_t>>& prompts, const ModelConfig& c,
                        int64_t extra_positions) {
   if (prompts.empty()) return InvalidArgument("no prompts given");
@@ -146,11 +164,6 @@ Status ValidatePrompts(const std::vector<std::vector<int64_t>>& prompts, const M
   return Status::Ok();
 }
 
-// Left-pads prompts into ids [batch, seq] and a mask; positions count only real tokens.
-struct PaddedBatch {
-  at::Tensor ids, mask, positions;
-};
-
 PaddedBatch PadLeft(const std::vector<std::vector<int64_t>>& prompts, int64_t pad_id,
                     at::Device device) {
   size_t seq = 0;
@@ -168,48 +181,6 @@ PaddedBatch PadLeft(const std::vector<std::vector<int64_t>>& prompts, int64_t pa
   batch.positions = (at::cumsum(batch.mask, 1) - 1).clamp_min(0);
   return batch;
 }
-
-// Picks the next token from one row of logits (float32, CPU, contiguous).
-int64_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& s,
-                    std::mt19937_64& rng) {
-  if (s.temperature <= 0.0) return std::max_element(logits, logits + vocab) - logits;
-  std::vector<int64_t> order(vocab);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
-  const int64_t keep_k = s.top_k > 0 ? std::min<int64_t>(s.top_k, vocab) : vocab;
-  std::vector<double> probs;
-  const double max_logit = logits[order[0]];
-  double total = 0;
-  for (int64_t i = 0; i < keep_k; ++i) {
-    probs.push_back(std::exp((logits[order[i]] - max_logit) / s.temperature));
-    total += probs.back();
-  }
-  double cumulative = 0;
-  size_t keep = probs.size();
-  for (size_t i = 0; i < probs.size(); ++i) {
-    cumulative += probs[i] / total;
-    if (cumulative >= s.top_p) { keep = i + 1; break; }
-  }
-  std::discrete_distribution<size_t> pick(probs.begin(), probs.begin() + keep);
-  return order[pick(rng)];
-}
-
-// The device of a callable module's weights: its layer's, the head's (its points come after
-// the layers), or the embedding's.
-at::Device ModuleDevice(const Transformer& t, const std::string& module) {
-  const DevicePlan& plan = t.plan();
-  if (!plan.split()) return t.device();
-  for (const char* end : {".input", ".output"}) {
-    std::optional<int> id = t.catalogue().Find(module + end);
-    if (!id) continue;
-    const HookPointInfo& point = t.catalogue().point(*id);
-    if (point.layer >= 0) return plan.layer_device(point.layer);
-    return *id < t.catalogue().AfterId(0) ? plan.device(0) : plan.device(plan.head());
-  }
-  return t.device();
-}
-
-}  // namespace
 
 Model::Model() = default;
 Model::~Model() = default;
@@ -341,108 +312,10 @@ StatusOr<ForwardResult> Model::Forward(const ForwardRequest& request, const Hook
 
 StatusOr<GenerateResult> Model::Generate(const std::vector<std::vector<int64_t>>& prompts,
                                          const SamplingParams& sampling, const HookSet* hooks) const {
-  return GenerateGroups(prompts, {{static_cast<int64_t>(prompts.size()), sampling}}, hooks);
-}
-
-StatusOr<GenerateResult> Model::GenerateGroups(const std::vector<std::vector<int64_t>>& prompts,
-                                               const std::vector<RowGroup>& groups,
-                                               const HookSet* hooks,
-                                               std::vector<bool>* finished) const {
-  const int64_t batch_size = static_cast<int64_t>(prompts.size());
-  int64_t grouped = 0, max_new_tokens = 0;
-  bool sampled = false, greedy = false;  // some rows sample; some pick the largest logit
-  for (const RowGroup& g : groups) {
-    if (g.sampling.max_new_tokens < 0) return InvalidArgument("max_new_tokens must be >= 0");
-    if (g.rows <= 0) return InvalidArgument("a row group has no rows");
-    grouped += g.rows;
-    max_new_tokens = std::max<int64_t>(max_new_tokens, g.sampling.max_new_tokens);
-    sampled |= g.sampling.temperature > 0.0;
-    greedy |= g.sampling.temperature <= 0.0;
-  }
-  if (grouped != batch_size) {
-    return InvalidArgument("the row groups cover " + std::to_string(grouped) + " rows, the prompts are " +
-                           std::to_string(batch_size));
-  }
-  for (size_t g = 0, row = 0; g < groups.size(); row += groups[g].rows, ++g) {
-    const std::vector<std::vector<int64_t>> rows(prompts.begin() + row, prompts.begin() + row + groups[g].rows);
-    GLASSBOX_RETURN_IF_ERROR(ValidatePrompts(rows, config(), groups[g].sampling.max_new_tokens));
-  }
-  // Per row: its group's sampling, stop ids and generator (one generator per group, drawn in
-  // row order, so a group samples exactly as it would alone).
-  std::vector<const SamplingParams*> row_sampling;
-  std::vector<std::vector<int64_t>> stop_ids(groups.size());
-  std::vector<std::mt19937_64> rngs;
-  std::vector<size_t> row_group;
-  for (size_t g = 0; g < groups.size(); ++g) {
-    stop_ids[g] = groups[g].sampling.stop_ids;
-    if (stop_ids[g].empty() && config().eos_id >= 0) stop_ids[g].push_back(config().eos_id);
-    rngs.emplace_back(groups[g].sampling.seed);
-    for (int64_t r = 0; r < groups[g].rows; ++r) {
-      row_sampling.push_back(&groups[g].sampling);
-      row_group.push_back(g);
-    }
-  }
-  GenerateResult result;
-  result.new_tokens.resize(batch_size);
-  result.stop_reasons.assign(batch_size, "max_new_tokens");
-  std::vector<bool> own_done(batch_size, false);
-  std::vector<bool>& done = finished != nullptr ? *finished : own_done;
-  done.assign(batch_size, false);
-  for (int64_t row = 0; row < batch_size; ++row) done[row] = row_sampling[row]->max_new_tokens == 0;
-  auto all_done = [&done] { return std::all_of(done.begin(), done.end(), [](bool d) { return d; }); };
-  if (all_done()) return result;
-  try {
-    const at::Device device = transformer_->device();
-    PaddedBatch batch = PadLeft(prompts, std::max<int64_t>(config().eos_id, 0), device);
-    KvCache cache = transformer_->NewCache(batch_size, batch.ids.size(1) + max_new_tokens);
-    at::Tensor ids = batch.ids, mask = batch.mask, positions = batch.positions;
-    for (int step = 0; step < max_new_tokens; ++step) {
-      PassInputs in{ids, positions, mask, &cache, hooks, step, /*all_logits=*/false};
-      at::Tensor logits = transformer_->Forward(in);
-      cache.length += ids.size(1);
-      // Greedy picks on the device and brings back one id per row; sampling brings the last
-      // position's logits to the CPU, where each job's seeded generator lives.
-      at::Tensor picked;
-      std::vector<int64_t> next(batch_size);
-      if (greedy) {
-        picked = logits.argmax(-1).view({batch_size, 1});
-        at::Tensor host = picked.to(at::kCPU);
-        std::copy(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + batch_size, next.begin());
-      }
-      if (sampled) {
-        at::Tensor host = logits.to(at::kCPU, at::kFloat).contiguous();
-        for (int64_t row = 0; row < batch_size; ++row) {
-          // Finished rows draw too, as they would alone in a batch of their own group.
-          const SamplingParams& s = *row_sampling[row];
-          if (s.temperature <= 0.0) continue;
-          next[row] = SampleToken(host.data_ptr<float>() + row * config().vocab_size,
-                                  config().vocab_size, s, rngs[row_group[row]]);
-        }
-        picked = at::tensor(next, at::kLong).view({batch_size, 1});
-      }
-      for (int64_t row = 0; row < batch_size; ++row) {
-        if (done[row]) continue;
-        result.new_tokens[row].push_back(next[row]);
-        const std::vector<int64_t>& stops = stop_ids[row_group[row]];
-        if (std::find(stops.begin(), stops.end(), next[row]) != stops.end()) {
-          done[row] = true;
-          result.stop_reasons[row] = "stop_token";
-        } else if (static_cast<int64_t>(result.new_tokens[row].size()) >= row_sampling[row]->max_new_tokens) {
-          done[row] = true;
-        }
-      }
-      if (all_done()) break;
-      // (A split model's logits are on the head's device; ids go in on the embedding's.)
-      ids = picked.to(device);
-      positions = positions.narrow(1, positions.size(1) - 1, 1) + 1;
-      mask = at::cat({mask, at::ones({batch_size, 1}, mask.options())}, 1);
-    }
-    return result;
-  } catch (const HookFailure& failure) {
-    return failure.status;
-  } catch (const c10::Error& e) {
-    return Internal("generation failed: " + FirstLine(e.what()));
-  }
+  Generation generation(*this);
+  GLASSBOX_ASSIGN_OR_RETURN(const int group, generation.Join(prompts, sampling));
+  while (!generation.Idle()) GLASSBOX_RETURN_IF_ERROR(generation.Step(hooks));
+  return generation.Take(group);
 }
 
 }  // namespace glassbox

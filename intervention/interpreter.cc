@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <deque>
 #include <memory>
 #include <new>
 #include <set>
 #include <sstream>
 
+#include "engine/generation.h"
 #include "intervention/plan.h"
 #include "intervention/shape_pass.h"
 
@@ -761,9 +763,10 @@ auto CatchAll(Work work) -> decltype(work()) {
   }
 }
 
-// One job's place in a shared pass: its rows [row0, row0 + rows) of the batch, left-padded
-// to the job's own longest prompt (`padded`) inside the batch's (every job's rows are
-// left-padded, so a job's positions are the last `padded` of the batch's).
+// One job's place in a shared pass: its rows [row0, row0 + rows) of the pass's batch and
+// its own step; its rows are left-padded to the job's own longest prompt (`padded`) inside
+// the pass's (every job's rows are left-padded, so a job's positions are the last of the
+// batch's).
 struct Member {
   size_t job = 0;
   const protocol::Request* request = nullptr;
@@ -772,110 +775,169 @@ struct Member {
   Environment env;
   std::unique_ptr<TraceRunner> runner;
   std::set<int> points;
+  int group = -1;            // its rows' group in a shared Generation
+  bool in_pass = false;      // the running pass has its rows
   int64_t row0 = 0, rows = 0;
-  bool active = true;  // still called at hook points
-  Status failure;      // the job's own failure, if any
+  int step = 0;
+  bool active = true;        // still called at hook points
+  Status failure;            // the job's own failure, if any
 };
 
-// The part of a batch tensor at `point` that is `m`'s: its rows, and of the sequence the
-// last positions (its own prompt length at step 0, every key position it has).
-at::Tensor MemberView(const HookCatalogue& catalogue, int point, int64_t step, int64_t batch_padded,
-                      const Member& m, const at::Tensor& value) {
-  const int64_t pad = batch_padded - m.runner->padded();
+// The part of a batch tensor at `point` that is `m`'s: its rows, and of the sequence its own
+// positions (its prompt at step 0, every key position it has: padded + step).
+at::Tensor MemberView(const HookCatalogue& catalogue, int point, int64_t pass_padded, const Member& m,
+                      const at::Tensor& value) {
+  const int64_t padded = m.runner->padded(), keys = padded + m.step;
   at::Tensor out = value;
   const std::vector<std::string>& shape = catalogue.point(point).shape;
   for (size_t d = 0; d < shape.size() && static_cast<int64_t>(d) < out.dim(); ++d) {
     if (shape[d] == "batch") out = out.narrow(d, m.row0, m.rows);
-    if (pad == 0) continue;
-    if (shape[d] == "seq" && step == 0 && out.size(d) == batch_padded) out = out.narrow(d, pad, m.runner->padded());
-    if (shape[d] == "k_seq") out = out.narrow(d, pad, out.size(d) - pad);
+    if (shape[d] == "seq" && m.step == 0 && out.size(d) == pass_padded && pass_padded > padded) {
+      out = out.narrow(d, pass_padded - padded, padded);
+    }
+    if (shape[d] == "k_seq" && out.size(d) > keys) out = out.narrow(d, out.size(d) - keys, keys);
   }
   return out;
 }
 
-// Several jobs' traces in one engine pass (all forwards, or all generations): the engine
-// sees one batch; at every hook point each job's runner sees, and may replace, only its
-// own part of the value. A job that fails or is stopped leaves the pass without
-// disturbing the others; the pass stops early once no job needs it any more.
+// Several jobs' traces in engine passes of one batch: one forward pass, or a generation
+// that jobs join and leave between steps (continuous batching). The engine sees one batch;
+// at every hook point each job's runner sees, and may replace, only its own part of the
+// value. A job that fails or is stopped leaves without disturbing the others; a pass stops
+// early once no job in it needs it any more.
 class SharedPass {
  public:
-  SharedPass(const Model& model, std::vector<Member*> members, bool generate)
-      : model_(model), members_(std::move(members)), generate_(generate) {}
+  // `admit` (generation only, may be empty): asked between steps for jobs that join;
+  // `done`: told as each job ends (its result is then in m.prepared.result or m.failure).
+  SharedPass(const Model& model, std::function<std::vector<Member*>(size_t running)> admit,
+             std::function<void(Member&)> done)
+      : model_(model), hooks_(model.catalogue()), admit_(std::move(admit)), done_(std::move(done)) {
+    hooks_.SetInterrupt([this]() -> Status {
+      for (Member* m : members_) {
+        if (!m->active || !m->in_pass || !m->control->interrupt) continue;
+        Status go_on = m->control->interrupt();
+        if (!go_on.ok()) Leave(*m, go_on);
+      }
+      return PassActive() ? Status::Ok() : AllStopped();
+    });
+  }
 
-  void Run() {
+  void RunForward(const std::vector<Member*>& members) {
     std::vector<std::vector<int64_t>> prompts;
-    std::vector<RowGroup> groups;
-    std::set<int> points;
-    for (Member* m : members_) {
+    for (Member* m : members) {
+      if (!Add(m)) continue;
       const TracePlan& plan = m->prepared.plans[0];
       m->row0 = static_cast<int64_t>(prompts.size());
       m->rows = static_cast<int64_t>(plan.prompts.size());
       prompts.insert(prompts.end(), plan.prompts.begin(), plan.prompts.end());
-      padded_ = std::max(padded_, m->runner->padded());
-      if (generate_) groups.push_back({m->rows, Sampling(*m->request->traces[0].generate)});
-      m->points = m->runner->Points();
-      points.insert(m->points.begin(), m->points.end());
-      Guard(*m, [&] { return m->runner->RunConstants(); });
+      pass_padded_ = std::max(pass_padded_, m->runner->padded());
+      m->in_pass = true;
     }
-    HookSet hooks(model_.catalogue());
-    hooks.SetInterrupt([this]() -> Status {
-      for (Member* m : members_) {
-        if (!m->active || !m->control->interrupt) continue;
-        Status go_on = m->control->interrupt();
-        if (!go_on.ok()) Leave(*m, go_on);
+    if (PassActive()) {
+      const Status pass = model_.Forward({prompts, /*all_logits=*/true, /*return_logits=*/false}, &hooks_).status();
+      EndPass(pass);
+    }
+    for (Member* m : members_) End(*m);
+  }
+
+  void RunGeneration(const std::vector<Member*>& members) {
+    Generation generation(model_);
+    for (Member* m : members) Join(generation, m);
+    for (;;) {
+      if (admit_) {
+        for (Member* m : admit_(Live())) Join(generation, m);
       }
-      return Active() ? Status::Ok() : AllStopped();
-    });
-    for (int point : points) {
-      Status added = hooks.Add(model_.catalogue().point(point).name,
-                               [this, point](const HookContext& ctx, at::Tensor& value) { return Fire(point, ctx.step, value); });
-      if (!added.ok()) return Fail(added);
-    }
-    Status pass = Status::Ok();
-    if (Active() && !generate_) {
-      pass = model_.Forward({prompts, /*all_logits=*/true, /*return_logits=*/false}, &hooks).status();
-    } else if (Active()) {
-      StatusOr<GenerateResult> r = model_.GenerateGroups(prompts, groups, &hooks, &finished_);
-      if (r.ok()) {
-        for (Member* m : members_) {
-          m->runner->AddGenerated({r->new_tokens.begin() + m->row0, r->new_tokens.begin() + m->row0 + m->rows});
+      for (int group : generation.Finished()) {
+        Member* m = ByGroup(group);
+        const GenerateResult tokens = generation.Take(group);
+        if (m == nullptr) continue;
+        m->runner->AddGenerated(tokens.new_tokens);
+        m->group = -1;
+        End(*m);
+      }
+      if (generation.Idle()) break;
+      pass_padded_ = 0;
+      for (Member* m : members_) m->in_pass = false;
+      for (const Generation::Slot& slot : generation.NextPass()) {
+        Member* m = ByGroup(slot.group);
+        if (m == nullptr) continue;
+        m->in_pass = true;
+        m->row0 = slot.row0;
+        m->rows = slot.rows;
+        m->step = slot.step;
+        if (slot.step == 0) pass_padded_ = std::max(pass_padded_, m->runner->padded());
+      }
+      EndPass(PassActive() ? generation.Step(&hooks_) : AllStopped());
+      // Jobs that left during the pass (failed, stopped, or done early) take their rows out.
+      for (Member* m : members_) {
+        if (m->group >= 0 && !m->active) {
+          generation.Take(m->group);
+          m->group = -1;
+          End(*m);
         }
       }
-      pass = r.status();
     }
-    if (!pass.ok() && !(pass.code() == StatusCode::kCancelled && all_stopped_)) return Fail(pass);
-    for (Member* m : members_) {
-      if (m->failure.ok()) Guard(*m, [&] { return m->runner->Finish(Status::Ok()); });
-    }
+    for (Member* m : members_) End(*m);
   }
 
  private:
-  Status Fire(int point, int step, at::Tensor& value) {
+  // Takes `m` in: its graph's constant nodes run, its hook points are registered. False if
+  // it failed already.
+  bool Add(Member* m) {
+    members_.push_back(m);
+    m->points = m->runner->Points();
+    Guard(*m, [&] { return m->runner->RunConstants(); });
+    for (int point : m->points) {
+      if (!registered_.insert(point).second) continue;
+      Status added = hooks_.Add(model_.catalogue().point(point).name,
+                                [this, point](const HookContext&, at::Tensor& value) { return Fire(point, value); });
+      if (!added.ok()) Leave(*m, added);
+    }
+    return m->active;
+  }
+
+  void Join(Generation& generation, Member* m) {
+    if (!Add(m)) return End(*m);
+    StatusOr<int> group = generation.Join(m->prepared.plans[0].prompts, Sampling(*m->request->traces[0].generate));
+    if (!group.ok()) {
+      Leave(*m, group.status());
+      return End(*m);
+    }
+    m->group = *group;
+  }
+
+  Status Fire(int point, at::Tensor& value) {
     at::Tensor replaced;  // the batch's value once some job replaced its part
     for (Member* m : members_) {
-      if (!m->active || !m->points.count(point)) continue;
-      if (generate_ && RowsFinished(*m)) {  // alone, its generation would have ended
-        m->active = false;
-        continue;
-      }
-      const at::Tensor view = MemberView(model_.catalogue(), point, step, padded_, *m, value);
+      if (!m->active || !m->in_pass || !m->points.count(point)) continue;
+      const at::Tensor view = MemberView(model_.catalogue(), point, pass_padded_, *m, value);
       at::Tensor part = view;
-      Guard(*m, [&] { return m->runner->Fire(point, step, part); });
+      Guard(*m, [&] { return m->runner->Fire(point, m->step, part); });
       if (!m->active || part.unsafeGetTensorImpl() == view.unsafeGetTensorImpl()) continue;
       Guard(*m, [&] {
         if (!replaced.defined()) replaced = value.clone();
-        MemberView(model_.catalogue(), point, step, padded_, *m, replaced).copy_(part);
+        MemberView(model_.catalogue(), point, pass_padded_, *m, replaced).copy_(part);
         return Status::Ok();
       });
     }
     if (replaced.defined()) value = replaced;
-    return Active() ? Status::Ok() : AllStopped();
+    return PassActive() ? Status::Ok() : AllStopped();
   }
 
-  // Stops the engine's pass: no job needs it any more.
+  // Stops the engine's pass: no job in it needs it any more.
   Status AllStopped() {
     all_stopped_ = true;
     return Cancelled("every job of the shared pass has stopped");
+  }
+
+  // A pass's failure (not one that every job in it stopped) is every job's in it.
+  void EndPass(const Status& pass) {
+    const bool stopped = pass.code() == StatusCode::kCancelled && all_stopped_;
+    all_stopped_ = false;
+    if (pass.ok() || stopped) return;
+    for (Member* m : members_) {
+      if (m->in_pass && m->active) Leave(*m, pass);
+    }
   }
 
   // Runs `work` for `m`: a failure (a status or an exception) ends m's part in the pass; a
@@ -897,29 +959,181 @@ class SharedPass {
     if (m.failure.ok()) m.failure = why.WithContext("trace 0");
   }
 
-  void Fail(const Status& why) {
+  // The job's end: the check that every node ran, then its result goes out (once).
+  void End(Member& m) {
+    if (ended_.count(&m)) return;
+    ended_.insert(&m);
+    m.active = false;
+    m.in_pass = false;
+    if (m.failure.ok()) {
+      const Status finish = CatchAll([&] { return m.runner->Finish(Status::Ok()); });
+      if (!finish.ok()) m.failure = finish.WithContext("trace 0");
+    }
+    done_(m);
+  }
+
+  Member* ByGroup(int group) const {
     for (Member* m : members_) {
-      if (m->failure.ok()) m->failure = why.WithContext("trace 0");
+      if (m->group == group) return m;
     }
+    return nullptr;
   }
 
-  bool RowsFinished(const Member& m) const {
-    for (int64_t r = m.row0; r < m.row0 + m.rows; ++r) {
-      if (r >= static_cast<int64_t>(finished_.size()) || !finished_[r]) return false;
-    }
-    return true;
+  size_t Live() const {
+    return static_cast<size_t>(std::count_if(members_.begin(), members_.end(), [this](const Member* m) { return !ended_.count(m); }));
   }
 
-  bool Active() const {
-    return std::any_of(members_.begin(), members_.end(), [](const Member* m) { return m->active; });
+  bool PassActive() const {
+    return std::any_of(members_.begin(), members_.end(), [](const Member* m) { return m->active && m->in_pass; });
   }
 
   const Model& model_;
+  HookSet hooks_;
+  std::set<int> registered_;  // points with a hook
+  const std::function<std::vector<Member*>(size_t)> admit_;
+  const std::function<void(Member&)> done_;
   std::vector<Member*> members_;
-  const bool generate_;
-  int64_t padded_ = 0;
-  std::vector<bool> finished_;  // generation: rows that have stopped (GenerateGroups)
+  std::set<const Member*> ended_;
+  int64_t pass_padded_ = 0;  // the longest prompt of the pass's batch (a prefill or a forward)
   bool all_stopped_ = false;
+};
+
+// RunBatched's work: sorting jobs into passes, the memory budget of a shared pass, and
+// handing out results as jobs end.
+class BatchRun {
+ public:
+  BatchRun(const Model& model, const BatchFeed& feed, BatchReport* report)
+      : model_(model), feed_(feed), report_(report) {}
+
+  void Run(const std::vector<BatchJob>& jobs) {
+    for (const BatchJob& job : jobs) Sort(Take(job), forwards_, forward_bytes_);
+    // A pass of one runs alone, exactly as Run would run it, unless others may join it.
+    if (forwards_.size() == 1) RunAlone(forwards_);
+    if (generations_.size() == 1 && !feed_.join) RunAlone(generations_);
+    if (!forwards_.empty()) {
+      Report(forwards_);
+      SharedPass(model_, nullptr, [this](Member& m) { Done(m); }).RunForward(forwards_);
+    }
+    if (!generations_.empty()) {
+      const size_t pass = Report(generations_);
+      std::function<std::vector<Member*>(size_t)> admit;
+      if (feed_.join) admit = [this, pass](size_t running) { return Admit(running, pass); };
+      SharedPass(model_, admit, [this](Member& m) { Done(m); })
+          .RunGeneration(generations_);
+    }
+    // Jobs that cannot share a pass run alone, in the order they came.
+    for (size_t a = 0; a < alone_.size(); ++a) {
+      Member& m = *alone_[a];
+      if (report_ != nullptr) report_->passes.push_back({m.job});
+      if (m.control->on_pass) m.control->on_pass(1);
+      StatusOr<protocol::Result> result =
+          CatchAll([&] { return RunPrepared(model_, *m.request, m.prepared, jobs_[m.job].limits, *m.control); });
+      feed_.done(m.job, std::move(result));
+    }
+  }
+
+ private:
+  // Validates and estimates a job; a refusal is its result at once.
+  std::unique_ptr<Member> Take(const BatchJob& job) {
+    jobs_.push_back(job);
+    auto m = std::make_unique<Member>();
+    m->job = jobs_.size() - 1;
+    m->request = job.request;
+    m->control = &jobs_.back().control;
+    StatusOr<Prepared> prepared = CatchAll([&] { return Prepare(model_, *job.request, job.limits, job.control); });
+    if (!prepared.ok()) {
+      feed_.done(m->job, prepared.status());
+      return nullptr;
+    }
+    m->prepared = std::move(*prepared);
+    return m;
+  }
+
+  // Into the forward pass, the generation, or the jobs that run alone. A shared pass holds
+  // its jobs' memory at once: it takes a job only while their estimates together stay within
+  // the job's own budget; the rest run alone, after.
+  void Sort(std::unique_ptr<Member> m, std::vector<Member*>& forwards, int64_t& forward_bytes) {
+    if (m == nullptr) return;
+    Member* member = m.get();
+    members_.push_back(std::move(m));
+    if (!SharesPass(*member->request, member->prepared)) {
+      alone_.push_back(member);
+      return;
+    }
+    const bool generates = member->request->traces[0].generate.has_value();
+    std::vector<Member*>& pass = generates ? generations_ : forwards;
+    int64_t& bytes = generates ? generation_bytes_ : forward_bytes;
+    const int64_t budget = jobs_[member->job].limits.max_job_bytes;
+    if (budget > 0 && !pass.empty() && SaturatingAdd(bytes, member->prepared.bytes) > budget) {
+      alone_.push_back(member);
+      return;
+    }
+    bytes = SaturatingAdd(bytes, member->prepared.bytes);
+    Runner(*member);
+    pass.push_back(member);
+  }
+
+  void Runner(Member& m) {
+    CountUses(m.prepared.plans, m.env);
+    m.runner = std::make_unique<TraceRunner>(model_, m.prepared.plans[0], m.request->traces[0], m.env,
+                                             jobs_[m.job].limits, *m.control, m.prepared.result);
+  }
+
+  // A running generation's new members: the feed's jobs that generate alone-free and fit the
+  // memory budget beside the jobs still running; others run alone after it.
+  std::vector<Member*> Admit(size_t running, size_t pass) {
+    std::vector<Member*> joining;
+    std::vector<Member*> forwards;  // (a fed job that does not generate runs alone, after)
+    int64_t forward_bytes = 0;
+    for (const BatchJob& job : feed_.join(running)) {
+      std::unique_ptr<Member> m = Take(job);
+      if (m == nullptr) continue;
+      Member* member = m.get();
+      const size_t before = generations_.size();
+      Sort(std::move(m), forwards, forward_bytes);
+      for (Member* f : forwards) alone_.push_back(f);
+      forwards.clear();
+      if (generations_.size() == before) continue;
+      joining.push_back(member);
+      if (report_ != nullptr) report_->passes[pass].push_back(member->job);
+      if (member->control->on_pass) member->control->on_pass(static_cast<int64_t>(running + joining.size()));
+    }
+    return joining;
+  }
+
+  // A job's result goes out as soon as it ends; a shared generation gives its memory back.
+  void Done(Member& m) {
+    if (m.request->traces[0].generate) generation_bytes_ -= std::min(generation_bytes_, m.prepared.bytes);
+    if (m.failure.ok()) {
+      feed_.done(m.job, std::move(m.prepared.result));
+    } else {
+      feed_.done(m.job, m.failure);
+    }
+  }
+
+  void RunAlone(std::vector<Member*>& pass) {
+    alone_.insert(alone_.begin(), pass.front());
+    pass.clear();
+  }
+
+  size_t Report(const std::vector<Member*>& pass) {
+    for (const Member* m : pass) {
+      if (m->control->on_pass) m->control->on_pass(static_cast<int64_t>(pass.size()));
+    }
+    if (report_ == nullptr) return 0;
+    std::vector<size_t> ids;
+    for (const Member* m : pass) ids.push_back(m->job);
+    report_->passes.push_back(std::move(ids));
+    return report_->passes.size() - 1;
+  }
+
+  const Model& model_;
+  const BatchFeed& feed_;
+  BatchReport* report_;
+  std::deque<BatchJob> jobs_;  // given, then joined (a deque: controls stay where they are)
+  std::vector<std::unique_ptr<Member>> members_;
+  std::vector<Member*> forwards_, generations_, alone_;
+  int64_t forward_bytes_ = 0, generation_bytes_ = 0;
 };
 
 }  // namespace
@@ -930,77 +1144,17 @@ StatusOr<protocol::Result> Run(const Model& model, const protocol::Request& requ
   return RunPrepared(model, request, prepared, limits, control);
 }
 
+void RunBatched(const Model& model, const std::vector<BatchJob>& jobs, const BatchFeed& feed,
+                BatchReport* report) {
+  BatchRun(model, feed, report).Run(jobs);
+}
+
 std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std::vector<BatchJob>& jobs,
                                                    BatchReport* report) {
   std::vector<StatusOr<protocol::Result>> results(jobs.size(), Internal("not run"));
-  std::vector<std::unique_ptr<Member>> members;
-  std::vector<Member*> forwards, generations;
-  int64_t forward_bytes = 0, generation_bytes = 0;
-  std::vector<std::pair<size_t, Prepared>> alone;
-  for (size_t j = 0; j < jobs.size(); ++j) {
-    const BatchJob& job = jobs[j];
-    StatusOr<Prepared> prepared = CatchAll([&] { return Prepare(model, *job.request, job.limits, job.control); });
-    if (!prepared.ok()) {
-      results[j] = prepared.status();
-      continue;
-    }
-    if (!SharesPass(*job.request, *prepared)) {
-      alone.emplace_back(j, std::move(*prepared));
-      continue;
-    }
-    // A shared pass holds its jobs' memory at once: it takes a job only while their
-    // estimates together stay within the job's own budget; the rest run alone, after.
-    std::vector<Member*>& pass = job.request->traces[0].generate ? generations : forwards;
-    int64_t& pass_bytes = job.request->traces[0].generate ? generation_bytes : forward_bytes;
-    if (job.limits.max_job_bytes > 0 && !pass.empty() &&
-        SaturatingAdd(pass_bytes, prepared->bytes) > job.limits.max_job_bytes) {
-      alone.emplace_back(j, std::move(*prepared));
-      continue;
-    }
-    pass_bytes = SaturatingAdd(pass_bytes, prepared->bytes);
-    auto m = std::make_unique<Member>();
-    m->job = j;
-    m->request = job.request;
-    m->control = &job.control;
-    m->prepared = std::move(*prepared);
-    CountUses(m->prepared.plans, m->env);
-    m->runner = std::make_unique<TraceRunner>(model, m->prepared.plans[0], job.request->traces[0], m->env,
-                                              job.limits, job.control, m->prepared.result);
-    pass.push_back(m.get());
-    members.push_back(std::move(m));
-  }
-  for (std::vector<Member*>* pass : {&forwards, &generations}) {
-    if (pass->size() == 1) {  // a pass of its own, exactly as Run would run it
-      const size_t j = pass->front()->job;
-      alone.emplace_back(j, std::move(pass->front()->prepared));
-      members.erase(std::find_if(members.begin(), members.end(), [j](const auto& m) { return m->job == j; }));
-      pass->clear();
-    }
-    if (pass->empty()) continue;
-    if (report != nullptr) report->passes.push_back([&] {
-      std::vector<size_t> ids;
-      for (const Member* m : *pass) ids.push_back(m->job);
-      return ids;
-    }());
-    for (const Member* m : *pass) {
-      if (m->control->on_pass) m->control->on_pass(static_cast<int64_t>(pass->size()));
-    }
-    SharedPass(model, *pass, pass == &generations).Run();
-  }
-  for (const auto& m : members) {
-    if (m->failure.ok()) {
-      results[m->job] = std::move(m->prepared.result);
-    } else {
-      results[m->job] = m->failure;
-    }
-  }
-  for (auto& entry : alone) {
-    const BatchJob& job = jobs[entry.first];
-    if (report != nullptr) report->passes.push_back({entry.first});
-    if (job.control.on_pass) job.control.on_pass(1);
-    results[entry.first] =
-        CatchAll([&] { return RunPrepared(model, *job.request, entry.second, job.limits, job.control); });
-  }
+  BatchFeed feed;
+  feed.done = [&results](size_t job, StatusOr<protocol::Result> result) { results[job] = std::move(result); };
+  RunBatched(model, jobs, feed, report);
   return results;
 }
 

@@ -64,7 +64,8 @@ struct RunControl {
   // InterventionLimits::flops_per_second). 0: none. `interrupt` is also asked before every
   // graph op of a real run, so the clock is checked between ops as well as between layers.
   int64_t time_limit_ms = 0;
-  // RunBatched: told as the job's engine pass starts how many jobs share it (1: alone).
+  // RunBatched: told as the job's engine pass starts (or it joins a running generation) how
+  // many jobs share it (1: alone).
   std::function<void(int64_t jobs)> on_pass;
 };
 
@@ -83,7 +84,8 @@ struct BatchJob {
   RunControl control;
 };
 
-// Which jobs ran in which engine pass (indices into the batch), in order.
+// Which jobs ran in which engine pass (indices into the batch), in order; a shared
+// generation's entry also lists the jobs that joined it while it ran.
 struct BatchReport {
   std::vector<std::vector<size_t>> passes;
 };
@@ -101,6 +103,22 @@ struct BatchReport {
 // One result per job, in order; never throws.
 std::vector<StatusOr<protocol::Result>> RunBatched(const Model& model, const std::vector<BatchJob>& jobs,
                                                    BatchReport* report = nullptr);
+
+// Continuous batching: what RunBatched's shared generation takes in and gives out while it
+// runs.
+struct BatchFeed {
+  // Asked between steps of the shared generation (even one of a single job) with how many
+  // jobs it runs: jobs that join it. A generation that may share the pass (and fits the
+  // memory budget beside the jobs running) is prefilled at the next step and then decodes
+  // with the others; any other job runs alone after the generation. Their indices (in
+  // `done` and the report) follow the given jobs', in the order they came. Empty: none join.
+  std::function<std::vector<BatchJob>(size_t running)> join;
+  // Told each job's result as soon as the job ends: a job of a shared generation ends when
+  // its own rows stop, while the others go on. Called once per job, on the calling thread.
+  std::function<void(size_t job, StatusOr<protocol::Result> result)> done;
+};
+void RunBatched(const Model& model, const std::vector<BatchJob>& jobs, const BatchFeed& feed,
+                BatchReport* report = nullptr);
 
 }  // namespace glassbox::intervention
 

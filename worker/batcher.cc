@@ -91,26 +91,46 @@ void Batcher::Loop() {
   }
 }
 
+JobInput Batcher::Input(const WaitingJob& waiting) {
+  JobInput input{*waiting.request, {}};
+  const broker::JobContext* job = waiting.job;
+  input.control.interrupt = [this, job]() -> Status {
+    if (job->ShouldStop()) return Cancelled(job->StopReason());
+    if (at_layer_) at_layer_();
+    RunWaitingForwards();
+    return Status::Ok();
+  };
+  // Graph ops that cannot finish in the time left at --flops-per-second are refused.
+  input.control.time_limit_ms = std::max<int64_t>(job->RemainingMs(), 1);
+  input.control.on_pass = [job](int64_t jobs) {
+    if (jobs > 1) job->ReportBatch(jobs);
+  };
+  return input;
+}
+
 void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
+  std::vector<WaitingJob*> jobs = batch;  // then the generations that join its generation
   std::vector<JobInput> inputs;
-  for (WaitingJob* w : batch) {
-    JobInput input{*w->request, {}};
-    const broker::JobContext* job = w->job;
-    input.control.interrupt = [this, job]() -> Status {
-      if (job->ShouldStop()) return Cancelled(job->StopReason());
-      if (at_layer_) at_layer_();
-      RunWaitingForwards();
-      return Status::Ok();
-    };
-    // Graph ops that cannot finish in the time left at --flops-per-second are refused.
-    input.control.time_limit_ms = std::max<int64_t>(job->RemainingMs(), 1);
-    input.control.on_pass = [job](int64_t jobs) {
-      if (jobs > 1) job->ReportBatch(jobs);
-    };
-    inputs.push_back(std::move(input));
-  }
-  std::vector<std::string> results = RunJobs(model_, served_name_, inputs, limits_);
-  for (size_t j = 0; j < batch.size(); ++j) batch[j]->result.set_value(std::move(results[j]));
+  for (const WaitingJob* w : batch) inputs.push_back(Input(*w));
+  // Between steps of the batch's generation, waiting generations join it (up to max_jobs_
+  // running); a retried job's batch takes no one.
+  auto join = [this, &jobs](size_t running) {
+    std::vector<JobInput> joined;
+    if (outer_retried_ || Held()) return joined;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = waiting_.begin(); it != waiting_.end() && running + joined.size() < max_jobs_;) {
+      if (!(*it)->generates || (*it)->job->attempts() > 0) {
+        ++it;
+        continue;
+      }
+      jobs.push_back(*it);
+      joined.push_back(Input(**it));
+      it = waiting_.erase(it);
+    }
+    return joined;
+  };
+  RunJobs(model_, served_name_, inputs, limits_, join,
+          [&jobs](size_t j, std::string result) { jobs[j]->result.set_value(std::move(result)); });
 }
 
 void Batcher::RunWaitingForwards() {

@@ -1,12 +1,13 @@
 // The worker's batcher: jobs that arrive on the worker's broker links (one link per batch
 // slot, each an ordinary worker to the broker) run together, as few engine passes as
-// intervention::RunBatched manages. While one batch runs, the jobs that arrive wait for the
-// next; an idle batcher starts a lone job at once (no waiting for company). Short jobs are
-// not stuck behind long generations: while a batch with a generation runs, jobs that arrive
-// and do not generate run at the next layer boundary of its pass, as a batch of their own
-// (the generation pauses meanwhile, on the same thread). A job that was running when an
-// earlier worker died (JobContext::attempts) runs alone and shares nothing, so a job that
-// crashes workers takes no other job's run down with it twice.
+// intervention::RunBatched manages. An idle batcher starts a lone job at once (no waiting for
+// company). While a batch runs, generations that arrive join its generation at the next
+// step (continuous batching; up to max_jobs running) and leave it when their own rows stop;
+// jobs that arrive and do not generate run at the next layer boundary of its pass, as a
+// batch of their own (the generation pauses meanwhile, on the same thread); the rest wait
+// for the next batch. A job that was running when an earlier worker died
+// (JobContext::attempts) runs alone and shares nothing, so a job that crashes workers takes
+// no other job's run down with it twice.
 #ifndef GLASSBOX_WORKER_BATCHER_H_
 #define GLASSBOX_WORKER_BATCHER_H_
 
@@ -22,6 +23,7 @@
 #include "broker/worker_link.h"
 #include "engine/engine.h"
 #include "intervention/intervention.h"
+#include "worker/job.h"
 
 namespace glassbox::worker {
 
@@ -51,6 +53,8 @@ class Batcher {
     std::promise<std::string> result;
   };
   void Loop();
+  JobInput Input(const WaitingJob& waiting);
+  // Runs `batch`; generations that arrive meanwhile join its generation between steps.
   void RunBatch(const std::vector<WaitingJob*>& batch);
   // Called between layers of a running batch: runs the waiting jobs that do not generate,
   // when the running batch generates (and is not itself such a nested batch).

@@ -2,6 +2,7 @@
 // (including ones LibTorch or the allocator throw) into an error report for the user.
 #include "worker/job.h"
 
+#include <deque>
 #include <exception>
 #include <new>
 #include <optional>
@@ -48,34 +49,52 @@ bool IsGeneration(std::string_view request_bytes) {
   return false;
 }
 
+void RunJobs(const Model& model, const std::string& served_name, const std::vector<JobInput>& jobs,
+             const intervention::InterventionLimits& limits,
+             const std::function<std::vector<JobInput>(size_t running)>& join,
+             const std::function<void(size_t job, std::string result)>& done,
+             intervention::BatchReport* report) {
+  std::deque<protocol::Request> requests;  // (a deque: joined jobs' requests stay where they are)
+  std::vector<size_t> job_of;              // intervention's job index -> ours
+  size_t next_job = 0;
+  // Decodes a job: a request that cannot run is answered at once; the others go on.
+  auto decode = [&](const JobInput& input, std::vector<intervention::BatchJob>& out) {
+    const size_t index = next_job++;
+    StatusOr<protocol::Request> request = Decode(served_name, input.request_bytes);
+    if (!request.ok()) return done(index, ErrorReportBytes(request.status()));
+    requests.push_back(std::move(*request));
+    out.push_back({&requests.back(), limits, input.control});
+    job_of.push_back(index);
+  };
+  std::vector<intervention::BatchJob> batch;
+  for (const JobInput& input : jobs) decode(input, batch);
+  intervention::BatchFeed feed;
+  if (join) {
+    feed.join = [&](size_t running) {
+      std::vector<intervention::BatchJob> joined;
+      for (const JobInput& input : join(running)) decode(input, joined);
+      return joined;
+    };
+  }
+  feed.done = [&](size_t b, StatusOr<protocol::Result> result) { done(job_of[b], Encoded(result)); };
+  intervention::BatchReport ran;
+  intervention::RunBatched(model, batch, feed, &ran);
+  if (report != nullptr) {
+    for (const std::vector<size_t>& pass : ran.passes) {
+      std::vector<size_t> ids;
+      for (size_t b : pass) ids.push_back(job_of[b]);
+      report->passes.push_back(std::move(ids));
+    }
+  }
+}
+
 std::vector<std::string> RunJobs(const Model& model, const std::string& served_name,
                                  const std::vector<JobInput>& jobs,
                                  const intervention::InterventionLimits& limits,
                                  intervention::BatchReport* report) {
   std::vector<std::string> out(jobs.size());
-  std::vector<std::optional<protocol::Request>> requests(jobs.size());
-  std::vector<intervention::BatchJob> batch;
-  std::vector<size_t> batch_index;  // batch position -> job
-  for (size_t j = 0; j < jobs.size(); ++j) {
-    StatusOr<protocol::Request> request = Decode(served_name, jobs[j].request_bytes);
-    if (!request.ok()) {
-      out[j] = ErrorReportBytes(request.status());
-      continue;
-    }
-    requests[j] = std::move(*request);
-    batch.push_back({&*requests[j], limits, jobs[j].control});
-    batch_index.push_back(j);
-  }
-  intervention::BatchReport ran;
-  std::vector<StatusOr<protocol::Result>> results = intervention::RunBatched(model, batch, &ran);
-  for (size_t b = 0; b < results.size(); ++b) out[batch_index[b]] = Encoded(results[b]);
-  if (report != nullptr) {
-    for (const std::vector<size_t>& pass : ran.passes) {
-      std::vector<size_t> ids;
-      for (size_t b : pass) ids.push_back(batch_index[b]);
-      report->passes.push_back(std::move(ids));
-    }
-  }
+  RunJobs(model, served_name, jobs, limits, nullptr,
+          [&out](size_t job, std::string result) { out[job] = std::move(result); }, report);
   return out;
 }
 

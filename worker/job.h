@@ -4,6 +4,7 @@
 #ifndef GLASSBOX_WORKER_JOB_H_
 #define GLASSBOX_WORKER_JOB_H_
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,6 +46,16 @@ std::vector<std::string> RunJobs(const Model& model, const std::string& served_n
                                  const std::vector<JobInput>& jobs,
                                  const intervention::InterventionLimits& limits,
                                  intervention::BatchReport* report = nullptr);
+
+// RunJobs with continuous batching: `join` (may be empty) is asked between the steps of a
+// shared generation, with how many jobs it runs, for jobs that join it (intervention::
+// BatchFeed); each job's encoded result or error report goes to `done` as soon as the job
+// ends, indexed as given, then joined jobs in the order they came. Never throws.
+void RunJobs(const Model& model, const std::string& served_name, const std::vector<JobInput>& jobs,
+             const intervention::InterventionLimits& limits,
+             const std::function<std::vector<JobInput>(size_t running)>& join,
+             const std::function<void(size_t job, std::string result)>& done,
+             intervention::BatchReport* report = nullptr);
 
 }  // namespace glassbox::worker
 

@@ -4,7 +4,11 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <map>
+#include <tuple>
+
 #include "engine/engine.h"
+#include "engine/generation.h"
 #include "tests/engine/tensor_fixtures.h"
 
 namespace glassbox {
@@ -123,6 +127,71 @@ TEST_CASE("hooks run at every generation step and can steer it", "[engine][gener
   auto plain = model->Generate({prompt}, Greedy(5));
   REQUIRE(plain.ok());
   CHECK(steered->new_tokens != plain->new_tokens);
+}
+
+TEST_CASE("groups join a running generation between steps, leave when done, and each generates what it would alone",
+          "[engine][generate]") {
+  auto model = TinyModel();
+  SamplingParams sampled = Greedy(4);
+  sampled.temperature = 1.5;
+  sampled.seed = 3;
+  // A runs 12 steps; B (sampled, 4 tokens) joins after A's 2nd step and leaves before A
+  // ends; C (two prompts, one longer than the batch's keys so far) joins after A's 5th.
+  const std::vector<std::vector<int64_t>> a = {{1, 9, 77, 3, 12, 40}}, b = {{1, 100, 7}};
+  const std::vector<std::vector<int64_t>> c = {{5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18}, {1, 2}};
+  HookSet hooks(model->catalogue());
+  std::vector<int64_t> rows;  // the batch's rows at each pass
+  REQUIRE(hooks.Add("model.layers.0.output", [&](const HookContext&, at::Tensor& v) {
+    rows.push_back(v.size(0));
+    return Status::Ok();
+  }).ok());
+  Generation generation(*model);
+  std::map<int, GenerateResult> results;
+  const int ga = generation.Join(a, Greedy(12)).value();
+  int gb = -1, gc = -1, passes = 0;
+  while (!generation.Idle()) {
+    const std::vector<Generation::Slot> next = generation.NextPass();
+    REQUIRE(!next.empty());
+    if (gb >= 0 && next.front().group == gb) CHECK(next.front().step == 0);  // B's prefill, alone
+    REQUIRE(generation.Step(&hooks).ok());
+    ++passes;
+    for (int g : generation.Finished()) results[g] = generation.Take(g);
+    if (passes == 2) gb = generation.Join(b, sampled).value();
+    if (passes == 6) gc = generation.Join(c, Greedy(5)).value();
+  }
+  REQUIRE(results.size() == 3);
+  for (const auto& [group, prompts, sampling] :
+       {std::make_tuple(ga, a, Greedy(12)), std::make_tuple(gb, b, sampled), std::make_tuple(gc, c, Greedy(5))}) {
+    INFO("group " << group);
+    auto alone = model->Generate(prompts, sampling);
+    REQUIRE(alone.ok());
+    CHECK(results[group].new_tokens == alone->new_tokens);
+    CHECK(results[group].stop_reasons == alone->stop_reasons);
+  }
+  // A 12 passes + B's and C's prefills; B's rows left after its 4 tokens, so the last passes
+  // hold A and C only (1 + 2 rows), and after C's 5 tokens A alone.
+  CHECK(passes == 14);
+  CHECK(std::count(rows.begin(), rows.end(), 2) >= 1);  // A and B decoding together
+  CHECK(std::count(rows.begin(), rows.end(), 4) == 0);  // B left before C joined
+  CHECK(std::count(rows.begin(), rows.end(), 3) == 4);  // A and C: C's 4 decode steps
+  CHECK(rows.back() == 1);
+}
+
+TEST_CASE("a group taken before it finishes stops and leaves while the others go on", "[engine][generate]") {
+  auto model = TinyModel();
+  Generation generation(*model);
+  const int ga = generation.Join({{1, 9, 77, 3}}, Greedy(6)).value();
+  const int gb = generation.Join({{1, 100, 7, 8, 9, 10, 11}}, Greedy(6)).value();
+  REQUIRE(generation.Step(nullptr).ok());
+  REQUIRE(generation.Step(nullptr).ok());
+  const GenerateResult partial = generation.Take(gb);  // B's prompt was the longer: trimmed
+  CHECK(partial.new_tokens.at(0).size() == 2);
+  while (!generation.Idle()) REQUIRE(generation.Step(nullptr).ok());
+  REQUIRE(generation.Finished() == std::vector<int>{ga});
+  auto alone = model->Generate({{1, 9, 77, 3}}, Greedy(6));
+  REQUIRE(alone.ok());
+  CHECK(generation.Take(ga).new_tokens == alone->new_tokens);
+  CHECK(generation.Join({{}}, Greedy(1)).status().code() == StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("SmolLM2 greedily continues a prompt sensibly", "[engine][generate][model][smollm2]") {

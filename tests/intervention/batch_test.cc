@@ -84,14 +84,15 @@ protocol::Request Attention() {
 }
 
 // A steering user: generation with a vector added at every step, the logits per step.
-protocol::Request Steering(int64_t max_new_tokens, double temperature, uint64_t seed) {
+protocol::Request Steering(int64_t max_new_tokens, double temperature, uint64_t seed,
+                           const std::vector<int64_t>& prompt = kClean) {
   at::Tensor direction = at::linspace(-1.0, 1.0, 64, at::kFloat);
   protocol::TensorData data{protocol::DType::kFloat32, {64},
                             std::string(reinterpret_cast<const char*>(direction.data_ptr()), 64 * 4)};
   protocol::Request r;
   r.model = "tiny";
   GraphBuilder g(r);
-  g.Trace({kClean});
+  g.Trace({prompt});
   r.traces.back().generate = protocol::GenerateOptions{};
   r.traces.back().generate->max_new_tokens = max_new_tokens;
   r.traces.back().generate->temperature = temperature;
@@ -198,6 +199,70 @@ TEST_CASE("a job that fails or is stopped leaves a shared pass without disturbin
   CHECK(results[1].status().message().find("node 1003") != std::string::npos);
   REQUIRE(!results[2].ok());
   CHECK(results[2].status().code() == StatusCode::kCancelled);
+  INFO(results[0].status().ToString());
+  REQUIRE(results[0].ok());
+  CheckSameResult(*results[0], RunOk(*model, requests[0]));
+}
+
+TEST_CASE("generations that arrive while one runs join it between steps, end on their own, and equal their solo runs",
+          "[intervention]") {
+  auto model = TinyModel();
+  const std::vector<int64_t> long_prompt = {1, 5, 9, 13, 17, 21, 25, 29, 33, 37, 41, 45, 49, 53, 57, 61, 65};
+  // Job 0 generates 12 tokens. Before its 3rd step, job 1 (sampled, 3 tokens) joins; before
+  // its 6th, job 2 (a prompt longer than the batch's keys so far) and two jobs that cannot
+  // join (a gradient, a forward), which run alone after the generation.
+  const std::vector<protocol::Request> requests = {Steering(12, 0.0, 0), Steering(3, 0.9, 7),
+                                                   Steering(4, 0.0, 0, long_prompt), Gradient(), LogitLens()};
+  std::vector<size_t> running_when_asked, ended;
+  std::vector<StatusOr<protocol::Result>> results(requests.size(), Internal("no result"));
+  BatchFeed feed;
+  feed.join = [&](size_t running) {
+    running_when_asked.push_back(running);
+    std::vector<BatchJob> joining;
+    if (running_when_asked.size() == 3) joining.push_back({&requests[1], InterventionLimits(), RunControl()});
+    if (running_when_asked.size() == 6) {
+      for (size_t j : {2, 3, 4}) joining.push_back({&requests[j], InterventionLimits(), RunControl()});
+    }
+    return joining;
+  };
+  feed.done = [&](size_t job, StatusOr<protocol::Result> result) {
+    ended.push_back(job);
+    results.at(job) = std::move(result);
+  };
+  BatchReport report;
+  RunBatched(*model, {{&requests[0], InterventionLimits(), RunControl()}}, feed, &report);
+  CHECK(report.passes == std::vector<std::vector<size_t>>{{0, 1, 2}, {3}, {4}});
+  // Job 1 ended (and was handed out) while job 0 still ran; so did job 2.
+  CHECK(ended == std::vector<size_t>{1, 2, 0, 3, 4});
+  CHECK(running_when_asked.at(2) == 1);
+  CHECK(std::count(running_when_asked.begin(), running_when_asked.end(), 2) >= 1);
+  for (size_t j = 0; j < requests.size(); ++j) {
+    INFO("job " << j << ": " << results[j].status().ToString());
+    REQUIRE(results[j].ok());
+    CheckSameResult(*results[j], RunOk(*model, requests[j]));
+  }
+  CHECK(Saved(*results[1], "logits_per_step").value.list.size() == 3);
+}
+
+TEST_CASE("a job that is stopped after joining a running generation leaves it while the others go on", "[intervention]") {
+  auto model = TinyModel();
+  const std::vector<protocol::Request> requests = {Steering(8, 0.0, 0), Steering(6, 0.9, 3)};
+  std::vector<StatusOr<protocol::Result>> results(requests.size(), Internal("no result"));
+  int asked = 0, steps_of_1 = 0;
+  BatchFeed feed;
+  feed.join = [&](size_t) {
+    std::vector<BatchJob> joining;
+    if (++asked != 2) return joining;
+    joining.push_back({&requests[1], InterventionLimits(), RunControl()});
+    joining[0].control.interrupt = [&steps_of_1] {  // cancelled by its user at its 3rd layer
+      return ++steps_of_1 >= 3 ? Cancelled("cancelled by the user") : Status::Ok();
+    };
+    return joining;
+  };
+  feed.done = [&](size_t job, StatusOr<protocol::Result> result) { results.at(job) = std::move(result); };
+  RunBatched(*model, {{&requests[0], InterventionLimits(), RunControl()}}, feed);
+  REQUIRE(!results[1].ok());
+  CHECK(results[1].status().code() == StatusCode::kCancelled);
   INFO(results[0].status().ToString());
   REQUIRE(results[0].ok());
   CheckSameResult(*results[0], RunOk(*model, requests[0]));

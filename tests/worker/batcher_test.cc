@@ -1,6 +1,6 @@
 // The worker's batcher on the tiny checkpoint: jobs handed to it from several threads (as
-// the worker's links hand them) run together, and a short job is not stuck behind a long
-// generation.
+// the worker's links hand them) run together, a short job is not stuck behind a long
+// generation, and a generation joins a running one.
 // LibTorch brings glog, whose CHECK would replace Catch's: it goes first, so Catch's wins.
 #include <c10/util/Logging.h>
 #include <catch2/catch.hpp>
@@ -147,6 +147,53 @@ TEST_CASE("a short job runs at a layer boundary of a running generation, not aft
   CHECK(long_done == 2);
   CHECK(ExpectResult(short_result).saved.size() == 1);
   CHECK(ExpectResult(long_result).generated.at(0).size() == 40);
+}
+
+TEST_CASE("a generation handed over while another generates joins it at the next step and is answered first", "[worker]") {
+  auto model = Tiny();
+  std::mutex mu;
+  std::condition_variable changed;
+  bool generating = false;
+  Batcher* batcher_ptr = nullptr;
+  // At the long generation's first layer boundary: wait until the second one is handed over.
+  auto at_layer = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (generating) return;
+    generating = true;
+    changed.notify_all();
+    changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
+  };
+  Batcher batcher(*model, "tiny", {}, 4, "", at_layer);
+  batcher_ptr = &batcher;
+  broker::JobContext long_job("long", 60000), short_job("short", 60000);
+  std::atomic<int> finished{0};
+  int long_done = 0, short_done = 0;
+  std::string long_result, short_result;
+  std::thread first([&] {
+    long_result = batcher.Run(long_job, Generation(60));
+    long_done = ++finished;
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    changed.wait(lock, [&] { return generating; });
+  }
+  std::thread second([&] {
+    short_result = batcher.Run(short_job, Generation(3));
+    short_done = ++finished;
+  });
+  while (batcher.Waiting() == 0) std::this_thread::yield();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    changed.notify_all();
+  }
+  second.join();
+  first.join();
+  CHECK(short_done == 1);  // it joined the running generation and left it after 3 tokens
+  CHECK(long_done == 2);
+  CHECK(short_job.TakeBatchReport() == 2);
+  const protocol::Result joined = ExpectResult(short_result);
+  CHECK(joined.generated == ExpectResult(RunJob(*model, "tiny", Generation(3), {}, {})).generated);
+  CHECK(ExpectResult(long_result).generated == ExpectResult(RunJob(*model, "tiny", Generation(60), {}, {})).generated);
 }
 
 }  // namespace
