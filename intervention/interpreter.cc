@@ -816,7 +816,7 @@ class SharedPass {
       for (Member* m : members_) {
         if (!m->active || !m->in_pass || !m->control->interrupt) continue;
         Status go_on = m->control->interrupt();
-        if (!go_on.ok()) Leave(*m, go_on);
+        if (!go_on.ok()) Leave(*m, AtStep(*m, go_on));
       }
       return PassActive() ? Status::Ok() : AllStopped();
     });
@@ -952,6 +952,14 @@ class SharedPass {
       return;
     }
     Leave(m, status);
+  }
+
+  // A generation stopped from outside (cancelled, out of time) says how far it got.
+  static Status AtStep(const Member& m, const Status& why) {
+    const auto& generate = m.request->traces[0].generate;
+    if (!generate) return why;
+    return Status(why.code(), why.message() + " (at generation step " + std::to_string(m.step) + " of " +
+                                  std::to_string(generate->max_new_tokens) + ")");
   }
 
   void Leave(Member& m, const Status& why) {

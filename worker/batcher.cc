@@ -3,11 +3,27 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+
+#include "protocol/codec.h"
 
 #include "worker/job.h"
 
 namespace glassbox::worker {
+namespace {
+
+// A job stopped from outside (cancelled, out of time) is logged with how far it got, so an
+// operator sees that the worker let go of it.
+void LogStopped(const broker::JobContext& job, const std::string& result) {
+  if (!job.ShouldStop()) return;
+  StatusOr<protocol::ErrorReport> report = protocol::DecodeErrorReport(result);
+  if (!report.ok()) return;  // it finished before it was stopped
+  std::fprintf(stderr, "glassbox worker: job %s stopped: %s\n", job.job_id().c_str(), report->message.c_str());
+}
+
+}  // namespace
+
 Batcher::Batcher(const Model& model, std::string served_name, intervention::InterventionLimits limits,
                  size_t max_jobs, std::string hold_file, std::function<void()> at_layer)
     : model_(model), served_name_(std::move(served_name)), limits_(limits),
@@ -129,8 +145,10 @@ void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
     }
     return joined;
   };
-  RunJobs(model_, served_name_, inputs, limits_, join,
-          [&jobs](size_t j, std::string result) { jobs[j]->result.set_value(std::move(result)); });
+  RunJobs(model_, served_name_, inputs, limits_, join, [&jobs](size_t j, std::string result) {
+    LogStopped(*jobs[j]->job, result);
+    jobs[j]->result.set_value(std::move(result));
+  });
 }
 
 void Batcher::RunWaitingForwards() {

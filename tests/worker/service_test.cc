@@ -69,6 +69,11 @@ class Service {
     return {};
   }
 
+  // What the engine worker serving `name` has logged so far.
+  std::string EngineLog(const std::string& name) const {
+    return testing::ReadTextFile(dir_.path() + "/engine-" + name + ".log");
+  }
+
  private:
   std::string ClientEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(client_port_); }
   std::string WorkerEndpoint() const { return "tcp://127.0.0.1:" + std::to_string(worker_port_); }
@@ -94,6 +99,15 @@ protocol::Request ReadAndSave(const std::string& model, const std::string& point
   trace.nodes.push_back({1, "save", {Value::Ref(0)}, {{"name", Value::String("x")}}, ""});
   request.traces.push_back(trace);
   return request;
+}
+
+// The step a stopped generation's message names ("... (at generation step 12 of 400)").
+int64_t StoppedAtStep(const std::string& message) {
+  const std::string marker = "at generation step ";
+  const size_t at = message.find(marker);
+  INFO(message);
+  REQUIRE(at != std::string::npos);
+  return std::stoll(message.substr(at + marker.size()));
 }
 
 broker::JobStatus WaitDone(broker::Client& client, const std::string& job, int timeout_ms) {
@@ -272,6 +286,7 @@ TEST_CASE("a long generation is stopped between hook points by its time limit or
   CHECK(out_of_time.state == JobState::kError);
   CHECK(out_of_time.message.find("time limit of 4 s exceeded") != std::string::npos);
   CHECK(out_of_time.message.find("did not stop") == std::string::npos);  // not the broker's
+  CHECK(StoppedAtStep(out_of_time.message) < 400);  // the worker stopped mid-generation
 
   auto cancelled = client->Submit(request);
   REQUIRE(cancelled.ok());
@@ -282,12 +297,20 @@ TEST_CASE("a long generation is stopped between hook points by its time limit or
   REQUIRE(cancel.ok());
   CHECK(cancel->state == JobState::kCancelled);
 
-  // The worker is free again at once: a short job completes well before 400 tokens could.
+  // The worker lets go of the cancelled generation mid-way (its log says at which step) and
+  // takes the next job (one batch slot: only once the cancelled job has left it).
   auto next = client->Submit(protocol::EncodeRequest(ReadAndSave("smollm2", "lm_head.output")));
   REQUIRE(next.ok());
-  const broker::JobStatus after = WaitDone(*client, *next, 15000);
+  const broker::JobStatus after = WaitDone(*client, *next, 120000);
   INFO(after.code << ": " << after.message);
   CHECK(after.state == JobState::kCompleted);
+  const std::string log = service.EngineLog("smollm2");
+  const size_t line = log.find("job " + *cancelled + " stopped: ");
+  INFO(log);
+  REQUIRE(line != std::string::npos);
+  const std::string stopped = log.substr(line, log.find('\n', line) - line);
+  CHECK(stopped.find("cancelled by the user") != std::string::npos);
+  CHECK(StoppedAtStep(stopped) < 400);
 }
 
 }  // namespace
