@@ -685,7 +685,7 @@ namespace {
 struct Prepared {
   std::vector<TracePlan> plans;
   protocol::Result result;
-  int64_t bytes = 0;  // the memory estimate's total
+  MemoryEstimate estimate;
 };
 
 // Validation, the shape pass and the memory and time estimates: every refusal Run gives
@@ -693,13 +693,12 @@ struct Prepared {
 StatusOr<Prepared> Prepare(const Model& model, const protocol::Request& request,
                            const InterventionLimits& limits, const RunControl& control) {
   Prepared prepared;
-  MemoryEstimate estimate;
+  MemoryEstimate& estimate = prepared.estimate;
   std::vector<ValidationError> errors = PlanRequest(model, request, limits, prepared.plans);
   if (errors.empty()) {
     errors = CheckShapes(model, request, prepared.plans, limits,
                          request.scan ? &prepared.result.shapes : nullptr, &estimate);
   }
-  prepared.bytes = estimate.Total();
   if (!errors.empty()) {
     std::string message = std::to_string(errors.size()) + " problem(s) in the request:";
     for (const ValidationError& e : errors) message += "\n  " + e.ToString();
@@ -750,6 +749,26 @@ bool SharesPass(const protocol::Request& request, const Prepared& prepared) {
   return true;
 }
 
+// A single-trace job's memory estimate in a shared pass whose prompts are left-padded to
+// `prompt` positions: its rows are as long as the batch's longest prompt, so its model pass
+// (activations, KV cache) is taken at that length; graph and saved values stay its own.
+int64_t SharedBytes(const Model& model, const protocol::Request& request, const Prepared& prepared, int64_t prompt) {
+  const TracePlan& plan = prepared.plans[0];
+  ShapePassSizes sizes;
+  sizes.batch = static_cast<int64_t>(plan.prompts.size());
+  sizes.prompt = prompt;
+  sizes.steps = plan.steps;
+  sizes.generate = request.traces[0].generate.has_value();
+  const int64_t pass = PassBytes(model.catalogue(), sizes, KvBytesPerToken(model), /*backward=*/false);
+  return SaturatingAdd(SaturatingAdd(prepared.estimate.values, prepared.estimate.saved), pass);
+}
+
+int64_t LongestPrompt(const Prepared& prepared) {
+  int64_t longest = 0;
+  for (const auto& p : prepared.plans[0].prompts) longest = std::max<int64_t>(longest, p.size());
+  return longest;
+}
+
 // `work`'s result (a Status or a StatusOr), or the status of what it threw: out of memory, a
 // LibTorch error.
 template <typename Work>
@@ -780,6 +799,7 @@ struct Member {
   int64_t row0 = 0, rows = 0;
   int step = 0;
   bool active = true;        // still called at hook points
+  bool ended = false;        // its result has gone out
   Status failure;            // the job's own failure, if any
 };
 
@@ -1014,10 +1034,15 @@ class BatchRun {
       : model_(model), feed_(feed), report_(report) {}
 
   void Run(const std::vector<BatchJob>& jobs) {
-    for (const BatchJob& job : jobs) Sort(Take(job), forwards_, forward_bytes_);
+    for (const BatchJob& job : jobs) Sort(Take(job), forwards_);
     // A pass of one runs alone, exactly as Run would run it, unless others may join it.
-    if (forwards_.size() == 1) RunAlone(forwards_);
-    if (generations_.size() == 1 && !feed_.join) RunAlone(generations_);
+    std::vector<Member*> singles;
+    for (std::vector<Member*>* pass : {&forwards_, &generations_}) {
+      if (pass->size() != 1 || (pass == &generations_ && feed_.join)) continue;
+      singles.push_back(pass->front());
+      pass->clear();
+    }
+    alone_.insert(alone_.begin(), singles.begin(), singles.end());
     if (!forwards_.empty()) {
       Report(forwards_);
       SharedPass(model_, nullptr, [this](Member& m) { Done(m); }).RunForward(forwards_);
@@ -1026,8 +1051,7 @@ class BatchRun {
       const size_t pass = Report(generations_);
       std::function<std::vector<Member*>(size_t)> admit;
       if (feed_.join) admit = [this, pass](size_t running) { return Admit(running, pass); };
-      SharedPass(model_, admit, [this](Member& m) { Done(m); })
-          .RunGeneration(generations_);
+      SharedPass(model_, admit, [this](Member& m) { Done(m); }).RunGeneration(generations_);
     }
     // Jobs that cannot share a pass run alone, in the order they came.
     for (size_t a = 0; a < alone_.size(); ++a) {
@@ -1057,10 +1081,11 @@ class BatchRun {
     return m;
   }
 
-  // Into the forward pass, the generation, or the jobs that run alone. A shared pass holds
-  // its jobs' memory at once: it takes a job only while their estimates together stay within
-  // the job's own budget; the rest run alone, after.
-  void Sort(std::unique_ptr<Member> m, std::vector<Member*>& forwards, int64_t& forward_bytes) {
+  // Into the forward pass (`forwards`), the generation, or the jobs that run alone. A shared
+  // pass holds its jobs' memory at once: it takes a job only while the estimates of the jobs
+  // still in it, each at the pass's padded prompt length (SharedBytes), stay within the
+  // job's own budget; the rest run alone, after.
+  void Sort(std::unique_ptr<Member> m, std::vector<Member*>& forwards) {
     if (m == nullptr) return;
     Member* member = m.get();
     members_.push_back(std::move(m));
@@ -1068,38 +1093,44 @@ class BatchRun {
       alone_.push_back(member);
       return;
     }
-    const bool generates = member->request->traces[0].generate.has_value();
-    std::vector<Member*>& pass = generates ? generations_ : forwards;
-    int64_t& bytes = generates ? generation_bytes_ : forward_bytes;
+    std::vector<Member*>& pass = member->request->traces[0].generate ? generations_ : forwards;
     const int64_t budget = jobs_[member->job].limits.max_job_bytes;
-    if (budget > 0 && !pass.empty() && SaturatingAdd(bytes, member->prepared.bytes) > budget) {
+    if (budget > 0 && !pass.empty() && PassBytesWith(pass, *member) > budget) {
       alone_.push_back(member);
       return;
     }
-    bytes = SaturatingAdd(bytes, member->prepared.bytes);
-    Runner(*member);
+    CountUses(member->prepared.plans, member->env);
+    member->runner = std::make_unique<TraceRunner>(model_, member->prepared.plans[0], member->request->traces[0],
+                                                   member->env, jobs_[member->job].limits, *member->control,
+                                                   member->prepared.result);
     pass.push_back(member);
   }
 
-  void Runner(Member& m) {
-    CountUses(m.prepared.plans, m.env);
-    m.runner = std::make_unique<TraceRunner>(model_, m.prepared.plans[0], m.request->traces[0], m.env,
-                                             jobs_[m.job].limits, *m.control, m.prepared.result);
+  // The estimated memory of `pass`'s jobs still running, with `joining` beside them.
+  int64_t PassBytesWith(const std::vector<Member*>& pass, const Member& joining) const {
+    int64_t prompt = LongestPrompt(joining.prepared);
+    for (const Member* m : pass) {
+      if (!m->ended) prompt = std::max(prompt, LongestPrompt(m->prepared));
+    }
+    int64_t bytes = SharedBytes(model_, *joining.request, joining.prepared, prompt);
+    for (const Member* m : pass) {
+      if (!m->ended) bytes = SaturatingAdd(bytes, SharedBytes(model_, *m->request, m->prepared, prompt));
+    }
+    return bytes;
   }
 
-  // A running generation's new members: the feed's jobs that generate alone-free and fit the
-  // memory budget beside the jobs still running; others run alone after it.
+  // A running generation's new members: the fed jobs that may share its pass and fit the
+  // memory budget beside the jobs still in it. The others run alone after it.
   std::vector<Member*> Admit(size_t running, size_t pass) {
     std::vector<Member*> joining;
     std::vector<Member*> forwards;  // (a fed job that does not generate runs alone, after)
-    int64_t forward_bytes = 0;
     for (const BatchJob& job : feed_.join(running)) {
       std::unique_ptr<Member> m = Take(job);
       if (m == nullptr) continue;
       Member* member = m.get();
       const size_t before = generations_.size();
-      Sort(std::move(m), forwards, forward_bytes);
-      for (Member* f : forwards) alone_.push_back(f);
+      Sort(std::move(m), forwards);
+      alone_.insert(alone_.end(), forwards.begin(), forwards.end());
       forwards.clear();
       if (generations_.size() == before) continue;
       joining.push_back(member);
@@ -1109,19 +1140,14 @@ class BatchRun {
     return joining;
   }
 
-  // A job's result goes out as soon as it ends; a shared generation gives its memory back.
+  // A job's result goes out as soon as it ends; its memory is the pass's no longer.
   void Done(Member& m) {
-    if (m.request->traces[0].generate) generation_bytes_ -= std::min(generation_bytes_, m.prepared.bytes);
+    m.ended = true;
     if (m.failure.ok()) {
       feed_.done(m.job, std::move(m.prepared.result));
     } else {
       feed_.done(m.job, m.failure);
     }
-  }
-
-  void RunAlone(std::vector<Member*>& pass) {
-    alone_.insert(alone_.begin(), pass.front());
-    pass.clear();
   }
 
   size_t Report(const std::vector<Member*>& pass) {
@@ -1141,7 +1167,6 @@ class BatchRun {
   std::deque<BatchJob> jobs_;  // given, then joined (a deque: controls stay where they are)
   std::vector<std::unique_ptr<Member>> members_;
   std::vector<Member*> forwards_, generations_, alone_;
-  int64_t forward_bytes_ = 0, generation_bytes_ = 0;
 };
 
 }  // namespace

@@ -318,5 +318,41 @@ TEST_CASE("a shared pass takes jobs only while their memory estimates fit one jo
   }
 }
 
+TEST_CASE("a shared pass counts its jobs' memory at the batch's padded prompt length", "[intervention]") {
+  auto model = TinyModel();
+  auto estimate_of = [&](const protocol::Request& request) {
+    InterventionLimits tiny_budget;
+    tiny_budget.max_job_bytes = 1;
+    auto refused = Run(*model, request, tiny_budget);
+    INFO(refused.status().ToString());
+    REQUIRE(refused.status().code() == StatusCode::kResourceExhausted);
+    const std::string& message = refused.status().message();
+    return std::stoll(message.substr(message.find("needs an estimated ") + std::string("needs an estimated ").size()));
+  };
+  protocol::Request short_lens = LogitLens(), long_lens = LogitLens();
+  std::vector<int64_t> long_prompt;
+  for (int64_t i = 0; i < 60; ++i) long_prompt.push_back(1 + (i * 37) % 127);
+  long_lens.traces[0].invokes[0].ids = long_prompt;
+  const int64_t short_bytes = estimate_of(short_lens), long_bytes = estimate_of(long_lens);
+  REQUIRE(long_bytes > short_bytes);
+  const std::vector<protocol::Request> requests = {short_lens, short_lens, long_lens};
+  // Their own estimates add up to the budget, but beside the long prompt the short ones'
+  // rows are 60 positions long: the long job runs alone. With room for that, all share.
+  for (const auto& [budget, expected] : std::vector<std::pair<int64_t, std::vector<std::vector<size_t>>>>{
+           {2 * short_bytes + long_bytes, {{0, 1}, {2}}}, {3 * long_bytes, {{0, 1, 2}}}}) {
+    INFO("budget " << budget);
+    std::vector<BatchJob> jobs = Jobs(requests);
+    for (BatchJob& job : jobs) job.limits.max_job_bytes = budget;
+    BatchReport report;
+    auto results = RunBatched(*model, jobs, &report);
+    CHECK(report.passes == expected);
+    for (size_t j = 0; j < results.size(); ++j) {
+      INFO("job " << j << ": " << results[j].status().ToString());
+      REQUIRE(results[j].ok());
+      CheckSameResult(*results[j], RunOk(*model, requests[j]));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace glassbox::intervention
