@@ -214,22 +214,22 @@ std::vector<PointSpec> LayerPoints(const PointRow* rows, size_t count, const Mod
     const PointRow& row = rows[i];
     if (keep && !keep(row.point)) continue;
     index[row.point] = static_cast<int>(specs.size());
-    specs.push_back({row.name, row.alias, ShapeOf(row.dims, c), row.meaning, "", row.skip_from});
+    specs.push_back({row.name, row.alias, ShapeOf(row.dims, c), row.meaning, "", row.skip_from, false});
   }
   return specs;
 }
 
 std::vector<PointSpec> EmbeddingPoints(const std::string& embedding, const ModelConfig& c) {
-  return {{embedding + ".input", "", {"batch", "seq"}, "token ids", "int64"},
-          {embedding + ".output", "hook_embed", ShapeOf(Dims::kResid, c), "token embeddings"}};
+  return {{embedding + ".input", "", {"batch", "seq"}, "token ids", "int64", "", false},
+          {embedding + ".output", "hook_embed", ShapeOf(Dims::kResid, c), "token embeddings", "", "", false}};
 }
 
 std::vector<PointSpec> HeadPoints(const std::string& norm, const std::string& unembedding,
                                   const ModelConfig& c, const std::string& logits_note) {
   const std::vector<std::string> resid = ShapeOf(Dims::kResid, c);
   const std::vector<std::string> logits = {"batch", "seq", std::to_string(c.vocab_size)};
-  return {{norm + ".input", "ln_final.hook_input", resid, "final residual stream, input of the last norm"},
-          {norm + ".output", "ln_final.hook_normalized", resid, "final norm output"},
+  return {{norm + ".input", "ln_final.hook_input", resid, "final residual stream, input of the last norm", "", "", false},
+          {norm + ".output", "ln_final.hook_normalized", resid, "final norm output", "", "", false},
           {unembedding + ".input", "unembed.hook_input", resid, "input of the unembedding", "", "", true},
           {unembedding + ".output", "unembed.hook_logits", logits,
            "logits over the vocabulary" + logits_note, "", "", true}};

@@ -68,7 +68,7 @@ CatalogueSpec Gpt2Catalogue(const Options& o) {
   spec.layer_prefix = "transformer.h.";
   spec.before = EmbeddingPoints("transformer.wte", o.config);
   spec.before.push_back({"transformer.wpe.output", "hook_pos_embed", ShapeOf(Dims::kResid, o.config),
-                         "position embeddings"});
+                         "position embeddings", "", "", false});
   spec.layer = LayerPoints(kLayerPoints, kPointCount, o.config, nullptr, index);
   spec.after = HeadPoints("transformer.ln_f", "lm_head", o.config);
   return spec;

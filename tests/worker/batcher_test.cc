@@ -103,97 +103,75 @@ TEST_CASE("jobs handed to the batcher while held run as one batch, each with its
   }
 }
 
-TEST_CASE("a short job runs at a layer boundary of a running generation, not after it", "[worker]") {
-  auto model = Tiny();
+// Two jobs on one batcher: `first` starts; at its first layer boundary the batch thread
+// waits until `second` (handed over from another thread) is with the batcher. What each
+// returned, the order they were answered in (1, 2), and the batch size reported for second.
+struct SecondDuringFirst {
+  std::string first_result, second_result;
+  int first_done = 0, second_done = 0;
+  int64_t second_batch = 0;
+};
+
+SecondDuringFirst RunSecondDuringFirst(const Model& model, const std::string& first, const std::string& second) {
   std::mutex mu;
   std::condition_variable changed;
-  bool generating = false;
+  bool started = false;
   Batcher* batcher_ptr = nullptr;
-  // At the generation's first layer boundary: wait until the short job has been handed over.
   auto at_layer = [&] {
     std::unique_lock<std::mutex> lock(mu);
-    if (generating) return;
-    generating = true;
+    if (started) return;
+    started = true;
     changed.notify_all();
     changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
   };
-  Batcher batcher(*model, "tiny", {}, 4, "", at_layer);
+  Batcher batcher(model, "tiny", {}, 4, "", at_layer);
   batcher_ptr = &batcher;
-  broker::JobContext long_job("long", 60000), short_job("short", 60000);
+  broker::JobContext first_job("first", 60000), second_job("second", 60000);
   std::atomic<int> finished{0};
-  int long_done = 0, short_done = 0;
-  std::string long_result, short_result;
-  std::thread generation([&] {
-    long_result = batcher.Run(long_job, Generation(40));
-    long_done = ++finished;
+  SecondDuringFirst out;
+  std::thread first_link([&] {
+    out.first_result = batcher.Run(first_job, first);
+    out.first_done = ++finished;
   });
   {
     std::unique_lock<std::mutex> lock(mu);
-    changed.wait(lock, [&] { return generating; });
+    changed.wait(lock, [&] { return started; });
   }
-  std::thread trace([&] {
-    short_result = batcher.Run(short_job, Forward({1, 7}));
-    short_done = ++finished;
+  std::thread second_link([&] {
+    out.second_result = batcher.Run(second_job, second);
+    out.second_done = ++finished;
   });
+  while (batcher.Waiting() == 0) std::this_thread::yield();
   {
-    // Wakes the boundary's wait once the short job is with the batcher (Waiting() > 0).
-    while (batcher.Waiting() == 0) std::this_thread::yield();
+    // Wakes the boundary's wait once the second job is with the batcher (Waiting() > 0).
     std::lock_guard<std::mutex> lock(mu);
     changed.notify_all();
   }
-  trace.join();
-  generation.join();
-  CHECK(short_done == 1);  // before the generation's 40 steps were through
-  CHECK(long_done == 2);
-  CHECK(ExpectResult(short_result).saved.size() == 1);
-  CHECK(ExpectResult(long_result).generated.at(0).size() == 40);
+  second_link.join();
+  first_link.join();
+  out.second_batch = second_job.TakeBatchReport();
+  return out;
+}
+
+TEST_CASE("a short job runs at a layer boundary of a running generation, not after it", "[worker]") {
+  auto model = Tiny();
+  const SecondDuringFirst run = RunSecondDuringFirst(*model, Generation(40), Forward({1, 7}));
+  CHECK(run.second_done == 1);  // before the generation's 40 steps were through
+  CHECK(run.first_done == 2);
+  CHECK(ExpectResult(run.second_result).saved.size() == 1);
+  CHECK(ExpectResult(run.first_result).generated.at(0).size() == 40);
 }
 
 TEST_CASE("a generation handed over while another generates joins it at the next step and is answered first", "[worker]") {
   auto model = Tiny();
-  std::mutex mu;
-  std::condition_variable changed;
-  bool generating = false;
-  Batcher* batcher_ptr = nullptr;
-  // At the long generation's first layer boundary: wait until the second one is handed over.
-  auto at_layer = [&] {
-    std::unique_lock<std::mutex> lock(mu);
-    if (generating) return;
-    generating = true;
-    changed.notify_all();
-    changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
-  };
-  Batcher batcher(*model, "tiny", {}, 4, "", at_layer);
-  batcher_ptr = &batcher;
-  broker::JobContext long_job("long", 60000), short_job("short", 60000);
-  std::atomic<int> finished{0};
-  int long_done = 0, short_done = 0;
-  std::string long_result, short_result;
-  std::thread first([&] {
-    long_result = batcher.Run(long_job, Generation(60));
-    long_done = ++finished;
-  });
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    changed.wait(lock, [&] { return generating; });
-  }
-  std::thread second([&] {
-    short_result = batcher.Run(short_job, Generation(3));
-    short_done = ++finished;
-  });
-  while (batcher.Waiting() == 0) std::this_thread::yield();
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    changed.notify_all();
-  }
-  second.join();
-  first.join();
-  CHECK(short_done == 1);  // it joined the running generation and left it after 3 tokens
-  CHECK(long_done == 2);
-  CHECK(short_job.TakeBatchReport() == 2);
-  const protocol::Result joined = ExpectResult(short_result);
-  CHECK(joined.generated == ExpectResult(RunJob(*model, "tiny", Generation(3), {}, {})).generated);
-  CHECK(ExpectResult(long_result).generated == ExpectResult(RunJob(*model, "tiny", Generation(60), {}, {})).generated);
+  const SecondDuringFirst run = RunSecondDuringFirst(*model, Generation(60), Generation(3));
+  CHECK(run.second_done == 1);  // it joined the running generation and left it after 3 tokens
+  CHECK(run.first_done == 2);
+  CHECK(run.second_batch == 2);
+  CHECK(ExpectResult(run.second_result).generated ==
+        ExpectResult(RunJob(*model, "tiny", Generation(3), {}, {})).generated);
+  CHECK(ExpectResult(run.first_result).generated ==
+        ExpectResult(RunJob(*model, "tiny", Generation(60), {}, {})).generated);
 }
 
 }  // namespace
