@@ -10,6 +10,8 @@
 operations as torch-like functions (the common ones are re-exported here).
 """
 
+import builtins
+
 from . import _wire as wire
 from . import functions
 from .backends import Backend, LocalBackend
@@ -18,7 +20,7 @@ from .catalogue import Catalogue, HookPoint
 from .errors import GlassboxError, TracingError
 from .functions import (arange, cat, einsum, full, full_like, log_softmax, ones, ones_like,
                         randn, softmax, stack, where, zeros, zeros_like)
-from .model import Envoy, Model
+from .model import AttentionOutput, Envoy, Model, _ModelOutput
 from .proxy import Proxy
 from .service import JobFuture, JobTimeoutError, ServiceBackend
 from .tracing import Cache, SavedList, StopTracing
@@ -30,6 +32,23 @@ def list(*items) -> SavedList:  # noqa: A001 - nnsight's name (nnsight.list())
     """nnsight's ``nnsight.list()``: append traced values inside a trace (one per step
     inside ``tracer.all()``); after the run the list holds their values."""
     return SavedList(items)
+
+
+def save(value):
+    """nnsight's ``nnsight.save(x)``, the same as ``x.save()``: marks a traced value (or
+    ``model.output``, an attention module's output tuple, a tuple of traced values) to come
+    back after the block and returns it. A plain list becomes a ``glassbox.list()`` holding
+    its items (append to what it returns). Other values (numbers, sizes) come back as
+    they are."""
+    if isinstance(value, SavedList):
+        return value
+    if type(value) is builtins.list:
+        return SavedList(value).save_items()
+    if isinstance(value, tuple):
+        return tuple(save(v) for v in value)
+    if isinstance(value, (Proxy, AttentionOutput, _ModelOutput)):
+        return value.save()
+    return value
 
 
 __version__ = "0.1.0"

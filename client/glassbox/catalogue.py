@@ -106,6 +106,15 @@ class Catalogue:
         canonical = name if name in self.points else self._by_alias.get(name)
         return self.points.get(canonical) if canonical else None
 
+    def module_spec(self, path: str) -> Optional[ModuleSpec]:
+        """The module of the tree at dotted ``path`` ("" is the root); None if none is."""
+        spec = self.tree
+        for part in path.split(".") if path else []:
+            spec = spec.children.get(part)
+            if spec is None:
+                return None
+        return spec
+
     def names(self) -> List[str]:
         return list(self.points)
 

@@ -79,6 +79,8 @@ class Envoy:
         if name in self._spec.weights:
             self._tracer(name).write_weight(self._spec.weights[name], value)
             return
+        if name == "inputs" and "input" in self._spec.points:
+            name, value = "input", self._first_input(value)
         if name not in self._spec.points:
             raise AttributeError(f"cannot set {name!r} on {self._spec.path or 'the model'}: "
                                  f"only its hook points ({', '.join(self._spec.points)}) can be "
@@ -86,6 +88,16 @@ class Envoy:
         if name == "output" and self._returns_a_tuple():
             value = AttentionOutput.first_of(self, value)
         self._tracer(name).write(self._spec.points[name], value)
+
+    def _first_input(self, inputs):
+        """The tensor of ``module.inputs = ((x,), {})`` (nnsight's (args, kwargs))."""
+        args, kwargs = inputs if isinstance(inputs, tuple) and len(inputs) == 2 and \
+            isinstance(inputs[1], dict) else (None, None)
+        if args is None or len(args) + len(kwargs) != 1:
+            raise TracingError(f"{self._spec.path}.inputs = (args, kwargs) takes the one tensor "
+                               "the module is called with here: ((x,), {}); or write "
+                               f"{self._spec.path}.input = x")
+        return args[0] if args else next(iter(kwargs.values()))
 
     def _returns_a_tuple(self) -> bool:
         """Whether transformers' module returns (attn_output, attn_weights): the attention
@@ -143,11 +155,21 @@ class Envoy:
             raise TracingError(f"{self._spec.path or 'the model'} cannot be skipped: only a "
                                f"layer, its attention or its MLP can ({examples}, ...; or "
                                "blocks.N, blocks.N.attn, blocks.N.mlp)")
+        if isinstance(value, (tuple, list)):  # nnsight: skip((hidden, None)), a module's tuple
+            value = AttentionOutput.first_of(self, value) if self._returns_a_tuple() else \
+                self._first_of_tuple(value)
         tracer.skip(module, value)
 
-    def next(self, steps: int = 1) -> "Envoy":
-        """Moves hook-point access to the next generation step (nnsight's module.next())."""
-        self._tracer("next()").next(steps)
+    def _first_of_tuple(self, value):
+        if not value or any(v is not None for v in value[1:]):
+            raise TracingError(f"{self._spec.path}.skip(value): the module's output here is "
+                               f"one tensor; give it alone (or as (value, None))")
+        return value[0]
+
+    def next(self, step: int = 1) -> "Envoy":
+        """Moves hook-point access ``step`` generation steps on (nnsight's
+        ``module.next(step=1)``, an alias of ``tracer.next``)."""
+        self._tracer("next()").next(step)
         return self
 
     def __dir__(self):

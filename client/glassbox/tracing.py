@@ -207,6 +207,14 @@ class SavedList(list):
     def save(self, name: Optional[str] = None) -> "SavedList":
         return self
 
+    def save_items(self) -> "SavedList":
+        """Saves the traced values already in the list (``glassbox.save([a, b])``)."""
+        items = list(self)
+        del self[:]
+        for item in items:
+            self.append(item)
+        return self
+
     def append(self, value) -> None:
         tracer = active_tracer()
         if isinstance(value, Proxy) and not value._resolved() and tracer is not None:
@@ -369,10 +377,11 @@ class Tracer(JobHandle):
         self._saves: List[tuple] = []
         self._logs: List[tuple] = []
         self._stopped = False
-        self._generator_output: Optional["GeneratorOutput"] = None
+        self._generator_outputs: Dict[Optional[int], "GeneratorOutput"] = {}  # by invoke
         self._prompt_reads: Dict[int, Proxy] = {}
         self._stop_strings: List[str] = []
         self._reads: Dict[tuple, Proxy] = {}
+        self._step_scopes = 0  # tracer.iter[...] / tracer.all() blocks open
         self._weights: Dict[str, Proxy] = {}  # weights an edit changed -> their new values
         self._own_builder = True
         self.builder: Optional[RequestBuilder] = None
@@ -417,7 +426,7 @@ class Tracer(JobHandle):
         if exc_type is not None and not stopped:
             self.builder.abandon()
             return False
-        if self._generator_output is not None:
+        if self._generator_outputs:
             self._read_prompt_ids()
         self._emit_saves()
         if not self.trace.invokes:
@@ -430,12 +439,13 @@ class Tracer(JobHandle):
     # The generated sequences ---------------------------------------------------------------
 
     def generator_output(self) -> "GeneratorOutput":
-        """``model.generator.output``: prompt and new tokens of every prompt, after the run."""
+        """``model.generator.output``: prompt and new tokens of every prompt, after the run;
+        inside ``tracer.invoke(...)``, as in nnsight, that invoke's row only."""
         if self.trace.generate is None:
             raise TracingError("model.generator.output exists in model.generate(...) traces")
-        if self._generator_output is None:
-            self._generator_output = GeneratorOutput(self.builder, self)
-        return self._generator_output
+        if self._invoke not in self._generator_outputs:
+            self._generator_outputs[self._invoke] = GeneratorOutput(self.builder, self)
+        return self._generator_outputs[self._invoke]
 
     def _read_prompt_ids(self) -> None:
         """Prompts given as text: their ids as the service tokenized them (the embedding's
@@ -454,7 +464,7 @@ class Tracer(JobHandle):
             decode = self.model.tokenizer.decode
             self.generated = [_cut_at_stop(ids, self._stop_strings, decode)
                               for ids in self.generated]
-        if self._generator_output is None:
+        if not self._generator_outputs:
             return
         rows = []
         for index, (invoke, new) in enumerate(zip(self.trace.invokes, self.generated)):
@@ -462,11 +472,13 @@ class Tracer(JobHandle):
             if prompt is None:
                 prompt = np.asarray(self._prompt_reads[index].value).reshape(-1).tolist()
             rows.append(np.asarray(list(prompt) + list(new), dtype=np.int64))
-        same = len({len(r) for r in rows}) == 1
         convert = self.model._arrays
-        value = to_user_value(np.stack(rows), convert) if same else [
-            to_user_value(r, convert) for r in rows]
-        self._generator_output._set_value(value)
+        for invoke, output in self._generator_outputs.items():
+            chosen = rows if invoke is None else rows[invoke:invoke + 1]
+            same = len({len(r) for r in chosen}) == 1
+            value = to_user_value(np.stack(chosen), convert) if same else [
+                to_user_value(r, convert) for r in chosen]
+            output._set_value(value)
 
     def _emit_saves(self) -> None:
         for proxy, name, source in self._saves:
@@ -486,9 +498,11 @@ class Tracer(JobHandle):
 
     # nnsight's tracer methods ----------------------------------------------------------------
 
-    def barrier(self, participants: int = 0) -> None:
-        """Accepted for nnsight code (``tracer.barrier(n)``): the invokes of a trace already
-        share one graph, so a value of one invoke can be used in another without it."""
+    def barrier(self, participants: int = 0) -> "Barrier":
+        """Accepted for nnsight code (``barrier = tracer.barrier(n)``, then ``barrier()`` in
+        each invoke): the invokes of a trace already share one graph, so a value of one
+        invoke can be used in another without it; the barrier returned does nothing."""
+        return Barrier(participants)
 
     def stop(self) -> None:
         """Ends the trace here (nnsight's ``tracer.stop()``): the lines after it in the
@@ -525,12 +539,23 @@ class Tracer(JobHandle):
         """``with tr.all():`` binds new nodes to every generation step."""
         return StepScope(self, self.step_spec(slice(None)))
 
-    def next(self, steps: int = 1) -> "Tracer":
-        """Moves hook-point access to the next generation step (as nnsight's .next())."""
+    def next(self, step: int = 1) -> "Tracer":
+        """Moves hook-point access ``step`` generation steps on (nnsight's
+        ``tracer.next(step=1)``)."""
         if not isinstance(self._step, int):
             raise TracingError("next() works from a single step, not inside tr.all() or a range")
-        self._step = self.step_spec(self._step + steps)
+        self._step = self.step_spec(self._step + step)
         return self
+
+    @property
+    def result(self):
+        """nnsight's ``tracer.result``: what the traced call returns, known after the run
+        (``.save()`` it inside the block): in a generation the whole sequences (as
+        ``model.generator.output``), in a trace the model's output (``.logits``)."""
+        if self.trace is not None and self.trace.generate is not None:
+            return self.generator_output()
+        current_tracer("tracer.result")
+        return self.model.output
 
     def step_spec(self, key):
         """A step index or slice as the wire's ``step``: an int, [start, stop) or "all"."""
@@ -538,6 +563,8 @@ class Tracer(JobHandle):
             raise TracingError("generation steps exist only in model.generate(...) traces")
         steps = self.trace.generate.max_new_tokens
         if isinstance(key, slice):
+            if key.start is None and isinstance(self._step, int):
+                key = slice(self._step, key.stop, key.step)  # as nnsight: from the current step
             return _step_range(key, steps)
         if isinstance(key, (list, tuple, range)):
             return _step_list(key, steps, self.step_spec)
@@ -665,21 +692,49 @@ class Tracer(JobHandle):
         y = x @ (w if layout == "in_out" else w.transpose(0, 1))
         return y + self.weight(f"{module}.bias") if f"{module}.bias" in weights else y
 
-    def cache(self, filter: Any = "", modules: Optional[list] = None) -> "Cache":
+    def cache(self, filter: Any = "", modules: Optional[list] = None, device=None, dtype=None,
+              detach: bool = True, include_output: bool = True,
+              include_inputs: bool = False) -> "Cache":
         """Saves every hook point whose name or alias contains ``filter`` (a string or a
-        list of them; ``modules`` takes modules or paths), keyed by point name."""
-        if modules is not None:
-            # A module is itself and what is inside it: "model.layers.2." (not layers 20-29).
-            filters = [getattr(m, "_module_path", m).rstrip(".") + "." for m in modules]
-        else:
-            filters = filter if isinstance(filter, (list, tuple)) else [filter]
-        cache = Cache(self.model._catalogue)
-        for f in filters:
-            text = getattr(f, "_module_path", f)
-            kwargs = {"filter": text, **_binding_kwargs(self._invoke, self._step)}
+        list of them), keyed by point name; or, as nnsight's ``tracer.cache(modules=[...])``
+        (also positional), the points of those modules (modules, their nnsight paths
+        ``"model.model.layers.2"`` or Hugging Face paths). Inputs are always included;
+        values arrive detached on the CPU (``dtype`` converts them). In a generation,
+        outside ``tracer.iter[...]`` / ``tracer.all()``, every step from the current one on
+        is cached, as nnsight's cache hooks stay for the whole generation."""
+        filters = self._cache_filters(filter, modules)
+        step = self._step
+        if self.trace.generate is not None and isinstance(step, int) and not self._step_scopes:
+            step = self.step_spec(slice(step, None))
+        cache = Cache(self.model._catalogue, dtype)
+        for text in filters:
+            kwargs = {"filter": text, **_binding_kwargs(self._invoke, step)}
             proxy = self.node("cache", [], kwargs)
             self.builder.caches[proxy._id] = cache
         return cache
+
+    def _cache_filters(self, filter, modules) -> List[str]:
+        """The engine's substring filters for ``tracer.cache(filter, modules)``."""
+        given = filter if isinstance(filter, (list, tuple)) else [filter]
+        if modules is None and not any(hasattr(f, "_module_path") for f in given):
+            return [self._module_filter(f, exact=False) for f in given]
+        # A module is itself and what is inside it: "model.layers.2." (not layers 20-29).
+        return [self._module_filter(m, exact=True) for m in (modules if modules is not None
+                                                              else given)]
+
+    def _module_filter(self, module, exact: bool) -> str:
+        """A module (or its path) as a filter; nnsight's paths start at the root, "model"."""
+        path = getattr(module, "_module_path", None)
+        if path is None:
+            path = str(module)
+            rooted = path[len("model."):] if path.startswith("model.") else None
+            if rooted is not None and self.model._catalogue.module_spec(rooted) is not None:
+                path, exact = rooted, True
+            elif path == "model" and exact:
+                path = ""
+        if not exact:
+            return path
+        return path.rstrip(".") + "." if path else ""
 
     # Nodes -----------------------------------------------------------------------------------
 
@@ -811,7 +866,7 @@ def _step_range(key: slice, steps: int):
 def _step_list(key, steps: int, one):
     """``tracer.iter[[0, 2]]``: the steps in order, each checked; a contiguous run is the
     range [first, last + 1) (a `with` body binds to it); others are unrolled by `for`."""
-    indices = [one(k) for k in key]
+    indices = sorted(one(k) for k in key)  # nnsight runs the steps in order
     if not indices:
         raise TracingError("tracer.iter[[]] selects no step")
     if indices == list(range(indices[0], indices[-1] + 1)):
@@ -906,21 +961,25 @@ class StepScope:
                                f"steps; for steps that are not contiguous, write `for step in "
                                f"tracer.iter[{list(self._step)}]:` (the body runs once per step)")
         self._previous, self._tracer._step = self._tracer._step, self._step
+        self._tracer._step_scopes += 1
         return self
 
     def __exit__(self, *exc) -> bool:
         self._tracer._step = self._previous
+        self._tracer._step_scopes -= 1
         return False
 
     def __iter__(self):
         steps = self._expand()
         previous = self._tracer._step
+        self._tracer._step_scopes += 1
         try:
             for step in steps:
                 self._tracer._step = step
                 yield step
         finally:
             self._tracer._step = previous
+            self._tracer._step_scopes -= 1
 
     def _expand(self) -> List[int]:
         if isinstance(self._step, StepList):
@@ -930,6 +989,17 @@ class StepScope:
         if self._step == "all":
             return list(range(self._tracer.trace.generate.max_new_tokens))
         return list(range(*self._step))
+
+
+class Barrier:
+    """What ``tracer.barrier(n)`` returns: calling it (``barrier()``) does nothing, since
+    the invokes of a trace share one graph."""
+
+    def __init__(self, participants: int):
+        self.participants = participants
+
+    def __call__(self) -> None:
+        return None
 
 
 class BackwardScope:
@@ -946,13 +1016,20 @@ class Cache(Mapping):
     """``tr.cache(...)``'s values after the request ran, keyed by hook point name (aliases
     work as keys too); in a generation with per-step caching, ``name.stepN``. As in nnsight,
     a module is a key too: ``cache["model.model.layers.5"].output`` (nnsight's root is
-    called ``model``), and so is attribute access, ``cache.model.model.layers[5].output``."""
+    called ``model``), and so is attribute access, ``cache.model.model.layers[5].output``;
+    a module cached at several generation steps is, as in nnsight, a list of one entry per
+    step: ``cache["model.model.layers.5"][2].output``."""
 
-    def __init__(self, catalogue):
+    def __init__(self, catalogue, dtype=None):
         self._catalogue = catalogue
+        self._dtype = dtype
         self._values: Dict[str, Any] = {}
 
     def _add(self, name: str, value) -> None:
+        if self._dtype is not None and hasattr(value, "to"):
+            value = value.to(self._dtype)
+        elif self._dtype is not None and hasattr(value, "astype"):
+            value = value.astype(self._dtype)
         self._values[name] = value
 
     def __getitem__(self, name: str):
@@ -974,20 +1051,33 @@ class Cache(Mapping):
         """The root module, as nnsight's cache spells it (``cache.model.model.layers[5]``)."""
         return CachedModule(self, self._catalogue.tree)
 
-    def _module(self, key: str) -> Optional["CachedModule"]:
+    def _module(self, key: str):
+        """The module ``key`` names (nnsight's path from the root "model", or its own) as
+        a CachedModule, or a list of one per generation step; None if none is cached."""
         paths = [key[len("model."):], key] if key.startswith("model.") else [key]
         for path in paths:
-            spec = self._catalogue.tree
-            for part in path.split(".") if path else []:
-                spec = spec.children.get(part)
-                if spec is None:
-                    break
-            if spec is not None and any(p in self._values for p in spec.points.values()):
+            spec = self._catalogue.module_spec(path)
+            if spec is None:
+                continue
+            if any(p in self._values for p in spec.points.values()):
                 return CachedModule(self, spec)
+            steps = self._steps_of(spec)
+            if steps:
+                return [CachedModule(self, spec, f".step{n}") for n in steps]
         return None
 
+    def _steps_of(self, spec) -> List[int]:
+        """The generation steps at which points of module ``spec`` were cached."""
+        steps = set()
+        for point in spec.points.values():
+            prefix = point + ".step"
+            steps.update(int(k[len(prefix):]) for k in self._values
+                         if k.startswith(prefix) and k[len(prefix):].isdigit())
+        return sorted(steps)
+
     def _missing(self, name: str) -> str:
-        modules = {"model." + p.rsplit(".", 1)[0] for p in self._values if "." in p}
+        points = {k.rpartition(".step")[0] if ".step" in k else k for k in self._values}
+        modules = {"model." + p.rsplit(".", 1)[0] for p in points if "." in p}
         close = difflib.get_close_matches(name, list(self._values) + sorted(modules), n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return f"{name!r} was not cached (cached: {len(self._values)} points){hint}"
@@ -1006,20 +1096,21 @@ class CachedModule:
     """One module of a cache, nnsight-style: ``.output``, ``.input``, ``.inputs`` (args,
     kwargs), its submodules by attribute and, for a layer list, by index."""
 
-    def __init__(self, cache: Cache, spec):
+    def __init__(self, cache: Cache, spec, step: str = ""):
         self._cache = cache
         self._spec = spec
+        self._step = step  # ".stepN" for one generation step's entry
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
         spec = self._spec
         if name in spec.points:
-            return self._cache[spec.points[name]]
+            return self._cache[spec.points[name] + self._step]
         if name == "inputs" and "input" in spec.points:
             return (self.input,), {}
         if name in spec.children:
-            return CachedModule(self._cache, spec.children[name])
+            return CachedModule(self._cache, spec.children[name], self._step)
         known = list(spec.children) + list(spec.points)
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -1030,10 +1121,10 @@ class CachedModule:
         if not self._spec.is_list():
             raise TypeError(f"{self._spec.path} is not a list of modules")
         keys = sorted(self._spec.children, key=int)
-        return CachedModule(self._cache, self._spec.children[keys[index]])
+        return CachedModule(self._cache, self._spec.children[keys[index]], self._step)
 
     def __repr__(self) -> str:
-        return f"<glassbox cached module {self._spec.path or 'model'}>"
+        return f"<glassbox cached module {self._spec.path or 'model'}{self._step}>"
 
 
 # --------------------------------------------------------------------------------------------

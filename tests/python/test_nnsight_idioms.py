@@ -280,3 +280,105 @@ if importlib.util.find_spec("torch"):  # (only where torch is: a skip fails unde
                   if text.rstrip().endswith("# line A")][0]
         assert caught.value.source.endswith(f"test_nnsight_idioms.py:{line_a}")
         assert "cross_entropy" in caught.value.message
+
+
+# Corner cases of the idioms above, each as nnsight 0.7's sources and docs define it
+# (src/nnsight/intervention/tracing/{tracer,iterator}.py, docs/usage/*.md).
+
+
+def test_a_barrier_is_called_in_each_invoke(model):
+    # nnsight's InterleavingTracer.barrier docstring, on the tiny Llama
+    other = [7, 8, 9, 10, 11]
+    with model.generate(max_new_tokens=3) as tracer:
+        barrier = tracer.barrier(2)
+
+        with tracer.invoke(GEN_IDS):
+            embeddings = model.model.embed_tokens.output
+            barrier()
+            output1 = model.generator.output.save()
+
+        with tracer.invoke(other):
+            barrier()
+            model.model.embed_tokens.output = embeddings
+            output2 = model.generator.output.save()
+    new = GREEDY["generated_ids"][:3]
+    assert np.asarray(output1).tolist() == [GEN_IDS + new]  # an invoke's own row
+    assert np.asarray(output2).tolist() == [other + new]  # the first prompt's embeddings
+
+
+def test_next_takes_step_and_iter_starts_at_the_current_step(model):
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        first = model.lm_head.output[0, -1].argmax(dim=-1).save()
+        tracer.next(step=1)
+        rest = glassbox.list().save()
+        for step in tracer.iter[:]:                 # nnsight: from the current step on
+            rest.append(model.lm_head.output[0, -1].argmax(dim=-1))
+        model.model.layers[0].next(step=1)
+        last = model.lm_head.output[0, -1].argmax(dim=-1).save()
+    new = GREEDY["generated_ids"]
+    assert int(first) == new[0] and [int(t) for t in rest] == new[1:3] and int(last) == new[2]
+
+
+def test_iter_over_a_list_runs_its_steps_in_order(model):
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        chosen, steps = glassbox.list().save(), []
+        for step in tracer.iter[[2, 0]]:            # nnsight sorts the steps
+            steps.append(step)
+            chosen.append(model.lm_head.output[0, -1].argmax(dim=-1))
+    new = GREEDY["generated_ids"]
+    assert steps == [0, 2] and [int(c) for c in chosen] == [new[0], new[2]]
+
+
+def test_tracer_result(model):
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        output = tracer.result.save()
+    assert np.asarray(output).tolist() == [GEN_IDS + GREEDY["generated_ids"][:3]]
+    with model.trace(IDS) as tracer:
+        result = tracer.result.save()
+    close(result.logits, golden("lm_head.output"))
+
+
+def test_cache_takes_modules_positionally_and_as_nnsight_paths(model):
+    with model.trace(IDS) as tracer:
+        cache = tracer.cache([model.model.layers[2]], include_inputs=True)
+        by_path = tracer.cache(modules=["model.model.layers.2", "model.lm_head"],
+                               device=model.device, detach=True)
+    assert all(".2." in name for name in cache)  # layer 2 only, not a substring match
+    close(cache["model.model.layers.2"].output, golden("model.layers.2.output"))
+    close(cache.model.model.layers[2].inputs[0][0], golden("model.layers.2.input"))
+    close(by_path["model.lm_head"].output, golden("lm_head.output"))
+    close(by_path["model.model.layers.2"].output, golden("model.layers.2.output"))
+    assert all(".2." in name or name.startswith("lm_head.") for name in by_path)
+
+
+def test_cache_in_a_generation_holds_every_step(model):
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        cache = tracer.cache(modules=[model.lm_head])
+    entries = cache["model.lm_head"]                # nnsight: one entry per step
+    assert isinstance(entries, list) and len(entries) == 3
+    assert [int(np.asarray(e.output)[0, -1].argmax()) for e in entries] == \
+        GREEDY["generated_ids"][:3]
+
+
+def test_nnsight_save_function(model):
+    with model.trace(IDS):
+        hidden = glassbox.save(model.model.layers[1].output)
+        dim = glassbox.save(model.model.layers[1].output.shape[-1])
+        both = glassbox.save([model.model.layers[0].output, model.model.layers[2].output])
+    close(hidden, golden("model.layers.1.output"))
+    assert dim == 64
+    close(both[0], golden("model.layers.0.output"))
+    close(both[1], golden("model.layers.2.output"))
+
+
+def test_skip_with_a_tuple_and_inputs_assignment(model):
+    with model.trace(IDS):
+        # nnsight's Envoy.skip docstring: the layer replaced by its input
+        model.model.layers[1].skip((model.model.layers[1].input, None))
+        out = model.model.layers[1].output.save()
+        inp = model.model.layers[1].input.save()
+        args, kwargs = model.model.layers[0].mlp.inputs
+        model.model.layers[0].mlp.inputs = ((args[0] * 0,), kwargs)
+        mlp_in = model.model.layers[0].mlp.input.save()
+    close(out, inp, 0)
+    assert np.abs(np.asarray(mlp_in)).max() == 0
