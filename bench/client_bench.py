@@ -32,6 +32,7 @@ import signal
 import sys
 import tempfile
 import time
+import uuid
 from typing import Callable, List
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -64,6 +65,9 @@ class RawClient:
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(url)
+        # A submit's ref is its idempotency key (SPEC §9.1) for the user, here every process
+        # and round: refs of one client only ("r1", "r2" from each would be the same jobs).
+        self._ref_prefix = uuid.uuid4().hex[:12]
         self._refs = 0
         self._payload = wire.encode_request(trivial_request())
 
@@ -73,7 +77,7 @@ class RawClient:
 
     def _send(self, message: broker.BrokerMessage) -> None:
         self._refs += 1
-        message.ref = f"r{self._refs}"
+        message.ref = f"{self._ref_prefix}-{self._refs}"
         self._socket.send(broker.encode_broker_message(message))
 
     def _receive(self) -> broker.BrokerMessage:

@@ -67,6 +67,16 @@ class JobStatus:
 StatusListener = Callable[[JobStatus], None]
 
 
+class _Reply:
+    """The reply a caller of ``BrokerConnection.call`` waits for."""
+
+    __slots__ = ("arrived", "message")
+
+    def __init__(self):
+        self.arrived = threading.Event()
+        self.message: Optional[broker.BrokerMessage] = None
+
+
 class BrokerConnection:
     """A DEALER connection to ``url``; ``api_key`` goes into every client request.
     ``server_key`` (the broker's CURVE public key, Z85): encrypt, with a fresh key pair."""
@@ -81,8 +91,8 @@ class BrokerConnection:
         self._counter = itertools.count(1)
         self._outbox: "queue.SimpleQueue[bytes]" = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe()
-        self._changed = threading.Condition()
-        self._awaited: Dict[str, Optional[broker.BrokerMessage]] = {}
+        self._lock = threading.Lock()
+        self._awaited: Dict[str, "_Reply"] = {}  # refs whose reply a caller waits for
         self._statuses: Dict[str, JobStatus] = {}
         self._listeners: Dict[str, List[StatusListener]] = {}
         self._closed = False
@@ -102,8 +112,8 @@ class BrokerConnection:
         message.api_key = self.api_key
         data = broker.encode_broker_message(message)
         if want_reply:
-            with self._changed:
-                self._awaited[message.ref] = None
+            with self._lock:
+                self._awaited[message.ref] = _Reply()
         self._outbox.put(data)
         os.write(self._wake_write, b"x")
         return message.ref
@@ -112,16 +122,19 @@ class BrokerConnection:
         """The reply carrying ``ref``; an ``error`` reply raises GlassboxError (with its job),
         no reply within ``timeout`` seconds raises UNAVAILABLE."""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._awaited.get(ref) is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
+        with self._lock:
+            waiter = self._awaited[ref]
+        # Only this ref's reply wakes this caller (not every message the I/O thread files).
+        while not waiter.arrived.wait(min(max(deadline - time.monotonic(), 0.0), 0.25)):
+            if time.monotonic() >= deadline:
+                with self._lock:
                     self._awaited.pop(ref, None)
-                    raise GlassboxError("UNAVAILABLE", f"no reply from the broker at {self.url} "
-                                        f"within {timeout:g} s (is the service up? try "
-                                        "`glassbox status`)")
-                self._changed.wait(min(left, 0.25))
-            reply = self._awaited.pop(ref)
+                raise GlassboxError("UNAVAILABLE", f"no reply from the broker at {self.url} "
+                                    f"within {timeout:g} s (is the service up? try "
+                                    "`glassbox status`)")
+        with self._lock:
+            self._awaited.pop(ref, None)
+        reply = waiter.message
         if reply.type == "error":
             raise GlassboxError(reply.code, reply.message, job=reply.job)
         return reply
@@ -134,13 +147,13 @@ class BrokerConnection:
 
     def status(self, job: str) -> Optional[JobStatus]:
         """The latest status received for ``job``, or None."""
-        with self._changed:
+        with self._lock:
             return self._statuses.get(job)
 
     def watch(self, job: str, listener: StatusListener) -> None:
         """Calls ``listener`` (on the I/O thread) with every later status of ``job``, and at
         once with the latest known one."""
-        with self._changed:
+        with self._lock:
             self._listeners.setdefault(job, []).append(listener)
             latest = self._statuses.get(job)
         if latest is not None:
@@ -148,12 +161,12 @@ class BrokerConnection:
 
     def record(self, status: JobStatus) -> None:
         """Files a status learnt another way (the ack's RECEIVED) unless a newer one is known."""
-        with self._changed:
+        with self._lock:
             self._statuses.setdefault(status.job, status)
 
     def forget(self, job: str) -> None:
         """Drops what is kept about ``job`` (its statuses and listeners)."""
-        with self._changed:
+        with self._lock:
             self._statuses.pop(job, None)
             self._listeners.pop(job, None)
 
@@ -214,12 +227,13 @@ class BrokerConnection:
     def _file(self, message: broker.BrokerMessage) -> None:
         listeners: List[StatusListener] = []
         status = JobStatus.from_message(message) if message.type == "status" else None
-        with self._changed:
+        with self._lock:
             if status is not None:
                 self._statuses[status.job] = status
                 listeners = list(self._listeners.get(status.job, ()))
-            if message.ref in self._awaited:
-                self._awaited[message.ref] = message
-            self._changed.notify_all()
+            waiter = self._awaited.get(message.ref) if message.ref else None
+        if waiter is not None and waiter.message is None:
+            waiter.message = message
+            waiter.arrived.set()
         for listener in listeners:
             listener(status)

@@ -549,12 +549,14 @@ class Tracer(JobHandle):
 
     @property
     def result(self):
-        """nnsight's ``tracer.result``: what the traced call returns, known after the run
-        (``.save()`` it inside the block): in a generation the whole sequences (as
-        ``model.generator.output``), in a trace the model's output (``.logits``)."""
+        """Inside the ``with`` block, nnsight's ``tracer.result``: what the traced call
+        returns, known after the run (``.save()`` it): in a generation the whole sequences
+        (as ``model.generator.output``), in a trace the model's output (``.logits``).
+        Anywhere else, the job handle's ``result(timeout=None)`` (wait for the job)."""
+        if active_tracer() is not self:
+            return JobHandle.result.__get__(self)
         if self.trace is not None and self.trace.generate is not None:
             return self.generator_output()
-        current_tracer("tracer.result")
         return self.model.output
 
     def step_spec(self, key):
