@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <new>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -497,6 +499,38 @@ class TraceRunner {
     return RunOp(i, args, kwargs, step);
   }
 
+  // A model split across devices holds each layer's values on that layer's device, while
+  // literals and created tensors are made on its first device: an op whose tensors are on
+  // several devices runs on the first of them that is not the model's first device (where
+  // the data it reads came from), and the others are copied there, once. False (nothing
+  // copied) when every tensor is on one device, as always on an unsplit model.
+  bool OnOneDevice(const std::vector<RuntimeValue>& args, const std::map<std::string, RuntimeValue>& kwargs,
+                   std::vector<RuntimeValue>& moved_args, std::map<std::string, RuntimeValue>& moved_kwargs) const {
+    std::vector<at::Device> devices;
+    std::optional<at::Device> target;
+    std::function<void(const RuntimeValue&)> look = [&](const RuntimeValue& v) {
+      if (v.is_tensor()) {
+        if (std::find(devices.begin(), devices.end(), v.tensor.device()) == devices.end()) {
+          devices.push_back(v.tensor.device());
+        }
+        if (!target && v.tensor.device() != device_) target = v.tensor.device();
+      }
+      for (const RuntimeValue& e : v.list) look(e);
+    };
+    for (const RuntimeValue& v : args) look(v);
+    for (const auto& entry : kwargs) look(entry.second);
+    if (devices.size() < 2) return false;
+    std::function<RuntimeValue(const RuntimeValue&)> move = [&](const RuntimeValue& v) {
+      RuntimeValue out = v;
+      if (out.is_tensor() && out.tensor.device() != *target) out.tensor = out.tensor.to(*target);
+      for (RuntimeValue& e : out.list) e = move(e);
+      return out;
+    };
+    for (const RuntimeValue& v : args) moved_args.push_back(move(v));
+    for (const auto& entry : kwargs) moved_kwargs[entry.first] = move(entry.second);
+    return true;
+  }
+
   Status RunOp(size_t i, const std::vector<RuntimeValue>& args,
                const std::map<std::string, RuntimeValue>& kwargs, int64_t step) {
     const NodePlan& p = plan_.nodes[i];
@@ -506,7 +540,11 @@ class TraceRunner {
     }
     StatusOr<RuntimeValue> out = Internal("not run");
     try {
-      out = p.op->run(OpCall{args, kwargs, &model_, check_ != nullptr, device_});
+      std::vector<RuntimeValue> moved_args;
+      std::map<std::string, RuntimeValue> moved_kwargs;
+      const bool moved = !check_ && OnOneDevice(args, kwargs, moved_args, moved_kwargs);
+      out = p.op->run(OpCall{moved ? moved_args : args, moved ? moved_kwargs : kwargs, &model_,
+                             check_ != nullptr, device_});
     } catch (const c10::NotImplementedError& e) {
       out = check_ ? DataDependent(p.op->name + " on meta tensors") : InvalidArgument(FirstLine(e.what()));
     } catch (const c10::Error& e) {

@@ -2,6 +2,7 @@
 // node with scripts/gpu_check.sh. Without a CUDA device every case fails saying so — never a
 // silent pass.
 #include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/TensorOperators.h>
 #include <catch2/catch.hpp>
 #include <torch/version.h>
@@ -82,6 +83,28 @@ TEST_CASE("CUDA: a graph with literals, writes, module calls and gradients equal
   protocol::Result expected = RunOk(*cpu, request);
   CheckSameResults(expected, RunOk(*cuda, request), 1e-4, /*same_tokens=*/true);
   CheckSameResults(expected, RunOk(*cuda_bf16, request), 5e-2, /*same_tokens=*/false);
+}
+
+TEST_CASE("CUDA split across two GPUs: the graph with literals, writes and gradients equals the CPU's", "[gpu]") {
+  using namespace intervention::testing_graphs;
+  (void)OnCuda("float32");  // fails, saying so, without CUDA
+  if (at::detail::getCUDAHooks().getNumGPUs() < 2) {
+    // One GPU: a split over it is refused by name (the split itself needs a second GPU).
+    auto refused = Model::Load(kTinyLlamaDir, OnCuda("float32", "cuda:0,cuda:0"));
+    REQUIRE(!refused.ok());
+    CHECK(refused.status().message().find("names cuda:0 twice") != std::string::npos);
+    WARN("one CUDA device: the split across two GPUs was not run");
+    return;
+  }
+  auto split = testing::LoadOrFail(kTinyLlamaDir, OnCuda("float32", "cuda:0,cuda:1"));
+  CHECK(split->placement().find("cuda:1") != std::string::npos);
+  EngineParams cpu_params;
+  cpu_params.device = "cpu";
+  auto cpu = testing::LoadOrFail(kTinyLlamaDir, cpu_params);
+  // Literals are made on cuda:0; values of the layers and head placed on cuda:1 meet them
+  // wherever the graph combines the two.
+  const protocol::Request request = PlacementGraph();
+  CheckSameResults(RunOk(*cpu, request), RunOk(*split, request), 1e-4, /*same_tokens=*/true);
 }
 
 }  // namespace glassbox
