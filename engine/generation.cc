@@ -22,8 +22,6 @@
 namespace glassbox {
 namespace {
 
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
-
 // Picks the next token from one row of logits (float32, CPU, contiguous).
 int64_t SampleToken(const float* logits, int64_t vocab, const SamplingParams& s,
                     std::mt19937_64& rng) {

@@ -108,8 +108,6 @@ StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
   return InvalidArgument("unknown dtype '" + name + "'; expected float32, bfloat16 or float16");
 }
 
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
-
 // Whether this LibTorch can multiply matrices of `dtype` on `device` (float16 on the CPU
 // cannot in LibTorch 1.13, and can in 2.x): asked once, before any weights are loaded.
 Status CheckDtypeSupported(at::Device device, at::ScalarType dtype, const std::string& name) {
@@ -140,6 +138,8 @@ at::Device ModuleDevice(const Transformer& t, const std::string& module) {
 }
 
 }  // namespace
+
+std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 Status ValidatePrompts(const std::vector<std::vector<int64_t>>& prompts, const ModelConfig& c,
                        int64_t extra_positions) {

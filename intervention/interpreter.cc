@@ -93,7 +93,8 @@ class TraceRunner {
               protocol::Result& result, ShapeCheck* check = nullptr)
       : model_(model), plan_(plan), trace_(trace), env_(env), limits_(limits), control_(control),
         result_(result), check_(check), done_(plan.nodes.size(), -1),
-        device_(check ? at::Device(at::kMeta) : model.torch_device()) {
+        device_(check ? at::Device(at::kMeta) : model.torch_device()),
+        split_(!check && model.device().find(',') != std::string::npos) {
     for (const auto& p : plan.prompts) padded_ = std::max<int64_t>(padded_, p.size());
     for (const NodePlan& p : plan.nodes) {
       const bool at_hook = p.op->op_class == OpClass::kRead || p.op->op_class == OpClass::kWrite ||
@@ -169,10 +170,14 @@ class TraceRunner {
   }
 
   // The estimated memory of this trace's engine pass (see PassBytes).
-  int64_t PassEstimate() const {
+  // With `prompt`, as if its prompts were left-padded to that many positions (a shared pass
+  // whose longest prompt is longer than this trace's).
+  int64_t PassEstimate(int64_t prompt = 0) const {
     bool backward = false;
     for (const NodePlan& p : plan_.nodes) backward |= p.op->op_class == OpClass::kBackward;
-    return PassBytes(model_.catalogue(), Sizes(), KvBytesPerToken(model_), backward);
+    ShapePassSizes sizes = Sizes();
+    sizes.prompt = std::max(sizes.prompt, prompt);
+    return PassBytes(model_.catalogue(), sizes, KvBytesPerToken(model_), backward);
   }
 
  private:
@@ -542,7 +547,7 @@ class TraceRunner {
     try {
       std::vector<RuntimeValue> moved_args;
       std::map<std::string, RuntimeValue> moved_kwargs;
-      const bool moved = !check_ && OnOneDevice(args, kwargs, moved_args, moved_kwargs);
+      const bool moved = split_ && OnOneDevice(args, kwargs, moved_args, moved_kwargs);
       out = p.op->run(OpCall{moved ? moved_args : args, moved ? moved_kwargs : kwargs, &model_,
                              check_ != nullptr, device_});
     } catch (const c10::NotImplementedError& e) {
@@ -660,6 +665,7 @@ class TraceRunner {
   ShapeCheck* check_;                // null: a real run
   std::vector<int64_t> done_;        // last step each node ran at, -1: not yet
   const at::Device device_;          // where values are made: the model's device, or kMeta
+  const bool split_;                 // a real run on a model split across devices (OnOneDevice)
   std::vector<size_t> dependents_;   // non-constant nodes not bound to a hook point
   std::map<size_t, size_t> per_step_saves_;
   std::map<std::pair<int, int64_t>, at::Tensor> grad_targets_;  // (point, step) -> tracked value
@@ -787,26 +793,6 @@ bool SharesPass(const protocol::Request& request, const Prepared& prepared) {
   return true;
 }
 
-// A single-trace job's memory estimate in a shared pass whose prompts are left-padded to
-// `prompt` positions: its rows are as long as the batch's longest prompt, so its model pass
-// (activations, KV cache) is taken at that length; graph and saved values stay its own.
-int64_t SharedBytes(const Model& model, const protocol::Request& request, const Prepared& prepared, int64_t prompt) {
-  const TracePlan& plan = prepared.plans[0];
-  ShapePassSizes sizes;
-  sizes.batch = static_cast<int64_t>(plan.prompts.size());
-  sizes.prompt = prompt;
-  sizes.steps = plan.steps;
-  sizes.generate = request.traces[0].generate.has_value();
-  const int64_t pass = PassBytes(model.catalogue(), sizes, KvBytesPerToken(model), /*backward=*/false);
-  return SaturatingAdd(SaturatingAdd(prepared.estimate.values, prepared.estimate.saved), pass);
-}
-
-int64_t LongestPrompt(const Prepared& prepared) {
-  int64_t longest = 0;
-  for (const auto& p : prepared.plans[0].prompts) longest = std::max<int64_t>(longest, p.size());
-  return longest;
-}
-
 // `work`'s result (a Status or a StatusOr), or the status of what it threw: out of memory, a
 // LibTorch error.
 template <typename Work>
@@ -837,7 +823,7 @@ struct Member {
   int64_t row0 = 0, rows = 0;
   int step = 0;
   bool active = true;        // still called at hook points
-  bool ended = false;        // its result has gone out
+  bool ended = false;        // its result has gone out (SharedPass::End)
   Status failure;            // the job's own failure, if any
 };
 
@@ -1027,8 +1013,8 @@ class SharedPass {
 
   // The job's end: the check that every node ran, then its result goes out (once).
   void End(Member& m) {
-    if (ended_.count(&m)) return;
-    ended_.insert(&m);
+    if (m.ended) return;
+    m.ended = true;
     m.active = false;
     m.in_pass = false;
     if (m.failure.ok()) {
@@ -1046,7 +1032,7 @@ class SharedPass {
   }
 
   size_t Live() const {
-    return static_cast<size_t>(std::count_if(members_.begin(), members_.end(), [this](const Member* m) { return !ended_.count(m); }));
+    return static_cast<size_t>(std::count_if(members_.begin(), members_.end(), [](const Member* m) { return !m->ended; }));
   }
 
   bool PassActive() const {
@@ -1059,7 +1045,6 @@ class SharedPass {
   const std::function<std::vector<Member*>(size_t)> admit_;
   const std::function<void(Member&)> done_;
   std::vector<Member*> members_;
-  std::set<const Member*> ended_;
   int64_t pass_padded_ = 0;  // the longest prompt of the pass's batch (a prefill or a forward)
   bool all_stopped_ = false;
 };
@@ -1131,28 +1116,32 @@ class BatchRun {
       alone_.push_back(member);
       return;
     }
+    CountUses(member->prepared.plans, member->env);
+    member->runner = std::make_unique<TraceRunner>(model_, member->prepared.plans[0], member->request->traces[0],
+                                                   member->env, jobs_[member->job].limits, *member->control,
+                                                   member->prepared.result);
     std::vector<Member*>& pass = member->request->traces[0].generate ? generations_ : forwards;
     const int64_t budget = jobs_[member->job].limits.max_job_bytes;
     if (budget > 0 && !pass.empty() && PassBytesWith(pass, *member) > budget) {
       alone_.push_back(member);
       return;
     }
-    CountUses(member->prepared.plans, member->env);
-    member->runner = std::make_unique<TraceRunner>(model_, member->prepared.plans[0], member->request->traces[0],
-                                                   member->env, jobs_[member->job].limits, *member->control,
-                                                   member->prepared.result);
     pass.push_back(member);
   }
 
-  // The estimated memory of `pass`'s jobs still running, with `joining` beside them.
-  int64_t PassBytesWith(const std::vector<Member*>& pass, const Member& joining) const {
-    int64_t prompt = LongestPrompt(joining.prepared);
+  // The estimated memory of `pass`'s jobs still running, with `joining` beside them. In a
+  // shared pass every row is as long as the batch's longest prompt, so each job's model pass
+  // (activations, KV cache) is taken at that length; graph and saved values stay its own.
+  static int64_t PassBytesWith(const std::vector<Member*>& pass, const Member& joining) {
+    std::vector<const Member*> running = {&joining};
     for (const Member* m : pass) {
-      if (!m->ended) prompt = std::max(prompt, LongestPrompt(m->prepared));
+      if (!m->ended) running.push_back(m);
     }
-    int64_t bytes = SharedBytes(model_, *joining.request, joining.prepared, prompt);
-    for (const Member* m : pass) {
-      if (!m->ended) bytes = SaturatingAdd(bytes, SharedBytes(model_, *m->request, m->prepared, prompt));
+    int64_t prompt = 0, bytes = 0;
+    for (const Member* m : running) prompt = std::max(prompt, m->runner->padded());
+    for (const Member* m : running) {
+      const MemoryEstimate& e = m->prepared.estimate;
+      bytes = SaturatingAdd(bytes, SaturatingAdd(SaturatingAdd(e.values, e.saved), m->runner->PassEstimate(prompt)));
     }
     return bytes;
   }
@@ -1178,9 +1167,8 @@ class BatchRun {
     return joining;
   }
 
-  // A job's result goes out as soon as it ends; its memory is the pass's no longer.
+  // A job's result goes out as soon as it ends.
   void Done(Member& m) {
-    m.ended = true;
     if (m.failure.ok()) {
       feed_.done(m.job, std::move(m.prepared.result));
     } else {

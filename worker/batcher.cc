@@ -132,16 +132,10 @@ void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
   // running); a retried job's batch takes no one.
   auto join = [this, &jobs](size_t running) {
     std::vector<JobInput> joined;
-    if (outer_retried_ || Held()) return joined;
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = waiting_.begin(); it != waiting_.end() && running + joined.size() < max_jobs_;) {
-      if (!(*it)->generates || (*it)->job->attempts() > 0) {
-        ++it;
-        continue;
-      }
-      jobs.push_back(*it);
-      joined.push_back(Input(**it));
-      it = waiting_.erase(it);
+    if (outer_retried_ || Held() || running >= max_jobs_) return joined;
+    for (WaitingJob* w : TakeWaiting(/*generates=*/true, max_jobs_ - running)) {
+      jobs.push_back(w);
+      joined.push_back(Input(*w));
     }
     return joined;
   };
@@ -151,20 +145,23 @@ void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
   });
 }
 
+std::vector<Batcher::WaitingJob*> Batcher::TakeWaiting(bool generates, size_t most) {
+  std::vector<WaitingJob*> taken;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = waiting_.begin(); it != waiting_.end() && taken.size() < most;) {
+    if ((*it)->generates != generates || (*it)->job->attempts() > 0) {
+      ++it;
+      continue;
+    }
+    taken.push_back(*it);
+    it = waiting_.erase(it);
+  }
+  return taken;
+}
+
 void Batcher::RunWaitingForwards() {
   if (!outer_generates_ || outer_retried_ || nested_ || Held()) return;
-  std::vector<WaitingJob*> batch;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = waiting_.begin(); it != waiting_.end() && batch.size() < max_jobs_;) {
-      if ((*it)->generates || (*it)->job->attempts() > 0) {
-        ++it;
-        continue;
-      }
-      batch.push_back(*it);
-      it = waiting_.erase(it);
-    }
-  }
+  const std::vector<WaitingJob*> batch = TakeWaiting(/*generates=*/false, max_jobs_);
   if (batch.empty()) return;
   nested_ = true;
   RunBatch(batch);

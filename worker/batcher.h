@@ -59,6 +59,8 @@ class Batcher {
   // Called between layers of a running batch: runs the waiting jobs that do not generate,
   // when the running batch generates (and is not itself such a nested batch).
   void RunWaitingForwards();
+  // Takes up to `most` waiting jobs that generate (or not), in order; retried jobs stay.
+  std::vector<WaitingJob*> TakeWaiting(bool generates, size_t most);
   // Answers waiting jobs that were stopped while held; true if the hold file still exists.
   bool Held();
 
