@@ -67,14 +67,19 @@ class JobStatus:
 StatusListener = Callable[[JobStatus], None]
 
 
+ReplyHandler = Callable[[broker.BrokerMessage], None]
+
+
 class _Reply:
-    """The reply a caller of ``BrokerConnection.call`` waits for."""
+    """The reply a caller of ``BrokerConnection.call`` waits for, or that ``handler`` takes
+    on the I/O thread (``send(..., on_reply=)``: nobody waits)."""
 
-    __slots__ = ("arrived", "message")
+    __slots__ = ("arrived", "message", "handler")
 
-    def __init__(self):
+    def __init__(self, handler: Optional[ReplyHandler] = None):
         self.arrived = threading.Event()
         self.message: Optional[broker.BrokerMessage] = None
+        self.handler = handler
 
 
 class BrokerConnection:
@@ -103,17 +108,20 @@ class BrokerConnection:
 
     # Sending and replies ---------------------------------------------------------------------
 
-    def send(self, message: broker.BrokerMessage, want_reply: bool = True) -> str:
+    def send(self, message: broker.BrokerMessage, want_reply: bool = True,
+             on_reply: Optional[ReplyHandler] = None) -> str:
         """Queues ``message`` (with a fresh ``ref`` unless it has one, and the API key);
-        returns the ref. With ``want_reply`` the reply is kept for ``wait_reply``."""
+        returns the ref. With ``want_reply`` the reply is kept for ``wait_reply``; with
+        ``on_reply`` it is handed to that instead, on the I/O thread (which must not block
+        on the connection: no ``call`` or ``wait_reply`` there)."""
         if self._closed:
             raise GlassboxError("UNAVAILABLE", f"the connection to {self.url} is closed")
         message.ref = message.ref or f"{self._prefix}-{next(self._counter)}"
         message.api_key = self.api_key
         data = broker.encode_broker_message(message)
-        if want_reply:
+        if want_reply or on_reply is not None:
             with self._lock:
-                self._awaited[message.ref] = _Reply()
+                self._awaited[message.ref] = _Reply(on_reply)
         self._outbox.put(data)
         os.write(self._wake_write, b"x")
         return message.ref
@@ -232,7 +240,11 @@ class BrokerConnection:
                 self._statuses[status.job] = status
                 listeners = list(self._listeners.get(status.job, ()))
             waiter = self._awaited.get(message.ref) if message.ref else None
-        if waiter is not None and waiter.message is None:
+            if waiter is not None and waiter.handler is not None:
+                del self._awaited[message.ref]
+        if waiter is not None and waiter.handler is not None:
+            waiter.handler(message)
+        elif waiter is not None and waiter.message is None:
             waiter.message = message
             waiter.arrived.set()
         for listener in listeners:

@@ -38,6 +38,7 @@ from .errors import GlassboxError
 from .progress import ProgressLine, elapsed
 
 DEFAULT_URL = "tcp://127.0.0.1:5555"
+INLINE_RESULT_BYTES = 256 << 10  # results up to this size are fetched on the I/O thread
 
 
 class JobTimeoutError(TimeoutError):
@@ -293,7 +294,9 @@ class JobFuture(concurrent.futures.Future):
         self._finishing = threading.Lock()
         self._finished = False
         self._cancel_requested = False
-        self._news = threading.Condition()  # notified on every status and on the outcome
+        self._news = threading.Condition()  # notified on the outcome (and statuses, see below)
+        self._wake_on_status = False  # whether a wait shows progress: it redraws on each
+        self._heard_at = time.monotonic()  # when the last status arrived
         self._last_status: Optional[JobStatus] = backend._connection.status(job_id)
         backend._connection.watch(job_id, self._on_status)
         self.add_done_callback(lambda _: self._notify())
@@ -362,10 +365,12 @@ class JobFuture(concurrent.futures.Future):
         ``requery_interval`` (which also routes pushes to this connection again after a
         broker restart)."""
         backend = self._backend
-        seen, last_heard = self._last_status, time.monotonic()
-        last_asked = last_heard
+        # A quiet wait is woken by the outcome only: a status in between would cost a
+        # thread switch for nothing (many threads waiting at once contend for the GIL).
+        self._wake_on_status = self._wake_on_status or progress.active
+        last_asked = time.monotonic()
         while not self.done():
-            now = time.monotonic()
+            now, last_heard = time.monotonic(), self._heard_at
             if deadline is not None and now >= deadline:
                 raise self._timed_out(deadline)
             if now - max(last_heard, last_asked) >= backend.requery_interval:
@@ -378,11 +383,11 @@ class JobFuture(concurrent.futures.Future):
                 wake_at = min(wake_at, now + backend.progress_interval)
             if deadline is not None:
                 wake_at = min(wake_at, deadline)
+            seen = self._last_status
             with self._news:
-                self._news.wait_for(lambda: self.done() or self._last_status is not seen,
+                self._news.wait_for(lambda: self.done() or (progress.active and
+                                                             self._last_status is not seen),
                                     max(0.0, wake_at - now))
-            if self._last_status is not seen:
-                seen, last_heard = self._last_status, time.monotonic()
 
     def _show(self, progress: ProgressLine, silence: float) -> None:
         status = self.status()
@@ -407,19 +412,58 @@ class JobFuture(concurrent.futures.Future):
             self._news.notify_all()
 
     def _on_status(self, status: JobStatus) -> None:
-        self._last_status = status
-        self._notify()
-        if status.done and not self._finished:
-            try:
-                self._backend._completer.submit(self._complete, status)
-            except RuntimeError:  # the backend was closed
-                pass
+        self._last_status, self._heard_at = status, time.monotonic()
+        if self._wake_on_status:
+            self._notify()
+        if not status.done or self._finished:
+            return
+        if (status.state == "COMPLETED" and status.result_chunks == 1
+                and (status.result_bytes or 0) <= INLINE_RESULT_BYTES):
+            self._fetch_inline(status)
+        else:
+            self._complete_later(status)
 
-    def _complete(self, status: JobStatus) -> None:
+    def _complete_later(self, status: JobStatus) -> None:
+        try:
+            self._backend._completer.submit(self._complete, status)
+        except RuntimeError:  # the backend was closed
+            pass
+
+    def _fetch_inline(self, status: JobStatus) -> None:
+        """A small result in one chunk is fetched and decoded on the I/O thread, without a
+        thread switch to the completer and back (a repeated status, e.g. after a lost
+        reply, fetches again; the first reply settles the job)."""
+        try:
+            self._backend._connection.send(ServiceBackend._fetch_message(self.job_id, 0),
+                                           on_reply=lambda r: self._on_fetched(status, r))
+        except GlassboxError:  # the connection was closed
+            pass
+
+    def _on_fetched(self, status: JobStatus, reply: broker.BrokerMessage) -> None:
+        whole = (reply.type == "result_chunk" and reply.count == 1
+                 and len(reply.payload) == reply.total_bytes == status.result_bytes)
+        if not whole:  # an error, or not the chunk announced: the general path says why
+            self._complete_later(status)
+            return
+        if self._claim():
+            try:
+                outcome = wire.decode_result(reply.payload)
+            except Exception as e:  # noqa: BLE001 - every failure belongs to the future
+                outcome = e
+            self._set_outcome(outcome)
+            self._backend._connection.forget(self.job_id)
+
+    def _claim(self) -> bool:
+        """True for the one caller that settles the job."""
         with self._finishing:
             if self._finished:
-                return
+                return False
             self._finished = True
+            return True
+
+    def _complete(self, status: JobStatus) -> None:
+        if not self._claim():
+            return
         if status.state == "CANCELLED" and self._cancel_requested:
             super().cancel()
         else:
@@ -431,6 +475,9 @@ class JobFuture(concurrent.futures.Future):
             outcome = self._backend._outcome(status)
         except Exception as e:  # noqa: BLE001 - every failure belongs to the future
             outcome = e
+        self._set_outcome(outcome)
+
+    def _set_outcome(self, outcome) -> None:
         try:
             if isinstance(outcome, BaseException):
                 self.set_exception(outcome)

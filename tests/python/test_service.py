@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import glassbox
-from glassbox import launcher
+from glassbox import launcher, wire
 from glassbox.errors import GlassboxError
 from glassbox.service import JobTimeoutError, ServiceBackend
 
@@ -36,6 +36,7 @@ PROMPT = [1, 5, 9, 3]
 OTHER = [1, 7, 2, 3]
 NAME = "tiny-llama"
 HELD_STEPS = 5
+NEVER_REQUERY = 3600.0  # no test outwaits it: only the outcome ends such a wait
 
 
 def missing_binaries() -> str:
@@ -230,6 +231,93 @@ def test_a_job_can_be_collected_by_id_from_another_connection(remote, service):
         assert caught.value.code == "NOT_FOUND"
     finally:
         other.close()
+
+
+class FetchFailingBroker:
+    """A stand-in broker for the fetch's failures (what the real one does not do on cue):
+    it acknowledges a submit and pushes COMPLETED with one chunk at once, answers queries
+    with COMPLETED, and answers the fetches with ``answers`` in turn: "error" (the result
+    expired), "drop" (the reply is lost) or "chunk" (the result)."""
+
+    def __init__(self, answers):
+        import zmq
+        from glassbox import _broker as broker
+        self._zmq, self._broker, self.answers, self.fetches = zmq, broker, list(answers), 0
+        self.result = wire.encode_result(wire.Result(saved=[
+            wire.SavedValue("x", 1, np.arange(6, dtype=np.float32).reshape(2, 3))]))
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self.url = f"tcp://127.0.0.1:{self._socket.bind_to_random_port('tcp://127.0.0.1')}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _status(self, ref=""):
+        return self._broker.BrokerMessage("status", ref=ref, job="j1", state="COMPLETED",
+                                          time_ms=1, count=1, total_bytes=len(self.result))
+
+    def _serve(self):
+        broker, socket = self._broker, self._socket
+        while not self._stop.is_set():
+            if not socket.poll(50):
+                continue
+            peer, data = socket.recv_multipart()
+            m = broker.decode_broker_message(data)
+            replies = []
+            if m.type == "submit":
+                replies = [broker.BrokerMessage("ack", ref=m.ref, job="j1", time_ms=1),
+                           self._status()]
+            elif m.type == "query":
+                replies = [self._status(m.ref)]
+            elif m.type == "fetch":
+                self.fetches += 1
+                answer = self.answers.pop(0) if self.answers else "chunk"
+                if answer == "error":
+                    replies = [broker.BrokerMessage("error", code="NOT_FOUND", ref=m.ref,
+                                                    job="j1", message="the result of job j1 "
+                                                    "expired (results are kept 1 h)")]
+                elif answer == "chunk":
+                    replies = [broker.BrokerMessage("result_chunk", ref=m.ref, job="j1",
+                                                    index=0, count=1,
+                                                    total_bytes=len(self.result),
+                                                    payload=self.result)]
+            for reply in replies:
+                socket.send_multipart([peer, broker.encode_broker_message(reply)])
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self._socket.close(0)
+        self._context.term()
+
+
+def test_a_refused_result_fetch_ends_the_job_with_the_brokers_reason():
+    # A small result is fetched on the connection's I/O thread the moment its job completes;
+    # when that fetch is refused, the job ends with the broker's reason (the general path
+    # fetches once more and raises it), not a wait for ever.
+    fake = FetchFailingBroker(["error", "error"])
+    backend = ServiceBackend(fake.url, quiet=True, requery_interval=NEVER_REQUERY)
+    try:
+        with pytest.raises(GlassboxError, match="expired") as caught:
+            backend.run(wire.Request(NAME, []), timeout=30)
+        assert caught.value.code == "NOT_FOUND" and fake.fetches == 2
+    finally:
+        backend.close()
+        fake.close()
+
+
+def test_a_lost_fetch_reply_is_fetched_again_when_the_status_is_asked():
+    # The reply to the I/O thread's fetch is lost: the wait asks for the job's status after
+    # requery_interval without news, the answer (COMPLETED) fetches again, and that settles it.
+    fake = FetchFailingBroker(["drop"])
+    backend = ServiceBackend(fake.url, quiet=True, requery_interval=0.2)
+    try:
+        result = backend.run(wire.Request(NAME, []), timeout=30)
+        assert np.array_equal(result.saved[0].value, np.arange(6).reshape(2, 3))
+        assert fake.fetches == 2
+    finally:
+        backend.close()
+        fake.close()
 
 
 def test_requests_over_the_size_limit_are_refused_before_sending(service):
