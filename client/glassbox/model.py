@@ -464,8 +464,11 @@ class Model(Envoy):
         return Session(self, _wait_options(blocking, timeout, quiet))
 
     def edit(self, inplace: bool = False) -> EditRecorder:
-        """``with model.edit() as edited:`` records interventions that every later trace of
-        ``edited`` carries (of the model itself with inplace=True), until clear_edits()."""
+        """``with model.edit() as edited:`` (nnsight 0.8: ``as (tracer, edited)``) records
+        interventions that every later trace of ``edited`` carries, until clear_edits();
+        ``with model.edit(inplace=True) as tracer:`` puts them on the model itself. In a
+        generation an edit applies at the first step, or at every step where the edit says
+        ``for _ in tracer.iter[:]:`` / ``with tracer.all():`` (as in nnsight 0.8)."""
         target = self if inplace else self._edited_copy()
         return EditRecorder(self, target)
 

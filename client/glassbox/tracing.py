@@ -684,7 +684,11 @@ class Tracer(JobHandle):
         object.__setattr__(new, "_weight", name)
         self._weights[name] = new
         module = spec.module
-        self.write(f"{module}.output", self._linear(module, self.read(f"{module}.input")))
+        previous, self._step = self._step, "all"  # the new weight holds at every step
+        try:
+            self.write(f"{module}.output", self._linear(module, self.read(f"{module}.input")))
+        finally:
+            self._step = previous
 
     def _linear(self, module: str, x) -> Proxy:
         """The linear module ``module`` applied to ``x`` with its current (edited) weights."""
@@ -989,7 +993,10 @@ class StepScope:
         if isinstance(self._step, int):
             return [self._step]
         if self._step == "all":
-            return list(range(self._tracer.trace.generate.max_new_tokens))
+            generate = self._tracer.trace.generate
+            if generate is None:  # in model.edit(): the body is recorded once, for every step
+                return ["all"]
+            return list(range(generate.max_new_tokens))
         return list(range(*self._step))
 
 
@@ -1169,13 +1176,23 @@ class Edit:
         self.weights = weights  # weight name -> the node holding its new value
 
     def apply_to(self, tracer: Tracer) -> None:
+        """As in nnsight 0.8, an edit's hook-point access applies at a generation's first
+        step (the prompt's pass) unless the edit put it under ``tracer.iter[:]`` or
+        ``tracer.all()`` (its step is then "all"); a trace has one pass, so there every
+        access applies to it."""
         ids: Dict[int, int] = {}
         generating = tracer.trace.generate is not None
         for node in self.nodes:
             ids[node.id] = tracer.builder.new_id()
             kwargs = {k: _renumber(v, ids) for k, v in node.kwargs.items()}
-            if generating and node.op in self._HOOK_OPS and kwargs.get("step", 0) == 0:
-                kwargs["step"] = "all"  # an edit holds for every forward pass
+            if node.op in self._HOOK_OPS and not generating:
+                kwargs.pop("step", None)
+            if node.op == "skip" and generating and kwargs.get("step") != "all":
+                raise TracingError(
+                    f"this model's edit skips {kwargs.get('module')} at the generation's first "
+                    "step only (a plain edit applies there, as in nnsight), which would leave "
+                    "its keys and values missing from the cache: in the edit, put the skip "
+                    "under `for _ in tracer.iter[:]:` or `with tracer.all():`")
             args = [_renumber(a, ids) for a in node.args]
             tracer.trace.nodes.append(wire.Node(ids[node.id], node.op, args, kwargs, node.source))
         for name, node_id in self.weights.items():
@@ -1194,8 +1211,10 @@ def _renumber(value, ids: Dict[int, int]):
 
 
 class EditRecorder(Tracer):
-    """``with model.edit() as edited:`` records interventions without running anything;
-    ``edited`` (or the model itself with inplace=True) carries them into later traces."""
+    """``with model.edit() as edited:`` (or ``as (tracer, edited)``) records interventions
+    without running anything; ``edited`` (with ``inplace=True``, bound ``as tracer``: the
+    model itself) carries them into later traces. In a generation they apply at the first
+    step, or at every step under ``tracer.iter[:]`` / ``tracer.all()`` (nnsight 0.8's rule)."""
 
     def __init__(self, model, target):
         super().__init__(model)
@@ -1209,7 +1228,19 @@ class EditRecorder(Tracer):
         self.builder.tracers.append(self)
         _stack().append(self)
         object.__setattr__(self._target, "_edit_pair", (self, self._target))
-        return self._target
+        # nnsight 0.8: `with model.edit() as (tracer, edited):` (the copy, which also
+        # unpacks as that pair) and `with model.edit(inplace=True) as tracer:`.
+        return self if self._target is self.model else self._target
+
+    def step_spec(self, key):
+        """Inside an edit, steps of the generations that will carry it: every step
+        (``tracer.iter[:]``, ``tracer.all()``) or, for a plain edit, the first."""
+        if key == slice(None):
+            return "all"
+        raise TracingError(
+            "inside model.edit(), `tracer.iter[:]` or `tracer.all()` makes the edit apply at "
+            "every step of a later generation (a plain edit applies at its first step, the "
+            "prompt's pass, as in nnsight); other steps are chosen in the generation itself")
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         _stack().pop()

@@ -184,6 +184,31 @@ def test_skip_in_a_generation_is_per_step_or_refused(model):
         close(o, i, 0)
 
 
+def test_edits_in_a_generation_apply_as_nnsight_08s(model):
+    # nnsight 0.8's docs/usage/edit.md, verbatim but for the model: a plain edit applies at
+    # the location's first occurrence (the prompt's pass); under the edit tracer's iter, at
+    # every step of the generation; inplace=True binds only the tracer.
+    with model.edit() as (tracer, edited):
+        edited.model.layers[0].mlp.output[:] = 0
+    with model.edit(inplace=True) as tracer:
+        for _ in tracer.iter[:]:
+            model.model.layers[0].mlp.output[:] = 0
+    try:
+        for m, every_step in ((edited, False), (model, True)):
+            with m.generate(GEN_IDS, max_new_tokens=3) as tracer:
+                outs = glassbox.list().save()
+                for _ in tracer.iter[:]:
+                    outs.append(m.model.layers[0].mlp.output)
+            assert np.abs(np.asarray(outs[0])).max() == 0
+            for later in outs[1:]:
+                assert (np.abs(np.asarray(later)).max() == 0) == every_step
+    finally:
+        model.clear_edits()
+    with model.generate(GEN_IDS, max_new_tokens=2) as tracer:  # cleared: nothing zeroed
+        first = model.model.layers[0].mlp.output.save()
+    assert np.abs(np.asarray(first)).max() > 0
+
+
 def test_attention_output_is_a_tuple(model):
     with model.trace(IDS):
         attn = model.model.layers[0].self_attn.output[0].save()

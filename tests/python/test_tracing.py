@@ -381,11 +381,51 @@ def test_edit_nodes_are_prepended_to_later_traces(model, fake):
     assert ops(fake.last) == ["read", "save"]
     with edited.generate("x", max_new_tokens=3):
         pass
-    assert node(fake.last, "write").kwargs["step"] == "all"
+    assert "step" not in node(fake.last, "write").kwargs  # a plain edit: the first step only
+
+
+def test_an_edit_under_iter_or_all_applies_at_every_generation_step(model, fake):
+    # nnsight 0.8 (docs/usage/edit.md): a plain edit applies at the first occurrence; under
+    # the edit tracer's iter it applies at every step of a generation.
+    with model.edit() as (tracer, edited):
+        for _ in tracer.iter[:]:
+            model.model.layers[0].mlp.output = 0
+        with tracer.all():
+            model.model.layers[1].mlp.output = 0
+        model.model.layers[2].mlp.output = 0
+    with edited.generate("x", max_new_tokens=3):
+        pass
+    steps = {n.kwargs["point"]: n.kwargs.get("step", 0) for n in fake.last.traces[0].nodes
+             if n.op == "write"}
+    assert steps == {"model.layers.0.mlp.output": "all", "model.layers.1.mlp.output": "all",
+                     "model.layers.2.mlp.output": 0}
+    with edited.trace("x"):  # one pass: every access of the edit applies to it
+        pass
+    assert all("step" not in n.kwargs for n in fake.last.traces[0].nodes)
+    with model.edit() as (tracer, _):
+        with pytest.raises(TracingError, match="tracer.iter\\[:\\]"):
+            tracer.iter[1:3]
+        with pytest.raises(TracingError, match="first step"):
+            tracer.next()
+
+
+def test_a_skip_in_a_plain_edit_is_refused_in_a_generation(model, fake):
+    with model.edit() as (tracer, edited):
+        model.model.layers[1].skip(model.model.layers[1].input)
+    with pytest.raises(TracingError, match="under `for _ in tracer.iter"):
+        with edited.generate("x", max_new_tokens=3):
+            pass
+    with model.edit() as (tracer, edited):
+        with tracer.all():
+            model.model.layers[1].skip(model.model.layers[1].input)
+    with edited.generate("x", max_new_tokens=3):
+        pass
+    assert node(fake.last, "skip").kwargs["step"] == "all"
 
 
 def test_inplace_edit_until_cleared(model, fake):
-    with model.edit(inplace=True):
+    with model.edit(inplace=True) as tracer:  # nnsight 0.8 binds the edit's tracer
+        assert tracer.iter is not None and tracer is not model
         h = model.model.layers[0].output
         model.model.layers[0].output = h * 0.5
     with model.trace("x"):
