@@ -297,9 +297,10 @@ class JobFuture(concurrent.futures.Future):
         self._news = threading.Condition()  # notified on the outcome (and statuses, see below)
         self._wake_on_status = False  # whether a wait shows progress: it redraws on each
         self._heard_at = time.monotonic()  # when the last status arrived
+        self._own_callbacks_only = True  # see add_done_callback
         self._last_status: Optional[JobStatus] = backend._connection.status(job_id)
         backend._connection.watch(job_id, self._on_status)
-        self.add_done_callback(lambda _: self._notify())
+        super().add_done_callback(lambda _: self._notify())
         batch.note_job(self)
 
     # The Future interface ----------------------------------------------------------------
@@ -314,6 +315,13 @@ class JobFuture(concurrent.futures.Future):
     def exception(self, timeout: Optional[float] = None):
         self._wait(timeout, False)
         return super().exception(0)
+
+    def add_done_callback(self, fn) -> None:
+        """As in concurrent.futures; ``fn`` is never called on the connection's I/O thread
+        (it may wait for the service: submit and run other jobs)."""
+        with self._finishing:
+            self._own_callbacks_only = False
+        super().add_done_callback(fn)
 
     def cancel(self, reason: str = "") -> bool:
         """Cancels the job on the service; True unless it had already finished."""
@@ -445,13 +453,22 @@ class JobFuture(concurrent.futures.Future):
         if not whole:  # an error, or not the chunk announced: the general path says why
             self._complete_later(status)
             return
-        if self._claim():
+        with self._finishing:
+            if self._finished:
+                return
+            self._finished = True
+            # Settled here unless callbacks of the caller's wait: they run on a pool thread,
+            # where they may wait for the service (this thread is the one replies come in on).
+            here = self._own_callbacks_only
+            if here:
+                self._set_outcome(_decoded(reply.payload))
+        if not here:
+            outcome = _decoded(reply.payload)
             try:
-                outcome = wire.decode_result(reply.payload)
-            except Exception as e:  # noqa: BLE001 - every failure belongs to the future
-                outcome = e
-            self._set_outcome(outcome)
-            self._backend._connection.forget(self.job_id)
+                self._backend._completer.submit(self._set_outcome, outcome)
+            except RuntimeError:  # the backend was closed
+                self._set_outcome(outcome)
+        self._backend._connection.forget(self.job_id)
 
     def _claim(self) -> bool:
         """True for the one caller that settles the job."""
@@ -485,3 +502,11 @@ class JobFuture(concurrent.futures.Future):
                 self.set_result(outcome)
         except concurrent.futures.InvalidStateError:
             pass  # cancelled meanwhile
+
+
+def _decoded(payload: bytes):
+    """A result's bytes decoded, or the error that says why they cannot be."""
+    try:
+        return wire.decode_result(payload)
+    except Exception as e:  # noqa: BLE001 - every failure belongs to the future
+        return e

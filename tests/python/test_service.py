@@ -98,7 +98,7 @@ def held(data_dir):
     try:
         yield
     finally:
-        hold.unlink()
+        hold.unlink(missing_ok=True)  # a test may release its job itself
 
 
 @pytest.fixture(scope="module")
@@ -384,6 +384,31 @@ def test_non_blocking_trace_is_a_future(remote):
     assert tr.result(timeout=30) is tr and tr.done()
     assert tr.status().state == "COMPLETED"
     assert logits.value.shape[:2] == (1, 4)
+
+
+def test_a_done_callback_may_wait_for_the_service(remote, service, data_dir, held):
+    # The job is held at the worker until the callback is in place, so the callback runs
+    # on the thread that completes the future (not on this one, as for a finished future);
+    # it submits a job and waits for it, which on the connection's I/O thread would hang
+    # (that thread delivers the replies).
+    with remote.trace(PROMPT, blocking=False) as first:
+        remote.lm_head.output.save()
+    outcomes, called = [], threading.Event()
+
+    def then(future):
+        try:
+            with remote.trace(OTHER, timeout=60):
+                outcomes.append(remote.lm_head.output.save())
+        except BaseException as e:  # noqa: BLE001 - reported below, not swallowed
+            outcomes.append(e)
+        called.set()
+
+    first.future.add_done_callback(then)
+    (data_dir / "hold").unlink()  # release the job
+    assert first.result(timeout=60) is first
+    assert called.wait(120), "the callback was never called"
+    assert len(outcomes) == 1 and not isinstance(outcomes[0], BaseException), outcomes
+    assert outcomes[0].value.shape[:2] == (1, 4)
 
 
 def test_cancel_through_the_future(remote, service, held):
