@@ -23,7 +23,7 @@ from .functions import (arange, cat, einsum, full, full_like, log_softmax, ones,
 from .model import AttentionOutput, Envoy, Model, _ModelOutput
 from .proxy import Proxy
 from .service import JobFuture, JobTimeoutError, ServiceBackend
-from .tracing import Cache, SavedList, StopTracing
+from .tracing import Cache, SavedDict, SavedList, StopTracing
 from .activation_cache import ActivationCache
 from .functions import rearrange
 
@@ -38,12 +38,18 @@ def save(value):
     """nnsight's ``nnsight.save(x)``, the same as ``x.save()``: marks a traced value (or
     ``model.output``, an attention module's output tuple, a tuple of traced values) to come
     back after the block and returns it. A plain list becomes a ``glassbox.list()`` holding
-    its items (append to what it returns). Other values (numbers, sizes) come back as
+    its items (append to what it returns), a plain dict a dict whose traced values come
+    back (``norms = glassbox.save({})``, then ``norms[layer] = h.norm()``). Other values (numbers, sizes) come back as
     they are."""
-    if isinstance(value, SavedList):
+    if isinstance(value, (SavedList, SavedDict)):
         return value
     if type(value) is builtins.list:
         return SavedList(value).save_items()
+    if type(value) is builtins.dict:
+        saved = SavedDict()
+        for key, item in value.items():
+            saved[key] = save(item)
+        return saved
     if isinstance(value, tuple):
         return tuple(save(v) for v in value)
     if isinstance(value, (Proxy, AttentionOutput, _ModelOutput)):
@@ -58,7 +64,7 @@ __all__ = [
     "wire", "functions", "PROTOCOL_VERSION", "__version__",
     "Model", "Envoy", "Proxy", "Cache", "Catalogue", "HookPoint",
     "Backend", "LocalBackend", "ServiceBackend", "JobFuture", "JobTimeoutError", "run_all",
-    "GlassboxError", "TracingError", "ActivationCache", "SavedList", "StopTracing",
+    "GlassboxError", "TracingError", "ActivationCache", "SavedDict", "SavedList", "StopTracing",
     "rearrange",
     "arange", "cat", "einsum", "full", "full_like", "log_softmax", "ones", "ones_like",
     "randn", "softmax", "stack", "where", "zeros", "zeros_like",

@@ -32,6 +32,17 @@ from .tracing import EditRecorder, Session, Tracer, WaitOptions, current_tracer
 
 _MODULE_METHODS = ("skip", "next")
 
+# nnsight names that cannot work here by design (client/README.md, "Where nnsight differs").
+_NOT_HERE = {
+    "source": "nnsight's .source reaches operations inside a module's Python forward, which "
+              "runs on the service; read the module's hook points instead (model.catalogue "
+              "lists them, e.g. self_attn.q / attn_pattern / z)",
+    "pipe": "model.pipe(...) runs a task pipeline's Python code; use model.generate(...) and "
+            "model.tokenizer.decode",
+    "modules": "the modules are the catalogue's: iterate model.catalogue (or list "
+               "model.model.layers)",
+}
+
 
 class Envoy:
     """One module of the mirrored tree (nnsight's name for it)."""
@@ -191,6 +202,8 @@ class Envoy:
         return f"<glassbox module {self._spec.path or self._model.name}{same}; {'; '.join(parts)}>"
 
     def _no_such(self, name: str) -> str:
+        if name in _NOT_HERE:
+            return f"{self._spec.path or self._model.name}.{name}: {_NOT_HERE[name]}"
         known = list(self._spec.children) + list(self._spec.points) + list(self._spec.weights)
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; it has {', '.join(known)}"
@@ -212,6 +225,8 @@ class AttentionOutput:
                 "as in transformers")
 
     def __getitem__(self, index):
+        if isinstance(index, slice):  # output[1:], to rebuild the tuple as nnsight code does
+            return tuple(self[i] for i in range(2)[index])
         if index in (0, -2):
             return self._output
         if index in (1, -1):

@@ -123,11 +123,17 @@ class Proxy:
         """The gradient at this hook-point value, after a ``.backward()`` in the same trace."""
         return self._tracer(".grad").grad(self)
 
-    def backward(self):
+    def backward(self, gradient=None, retain_graph=None, create_graph: bool = False):
         """Backpropagates from this scalar; ``.grad`` of hook values then holds gradients.
 
-        Usable as a plain call or, as in nnsight 0.5, as ``with loss.backward(): ...``.
+        Usable as a plain call or, as in nnsight, as ``with loss.backward(): ...``. One
+        backward per trace (the service frees the graph after it, so ``retain_graph`` is
+        accepted and changes nothing); ``gradient`` and ``create_graph`` are refused.
         """
+        if gradient is not None or create_graph:
+            raise TracingError("backward() here starts from a scalar with gradient 1 and "
+                               "builds no graph of the gradients: gradient= and "
+                               "create_graph=True are refused; scale the loss instead")
         return self._tracer(".backward()").backward(self)
 
     @property

@@ -86,8 +86,9 @@ class RequestBuilder:
         self.proxies: Dict[int, Proxy] = {}
         self.saved: Dict[int, Proxy] = {}
         self.caches: Dict[int, "Cache"] = {}
+        self.cache_rewrites: Dict[int, tuple] = {}  # save node -> (cache, point): see Tracer
         self.tracers: List["Tracer"] = []
-        self.lists: List["SavedList"] = []  # glassbox.list()s appended to in this request
+        self.lists: list = []  # glassbox.list()s and save({})s filled in this request
         self._next_id = 0
         self._delivery = threading.Lock()
 
@@ -150,6 +151,10 @@ class RequestBuilder:
                 self.saved[saved.node]._set_value(to_user_value(saved.value, convert))
             elif saved.node in self.caches:
                 self.caches[saved.node]._add(saved.name, to_user_value(saved.value, convert))
+        for saved in result.saved:  # after the cached values they replace
+            if saved.node in self.cache_rewrites:
+                cache, point = self.cache_rewrites[saved.node]
+                cache._rewrite(point, to_user_value(saved.value, convert))
         for shape in getattr(result, "shapes", None) or ():
             _record_shape(self.proxies, shape)
         generated = iter(result.generated)
@@ -242,6 +247,27 @@ class SavedList(list):
                 values.append(value)
         self._pending = []
         self[:] = values
+
+
+class SavedDict(dict):
+    """``glassbox.save({})`` (nnsight's ``nnsight.save({})``): a dict to put traced values
+    in inside a trace (``norms[layer] = h.norm()``); after the run it holds their values."""
+
+    def save(self, name: Optional[str] = None) -> "SavedDict":
+        return self
+
+    def __setitem__(self, key, value) -> None:
+        tracer = active_tracer()
+        if isinstance(value, Proxy) and not value._resolved() and tracer is not None:
+            tracer.save(value, None)
+            if not any(l is self for l in tracer.builder.lists):
+                tracer.builder.lists.append(self)
+        super().__setitem__(key, value)
+
+    def _resolve(self) -> None:
+        for key, value in list(self.items()):
+            if isinstance(value, Proxy) and value._resolved():
+                super().__setitem__(key, value._value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,6 +386,13 @@ class JobHandle:
         return status(refresh=True) if refresh else status()
 
 
+_RUNS_IN_A_BLOCK = (
+    "model.trace(...) and model.generate(...) run as `with` blocks (nnsight's "
+    "`ids = model.generate(prompt)` without one runs at once); write `with "
+    "model.generate(prompt, max_new_tokens=3) as tracer:` and `ids = tracer.result.save()` "
+    "inside, or read tracer.generated after the block")
+
+
 class Tracer(JobHandle):
     """One trace: its invokes, its nodes, and the invoke and step new nodes bind to."""
 
@@ -383,6 +416,8 @@ class Tracer(JobHandle):
         self._reads: Dict[tuple, Proxy] = {}
         self._step_scopes = 0  # tracer.iter[...] / tracer.all() blocks open
         self._weights: Dict[str, Proxy] = {}  # weights an edit changed -> their new values
+        self._caches: List[tuple] = []  # (cache, filters, invoke, step) of tr.cache(...)
+        self._row_skips: Dict[tuple, tuple] = {}  # (module, step) -> (invokes, source)
         self._own_builder = True
         self.builder: Optional[RequestBuilder] = None
         self.trace: Optional[wire.Trace] = None
@@ -426,8 +461,14 @@ class Tracer(JobHandle):
         if exc_type is not None and not stopped:
             self.builder.abandon()
             return False
+        try:
+            self._check_row_skips()
+        except TracingError:
+            self.builder.abandon()
+            raise
         if self._generator_outputs:
             self._read_prompt_ids()
+        self._cache_after_writes()
         self._emit_saves()
         if not self.trace.invokes:
             raise TracingError("this trace has no prompts: pass one to model.trace(...) or use "
@@ -486,6 +527,17 @@ class Tracer(JobHandle):
             save_id = self.builder.add(self.trace, "save", [to_wire(proxy, self.builder)],
                                        kwargs, source)
             self.builder.saved[save_id] = proxy
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(f"a {type(self).__name__} has no attribute {name!r}: "
+                             f"{_RUNS_IN_A_BLOCK}")
+
+    def __getitem__(self, index):
+        raise TracingError(f"a {type(self).__name__} is not indexable: {_RUNS_IN_A_BLOCK}")
+
+    __iter__ = None  # not a sequence, although it has __getitem__
 
     def invoke(self, *inputs) -> "Invoker":
         """A prompt (text or token ids) added to this trace's batch; inside the block, hook
@@ -641,8 +693,39 @@ class Tracer(JobHandle):
                 f"in a generation, {module_path}.skip(...) goes inside `with tracer.all():` (or "
                 "tracer.iter[:]), where its value is computed at every step: a module skipped "
                 "at some steps only would leave its keys and values missing from the cache")
+        if self._invoke is not None and not self._inputs:
+            self._skip_rows(module_path, value)
+            return
         self.node("skip", [value], {"module": module_path,
                                     **_binding_kwargs(None, self._step)})
+
+    def _skip_rows(self, module_path: str, value) -> None:
+        """A skip inside ``tracer.invoke(...)``: as in nnsight, ``value`` is the module's
+        output for that invoke's rows, and every invoke must skip it (checked when the trace
+        ends). The engine skips a module for the whole batch, so the first invoke's skip
+        skips it with its input in place of the output, and each invoke writes its rows."""
+        key = (module_path, repr(self._step))
+        if key not in self._row_skips:
+            point = f"{module_path}.input"
+            if point not in self.model._catalogue.points:
+                raise TracingError(f"{module_path}.skip(...) inside an invoke needs the "
+                                   f"module's input point; skip it outside the invokes")
+            whole = self.node("read", [], {"point": point, **_binding_kwargs(None, self._step)})
+            self.node("skip", [whole], {"module": module_path,
+                                        **_binding_kwargs(None, self._step)})
+            self._row_skips[key] = (set(), user_source())
+        self._row_skips[key][0].add(self._invoke)
+        self.write(f"{module_path}.output", value)
+
+    def _check_row_skips(self) -> None:
+        every = set(range(len(self.trace.invokes)))
+        for (module, _), (invokes, source) in self._row_skips.items():
+            if invokes != every:
+                raise TracingError(
+                    f"{module}.skip(...) ({source}) covers the rows of invokes "
+                    f"{sorted(invokes)} of {len(every)} only: as in nnsight, a batched skip "
+                    "has to cover every row: skip it in every invoke, or once outside them "
+                    "with a value for the whole batch")
 
     def call_module(self, module_path: str, value) -> Proxy:
         if f"{module_path}.weight" in self._weights or f"{module_path}.bias" in self._weights:
@@ -700,7 +783,7 @@ class Tracer(JobHandle):
 
     def cache(self, filter: Any = "", modules: Optional[list] = None, device=None, dtype=None,
               detach: bool = True, include_output: bool = True,
-              include_inputs: bool = False) -> "Cache":
+              include_inputs: bool = False, non_blocking: bool = False) -> "Cache":
         """Saves every hook point whose name or alias contains ``filter`` (a string or a
         list of them), keyed by point name; or, as nnsight's ``tracer.cache(modules=[...])``
         (also positional), the points of those modules (modules, their nnsight paths
@@ -713,11 +796,28 @@ class Tracer(JobHandle):
         if self.trace.generate is not None and isinstance(step, int) and not self._step_scopes:
             step = self.step_spec(slice(step, None))
         cache = Cache(self.model._catalogue, dtype)
+        self._caches.append((cache, filters, self._invoke, step))
         for text in filters:
             kwargs = {"filter": text, **_binding_kwargs(self._invoke, step)}
             proxy = self.node("cache", [], kwargs)
             self.builder.caches[proxy._id] = cache
         return cache
+
+    def _cache_after_writes(self) -> None:
+        """nnsight's cache observes values after the interventions; the engine caches a
+        point's value before the writes there. So every cached point this trace writes is
+        read again after its writes, and that value replaces the cached one."""
+        written = sorted({n.kwargs["point"] for n in self.trace.nodes if n.op == "write"})
+        points = self.model._catalogue.points
+        for cache, filters, invoke, step in self._caches:
+            for name in written:
+                names = (name, *(points[name].aliases if name in points else ()))
+                if not any(f in n for f in filters for n in names):
+                    continue
+                read = self.node("read", [], {"point": name, **_binding_kwargs(invoke, step)})
+                save_id = self.builder.add(self.trace, "save", [wire.Ref(read._id)], {},
+                                           read._source)
+                self.builder.cache_rewrites[save_id] = (cache, name)
 
     def _cache_filters(self, filter, modules) -> List[str]:
         """The engine's substring filters for ``tracer.cache(filter, modules)``."""
@@ -766,9 +866,8 @@ class Tracer(JobHandle):
         """``x[index] = value``: a write into the model when x was read at a hook point of
         this trace; otherwise a copy of x with the assignment (values are immutable)."""
         if proxy._view is not None:
-            raise TracingError("assigning into an index of an indexed hook-point value would "
-                               "change the model through a view; index the hook point once "
-                               "instead, e.g. layer.output[0, :, 3] = 0")
+            self._write_through_view(proxy, index, value)
+            return
         key = to_wire_index(index, self.builder)
         if proxy._weight is not None:  # module.weight[index] = value
             self.write_weight(proxy._weight, self.node("setitem", [proxy, key, value]))
@@ -781,6 +880,28 @@ class Tracer(JobHandle):
             self._forget_reads(hook.point, keep=proxy)
             return
         proxy._rebind(self.node("setitem", [proxy, key, value])._id, None)
+
+    def _write_through_view(self, proxy: Proxy, index, value) -> None:
+        """``h = layer.output[0]; h[:, 3] = 0`` (nnsight's ``layer.output[0][:] = 0``): a
+        write at the hook point with the indexes joined, ``output[0, :, 3] = 0``. Joining is
+        exact when the hook value was indexed by ints only (each drops its dim) and the last
+        index holds no index tensors; other views are refused."""
+        outer, base = (), proxy
+        while base._view is not None:
+            base, part = base._view
+            parts = part if isinstance(part, tuple) else (part,)
+            if not all(_is_int(p) for p in parts):
+                base = None
+                break
+            outer = parts + outer
+        inner = index if isinstance(index, tuple) else (index,)
+        if base is None or base._hook is None or base._hook.owner is not self or not all(
+                p is None or p is Ellipsis or isinstance(p, slice) or _is_int(p) for p in inner):
+            raise TracingError("assigning into an index of an indexed hook-point value would "
+                               "change the model through a view; index the hook point once "
+                               "instead, e.g. layer.output[0, :, 3] = 0")
+        self.setitem(base, outer + inner, value)
+        object.__setattr__(proxy, "_id", self.getitem(base, outer)._id)
 
     def update_in_place(self, proxy: Proxy, op: str, other) -> Proxy:
         """``x op= other``: writes the result back when x was read at a hook point."""
@@ -803,6 +924,11 @@ class Tracer(JobHandle):
             self._saves.append((proxy, name, user_source()))
 
     def backward(self, loss: Proxy) -> "BackwardScope":
+        if self._last_backward is not None:
+            raise TracingError(
+                "a second .backward() in one trace: the service frees the graph after the "
+                "first (nnsight's retain_graph=True has no equivalent here); run the second "
+                "loss in another trace, both inside `with model.session():`")
         self._last_backward = self.node("backward", [loss])
         return BackwardScope()
 
@@ -843,6 +969,10 @@ def _cut_at_stop(ids: List[int], stops: List[str], decode) -> List[int]:
         if any(stop in decode(ids[:end]) for stop in stops):
             return list(ids[:end])
     return list(ids)
+
+
+def _is_int(part) -> bool:
+    return isinstance(part, (int, np.integer)) and not isinstance(part, bool)
 
 
 def _binding_kwargs(invoke: Optional[int], step) -> dict:
@@ -926,22 +1056,22 @@ class Invoker:
     def __init__(self, tracer: Tracer, inputs: tuple):
         self._tracer = tracer
         self._inputs = inputs
-        self._previous: Optional[int] = None
+        self._previous: tuple = (None, 0)  # the tracer's invoke and step outside the block
 
     def __enter__(self) -> "Invoker":
         tracer = self._tracer
         prompts = invokes_from(self._inputs)
         if len(prompts) > 1:
             raise TracingError("one invoke holds one prompt; use one tr.invoke(...) per prompt")
-        self._previous = tracer._invoke
-        tracer._invoke = None
+        self._previous = tracer._invoke, tracer._step
+        tracer._invoke, tracer._step = None, 0  # as in nnsight, each invoke counts its steps
         if prompts:
             tracer._invoke = len(tracer.trace.invokes)
             tracer.trace.invokes.extend(prompts)
         return self
 
     def __exit__(self, *exc) -> bool:
-        self._tracer._invoke = self._previous
+        self._tracer._invoke, self._tracer._step = self._previous
         return False
 
 
@@ -1041,6 +1171,23 @@ class Cache(Mapping):
             value = value.astype(self._dtype)
         self._values[name] = value
 
+    def _rewrite(self, point: str, value) -> None:
+        """Replaces the cached value of ``point`` by its value after the trace's writes (one
+        value, or a list of one per cached step)."""
+        steps = self._point_steps(point)
+        if point in self._values:
+            self._add(point, value)
+        elif len(steps) == 1 and not isinstance(value, list):
+            self._add(f"{point}.step{steps[0]}", value)
+        elif isinstance(value, list) and len(value) == len(steps):
+            for step, one in zip(steps, value):
+                self._add(f"{point}.step{step}", one)
+
+    def _point_steps(self, point: str) -> List[int]:
+        prefix = point + ".step"
+        return sorted(int(k[len(prefix):]) for k in self._values
+                      if k.startswith(prefix) and k[len(prefix):].isdigit())
+
     def __getitem__(self, name: str):
         if name in self._values:
             return self._values[name]
@@ -1050,6 +1197,9 @@ class Cache(Mapping):
             key = point.name + (dot + step if dot and step.isdigit() else "")
             if key in self._values:
                 return self._values[key]
+            steps = [] if dot and step.isdigit() else self._point_steps(point.name)
+            if steps:  # cached at several generation steps: one value per step, as nnsight
+                return [self._values[f"{point.name}.step{n}"] for n in steps]
         module = self._module(name)
         if module is not None:
             return module
@@ -1059,6 +1209,12 @@ class Cache(Mapping):
     def model(self) -> "CachedModule":
         """The root module, as nnsight's cache spells it (``cache.model.model.layers[5]``)."""
         return CachedModule(self, self._catalogue.tree)
+
+    def __getattr__(self, name: str):
+        """nnsight 0.8's short form: the root's modules, ``cache.lm_head.output``."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
     def _module(self, key: str):
         """The module ``key`` names (nnsight's path from the root "model", or its own) as
@@ -1072,17 +1228,12 @@ class Cache(Mapping):
                 return CachedModule(self, spec)
             steps = self._steps_of(spec)
             if steps:
-                return [CachedModule(self, spec, f".step{n}") for n in steps]
+                return CachedSteps(CachedModule(self, spec, f".step{n}") for n in steps)
         return None
 
     def _steps_of(self, spec) -> List[int]:
         """The generation steps at which points of module ``spec`` were cached."""
-        steps = set()
-        for point in spec.points.values():
-            prefix = point + ".step"
-            steps.update(int(k[len(prefix):]) for k in self._values
-                         if k.startswith(prefix) and k[len(prefix):].isdigit())
-        return sorted(steps)
+        return sorted({n for point in spec.points.values() for n in self._point_steps(point)})
 
     def _missing(self, name: str) -> str:
         points = {k.rpartition(".step")[0] if ".step" in k else k for k in self._values}
@@ -1099,6 +1250,20 @@ class Cache(Mapping):
 
     def __repr__(self) -> str:
         return f"<glassbox.Cache of {len(self._values)} points>"
+
+
+class CachedSteps(list):
+    """A module cached at several generation steps: one ``CachedModule`` per step
+    (``cache["model.lm_head"][2].output``) and, as nnsight 0.8's cache view, ``.output`` /
+    ``.input`` / ``.inputs`` as lists of one value per step (``len()`` counts the steps)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        values = [getattr(entry, name) for entry in self]
+        if values and all(isinstance(v, CachedModule) for v in values):
+            return CachedSteps(values)
+        return values
 
 
 class CachedModule:

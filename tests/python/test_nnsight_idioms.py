@@ -407,3 +407,249 @@ def test_skip_with_a_tuple_and_inputs_assignment(model):
         mlp_in = model.model.layers[0].mlp.input.save()
     close(out, inp, 0)
     assert np.abs(np.asarray(mlp_in)).max() == 0
+
+
+# The idioms of nnsight 0.8's own docs (docs/usage/*.md), each nearly verbatim: the model is
+# the tiny Llama (model.model.layers for model.transformer.h) and glassbox.save for
+# nnsight.save; values are compared with the goldens or an equivalent Glassbox formulation.
+
+OTHER = [7, 8, 9]  # a second prompt, shorter than IDS and GEN_IDS
+
+
+def test_cache_observes_values_after_interventions(model):
+    # docs/usage/cache.md, "Cache + interventions"
+    with model.trace(IDS) as tracer:
+        cache = tracer.cache()
+        model.model.layers[0].output[:] = 0
+    assert (cache["model.model.layers.0"].output == 0).all()
+    with model.trace(IDS):
+        model.model.layers[0].output[:] = 0
+        after = model.model.layers[1].output.save()
+    close(cache.model.model.layers[1].output, after)
+    close(cache["model.model.layers.0"].input, golden("model.layers.0.input"))
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:  # at every step written
+        cache = tracer.cache(modules=[model.model.layers[2]])
+        with tracer.all():
+            model.model.layers[2].mlp.output[:, -1] = 0
+    assert all((np.asarray(o)[:, -1] == 0).all() for o in cache["model.model.layers.2.mlp"].output)
+
+
+def test_cache_of_a_generation_reads_as_nnsight_08s(model):
+    # docs/usage/cache.md, "Cache across generation steps" and "Single vs multiple visits"
+    with model.generate(GEN_IDS, max_new_tokens=3, do_sample=False) as tracer:
+        cache = tracer.cache(modules=[model.model.layers[-1], model.lm_head])
+        outs = glassbox.list().save()
+        for step in tracer.iter[:3]:
+            outs.append(model.model.layers[-1].output)
+    assert len(cache["model.model.layers.2"]) == 3
+    outputs = cache["model.model.layers.2"].output
+    assert isinstance(outputs, list) and len(outputs) == 3
+    for cached, read in zip(outputs, outs):
+        close(cached, read, 0)
+    for cached, read in zip(cache.model.model.layers[2].output, outs):
+        close(cached, read, 0)
+    ids = [int(np.asarray(o)[0, -1].argmax()) for o in cache.lm_head.output]
+    assert ids == GREEDY["generated_ids"][:3]
+
+
+def test_cache_storage_keywords_of_nnsight_08(model):
+    # docs/usage/cache.md, "Storage transforms"
+    with model.trace(IDS) as tracer:
+        cache = tracer.cache(
+            modules=[model.model.layers[1]],
+            device=model.device,
+            dtype=np.float32,
+            detach=True,
+            include_output=True,
+            include_inputs=False,
+            non_blocking=False,
+        )
+    close(cache["model.model.layers.1"].output, golden("model.layers.1.output"))
+
+
+def test_skip_in_every_invoke_fills_each_invokes_rows(model):
+    # docs/usage/skip.md, "Skip across invokes": each invoke's replacement fills its rows
+    with model.trace() as tracer:
+        with tracer.invoke(IDS):
+            model.model.layers[1].skip(model.model.layers[1].input)
+            first = model.lm_head.output.save()
+        with tracer.invoke(OTHER):
+            model.model.layers[1].skip(model.model.layers[1].input * 2)
+            second = model.lm_head.output.save()
+    for prompt, scale, batched in ((IDS, 1, first), (OTHER, 2, second)):
+        with model.trace(prompt):
+            model.model.layers[1].skip(model.model.layers[1].input * scale)
+            alone = model.lm_head.output.save()
+        close(batched, alone)
+    with pytest.raises(TracingError, match="has to cover every row"):
+        with model.trace() as tracer:
+            with tracer.invoke(IDS):
+                model.model.layers[1].skip(model.model.layers[1].input)
+            with tracer.invoke(OTHER):
+                pass
+
+
+def test_each_invoke_counts_its_own_steps(model):
+    # docs/usage/invoke-and-batching.md, "Per-invoke iteration and cache"
+    with model.generate(max_new_tokens=3, do_sample=False) as tracer:
+        with tracer.invoke(GEN_IDS):
+            first = glassbox.save([])
+            for _ in tracer.iter[1:3]:
+                first.append(model.lm_head.output[0][-1].argmax(dim=-1))
+        with tracer.invoke(GEN_IDS):
+            second = glassbox.save([])
+            for _ in tracer.iter[:3]:
+                second.append(model.lm_head.output[0][-1].argmax(dim=-1))
+    new = GREEDY["generated_ids"]
+    assert [int(t) for t in first] == new[1:3] and [int(t) for t in second] == new[:3]
+    with model.generate(max_new_tokens=3) as tracer:  # a step moved on in one invoke only
+        with tracer.invoke(GEN_IDS):
+            tracer.next()
+            moved = model.lm_head.output[0][-1].argmax(dim=-1).save()
+        with tracer.invoke(GEN_IDS):
+            own = model.lm_head.output[0][-1].argmax(dim=-1).save()
+    assert (int(moved), int(own)) == (new[1], new[0])
+
+
+def test_save_a_dict_keyed_by_identity(model):
+    # docs/usage/invoke-and-batching.md, "Save by identity, not by position"
+    with model.trace() as tracer:
+        norms = glassbox.save({})
+        for layer in [2, 0, 1]:
+            with tracer.invoke(IDS):
+                norms[layer] = model.model.layers[layer].output.norm()
+    assert sorted(norms) == [0, 1, 2]
+    for layer in range(3):
+        assert float(norms[layer]) == pytest.approx(
+            float(np.linalg.norm(golden(f"model.layers.{layer}.output"))), rel=1e-4)
+
+
+def test_for_step_in_tracer_all_and_an_empty_invoke_after_it(model):
+    # docs/usage/iter-all-next.md: "tracer.all()" and "When the step count is unknown"
+    with model.generate(GEN_IDS, max_new_tokens=3, do_sample=False) as tracer:
+        hidden = glassbox.save([])
+        for step in tracer.all():                     # == tracer.iter[:]
+            model.model.layers[0].output[:] = 0       # zero-ablate layer 0 every step
+            hidden.append(model.model.layers[-1].output)
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        with tracer.all():
+            model.model.layers[0].output[:] = 0
+            expected = model.model.layers[-1].output.save()
+    assert len(hidden) == 3
+    for got, want in zip(hidden, expected):
+        close(got, want, 0)
+    with model.generate(max_new_tokens=3, do_sample=False) as tracer:
+        with tracer.invoke(GEN_IDS):
+            picks = glassbox.save([])
+            for step in tracer.all():
+                picks.append(model.lm_head.output[0, -1].argmax(dim=-1))
+        with tracer.invoke():
+            ids = tracer.result.save()
+    assert [int(p) for p in picks] == GREEDY["generated_ids"][:3]
+    assert np.asarray(ids).tolist() == [GEN_IDS + GREEDY["generated_ids"][:3]]
+
+
+def test_writes_through_an_index_of_a_hook_value(model):
+    # docs/usage/all-and-next.md and iter.md: `output[0][:] = 0`, at every step or one
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        hidden_states = glassbox.list().save()
+        for step in tracer.all():
+            model.model.layers[0].output[0][:] = 0        # zero-ablate every step
+            hidden_states.append(model.model.layers[-1].output[0])
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        per_step = glassbox.list().save()
+        for step in tracer.iter[:3]:
+            if step == 2:
+                model.model.layers[0].output[0][:] = 0
+            per_step.append(model.model.layers[-1].output[0])
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        with tracer.all():
+            model.model.layers[0].output[:] = 0
+            zeroed = model.model.layers[-1].output.save()
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        with tracer.iter[2]:
+            model.model.layers[0].output[:] = 0
+        with tracer.all():
+            at_step_2 = model.model.layers[-1].output.save()
+    for got, want in zip(hidden_states, zeroed):
+        close(got, np.asarray(want)[0], 0)
+    with model.generate(GEN_IDS, max_new_tokens=3) as tracer:
+        with tracer.all():
+            plain = model.model.layers[-1].output.save()
+    for got, want in zip(per_step, at_step_2):
+        close(got, np.asarray(want)[0], 0)
+    close(per_step[0], np.asarray(plain[0])[0], 0)                  # steps 0, 1 untouched
+    assert not np.allclose(per_step[2], np.asarray(plain[2])[0])    # step 2 ablated
+    with model.trace(IDS):
+        h = model.model.layers[1].output[0]               # a view, written through
+        h[:, 3] = 1
+        seen = h.save()
+        out = model.model.layers[1].output.save()
+    assert (np.asarray(out)[0, :, 3] == 1).all() and (np.asarray(seen)[:, 3] == 1).all()
+    close(np.asarray(out)[0, :, :3], golden("model.layers.1.output")[0, :, :3])
+
+
+def test_clone_before_modification_and_the_attention_tuple_rebuilt(model):
+    # docs/usage/access-and-modify.md, "Cloning before modification" and "Tuple outputs"
+    with model.trace(IDS):
+        before = model.model.layers[0].output.clone().save()   # pre-mod
+        model.model.layers[0].output[:] = 0
+        after = model.model.layers[0].output.save()            # post-mod
+    close(before, golden("model.layers.0.output"))
+    assert (np.asarray(after) == 0).all()
+    with model.trace(IDS):
+        full = model.model.layers[0].self_attn.output    # tuple
+        attn_out = full[0].save()                        # first element (tensor)
+        model.model.layers[0].self_attn.output = (
+            glassbox.zeros_like(attn_out),
+        ) + model.model.layers[0].self_attn.output[1:]
+        rebuilt = model.model.layers[1].output.save()
+    with model.trace(IDS):
+        model.model.layers[0].self_attn.output[0][:] = 0  # in place on the first element
+        in_place = model.model.layers[1].output.save()
+    close(attn_out, golden("model.layers.0.self_attn.output"))
+    close(rebuilt, in_place, 0)
+    assert not np.allclose(rebuilt, golden("model.layers.1.output"))
+
+
+def test_grad_in_a_batched_invoke_and_one_backward_per_trace(model):
+    # docs/usage/backward-and-grad.md, "Gradients inside a batched invoke"
+    with model.trace() as tracer:
+        with tracer.invoke(OTHER):
+            model.output.logits.save()
+        with tracer.invoke(IDS):
+            hidden = model.model.layers[-1].output
+            with model.output.logits.sum().backward():
+                grad = hidden.grad.save()   # this invoke's rows only
+    with model.trace(IDS):
+        hidden = model.model.layers[-1].output
+        with model.output.logits.sum().backward():
+            alone = hidden.grad.save()
+    close(grad, alone)
+    # "Multiple backward passes": the service frees the graph after one backward
+    with pytest.raises(TracingError, match="retain_graph=True has no equivalent"):
+        with model.trace(IDS):
+            hs = model.model.layers[-1].output
+            logits = model.output.logits
+            with logits.sum().backward(retain_graph=True):
+                hs.grad.clone().save()
+            with (logits.sum() * 2).backward():
+                hs.grad.clone().save()
+
+
+def test_generate_without_a_block_says_how_to_get_the_ids(model):
+    # docs/usage/generate.md, "Called directly (no block)"
+    ids = model.generate(GEN_IDS, max_new_tokens=3)
+    with pytest.raises(AttributeError, match="run as `with` blocks"):
+        ids.shape
+    with pytest.raises(TracingError, match="run as `with` blocks"):
+        ids[0]
+
+
+def test_source_and_pipe_are_refused_saying_what_to_use(model):
+    # docs/usage/source.md and pipe.md: Python inside modules cannot run on the service
+    with pytest.raises(AttributeError, match="hook points instead"):
+        with model.trace(IDS):
+            model.model.layers[0].self_attn.source
+    with pytest.raises(AttributeError, match="use model.generate"):
+        model.pipe(max_new_tokens=3)

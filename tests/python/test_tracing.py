@@ -258,11 +258,18 @@ def test_slice_assignment_on_other_values_is_a_setitem(model, fake):
     assert setitem.args == [Ref(1), 0, 1]
 
 
-def test_assigning_into_an_index_of_a_hook_value_is_refused(model):
+def test_assigning_into_an_index_of_a_hook_value_joins_int_indexes_or_is_refused(model, fake):
     with pytest.raises(TracingError, match="index the hook point once"):
         with model.trace("x"):
-            h = model.model.layers[0].output[0]
-            h[:, 3] = 0
+            h = model.model.layers[0].output[:, 1:]
+            h[0] = 0
+    with model.trace("x"):  # nnsight's `output[0][:, 3] = 0`: exactly output[0, :, 3] = 0
+        h = model.model.layers[0].output[0]
+        h[:, 3] = 0
+    write = node(fake.last, "write")
+    assert write.args == [0]
+    assert write.kwargs == {"point": "model.layers.0.output", "invoke": 0,
+                            "index": [0, slice(None), 3]}
 
 
 def test_module_assignment_writes(model, fake):
