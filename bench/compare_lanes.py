@@ -9,7 +9,10 @@ Runs, in one process tree on this machine, interleaved round by round:
     torch and transformers; Glassbox itself never imports them)
 once as the machine is and once beside a competing load (a process keeping one core busy);
 the load average is printed with each, so a quiet machine can be told from a busy one.
-Prints per shape the median forward time of each and the ratios. Asserts nothing.
+Prints per shape the median forward time of each and the ratios, and the 2.x lane's matrix
+products alone (engine_bench's "matmul bound": the projections, lm_head and attention
+products of the same pass, on the same weights) against transformers' whole forward: the
+floor below which no forward with those products can go. Asserts nothing.
 
     $FIXTURE_PYTHON bench/compare_lanes.py [--transformers] [--rounds 3] [--shapes 1x16,1x128,8x64]
 """
@@ -76,12 +79,15 @@ def busy():
 
 def run(args, label: str, hf):
     rows = {s: {k: [] for k in ("1.13", "2.x", "hf")} for s in args.shapes.split(",")}
+    products = {s: [] for s in rows}  # the 2.x lane's matrix products alone, same pass
     for _ in range(args.rounds):
         for lane, binary in LANES.items():
             if binary.exists():
-                for shape, (ms, _) in engine_times(binary, args.shapes, args.repeats,
-                                                   args.threads[lane]).items():
+                for shape, (ms, bound) in engine_times(binary, args.shapes, args.repeats,
+                                                       args.threads[lane]).items():
                     rows[shape][lane].append(ms)
+                    if lane == "2.x":
+                        products[shape].append(bound)
         if hf:
             for shape in rows:
                 b, s = map(int, shape.split("x"))
@@ -98,6 +104,9 @@ def run(args, label: str, hf):
             for lane in ("2.x", "1.13"):
                 if lane in med:
                     ratios.append(f"glassbox {lane} / transformers {med[lane] / med['hf']:.2f}x")
+            if products[shape]:  # the floor: no pass of these products can be faster
+                floor = statistics.median(products[shape]) / med["hf"]
+                ratios.append(f"2.x products alone / transformers {floor:.2f}x")
         print(f"  {shape:>7}  {text}   {'  '.join(ratios)}")
 
 
