@@ -18,6 +18,7 @@
 // between steps (continuous batching) instead of waiting for its 200 tokens.
 //
 // Usage: build/bin/batching_bench [--model PATH] [--rounds N] [--users 1,2,4,8,16]
+//                                 [--device cpu|cuda|cuda:N|auto] [--dtype float32|bfloat16|float16]
 //                                 [--long-tokens N]
 #include <CLI/CLI.hpp>
 
@@ -228,16 +229,21 @@ int main(int argc, char** argv) {
   int long_tokens = 200;
   app.add_option("--long-tokens", long_tokens, "tokens of the long generations (0: skip that part)")
       ->capture_default_str();
+  EngineParams params;  // one intra-op thread, as the worker runs
+  app.add_option("--device", params.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  app.add_option("--dtype", params.dtype, "float32, bfloat16 or float16")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  auto loaded = Model::Load(model_path);  // one intra-op thread, as the worker runs
+  auto loaded = Model::Load(model_path, params);
   if (!loaded.ok()) {
     std::fprintf(stderr, "error: %s\n", loaded.status().ToString().c_str());
     return 1;
   }
   const Model& model = **loaded;
-  std::printf("batching_bench: %s, %u hardware threads, %d rounds; a quarter of the users each run "
-              "logit lens, patching, attention patterns, 20-token steered generation\n",
-              model_path.c_str(), std::thread::hardware_concurrency(), rounds);
+  std::printf("batching_bench: %s on %s (%s), %u hardware threads, %d rounds; a quarter of the "
+              "users each run logit lens, patching, attention patterns, 20-token steered "
+              "generation\n",
+              model_path.c_str(), model.device().c_str(), model.dtype().c_str(),
+              std::thread::hardware_concurrency(), rounds);
   std::printf("%6s %14s %14s %8s %s\n", "users", "alone jobs/s", "batched jobs/s", "ratio", "results");
   bool all_equal = true;
   for (int users : user_counts) {

@@ -2,8 +2,8 @@
 # The checks only a GPU node can run, one command away: builds the LibTorch 2.x lane
 # (./setup.sh --torch pip: PyPI's CUDA-enabled torch wheel, build-torch2/), runs the `gpu`
 # ctest label there (fidelity on CUDA in float32 and bfloat16, generation, a graph with
-# writes and gradients) and the engine benchmark on CUDA. Fails, saying so, when there is
-# no CUDA device.
+# writes and gradients), the engine benchmark and the batching benchmark on CUDA. Fails,
+# saying so, when there is no CUDA device.
 # Usage: scripts/gpu_check.sh [device]   (default: cuda)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +19,5 @@ ctest --test-dir build-torch2 --output-on-failure -L gpu
 echo "== engine benchmark on $device"
 build-torch2/bin/engine_bench --device "$device" --model models/SmolLM2-135M-Instruct.Q4_1.gguf
 build-torch2/bin/engine_bench --device "$device" --dtype bfloat16 --model models/SmolLM2-135M-Instruct.Q4_1.gguf
+echo "== cross-user batching on $device (issue 14's throughput, batched against one at a time)"
+build-torch2/bin/batching_bench --device "$device" --rounds 2
