@@ -432,10 +432,15 @@ class JobFuture(concurrent.futures.Future):
             self._complete_later(status)
 
     def _complete_later(self, status: JobStatus) -> None:
+        self._on_pool(self._complete, status)
+
+    def _on_pool(self, fn, arg) -> bool:
+        """``fn(arg)`` on the backend's fetch pool; False when the backend was closed."""
         try:
-            self._backend._completer.submit(self._complete, status)
-        except RuntimeError:  # the backend was closed
-            pass
+            self._backend._completer.submit(fn, arg)
+            return True
+        except RuntimeError:
+            return False
 
     def _fetch_inline(self, status: JobStatus) -> None:
         """A small result in one chunk is fetched and decoded on the I/O thread, without a
@@ -453,21 +458,18 @@ class JobFuture(concurrent.futures.Future):
         if not whole:  # an error, or not the chunk announced: the general path says why
             self._complete_later(status)
             return
-        with self._finishing:
+        with self._finishing:  # held until settled: add_done_callback waits for it
             if self._finished:
                 return
             self._finished = True
-            # Settled here unless callbacks of the caller's wait: they run on a pool thread,
+            outcome = _decoded(reply.payload)
+            # Settled here unless the caller added callbacks: they run on a pool thread,
             # where they may wait for the service (this thread is the one replies come in on).
             here = self._own_callbacks_only
             if here:
-                self._set_outcome(_decoded(reply.payload))
-        if not here:
-            outcome = _decoded(reply.payload)
-            try:
-                self._backend._completer.submit(self._set_outcome, outcome)
-            except RuntimeError:  # the backend was closed
                 self._set_outcome(outcome)
+        if not here and not self._on_pool(self._set_outcome, outcome):
+            self._set_outcome(outcome)  # the backend was closed
         self._backend._connection.forget(self.job_id)
 
     def _claim(self) -> bool:

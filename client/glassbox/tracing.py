@@ -221,11 +221,8 @@ class SavedList(list):
         return self
 
     def append(self, value) -> None:
-        tracer = active_tracer()
-        if isinstance(value, Proxy) and not value._resolved() and tracer is not None:
-            tracer.save(value, None)
-            if not any(l is self for l in tracer.builder.lists):
-                tracer.builder.lists.append(self)
+        tracer = _save_into(self, value)
+        if tracer is not None:
             self._pending.append((len(self), value, not isinstance(tracer._step, int)))
         super().append(value)
 
@@ -257,17 +254,26 @@ class SavedDict(dict):
         return self
 
     def __setitem__(self, key, value) -> None:
-        tracer = active_tracer()
-        if isinstance(value, Proxy) and not value._resolved() and tracer is not None:
-            tracer.save(value, None)
-            if not any(l is self for l in tracer.builder.lists):
-                tracer.builder.lists.append(self)
+        _save_into(self, value)
         super().__setitem__(key, value)
 
     def _resolve(self) -> None:
         for key, value in list(self.items()):
             if isinstance(value, Proxy) and value._resolved():
                 super().__setitem__(key, value._value)
+
+
+def _save_into(container, value) -> Optional["Tracer"]:
+    """A traced value put into a ``glassbox.list()`` or ``glassbox.save({})`` inside a
+    trace: saved, and the container resolved with the request's results. Returns the
+    tracer (None when ``value`` is not a traced value of an active trace)."""
+    tracer = active_tracer()
+    if not isinstance(value, Proxy) or value._resolved() or tracer is None:
+        return None
+    tracer.save(value, None)
+    if not any(c is container for c in tracer.builder.lists):
+        tracer.builder.lists.append(container)
+    return tracer
 
 
 # --------------------------------------------------------------------------------------------
@@ -767,11 +773,8 @@ class Tracer(JobHandle):
         object.__setattr__(new, "_weight", name)
         self._weights[name] = new
         module = spec.module
-        previous, self._step = self._step, "all"  # the new weight holds at every step
-        try:
+        with StepScope(self, "all"):  # the new weight holds at every step
             self.write(f"{module}.output", self._linear(module, self.read(f"{module}.input")))
-        finally:
-            self._step = previous
 
     def _linear(self, module: str, x) -> Proxy:
         """The linear module ``module`` applied to ``x`` with its current (edited) weights."""
