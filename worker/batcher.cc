@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "protocol/codec.h"
 
@@ -59,17 +60,46 @@ size_t Batcher::Waiting() const {
 }
 
 bool Batcher::Held() {
-  if (hold_file_.empty() || !std::filesystem::exists(hold_file_)) return false;
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = waiting_.begin(); it != waiting_.end();) {
-    if ((*it)->job->ShouldStop()) {
-      (*it)->result.set_value(ErrorReportBytes(Cancelled((*it)->job->StopReason())));
-      it = waiting_.erase(it);
-    } else {
-      ++it;
+  if (hold_file_.empty()) return false;
+  if (!std::filesystem::exists(hold_file_)) {
+    if (held_reported_ != SIZE_MAX) {
+      std::error_code ignored;
+      std::filesystem::remove(hold_file_ + ".waiting", ignored);
+      held_reported_ = SIZE_MAX;
     }
+    return false;
   }
+  size_t count;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if ((*it)->job->ShouldStop()) {
+        (*it)->result.set_value(ErrorReportBytes(Cancelled((*it)->job->StopReason())));
+        it = waiting_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    count = waiting_.size();
+  }
+  if (count != held_reported_) ReportHeld(count);
   return true;
+}
+
+void Batcher::ReportHeld(size_t count) {
+  // Written beside, then renamed over: a reader never sees a partial count.
+  const std::string path = hold_file_ + ".waiting";
+  {
+    std::ofstream out(path + ".new", std::ios::trunc);
+    out << count;
+  }
+  std::error_code failed;
+  std::filesystem::rename(path + ".new", path, failed);
+  if (failed) {
+    std::fprintf(stderr, "glassbox worker: cannot write %s: %s\n", path.c_str(), failed.message().c_str());
+    return;
+  }
+  held_reported_ = count;
 }
 
 void Batcher::Loop() {

@@ -11,6 +11,7 @@
 #ifndef GLASSBOX_WORKER_BATCHER_H_
 #define GLASSBOX_WORKER_BATCHER_H_
 
+#include <cstdint>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -30,7 +31,9 @@ namespace glassbox::worker {
 class Batcher {
  public:
   // `hold_file` (tests only): while it exists, jobs gather and none runs (cancelled ones are
-  // answered), so a test decides which jobs make up a batch.
+  // answered), so a test decides which jobs make up a batch. Meanwhile `<hold_file>.waiting`
+  // holds how many jobs have gathered (a decimal count, replaced whole when it changes), so a
+  // test outside the process releases the hold only once every job it sent is with the batcher.
   // `at_layer` (tests only): called on the batch thread at every layer boundary of a
   // running batch, before the waiting jobs that may run there are looked at.
   Batcher(const Model& model, std::string served_name, intervention::InterventionLimits limits,
@@ -63,6 +66,8 @@ class Batcher {
   std::vector<WaitingJob*> TakeWaiting(bool generates, size_t most);
   // Answers waiting jobs that were stopped while held; true if the hold file still exists.
   bool Held();
+  // Replaces `<hold_file>.waiting` with `count` (batch thread only).
+  void ReportHeld(size_t count);
 
   const Model& model_;
   const std::string served_name_;
@@ -77,6 +82,7 @@ class Batcher {
   bool outer_generates_ = false;  // the batch thread's: its running batch has a generation
   bool nested_ = false;           // the batch thread's: a nested batch runs
   bool outer_retried_ = false;    // the batch thread's: the running batch is a retried job, alone
+  size_t held_reported_ = SIZE_MAX;  // the batch thread's: the count in <hold_file>.waiting
   std::thread thread_;
 };
 

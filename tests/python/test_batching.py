@@ -3,6 +3,8 @@ process takes four users' jobs at once (four links to the broker), runs them in 
 (the forwards in one engine pass, which the jobs' statuses report) and gives every job what
 the engine gives it alone (the local backend runs each job in a process of its own)."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,18 @@ def batching_service(binaries, data_dir):  # noqa: F811
         wait_for_model(backend, NAME)
         yield backend
         backend.close()
+
+
+def wait_for_held(hold, count, timeout):
+    """Until the worker's batcher says (beside its hold file) that `count` jobs are with it."""
+    waiting = hold.with_name(hold.name + ".waiting")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if waiting.exists() and waiting.read_text() == str(count):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the worker holds {waiting.read_text() if waiting.exists() else 'no'} jobs, "
+                         f"not {count}")
 
 
 def lens(model, **wait):
@@ -87,6 +101,9 @@ def test_four_users_jobs_run_at_once_on_one_worker_and_each_equals_its_solo_run(
         for tr, _ in runs:
             wait_for_state(batching_service, tr.job_id, {"RUNNING"}, timeout=60)
         assert [m.running for m in batching_service.models() if m.name == NAME] == [SLOTS]
+        # RUNNING is the broker's word at hand-over; release only once the worker's batcher
+        # holds all four, so they make one batch.
+        wait_for_held(hold, SLOTS, timeout=60)
     finally:
         hold.unlink()
     for tr, _ in runs:

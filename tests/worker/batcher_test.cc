@@ -80,8 +80,17 @@ TEST_CASE("jobs handed to the batcher while held run as one batch, each with its
     links.emplace_back([&, j] { results[j] = batcher.Run(*jobs[j], requests[j]); });
   }
   while (batcher.Waiting() < requests.size()) std::this_thread::yield();  // all three handed over
+  // The held count is reported beside the hold file, for tests outside the worker's process.
+  auto reported = [&hold] {
+    std::ifstream in(hold + ".waiting");
+    size_t count = 0;
+    return (in >> count) ? count : size_t{0};
+  };
+  while (reported() < requests.size()) std::this_thread::yield();
+  CHECK(reported() == requests.size());
   std::filesystem::remove(hold);
   for (std::thread& t : links) t.join();
+  CHECK(!std::filesystem::exists(hold + ".waiting"));  // gone with the hold
   for (size_t j = 0; j < requests.size(); ++j) {
     INFO("job " << j);
     // Batched with the two others, reported to the link for the broker.
