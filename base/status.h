@@ -62,6 +62,10 @@ inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move
 inline Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
 inline Status Unauthenticated(std::string m) { return {StatusCode::kUnauthenticated, std::move(m)}; }
 
+// The first line of `text`: a library error's message without its backtrace (LibTorch
+// appends one), for the message of a Status.
+inline std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
+
 inline const char* StatusCodeName(StatusCode code) {
   switch (code) {
     case StatusCode::kOk: return "OK";

@@ -36,9 +36,6 @@ struct KvCache {
   int64_t length = 0;                    // positions filled
 };
 
-// The first line of `text` (a LibTorch error's message without its backtrace).
-std::string FirstLine(const std::string& text);
-
 // Prompts as a batch: ValidatePrompts refuses empty prompts, ids outside the vocabulary and
 // prompts that with `extra_positions` more would not fit the context; PadLeft left-pads them
 // into ids [batch, seq] and a mask (0 at padding), positions counting only real tokens.

@@ -139,8 +139,6 @@ at::Device ModuleDevice(const Transformer& t, const std::string& module) {
 
 }  // namespace
 
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
-
 Status ValidatePrompts(const std::vector<std::vector<int64_t>>& prompts, const ModelConfig& c,
                        int64_t extra_positions) {
   if (prompts.empty()) return InvalidArgument("no prompts given");

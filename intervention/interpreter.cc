@@ -25,8 +25,6 @@ namespace {
 
 using protocol::Value;
 
-std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
-
 double NumberOf(const RuntimeValue& v) {
   if (v.kind == RuntimeValue::Kind::kInt) return static_cast<double>(v.int_value);
   if (v.kind == RuntimeValue::Kind::kBool) return v.bool_value ? 1.0 : 0.0;
