@@ -620,9 +620,23 @@ void BrokerCore::HandleWorker(Worker& worker, const BrokerMessage& m) {
 }
 
 // The worker runs its job batched with others: its owner sees how many share the pass.
+// A pass holds at most one job per connection (batch slot) of the worker's process; a count
+// beyond that (or below 2) is refused to the worker and shown to no one. (Not the busy ones:
+// a job of the pass may have finished on its own connection before this report arrives.)
 void BrokerCore::Running(const Worker& worker, const BrokerMessage& m) {
   auto it = jobs_.find(m.job);
   if (!worker.busy || worker.job != m.job || it == jobs_.end() || it->second.finishing) return;
+  int64_t slots = 1;
+  if (!worker.group.empty()) {
+    slots = 0;
+    for (const auto& [peer, w] : workers_) slots += w.group == worker.group;
+  }
+  if (m.batch < 2 || m.batch > slots) {
+    outbox_->ToWorker(worker.peer, protocol::MakeErrorMessage(InvalidArgument(
+                                       "a pass of " + std::to_string(m.batch) + " jobs: this worker process has " +
+                                       std::to_string(slots) + " batch slots; not shown")));
+    return;
+  }
   it->second.batch = m.batch;
   Push(it->second, StatusOf(it->second.record));
 }

@@ -3,6 +3,9 @@
 // owner isolation, limits, fair queues, dead workers and retries, time limits.
 #include <catch2/catch.hpp>
 
+#include <map>
+#include <utility>
+
 #include "broker/broker_core_impl.h"
 #include "protocol/codec.h"
 
@@ -99,10 +102,11 @@ struct Harness {
     core->OnWorkerMessage(peer, protocol::EncodeBrokerMessage(m));
   }
 
-  void Ready(const std::string& peer, const std::string& model = "m") {
+  void Ready(const std::string& peer, const std::string& model = "m", const std::string& group = "") {
     BrokerMessage m;
     m.type = BrokerMessageType::kReady;
     m.model = model;
+    m.group = group;
     m.catalogue = "{\"points\":[]}";
     m.heartbeat_ms = 100;
     Worker(peer, m);
@@ -538,6 +542,54 @@ TEST_CASE("Core: a silent worker's job runs again, up to the retry limit", "[bro
   CHECK(status.message.find("job " + job + " killed the worker running it 2 times") == 0);
   BrokerMessage report = h.Ask("c", BrokerMessageType::kFetch, "", job, 0);
   CHECK(protocol::DecodeErrorReport(report.payload)->code == "INTERNAL");
+}
+
+TEST_CASE("Core: a worker's batch count reaches the job's owner only if its process could run it",
+          "[broker]") {
+  BrokerParams params;
+  params.dev_no_auth = true;
+  Harness h(params);
+  // One worker process with three connections (batch slots), and a process of its own.
+  for (const std::string peer : {"g1", "g2", "g3"}) h.Ready(peer, "m", "proc-a");
+  h.Ready("solo");
+  std::vector<std::string> jobs;
+  for (int j = 0; j < 4; ++j) jobs.push_back(h.Submit("c", "").job);
+  std::map<std::string, std::string> job_of;
+  for (const std::string peer : {"g1", "g2", "g3", "solo"}) job_of[peer] = h.JobFor(peer);
+  h.outbox.Take("c");
+  auto report = [&h, &job_of](const std::string& peer, int64_t batch) {
+    BrokerMessage m;
+    m.type = BrokerMessageType::kRunning;
+    m.job = job_of[peer];
+    m.batch = batch;
+    h.Worker(peer, m);
+    std::vector<BrokerMessage> to_worker = h.outbox.Take(peer);
+    std::vector<BrokerMessage> to_client = h.outbox.Take("c");
+    return std::make_pair(to_worker, to_client);
+  };
+  // Three connections of proc-a: a pass of 3 is shown to the job's owner, also after one
+  // of the pass's jobs finished on its own connection.
+  h.Finish("g3", job_of["g3"]);
+  h.outbox.Take("g3");
+  h.outbox.Take("c");
+  auto [worker_heard, owner_heard] = report("g1", 3);
+  CHECK(worker_heard.empty());
+  REQUIRE(owner_heard.size() == 1);
+  CHECK(owner_heard[0].batch == 3);
+  CHECK(h.Ask("c", BrokerMessageType::kQuery, "", job_of["g1"]).batch == 3);
+  // More than its connections, fewer than two, or any pass on a process of its own:
+  // refused to the worker, shown to no one, and the job's count stays as it was.
+  for (const auto& [peer, batch] : std::vector<std::pair<std::string, int64_t>>{
+           {"g2", 4}, {"g2", 1000000000000}, {"g2", 1}, {"g2", 0}, {"solo", 2}}) {
+    INFO(peer << " says " << batch);
+    auto [refused, shown] = report(peer, batch);
+    REQUIRE(refused.size() == 1);
+    CHECK(refused[0].type == BrokerMessageType::kError);
+    CHECK(refused[0].message.find("a pass of " + std::to_string(batch) + " jobs") == 0);
+    CHECK(shown.empty());
+  }
+  CHECK(h.Ask("c", BrokerMessageType::kQuery, "", job_of["g2"]).batch == -1);  // none reported
+  CHECK(h.Ask("c", BrokerMessageType::kQuery, "", job_of["g1"]).batch == 3);
 }
 
 TEST_CASE("Core: heartbeats keep a worker alive, a job past its limit fails naming it",
