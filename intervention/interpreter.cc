@@ -1066,10 +1066,12 @@ class BatchRun {
     alone_.insert(alone_.begin(), singles.begin(), singles.end());
     if (!forwards_.empty()) {
       Report(forwards_);
+      Holding(PassBytes(forwards_));
       SharedPass(model_, nullptr, [this](Member& m) { Done(m); }).RunForward(forwards_);
     }
     if (!generations_.empty()) {
       const size_t pass = Report(generations_);
+      Holding(PassBytes(generations_));
       std::function<std::vector<Member*>(size_t)> admit;
       if (feed_.join) admit = [this, pass](size_t running) { return Admit(running, pass); };
       SharedPass(model_, admit, [this](Member& m) { Done(m); }).RunGeneration(generations_);
@@ -1079,10 +1081,12 @@ class BatchRun {
       Member& m = *alone_[a];
       if (report_ != nullptr) report_->passes.push_back({m.job});
       if (m.control->on_pass) m.control->on_pass(1);
+      Holding(m.prepared.estimate.Total());
       StatusOr<protocol::Result> result =
           CatchAll([&] { return RunPrepared(model_, *m.request, m.prepared, jobs_[m.job].limits, *m.control); });
       feed_.done(m.job, std::move(result));
     }
+    Holding(0);
   }
 
  private:
@@ -1110,6 +1114,10 @@ class BatchRun {
     if (m == nullptr) return;
     Member* member = m.get();
     members_.push_back(std::move(m));
+    const int64_t budget = jobs_[member->job].limits.max_job_bytes;
+    if (feed_.defer && budget > 0 && SaturatingAdd(feed_.held_bytes, member->prepared.estimate.Total()) > budget) {
+      return feed_.defer(member->job);
+    }
     if (!SharesPass(*member->request, member->prepared)) {
       alone_.push_back(member);
       return;
@@ -1119,19 +1127,28 @@ class BatchRun {
                                                    member->env, jobs_[member->job].limits, *member->control,
                                                    member->prepared.result);
     std::vector<Member*>& pass = member->request->traces[0].generate ? generations_ : forwards;
-    const int64_t budget = jobs_[member->job].limits.max_job_bytes;
-    if (budget > 0 && !pass.empty() && PassBytesWith(pass, *member) > budget) {
+    if (budget > 0 && !pass.empty() && PassBytesWith(pass, member) > budget) {
       alone_.push_back(member);
       return;
+    }
+    if (feed_.defer && budget > 0 && SaturatingAdd(feed_.held_bytes, PassBytesWith(pass, member)) > budget) {
+      return feed_.defer(member->job);  // it fits alone here, not beside the others and what is held
     }
     pass.push_back(member);
   }
 
-  // The estimated memory of `pass`'s jobs still running, with `joining` beside them. In a
-  // shared pass every row is as long as the batch's longest prompt, so each job's model pass
-  // (activations, KV cache) is taken at that length; graph and saved values stay its own.
-  static int64_t PassBytesWith(const std::vector<Member*>& pass, const Member& joining) {
-    std::vector<const Member*> running = {&joining};
+  void Holding(int64_t bytes) {
+    if (feed_.holding) feed_.holding(bytes);
+  }
+
+  static int64_t PassBytes(const std::vector<Member*>& pass) { return PassBytesWith(pass, nullptr); }
+
+  // The estimated memory of `pass`'s jobs still running, with `joining` (if any) beside them.
+  // In a shared pass every row is as long as the batch's longest prompt, so each job's model
+  // pass (activations, KV cache) is taken at that length; graph and saved values stay its own.
+  static int64_t PassBytesWith(const std::vector<Member*>& pass, const Member* joining) {
+    std::vector<const Member*> running;
+    if (joining != nullptr) running.push_back(joining);
     for (const Member* m : pass) {
       if (!m->ended) running.push_back(m);
     }
@@ -1162,6 +1179,7 @@ class BatchRun {
       if (report_ != nullptr) report_->passes[pass].push_back(member->job);
       if (member->control->on_pass) member->control->on_pass(static_cast<int64_t>(running + joining.size()));
     }
+    if (!joining.empty()) Holding(PassBytes(generations_));
     return joining;
   }
 

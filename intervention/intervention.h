@@ -116,6 +116,16 @@ struct BatchFeed {
   // Told each job's result as soon as the job ends: a job of a shared generation ends when
   // its own rows stop, while the others go on. Called once per job, on the calling thread.
   std::function<void(size_t job, StatusOr<protocol::Result> result)> done;
+  // For a run nested in another (a worker runs waiting forwards between the layers of its
+  // running batch): the memory that batch holds by estimate. A job whose estimate (alone, or
+  // beside a shared pass's jobs) with `held_bytes` would go over its max_job_bytes is handed
+  // to `defer` unrun (no result, no report) to run later; without `defer`, held_bytes is
+  // ignored.
+  int64_t held_bytes = 0;
+  std::function<void(size_t job)> defer;
+  // Told the estimated memory this run's passes hold while they run (a shared pass's jobs at
+  // its padded length, or a job running alone), as that changes; 0 once the run ends.
+  std::function<void(int64_t bytes)> holding;
 };
 void RunBatched(const Model& model, const std::vector<BatchJob>& jobs, const BatchFeed& feed,
                 BatchReport* report = nullptr);

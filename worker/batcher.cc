@@ -128,6 +128,7 @@ void Batcher::Loop() {
         it = waiting_.erase(it);
         if (retried) break;
       }
+      for (WaitingJob* w : waiting_) w->deferred = false;  // a new batch: any may nest in it
     }
     if (batch.empty()) continue;
     outer_generates_ = std::any_of(batch.begin(), batch.end(), [](const WaitingJob* w) { return w->generates; });
@@ -169,17 +170,35 @@ void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
     }
     return joined;
   };
-  RunJobs(model_, served_name_, inputs, limits_, join, [&jobs](size_t j, std::string result) {
+  JobsFeed feed;
+  feed.join = join;
+  feed.done = [&jobs](size_t j, std::string result) {
     LogStopped(*jobs[j]->job, result);
     jobs[j]->result.set_value(std::move(result));
-  });
+  };
+  // A nested batch runs while the batch around it holds its memory: a job that does not fit
+  // beside that goes back to wait (first in line, not nested again in this batch).
+  std::vector<WaitingJob*> deferred;
+  if (nested_) {
+    feed.held_bytes = outer_held_;
+    feed.defer = [&jobs, &deferred](size_t j) { deferred.push_back(jobs[j]); };
+  } else {
+    feed.holding = [this](int64_t bytes) { outer_held_ = bytes; };
+  }
+  RunJobs(model_, served_name_, inputs, limits_, feed);
+  if (deferred.empty()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = deferred.rbegin(); it != deferred.rend(); ++it) {
+    (*it)->deferred = true;
+    waiting_.push_front(*it);
+  }
 }
 
 std::vector<Batcher::WaitingJob*> Batcher::TakeWaiting(bool generates, size_t most) {
   std::vector<WaitingJob*> taken;
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = waiting_.begin(); it != waiting_.end() && taken.size() < most;) {
-    if ((*it)->generates != generates || (*it)->job->attempts() > 0) {
+    if ((*it)->generates != generates || (*it)->job->attempts() > 0 || (*it)->deferred) {
       ++it;
       continue;
     }

@@ -54,6 +54,7 @@ class Batcher {
     const std::string* request;
     bool generates;  // a generation (never run inside another batch's pass)
     std::promise<std::string> result;
+    bool deferred = false;  // guarded by mu_: did not fit beside the running batch; not nested again in it
   };
   void Loop();
   JobInput Input(const WaitingJob& waiting);
@@ -62,7 +63,8 @@ class Batcher {
   // Called between layers of a running batch: runs the waiting jobs that do not generate,
   // when the running batch generates (and is not itself such a nested batch).
   void RunWaitingForwards();
-  // Takes up to `most` waiting jobs that generate (or not), in order; retried jobs stay.
+  // Takes up to `most` waiting jobs that generate (or not), in order; retried and deferred
+  // jobs stay.
   std::vector<WaitingJob*> TakeWaiting(bool generates, size_t most);
   // Answers waiting jobs that were stopped while held; true if the hold file still exists.
   bool Held();
@@ -83,6 +85,7 @@ class Batcher {
   bool nested_ = false;           // the batch thread's: a nested batch runs
   bool outer_retried_ = false;    // the batch thread's: the running batch is a retried job, alone
   size_t held_reported_ = SIZE_MAX;  // the batch thread's: the count in <hold_file>.waiting
+  int64_t outer_held_ = 0;  // the batch thread's: the running (outer) batch's memory, by estimate
   std::thread thread_;
 };
 

@@ -50,10 +50,9 @@ bool IsGeneration(std::string_view request_bytes) {
 }
 
 void RunJobs(const Model& model, const std::string& served_name, const std::vector<JobInput>& jobs,
-             const intervention::InterventionLimits& limits,
-             const std::function<std::vector<JobInput>(size_t running)>& join,
-             const std::function<void(size_t job, std::string result)>& done,
+             const intervention::InterventionLimits& limits, const JobsFeed& given,
              intervention::BatchReport* report) {
+  const auto& done = given.done;
   std::deque<protocol::Request> requests;  // (a deque: joined jobs' requests stay where they are)
   std::vector<size_t> job_of;              // intervention's job index -> ours
   size_t next_job = 0;
@@ -69,14 +68,17 @@ void RunJobs(const Model& model, const std::string& served_name, const std::vect
   std::vector<intervention::BatchJob> batch;
   for (const JobInput& input : jobs) decode(input, batch);
   intervention::BatchFeed feed;
-  if (join) {
+  if (given.join) {
     feed.join = [&](size_t running) {
       std::vector<intervention::BatchJob> joined;
-      for (const JobInput& input : join(running)) decode(input, joined);
+      for (const JobInput& input : given.join(running)) decode(input, joined);
       return joined;
     };
   }
   feed.done = [&](size_t b, StatusOr<protocol::Result> result) { done(job_of[b], Encoded(result)); };
+  feed.held_bytes = given.held_bytes;
+  if (given.defer) feed.defer = [&](size_t b) { given.defer(job_of[b]); };
+  feed.holding = given.holding;
   intervention::BatchReport ran;
   intervention::RunBatched(model, batch, feed, &ran);
   if (report != nullptr) {
@@ -93,8 +95,9 @@ std::vector<std::string> RunJobs(const Model& model, const std::string& served_n
                                  const intervention::InterventionLimits& limits,
                                  intervention::BatchReport* report) {
   std::vector<std::string> out(jobs.size());
-  RunJobs(model, served_name, jobs, limits, nullptr,
-          [&out](size_t job, std::string result) { out[job] = std::move(result); }, report);
+  JobsFeed feed;
+  feed.done = [&out](size_t job, std::string result) { out[job] = std::move(result); };
+  RunJobs(model, served_name, jobs, limits, feed, report);
   return out;
 }
 

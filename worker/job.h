@@ -47,14 +47,26 @@ std::vector<std::string> RunJobs(const Model& model, const std::string& served_n
                                  const intervention::InterventionLimits& limits,
                                  intervention::BatchReport* report = nullptr);
 
-// RunJobs with continuous batching: `join` (may be empty) is asked between the steps of a
-// shared generation, with how many jobs it runs, for jobs that join it (intervention::
-// BatchFeed); each job's encoded result or error report goes to `done` as soon as the job
-// ends, indexed as given, then joined jobs in the order they came. Never throws.
+// What RunJobs with continuous batching takes in and gives out while it runs (as
+// intervention::BatchFeed, with encoded jobs and results). Jobs are indexed as given, then
+// joined jobs in the order they came.
+struct JobsFeed {
+  // May be empty; asked between the steps of a shared generation, with how many jobs it
+  // runs, for jobs that join it.
+  std::function<std::vector<JobInput>(size_t running)> join;
+  // Each job's encoded result or error report, as soon as the job ends.
+  std::function<void(size_t job, std::string result)> done;
+  // A run nested in a running batch: what that batch holds, and where jobs that do not fit
+  // beside it go unrun (BatchFeed::held_bytes, defer).
+  int64_t held_bytes = 0;
+  std::function<void(size_t job)> defer;
+  // Told what this run's passes hold while they run (BatchFeed::holding).
+  std::function<void(int64_t bytes)> holding;
+};
+
+// RunJobs with continuous batching (JobsFeed). Never throws.
 void RunJobs(const Model& model, const std::string& served_name, const std::vector<JobInput>& jobs,
-             const intervention::InterventionLimits& limits,
-             const std::function<std::vector<JobInput>(size_t running)>& join,
-             const std::function<void(size_t job, std::string result)>& done,
+             const intervention::InterventionLimits& limits, const JobsFeed& feed,
              intervention::BatchReport* report = nullptr);
 
 }  // namespace glassbox::worker

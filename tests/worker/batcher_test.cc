@@ -121,7 +121,8 @@ struct SecondDuringFirst {
   int64_t second_batch = 0;
 };
 
-SecondDuringFirst RunSecondDuringFirst(const Model& model, const std::string& first, const std::string& second) {
+SecondDuringFirst RunSecondDuringFirst(const Model& model, const std::string& first, const std::string& second,
+                                       intervention::InterventionLimits limits = {}) {
   std::mutex mu;
   std::condition_variable changed;
   bool started = false;
@@ -133,7 +134,7 @@ SecondDuringFirst RunSecondDuringFirst(const Model& model, const std::string& fi
     changed.notify_all();
     changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
   };
-  Batcher batcher(model, "tiny", {}, 4, "", at_layer);
+  Batcher batcher(model, "tiny", limits, 4, "", at_layer);
   batcher_ptr = &batcher;
   broker::JobContext first_job("first", 60000), second_job("second", 60000);
   std::atomic<int> finished{0};
@@ -169,6 +170,38 @@ TEST_CASE("a short job runs at a layer boundary of a running generation, not aft
   CHECK(run.first_done == 2);
   CHECK(ExpectResult(run.second_result).saved.size() == 1);
   CHECK(ExpectResult(run.first_result).generated.at(0).size() == 40);
+}
+
+// A job's memory estimate, as the worker's refusal at a limit of 1 byte states it.
+int64_t EstimatedBytes(const Model& model, const std::string& request) {
+  intervention::InterventionLimits one_byte;
+  one_byte.max_job_bytes = 1;
+  StatusOr<protocol::ErrorReport> refusal = protocol::DecodeErrorReport(RunJob(model, "tiny", request, one_byte, {}));
+  REQUIRE(refusal.ok());
+  const std::string lead = "this job needs an estimated ";
+  REQUIRE(refusal->message.rfind(lead, 0) == 0);
+  return std::stoll(refusal->message.substr(lead.size()));
+}
+
+TEST_CASE("a short job that does not fit beside a running generation's memory waits for it to end", "[worker]") {
+  auto model = Tiny();
+  const std::string generation = Generation(40), forward = Forward({1, 7});
+  const int64_t g = EstimatedBytes(*model, generation), f = EstimatedBytes(*model, forward);
+  // Each fits alone; the two at once would not.
+  intervention::InterventionLimits limits;
+  limits.max_job_bytes = std::max(g, f) + std::min(g, f) / 2;
+  const SecondDuringFirst run = RunSecondDuringFirst(*model, generation, forward, limits);
+  CHECK(run.first_done == 1);  // the forward was not run between the generation's layers
+  CHECK(run.second_done == 2);
+  CHECK(run.second_batch == 0);  // and ran alone, after
+  CHECK(ExpectResult(run.second_result).saved.size() == 1);
+  CHECK(ExpectResult(run.first_result).generated.at(0).size() == 40);
+  // With room for both, it runs between the generation's layers as before.
+  limits.max_job_bytes = g + f + g / 2;
+  const SecondDuringFirst roomy = RunSecondDuringFirst(*model, generation, forward, limits);
+  CHECK(roomy.second_done == 1);
+  CHECK(roomy.first_done == 2);
+  CHECK(ExpectResult(roomy.second_result).saved.size() == 1);
 }
 
 TEST_CASE("a generation handed over while another generates joins it at the next step and is answered first", "[worker]") {
