@@ -16,6 +16,7 @@ import pathlib
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -174,6 +175,7 @@ def smollm2(engine):
 class Service:
     url: str
     api_key: str
+    hold: Optional[pathlib.Path] = None  # while this file exists, the worker holds its jobs unrun
 
 
 @pytest.fixture(scope="session")
@@ -182,16 +184,18 @@ def smollm2_service():
     named "smollm2-135m", with API keys on, as `glassbox up` runs it — for the notebooks and
     the example scripts. Skipped, saying what is missing, without the binaries or the model."""
     with tempfile.TemporaryDirectory(prefix="glassbox-smollm2-") as data_dir:
+        hold = pathlib.Path(data_dir) / "hold"
         params = launcher.ServiceParams(
             model_path=str(SMOLLM2), port=launcher.free_port(),
-            worker_port=launcher.free_port(), data_dir=data_dir, bind="127.0.0.1")
+            worker_port=launcher.free_port(), data_dir=data_dir, bind="127.0.0.1",
+            engine_args=("--threads", "1", "--hold-file", str(hold)))
         service = launcher.LocalService(params)
         try:
             service.check()
         except glassbox.GlassboxError as e:
             pytest.skip(f"needs a built service and the model: {e.message}")
         with service:
-            running = Service(params.url, service.create_key("tests"))
+            running = Service(params.url, service.create_key("tests"), hold)
             backend = ServiceBackend(running.url, running.api_key, quiet=True)
             try:
                 service.wait_until_serving(backend, params.model_name)

@@ -76,7 +76,7 @@ def test_a_visible_progress_line_does_not_delay_the_outcome(smollm2_service, cap
 
 
 def long_generation(model):
-    """A job that runs for tens of seconds on this CPU (cancelled by the test)."""
+    """A generation of 512 tokens (held at the worker, then cancelled, by the test)."""
     with model.generate("Once upon a time", max_new_tokens=512, blocking=False) as tr:
         model.lm_head.output.save()
     return tr
@@ -119,6 +119,9 @@ def wait_until_running(future, timeout=60.0):
 
 
 def test_tokenizer_and_catalogue_do_not_wait_for_a_running_job(smollm2_service, never_polling):
+    # The worker holds the generation unrun (its only slot busy) until the test is through,
+    # so no speed of machine can end it before the calls below.
+    smollm2_service.hold.touch()
     busy = long_generation(glassbox.Model(NAME, backend=never_polling, arrays="numpy"))
     try:
         wait_until_running(busy)
@@ -139,3 +142,4 @@ def test_tokenizer_and_catalogue_do_not_wait_for_a_running_job(smollm2_service, 
         assert busy.status(refresh=True).state == "RUNNING"
     finally:
         busy.cancel()
+        smollm2_service.hold.unlink()
