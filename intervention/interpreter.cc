@@ -1115,9 +1115,7 @@ class BatchRun {
     Member* member = m.get();
     members_.push_back(std::move(m));
     const int64_t budget = jobs_[member->job].limits.max_job_bytes;
-    if (feed_.defer && budget > 0 && SaturatingAdd(feed_.held_bytes, member->prepared.estimate.Total()) > budget) {
-      return feed_.defer(member->job);
-    }
+    if (Deferred(*member, member->prepared.estimate.Total(), budget)) return;
     if (!SharesPass(*member->request, member->prepared)) {
       alone_.push_back(member);
       return;
@@ -1127,14 +1125,21 @@ class BatchRun {
                                                    member->env, jobs_[member->job].limits, *member->control,
                                                    member->prepared.result);
     std::vector<Member*>& pass = member->request->traces[0].generate ? generations_ : forwards;
-    if (budget > 0 && !pass.empty() && PassBytesWith(pass, member) > budget) {
+    const int64_t shared = PassBytesWith(pass, member);
+    if (budget > 0 && !pass.empty() && shared > budget) {
       alone_.push_back(member);
       return;
     }
-    if (feed_.defer && budget > 0 && SaturatingAdd(feed_.held_bytes, PassBytesWith(pass, member)) > budget) {
-      return feed_.defer(member->job);  // it fits alone here, not beside the others and what is held
-    }
+    if (Deferred(*member, shared, budget)) return;  // it fits alone, not beside the others and what is held
     pass.push_back(member);
+  }
+
+  // In a nested run (BatchFeed::defer): hands `m` back unrun when its `bytes`, beside what
+  // the run around it holds, would go over `budget`.
+  bool Deferred(const Member& m, int64_t bytes, int64_t budget) {
+    if (!feed_.defer || budget <= 0 || SaturatingAdd(feed_.held_bytes, bytes) <= budget) return false;
+    feed_.defer(m.job);
+    return true;
   }
 
   void Holding(int64_t bytes) {

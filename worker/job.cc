@@ -52,7 +52,6 @@ bool IsGeneration(std::string_view request_bytes) {
 void RunJobs(const Model& model, const std::string& served_name, const std::vector<JobInput>& jobs,
              const intervention::InterventionLimits& limits, const JobsFeed& given,
              intervention::BatchReport* report) {
-  const auto& done = given.done;
   std::deque<protocol::Request> requests;  // (a deque: joined jobs' requests stay where they are)
   std::vector<size_t> job_of;              // intervention's job index -> ours
   size_t next_job = 0;
@@ -60,7 +59,7 @@ void RunJobs(const Model& model, const std::string& served_name, const std::vect
   auto decode = [&](const JobInput& input, std::vector<intervention::BatchJob>& out) {
     const size_t index = next_job++;
     StatusOr<protocol::Request> request = Decode(served_name, input.request_bytes);
-    if (!request.ok()) return done(index, ErrorReportBytes(request.status()));
+    if (!request.ok()) return given.done(index, ErrorReportBytes(request.status()));
     requests.push_back(std::move(*request));
     out.push_back({&requests.back(), limits, input.control});
     job_of.push_back(index);
@@ -75,7 +74,7 @@ void RunJobs(const Model& model, const std::string& served_name, const std::vect
       return joined;
     };
   }
-  feed.done = [&](size_t b, StatusOr<protocol::Result> result) { done(job_of[b], Encoded(result)); };
+  feed.done = [&](size_t b, StatusOr<protocol::Result> result) { given.done(job_of[b], Encoded(result)); };
   feed.held_bytes = given.held_bytes;
   if (given.defer) feed.defer = [&](size_t b) { given.defer(job_of[b]); };
   feed.holding = given.holding;
