@@ -26,10 +26,10 @@ void LogStopped(const broker::JobContext& job, const std::string& result) {
 }  // namespace
 
 Batcher::Batcher(const Model& model, std::string served_name, intervention::InterventionLimits limits,
-                 size_t max_jobs, std::string hold_file, std::function<void()> at_layer)
+                 size_t max_jobs, std::string hold_file, BatcherProbes probes)
     : model_(model), served_name_(std::move(served_name)), limits_(limits),
       max_jobs_(std::max<size_t>(max_jobs, 1)), hold_file_(std::move(hold_file)),
-      at_layer_(std::move(at_layer)),
+      probes_(std::move(probes)),
       thread_([this] { Loop(); }) {}
 
 Batcher::~Batcher() {
@@ -39,7 +39,12 @@ Batcher::~Batcher() {
   }
   wake_.notify_all();
   thread_.join();
-  for (WaitingJob* w : waiting_) w->result.set_value(ErrorReportBytes(Unavailable("the worker is stopping")));
+  for (WaitingJob* w : waiting_) Answer(*w, ErrorReportBytes(Unavailable("the worker is stopping")));
+}
+
+void Batcher::Answer(WaitingJob& waiting, std::string result) {
+  if (probes_.answered) probes_.answered(*waiting.job);
+  waiting.result.set_value(std::move(result));
 }
 
 std::string Batcher::Run(const broker::JobContext& job, const std::string& request) {
@@ -74,7 +79,7 @@ bool Batcher::Held() {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = waiting_.begin(); it != waiting_.end();) {
       if ((*it)->job->ShouldStop()) {
-        (*it)->result.set_value(ErrorReportBytes(Cancelled((*it)->job->StopReason())));
+        Answer(**it, ErrorReportBytes(Cancelled((*it)->job->StopReason())));
         it = waiting_.erase(it);
       } else {
         ++it;
@@ -143,7 +148,7 @@ JobInput Batcher::Input(const WaitingJob& waiting) {
   const broker::JobContext* job = waiting.job;
   input.control.interrupt = [this, job]() -> Status {
     if (job->ShouldStop()) return Cancelled(job->StopReason());
-    if (at_layer_) at_layer_();
+    if (probes_.at_layer) probes_.at_layer();
     RunWaitingForwards();
     return Status::Ok();
   };
@@ -172,9 +177,9 @@ void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
   };
   JobsFeed feed;
   feed.join = join;
-  feed.done = [&jobs](size_t j, std::string result) {
+  feed.done = [this, &jobs](size_t j, std::string result) {
     LogStopped(*jobs[j]->job, result);
-    jobs[j]->result.set_value(std::move(result));
+    Answer(*jobs[j], std::move(result));
   };
   // A nested batch runs while the batch around it holds its memory: a job that does not fit
   // beside that goes back to wait (first in line, not nested again in this batch).

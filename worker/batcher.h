@@ -28,16 +28,25 @@
 
 namespace glassbox::worker {
 
+// Tests' views of the batch thread (both unset in a worker).
+struct BatcherProbes {
+  // Called on the batch thread at every layer boundary of a running batch, before the
+  // waiting jobs that may run there are looked at.
+  std::function<void()> at_layer;
+  // Called as each job is answered, before its Run returns: the order jobs were answered in,
+  // which the order Run's callers wake up in need not be.
+  std::function<void(const broker::JobContext& job)> answered;
+};
+
 class Batcher {
  public:
   // `hold_file` (tests only): while it exists, jobs gather and none runs (cancelled ones are
   // answered), so a test decides which jobs make up a batch. Meanwhile `<hold_file>.waiting`
   // holds how many jobs have gathered (a decimal count, replaced whole when it changes), so a
   // test outside the process releases the hold only once every job it sent is with the batcher.
-  // `at_layer` (tests only): called on the batch thread at every layer boundary of a
-  // running batch, before the waiting jobs that may run there are looked at.
+  // `probes`: tests only (BatcherProbes).
   Batcher(const Model& model, std::string served_name, intervention::InterventionLimits limits,
-          size_t max_jobs, std::string hold_file = "", std::function<void()> at_layer = nullptr);
+          size_t max_jobs, std::string hold_file = "", BatcherProbes probes = {});
   ~Batcher();  // finishes the running batch; jobs still waiting get UNAVAILABLE
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
@@ -57,6 +66,8 @@ class Batcher {
     bool deferred = false;  // guarded by mu_: did not fit beside the running batch; not nested again in it
   };
   void Loop();
+  // Hands `result` to the Run waiting for `waiting`.
+  void Answer(WaitingJob& waiting, std::string result);
   JobInput Input(const WaitingJob& waiting);
   // Runs `batch`; generations that arrive meanwhile join its generation between steps.
   void RunBatch(const std::vector<WaitingJob*>& batch);
@@ -76,7 +87,7 @@ class Batcher {
   const intervention::InterventionLimits limits_;
   const size_t max_jobs_;
   const std::string hold_file_;
-  const std::function<void()> at_layer_;
+  const BatcherProbes probes_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
   std::deque<WaitingJob*> waiting_;  // guarded by mu_

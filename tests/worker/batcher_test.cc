@@ -5,7 +5,6 @@
 #include <c10/util/Logging.h>
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -114,7 +113,8 @@ TEST_CASE("jobs handed to the batcher while held run as one batch, each with its
 
 // Two jobs on one batcher: `first` starts; at its first layer boundary the batch thread
 // waits until `second` (handed over from another thread) is with the batcher. What each
-// returned, the order they were answered in (1, 2), and the batch size reported for second.
+// returned, the order the batcher answered them in (1, 2; not the order their callers
+// happened to wake up in), and the batch size reported for second.
 struct SecondDuringFirst {
   std::string first_result, second_result;
   int first_done = 0, second_done = 0;
@@ -126,31 +126,30 @@ SecondDuringFirst RunSecondDuringFirst(const Model& model, const std::string& fi
   std::mutex mu;
   std::condition_variable changed;
   bool started = false;
+  std::vector<std::string> answered;  // job ids, in the order answered
   Batcher* batcher_ptr = nullptr;
-  auto at_layer = [&] {
+  BatcherProbes probes;
+  probes.at_layer = [&] {
     std::unique_lock<std::mutex> lock(mu);
     if (started) return;
     started = true;
     changed.notify_all();
     changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
   };
-  Batcher batcher(model, "tiny", limits, 4, "", at_layer);
+  probes.answered = [&](const broker::JobContext& job) {
+    std::lock_guard<std::mutex> lock(mu);
+    answered.push_back(job.job_id());
+  };
+  Batcher batcher(model, "tiny", limits, 4, "", probes);
   batcher_ptr = &batcher;
   broker::JobContext first_job("first", 60000), second_job("second", 60000);
-  std::atomic<int> finished{0};
   SecondDuringFirst out;
-  std::thread first_link([&] {
-    out.first_result = batcher.Run(first_job, first);
-    out.first_done = ++finished;
-  });
+  std::thread first_link([&] { out.first_result = batcher.Run(first_job, first); });
   {
     std::unique_lock<std::mutex> lock(mu);
     changed.wait(lock, [&] { return started; });
   }
-  std::thread second_link([&] {
-    out.second_result = batcher.Run(second_job, second);
-    out.second_done = ++finished;
-  });
+  std::thread second_link([&] { out.second_result = batcher.Run(second_job, second); });
   while (batcher.Waiting() == 0) std::this_thread::yield();
   {
     // Wakes the boundary's wait once the second job is with the batcher (Waiting() > 0).
@@ -159,6 +158,8 @@ SecondDuringFirst RunSecondDuringFirst(const Model& model, const std::string& fi
   }
   second_link.join();
   first_link.join();
+  REQUIRE(answered.size() == 2);
+  for (int i = 0; i < 2; ++i) (answered[i] == "first" ? out.first_done : out.second_done) = i + 1;
   out.second_batch = second_job.TakeBatchReport();
   return out;
 }
