@@ -1074,7 +1074,11 @@ class BatchRun {
       Holding(PassBytes(generations_));
       std::function<std::vector<Member*>(size_t)> admit;
       if (feed_.join) admit = [this, pass](size_t running) { return Admit(running, pass); };
-      SharedPass(model_, admit, [this](Member& m) { Done(m); }).RunGeneration(generations_);
+      // A job that ends gives back what it held: its rows leave the KV cache before the next step.
+      SharedPass(model_, admit, [this](Member& m) {
+        Done(m);
+        Holding(PassBytes(generations_));
+      }).RunGeneration(generations_);
     }
     // Jobs that cannot share a pass run alone, in the order they came.
     for (size_t a = 0; a < alone_.size(); ++a) {

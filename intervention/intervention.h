@@ -124,7 +124,9 @@ struct BatchFeed {
   int64_t held_bytes = 0;
   std::function<void(size_t job)> defer;
   // Told the estimated memory this run's passes hold while they run (a shared pass's jobs at
-  // its padded length, or a job running alone), as that changes; 0 once the run ends.
+  // its padded length, or a job running alone), as that changes: up as jobs join a shared
+  // generation, down as they leave it (a forward pass's rows are held to its end); 0 once
+  // the run ends.
   std::function<void(int64_t bytes)> holding;
 };
 void RunBatched(const Model& model, const std::vector<BatchJob>& jobs, const BatchFeed& feed,

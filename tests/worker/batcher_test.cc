@@ -205,6 +205,66 @@ TEST_CASE("a short job that does not fit beside a running generation's memory wa
   CHECK(ExpectResult(roomy.second_result).saved.size() == 1);
 }
 
+TEST_CASE("a short job held back by two generations' memory runs between the layers of the one left once the other ends", "[worker]") {
+  auto model = Tiny();
+  const std::string long_generation = Generation(40), short_generation = Generation(3);
+  std::vector<int64_t> prompt;
+  for (int64_t i = 0; i < 24; ++i) prompt.push_back(1 + (i * 7) % 50);
+  const std::string forward = Forward(prompt);
+  const int64_t g_long = EstimatedBytes(*model, long_generation), g_short = EstimatedBytes(*model, short_generation),
+                f = EstimatedBytes(*model, forward);
+  // The two generations share a pass; the forward fits beside the long one alone, not
+  // beside both.
+  REQUIRE(f >= g_short);
+  intervention::InterventionLimits limits;
+  limits.max_job_bytes = g_long + f;
+  std::mutex mu;
+  std::condition_variable changed;
+  std::vector<std::string> answered;  // job ids, in the order answered
+  bool handed = false;
+  Batcher* batcher_ptr = nullptr;
+  BatcherProbes probes;
+  probes.answered = [&](const broker::JobContext& job) {
+    std::lock_guard<std::mutex> lock(mu);
+    answered.push_back(job.job_id());
+  };
+  // At the first layer boundary after the short generation was answered, the forward is
+  // handed over.
+  probes.at_layer = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (handed || answered.empty()) return;
+    handed = true;
+    changed.notify_all();
+    changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
+  };
+  const std::string hold = NewHoldFile("leave");
+  Batcher batcher(*model, "tiny", limits, 4, hold, probes);
+  batcher_ptr = &batcher;
+  broker::JobContext long_job("long", 60000), short_job("short", 60000), forward_job("forward", 60000);
+  std::string long_result, short_result, forward_result;
+  std::thread long_link([&] { long_result = batcher.Run(long_job, long_generation); });
+  std::thread short_link([&] { short_result = batcher.Run(short_job, short_generation); });
+  while (batcher.Waiting() < 2) std::this_thread::yield();
+  std::filesystem::remove(hold);  // the two generations start as one batch
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    changed.wait(lock, [&] { return handed; });
+  }
+  std::thread forward_link([&] { forward_result = batcher.Run(forward_job, forward); });
+  while (batcher.Waiting() == 0) std::this_thread::yield();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    changed.notify_all();
+  }
+  for (std::thread* t : {&forward_link, &short_link, &long_link}) t->join();
+  CHECK(long_job.TakeBatchReport() == 2);  // the generations shared a pass
+  // The forward ran as soon as it fitted beside what was left: before the long generation ended.
+  CHECK(answered == std::vector<std::string>{"short", "forward", "long"});
+  CHECK(ExpectResult(forward_result).saved.size() == 1);
+  CHECK(ExpectResult(short_result).generated.at(0).size() == 3);
+  CHECK(ExpectResult(long_result).generated.at(0).size() == 40);
+}
+
 TEST_CASE("a generation handed over while another generates joins it at the next step and is answered first", "[worker]") {
   auto model = Tiny();
   const SecondDuringFirst run = RunSecondDuringFirst(*model, Generation(60), Generation(3));
