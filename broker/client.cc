@@ -3,8 +3,9 @@
 #include "broker/client.h"
 
 #include <chrono>
-#include <random>
 #include <zmq.hpp>
+
+#include "base/random.h"
 
 namespace glassbox::broker {
 
@@ -42,21 +43,12 @@ int64_t NowMs() {
       .count();
 }
 
-std::string RandomPrefix() {
-  std::random_device rd;
-  std::uniform_int_distribution<uint64_t> dist;
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(dist(rd)),
-                static_cast<unsigned long long>(dist(rd)));
-  return buf;
-}
-
 }  // namespace
 
 class Client::Impl {
  public:
   explicit Impl(const ClientParams& params)
-      : params_(params), socket_(ctx_, zmq::socket_type::dealer), prefix_(RandomPrefix()) {
+      : params_(params), socket_(ctx_, zmq::socket_type::dealer), prefix_(RandomHex(2)) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::maxmsgsize, params.max_message_bytes);
     if (!params.curve_server_key.empty()) {  // an ephemeral key pair for this connection

@@ -15,10 +15,10 @@
 #include <fstream>
 #include <memory>
 #include <optional>
-#include <random>
 #include <thread>
 #include <zmq.hpp>
 
+#include "base/random.h"
 #include "protocol/broker_messages.h"
 #include "protocol/codec.h"
 
@@ -36,14 +36,6 @@ std::string Seconds(int64_t ms) {
 }
 
 void Log(const std::string& line) { std::fprintf(stderr, "glassbox worker: %s\n", line.c_str()); }
-
-std::string RandomIdentity() {
-  std::random_device rd;
-  std::uniform_int_distribution<uint64_t> dist;
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "worker-%016llx", static_cast<unsigned long long>(dist(rd)));
-  return buf;
-}
 
 bool Interrupted(const zmq::error_t& e) { return e.num() == EINTR; }
 
@@ -183,7 +175,7 @@ class Link {
         signal_name_("inproc://glassbox-worker-" +
                      std::to_string(reinterpret_cast<uintptr_t>(this))),
         signal_(ctx_, zmq::socket_type::pair),
-        identity_(RandomIdentity()) {
+        identity_("worker-" + RandomHex(1)) {
     signal_.bind(signal_name_);
     compute_ = std::make_unique<ComputeThread>(handler, ctx_, signal_name_);
   }

@@ -9,12 +9,12 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
-#include <random>
 #include <sstream>
 #include <thread>
 
 #include <unistd.h>
 
+#include "base/random.h"
 #include "broker/worker_link.h"
 #include "protocol/codec.h"
 #include "worker/batcher.h"
@@ -70,10 +70,7 @@ constexpr int kMaxBatchSlots = 64;
 std::string ProcessGroup() {
   char host[256] = {0};
   if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
-  std::random_device random;
-  char suffix[17];
-  std::snprintf(suffix, sizeof(suffix), "%08x%08x", random(), random());
-  return std::string(host).substr(0, 32) + ":" + std::to_string(getpid()) + ":" + suffix;
+  return std::string(host).substr(0, 32) + ":" + std::to_string(getpid()) + ":" + RandomHex(1);
 }
 
 }  // namespace
