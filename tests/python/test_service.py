@@ -155,7 +155,7 @@ def wait_for_state(backend, job, states, timeout=10.0):
         if status.state in states:
             return status
         time.sleep(0.05)
-    raise AssertionError(f"job {job} is {status.state}, not in {states}")
+    raise AssertionError(f"job {job} is {status.state} ({status.code}: {status.message}), not in {states}")
 
 
 # --------------------------------------------------------------------------------------------
