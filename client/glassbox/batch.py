@@ -77,8 +77,10 @@ def run_all(experiments: Iterable[Any], max_concurrency: int = 8, *,
     jobs = BatchJobs()
     with concurrent.futures.ThreadPoolExecutor(max_concurrency,
                                                thread_name_prefix="glassbox-run") as pool:
-        futures = [pool.submit(_run_one, item, jobs) for item in items]
-        try:
+        futures: list = []
+        try:  # Ctrl-C while experiments are still being handed out cancels those already out
+            for item in items:
+                futures.append(pool.submit(_run_one, item, jobs))
             _wait_all(futures, progress, started, timeout)
         except BaseException:
             progress.close()

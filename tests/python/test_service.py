@@ -8,6 +8,7 @@ build/bin) are missing.
 """
 
 import concurrent.futures
+import contextlib
 import inspect
 import json
 import os
@@ -160,6 +161,49 @@ def wait_for_state(backend, job, states, timeout=10.0):
 
 # --------------------------------------------------------------------------------------------
 # Tracing through the service.
+
+
+def ctrl_c():
+    """Ctrl-C as Python sees it: SIGINT, raised as KeyboardInterrupt in the main thread. Sent
+    to the main thread itself, so a wait there wakes at once (a signal to the process may
+    land on another thread, and the main thread acts on it only when it next runs)."""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in a Python started from a terminal (one started
+    in the background of a non-interactive shell inherits SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def ctrl_c_once(ready):
+    """Within the block, Ctrl-C is pressed once ``ready()`` is true, checked on a thread of
+    its own. A failure on that thread is raised when the block ends (not only warned of),
+    after what the block raised, if anything."""
+    done, failed = threading.Event(), []
+
+    def press():
+        try:
+            while not ready():
+                if done.wait(0.01):
+                    return
+            ctrl_c()
+        except BaseException as e:  # noqa: BLE001 - raised in the test's thread below
+            failed.append(e)
+
+    presser = threading.Thread(target=press)
+    presser.start()
+    try:
+        yield
+    finally:
+        done.set()
+        presser.join()
+        if failed:
+            raise failed[0]
 
 
 def test_service_gives_the_same_values_as_the_local_engine(remote, local):
@@ -420,7 +464,7 @@ def test_cancel_through_the_future(remote, service, held):
     assert service.status(tr.job_id).state == "CANCELLED"
 
 
-def test_ctrl_c_while_waiting_cancels_the_job(remote, service, monkeypatch, held):
+def test_ctrl_c_while_waiting_cancels_the_job(remote, service, monkeypatch, held, ctrl_c_raises):
     # A real SIGINT to this process while the trace waits for its (held) running job: Python
     # raises KeyboardInterrupt in the main thread, inside the wait loop.
     acknowledged = []
@@ -432,23 +476,9 @@ def test_ctrl_c_while_waiting_cancels_the_job(remote, service, monkeypatch, held
         return reply
 
     monkeypatch.setattr(service._connection, "wait_reply", recording)
-    done = threading.Event()
-
-    def interrupt_once_running():
-        while not acknowledged and not done.is_set():
-            time.sleep(0.01)
-        if not done.is_set():
-            wait_for_state(service, acknowledged[0], ("RUNNING",))
-            os.kill(os.getpid(), signal.SIGINT)
-
-    interrupter = threading.Thread(target=interrupt_once_running)
-    interrupter.start()
-    try:
+    with ctrl_c_once(lambda: acknowledged and wait_for_state(service, acknowledged[0], ("RUNNING",))):
         with pytest.raises(KeyboardInterrupt) as caught:
             slow_generation(remote)
-    finally:
-        done.set()
-        interrupter.join()
     monkeypatch.undo()
     job = re.search(r"job ([0-9a-f]{32}) was cancelled", str(caught.value)).group(1)
     assert wait_for_state(service, job, ("CANCELLED",)).code == "CANCELLED"
@@ -549,26 +579,42 @@ def slow_experiment(model, submitted: list):
     return run
 
 
-def test_ctrl_c_during_run_all_cancels_every_job(remote, service, held):
+def test_ctrl_c_during_run_all_cancels_every_job(remote, service, held, ctrl_c_raises):
     submitted = []
     slow = slow_experiment(remote, submitted)
-    done = threading.Event()
-
-    def interrupt_once_two_are_in():  # held, neither can finish: a third never starts
-        while len(submitted) < 2 and not done.is_set():
-            time.sleep(0.01)
-        if not done.is_set():
-            os.kill(os.getpid(), signal.SIGINT)
-
-    interrupter = threading.Thread(target=interrupt_once_two_are_in)
-    interrupter.start()
-    try:
+    with ctrl_c_once(lambda: len(submitted) >= 2):  # held, neither can finish: a third never starts
         with pytest.raises(KeyboardInterrupt):
             glassbox.run_all([slow, slow, slow], max_concurrency=2, quiet=True)
-    finally:
-        done.set()
-        interrupter.join()
     assert len(submitted) == 2
+    for tr in submitted:
+        assert wait_for_state(service, tr.job_id, ("CANCELLED",)).state == "CANCELLED"
+
+
+def test_ctrl_c_while_run_all_hands_out_experiments_cancels_those_out(remote, service, held, monkeypatch,
+                                                                     ctrl_c_raises):
+    # Ctrl-C at the moment the third experiment is handed to the pool, the first two jobs
+    # submitted (held: they cannot finish). A busy machine can delay run_all's own thread so.
+    submitted = []
+    slow = slow_experiment(remote, submitted)
+    handed = []
+    submit = concurrent.futures.ThreadPoolExecutor.submit
+
+    def submit_then_ctrl_c_on_the_third(pool, *args, **kwargs):
+        if pool._thread_name_prefix != "glassbox-run":  # not run_all's (the client's own)
+            return submit(pool, *args, **kwargs)
+        handed.append(args)
+        if len(handed) == 3:
+            deadline = time.monotonic() + 30
+            while len(submitted) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            ctrl_c()  # KeyboardInterrupt, here (this is the main thread)
+        return submit(pool, *args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit",
+                        submit_then_ctrl_c_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        glassbox.run_all([slow, slow, slow], max_concurrency=2, quiet=True)
+    assert len(handed) == 3 and len(submitted) == 2
     for tr in submitted:
         assert wait_for_state(service, tr.job_id, ("CANCELLED",)).state == "CANCELLED"
 
