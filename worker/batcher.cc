@@ -188,7 +188,13 @@ void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
     feed.held_bytes = outer_held_;
     feed.defer = [&jobs, &deferred](size_t j) { deferred.push_back(jobs[j]); };
   } else {
-    feed.holding = [this](int64_t bytes) { outer_held_ = bytes; };
+    feed.holding = [this](int64_t bytes) {
+      if (bytes < outer_held_) {  // jobs left the batch: what did not fit beside it may now
+        std::lock_guard<std::mutex> lock(mu_);
+        for (WaitingJob* w : waiting_) w->deferred = false;
+      }
+      outer_held_ = bytes;
+    };
   }
   RunJobs(model_, served_name_, inputs, limits_, feed);
   if (deferred.empty()) return;

@@ -63,7 +63,9 @@ class Batcher {
     const std::string* request;
     bool generates;  // a generation (never run inside another batch's pass)
     std::promise<std::string> result;
-    bool deferred = false;  // guarded by mu_: did not fit beside the running batch; not nested again in it
+    // Guarded by mu_: did not fit beside the running batch; not nested again in it until
+    // what it holds goes down.
+    bool deferred = false;
   };
   void Loop();
   // Hands `result` to the Run waiting for `waiting`.

@@ -228,11 +228,10 @@ TEST_CASE("a short job held back by two generations' memory runs between the lay
     std::lock_guard<std::mutex> lock(mu);
     answered.push_back(job.job_id());
   };
-  // At the first layer boundary after the short generation was answered, the forward is
-  // handed over.
+  // At the first layer boundary of the two generations' pass, the forward is handed over.
   probes.at_layer = [&] {
     std::unique_lock<std::mutex> lock(mu);
-    if (handed || answered.empty()) return;
+    if (handed) return;
     handed = true;
     changed.notify_all();
     changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
@@ -258,7 +257,8 @@ TEST_CASE("a short job held back by two generations' memory runs between the lay
   }
   for (std::thread* t : {&forward_link, &short_link, &long_link}) t->join();
   CHECK(long_job.TakeBatchReport() == 2);  // the generations shared a pass
-  // The forward ran as soon as it fitted beside what was left: before the long generation ended.
+  // The forward did not run beside both generations; it ran as soon as it fitted beside what
+  // was left, before the long generation ended.
   CHECK(answered == std::vector<std::string>{"short", "forward", "long"});
   CHECK(ExpectResult(forward_result).saved.size() == 1);
   CHECK(ExpectResult(short_result).generated.at(0).size() == 3);
