@@ -111,10 +111,59 @@ TEST_CASE("jobs handed to the batcher while held run as one batch, each with its
   }
 }
 
+// A batcher's probes for a test: the order it answered jobs in (job ids; not the order
+// their callers happened to wake up in), and a pause at the first layer boundary of its
+// first batch, which lasts until a job handed over meanwhile (HandOver) waits there.
+class Watch {
+ public:
+  BatcherProbes Probes() {
+    BatcherProbes probes;
+    probes.at_layer = [this] {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (paused_) return;
+      paused_ = true;
+      changed_.notify_all();
+      changed_.wait(lock, [this] { return batcher_->Waiting() > 0; });
+    };
+    probes.answered = [this](const broker::JobContext& job) {
+      std::lock_guard<std::mutex> lock(mu_);
+      answered_.push_back(job.job_id());
+    };
+    return probes;
+  }
+  void Watching(const Batcher& batcher) { batcher_ = &batcher; }
+
+  // Once the batch is paused: `request` handed over on a link thread of its own (joined by
+  // the caller; `result` is set when the job is answered), then the batch goes on.
+  std::thread HandOver(Batcher& batcher, const broker::JobContext& job, const std::string& request,
+                       std::string& result) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      changed_.wait(lock, [this] { return paused_; });
+    }
+    std::thread link([&batcher, &job, &request, &result] { result = batcher.Run(job, request); });
+    while (batcher.Waiting() == 0) std::this_thread::yield();
+    std::lock_guard<std::mutex> lock(mu_);
+    changed_.notify_all();
+    return link;
+  }
+
+  std::vector<std::string> Answered() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return answered_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable changed_;
+  bool paused_ = false;
+  std::vector<std::string> answered_;
+  const Batcher* batcher_ = nullptr;
+};
+
 // Two jobs on one batcher: `first` starts; at its first layer boundary the batch thread
-// waits until `second` (handed over from another thread) is with the batcher. What each
-// returned, the order the batcher answered them in (1, 2; not the order their callers
-// happened to wake up in), and the batch size reported for second.
+// waits until `second` is with the batcher. What each returned, the order the batcher
+// answered them in (1, 2), and the batch size reported for second.
 struct SecondDuringFirst {
   std::string first_result, second_result;
   int first_done = 0, second_done = 0;
@@ -123,41 +172,16 @@ struct SecondDuringFirst {
 
 SecondDuringFirst RunSecondDuringFirst(const Model& model, const std::string& first, const std::string& second,
                                        intervention::InterventionLimits limits = {}) {
-  std::mutex mu;
-  std::condition_variable changed;
-  bool started = false;
-  std::vector<std::string> answered;  // job ids, in the order answered
-  Batcher* batcher_ptr = nullptr;
-  BatcherProbes probes;
-  probes.at_layer = [&] {
-    std::unique_lock<std::mutex> lock(mu);
-    if (started) return;
-    started = true;
-    changed.notify_all();
-    changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
-  };
-  probes.answered = [&](const broker::JobContext& job) {
-    std::lock_guard<std::mutex> lock(mu);
-    answered.push_back(job.job_id());
-  };
-  Batcher batcher(model, "tiny", limits, 4, "", probes);
-  batcher_ptr = &batcher;
+  Watch watch;
+  Batcher batcher(model, "tiny", limits, 4, "", watch.Probes());
+  watch.Watching(batcher);
   broker::JobContext first_job("first", 60000), second_job("second", 60000);
   SecondDuringFirst out;
   std::thread first_link([&] { out.first_result = batcher.Run(first_job, first); });
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    changed.wait(lock, [&] { return started; });
-  }
-  std::thread second_link([&] { out.second_result = batcher.Run(second_job, second); });
-  while (batcher.Waiting() == 0) std::this_thread::yield();
-  {
-    // Wakes the boundary's wait once the second job is with the batcher (Waiting() > 0).
-    std::lock_guard<std::mutex> lock(mu);
-    changed.notify_all();
-  }
+  std::thread second_link = watch.HandOver(batcher, second_job, second, out.second_result);
   second_link.join();
   first_link.join();
+  const std::vector<std::string> answered = watch.Answered();
   REQUIRE(answered.size() == 2);
   for (int i = 0; i < 2; ++i) (answered[i] == "first" ? out.first_done : out.second_done) = i + 1;
   out.second_batch = second_job.TakeBatchReport();
@@ -218,48 +242,22 @@ TEST_CASE("a short job held back by two generations' memory runs between the lay
   REQUIRE(f >= g_short);
   intervention::InterventionLimits limits;
   limits.max_job_bytes = g_long + f;
-  std::mutex mu;
-  std::condition_variable changed;
-  std::vector<std::string> answered;  // job ids, in the order answered
-  bool handed = false;
-  Batcher* batcher_ptr = nullptr;
-  BatcherProbes probes;
-  probes.answered = [&](const broker::JobContext& job) {
-    std::lock_guard<std::mutex> lock(mu);
-    answered.push_back(job.job_id());
-  };
-  // At the first layer boundary of the two generations' pass, the forward is handed over.
-  probes.at_layer = [&] {
-    std::unique_lock<std::mutex> lock(mu);
-    if (handed) return;
-    handed = true;
-    changed.notify_all();
-    changed.wait(lock, [&] { return batcher_ptr->Waiting() > 0; });
-  };
+  Watch watch;  // pauses at the first layer boundary of the two generations' pass
   const std::string hold = NewHoldFile("leave");
-  Batcher batcher(*model, "tiny", limits, 4, hold, probes);
-  batcher_ptr = &batcher;
+  Batcher batcher(*model, "tiny", limits, 4, hold, watch.Probes());
+  watch.Watching(batcher);
   broker::JobContext long_job("long", 60000), short_job("short", 60000), forward_job("forward", 60000);
   std::string long_result, short_result, forward_result;
   std::thread long_link([&] { long_result = batcher.Run(long_job, long_generation); });
   std::thread short_link([&] { short_result = batcher.Run(short_job, short_generation); });
   while (batcher.Waiting() < 2) std::this_thread::yield();
   std::filesystem::remove(hold);  // the two generations start as one batch
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    changed.wait(lock, [&] { return handed; });
-  }
-  std::thread forward_link([&] { forward_result = batcher.Run(forward_job, forward); });
-  while (batcher.Waiting() == 0) std::this_thread::yield();
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    changed.notify_all();
-  }
+  std::thread forward_link = watch.HandOver(batcher, forward_job, forward, forward_result);
   for (std::thread* t : {&forward_link, &short_link, &long_link}) t->join();
   CHECK(long_job.TakeBatchReport() == 2);  // the generations shared a pass
   // The forward did not run beside both generations; it ran as soon as it fitted beside what
   // was left, before the long generation ended.
-  CHECK(answered == std::vector<std::string>{"short", "forward", "long"});
+  CHECK(watch.Answered() == std::vector<std::string>{"short", "forward", "long"});
   CHECK(ExpectResult(forward_result).saved.size() == 1);
   CHECK(ExpectResult(short_result).generated.at(0).size() == 3);
   CHECK(ExpectResult(long_result).generated.at(0).size() == 40);
