@@ -182,7 +182,8 @@ void Batcher::RunBatch(const std::vector<WaitingJob*>& batch) {
     Answer(*jobs[j], std::move(result));
   };
   // A nested batch runs while the batch around it holds its memory: a job that does not fit
-  // beside that goes back to wait (first in line, not nested again in this batch).
+  // beside that goes back to wait, first in line, not nested again until what the batch
+  // around it holds goes down (jobs left it) or that batch ends.
   std::vector<WaitingJob*> deferred;
   if (nested_) {
     feed.held_bytes = outer_held_;
